@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ninja import Schema
+
+
+class ErrorOut(Schema):
+    detail: str
+    errors: dict[str, str] = {}
+
+
+class ValidationIssueOut(Schema):
+    row: int | None
+    field: str | None
+    message: str
+
+
+class UploadErrorOut(Schema):
+    detail: str
+    error_count: int
+    issues: list[ValidationIssueOut]
+
+
+class DatasetVersionOut(Schema):
+    id: int
+    dataset_id: int
+    name: str
+    kind: str
+    version: int
+    sha256: str
+    format: str
+    row_count: int
+    size_bytes: int
+    columns: list[str]
+    created_at: datetime
+    created: bool = True
+
+
+class DatasetOut(Schema):
+    id: int
+    name: str
+    kind: str
+    description: str
+    latest_version: int | None
+    versions: list[dict[str, Any]]
+
+
+class BaseModelIn(Schema):
+    name: str
+    source: str
+    name_or_path: str
+    revision: str = ""
+    description: str = ""
+
+
+class BaseModelOut(Schema):
+    id: int
+    name: str
+    source: str
+    name_or_path: str
+    revision: str
+    architecture: str
+    parameter_count: int | None
+
+
+class StageIn(Schema):
+    name: str
+    method: str
+    dataset_id: int | None = None
+    eval_dataset_id: int | None = None
+    input: str = "base"
+    config: dict[str, Any] = {}
+    adapter: dict[str, Any] | None = None
+
+
+class SpecIn(Schema):
+    seed: int = 42
+    stages: list[StageIn]
+
+
+class PipelineIn(Schema):
+    name: str
+    base_model_id: int
+    description: str = ""
+    spec: SpecIn
+
+
+class PipelineOut(Schema):
+    id: int
+    name: str
+    description: str
+    base_model_id: int
+    spec: dict[str, Any]
+    created_at: datetime
+
+
+class RunStartIn(Schema):
+    seed: int | None = None
+    name: str = ""
+
+
+class StageOut(Schema):
+    index: int
+    name: str
+    method: str
+    status: str
+    attempt: int
+    step: int
+    total_steps: int
+    progress: float
+    trainable_params: int | None
+    total_params: int | None
+    mlflow_run_id: str
+    error: str
+    outputs: dict[str, Any]
+    metrics: dict[str, dict[str, float | int | None]]
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class RunOut(Schema):
+    number: int
+    name: str
+    status: str
+    pipeline_id: int | None
+    seed: int
+    code_version: str
+    mlflow_experiment_id: str
+    mlflow_run_id: str
+    mlflow_url: str | None
+    error: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    snapshot: dict[str, Any]
+    stages: list[StageOut]

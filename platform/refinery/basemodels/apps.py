@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class BasemodelsConfig(AppConfig):
+    name = "refinery.basemodels"
+    label = "basemodels"

@@ -1,0 +1,9 @@
+from django.urls import path
+
+from refinery.basemodels import views
+
+app_name = "basemodels"
+urlpatterns = [
+    path("", views.base_model_list_view, name="list"),
+    path("new/", views.base_model_create_view, name="create"),
+]

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import Http404, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods
+
+from refinery.basemodels.selectors import base_model_list
+from refinery.data.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplateError, render_chat_template, row_to_messages
+from refinery.data.forms import DatasetUploadForm
+from refinery.data.models import Dataset, DatasetVersion
+from refinery.data.selectors import dataset_get, dataset_list
+from refinery.data.services import DatasetUploadError, dataset_version_create
+from refinery.core.auth import team_required
+
+
+@require_GET
+@team_required
+def dataset_list_view(request):
+    return render(request, "data/list.html", {"datasets": dataset_list(team=request.team), "nav": "datasets"})
+
+
+@require_http_methods(["GET", "POST"])
+@team_required(write=True)
+def dataset_upload_view(request):
+    initial = {"name": request.GET.get("name", ""), "kind": request.GET.get("kind", "")}
+    form = DatasetUploadForm(request.POST or None, request.FILES or None, initial=initial)
+    context = {"form": form, "nav": "datasets", "issues": [], "error_count": 0, "error": ""}
+    if request.method == "POST":
+        if form.is_valid():
+            upload = form.cleaned_data["file"]
+            try:
+                result = dataset_version_create(
+                    team=request.team, user=request.user, name=form.cleaned_data["name"],
+                    kind=form.cleaned_data["kind"], filename=upload.name, chunks=upload.chunks(),
+                    description=form.cleaned_data["description"],
+                )
+            except DatasetUploadError as exc:
+                context.update(error=exc.message, issues=exc.issues, error_count=exc.error_count)
+            else:
+                version = result.version
+                if result.created:
+                    messages.success(request, f"Stored {version} · {version.row_count:,} rows · sha256 {version.sha256[:12]}")
+                else:
+                    messages.info(request, f"Identical to {version}; no new version made.")
+                url = reverse("data:detail", args=[version.dataset_id])
+                if request.headers.get("x-requested-with") == "XMLHttpRequest" or request.htmx:
+                    return JsonResponse({"redirect": url})
+                return redirect(url)
+        status = 400
+        if request.headers.get("x-requested-with") == "XMLHttpRequest" or request.htmx:
+            return render(request, "data/upload.html#upload-result", context, status=status)
+        return render(request, "data/upload.html", context, status=status)
+    return render(request, "data/upload.html", context)
+
+
+def _chat_preview(request, version: DatasetVersion) -> dict:
+    models = list(base_model_list(team=request.team))
+    chosen = None
+    model_id = request.GET.get("model")
+    if model_id:
+        chosen = next((m for m in models if str(m.pk) == model_id), None)
+    if chosen is None:
+        chosen = next((m for m in models if m.chat_template), None)
+    template = chosen.chat_template if chosen and chosen.chat_template else DEFAULT_CHAT_TEMPLATE
+    rendered, error = "", ""
+    if version.preview:
+        try:
+            messages_ = row_to_messages(version.preview[0], version.dataset.kind)
+            rendered = render_chat_template(template, messages_)
+        except (ChatTemplateError, KeyError, TypeError, ValueError) as exc:
+            error = str(exc)
+    return {"models": models, "chosen_model": chosen, "rendered": rendered, "template_error": error,
+            "template_source": "default ChatML" if not (chosen and chosen.chat_template) else chosen.name}
+
+
+@require_GET
+@team_required
+def dataset_detail_view(request, pk: int):
+    try:
+        dataset = dataset_get(team=request.team, pk=pk)
+    except Dataset.DoesNotExist:
+        raise Http404("no such dataset in this team") from None
+    versions = list(dataset.versions.order_by("-version"))
+    selected = versions[0] if versions else None
+    if request.GET.get("version"):
+        selected = next((v for v in versions if str(v.version) == request.GET["version"]), selected)
+    columns = selected.columns if selected else []
+    context = {"dataset": dataset, "versions": versions, "version": selected, "columns": columns, "nav": "datasets"}
+    if selected:
+        context.update(_chat_preview(request, selected))
+    if request.htmx and request.htmx.target == "chat-preview":
+        return render(request, "data/detail.html#chat-preview", context)
+    return render(request, "data/detail.html", context)

@@ -1,0 +1,139 @@
+"""Pipeline specs: parse, normalise and validate, using the trainers' method registry.
+
+One source of truth per method: the config dataclass in `trainers.configs` decides
+defaults, bounds and choices for the web form, the API and the trainer alike.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from typing import Any
+
+from trainers.registry import METHODS, validate_stage
+
+from refinery.data.models import Dataset
+
+STAGE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+MAX_STAGES = 32
+
+
+class SpecError(Exception):
+    def __init__(self, errors: dict[str, str]):
+        self.errors = errors
+        super().__init__("; ".join(errors.values()))
+
+
+def _dataset_kind(team, dataset_id) -> tuple[Dataset | None, str | None]:
+    if dataset_id in (None, ""):
+        return None, "choose a training dataset"
+    try:
+        pk = int(dataset_id)
+    except (TypeError, ValueError):
+        return None, f"dataset must be a dataset id, got {dataset_id!r}"
+    dataset = Dataset.objects.filter(team=team, pk=pk).first()
+    if dataset is None:
+        return None, f"dataset #{pk} does not exist in this team"
+    if not dataset.versions.exists():
+        return None, f"dataset {dataset.name!r} has no version yet"
+    return dataset, None
+
+
+def pipeline_spec_normalize(*, team, spec: Any) -> dict:
+    """Validate a pipeline spec and return it with every config fully resolved (defaults filled).
+
+    Raises SpecError whose `errors` maps a field path (`stages.1.config.learning_rate`)
+    to a one-line message naming the stage.
+    """
+    errors: dict[str, str] = {}
+    if not isinstance(spec, dict):
+        raise SpecError({"spec": "spec must be an object with a 'stages' list"})
+    unknown = set(spec) - {"stages", "seed"}
+    if unknown:
+        errors["spec"] = f"unknown spec fields: {', '.join(sorted(unknown))}"
+    seed = spec.get("seed", 42)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not (0 <= seed < 2**31):
+        try:
+            seed = int(str(seed))
+            if not (0 <= seed < 2**31):
+                raise ValueError
+        except ValueError:
+            errors["seed"] = f"seed: must be an integer between 0 and 2147483647, got {spec.get('seed')!r}"
+    stages = spec.get("stages")
+    if not isinstance(stages, list) or not stages:
+        errors["stages"] = "a pipeline needs at least one stage"
+        raise SpecError(errors)
+    if len(stages) > MAX_STAGES:
+        errors["stages"] = f"a pipeline has at most {MAX_STAGES} stages, got {len(stages)}"
+        raise SpecError(errors)
+
+    resolved = []
+    seen: dict[str, str] = {}  # stage name -> method
+    for i, stage in enumerate(stages):
+        where = f"stages.{i}"
+        label = f"stage {i + 1}"
+        if not isinstance(stage, dict):
+            errors[where] = f"{label}: must be an object"
+            continue
+        name = str(stage.get("name") or f"stage-{i + 1}").strip()
+        if not STAGE_NAME_RE.match(name):
+            errors[f"{where}.name"] = (
+                f"{label}: name {name!r} must be 1-64 lowercase letters, digits, '-' or '_'"
+            )
+        elif name in seen:
+            errors[f"{where}.name"] = f"{label}: the name {name!r} is used twice"
+        label = f"stage {i + 1} ({name})"
+        extra = set(stage) - {"name", "method", "config", "adapter", "dataset_id", "eval_dataset_id", "input"}
+        if extra:
+            errors[f"{where}"] = f"{label}: unknown fields {', '.join(sorted(extra))}"
+        method = stage.get("method", "")
+        source = stage.get("input") or "base"
+        if source != "base" and source not in seen:
+            errors[f"{where}.input"] = (
+                f"{label}: input {source!r} is not an earlier stage (use 'base' or one of: "
+                f"{', '.join(seen) or 'no earlier stages'})"
+            )
+        dataset, problem = _dataset_kind(team, stage.get("dataset_id"))
+        if problem:
+            errors[f"{where}.dataset_id"] = f"{label}: {problem}"
+        eval_id = stage.get("eval_dataset_id") or None
+        if eval_id is not None:
+            eval_ds, problem = _dataset_kind(team, eval_id)
+            if problem:
+                errors[f"{where}.eval_dataset_id"] = f"{label}: eval {problem}"
+            elif dataset and eval_ds.kind != dataset.kind:
+                errors[f"{where}.eval_dataset_id"] = (
+                    f"{label}: eval dataset is {eval_ds.kind!r} data but the training dataset is {dataset.kind!r}"
+                )
+        config, adapter, stage_errors = validate_stage(
+            method, stage.get("config") or {}, stage.get("adapter") or {}, dataset.kind if dataset else None
+        )
+        for key, message in stage_errors.items():
+            if key == "dataset_kind" and dataset is None:
+                continue  # already reported as a missing dataset
+            errors[f"{where}.{key}"] = f"{label}: {message}"
+        seen[name] = method
+        if config is not None:
+            resolved.append({
+                "name": name,
+                "method": method,
+                "config": asdict(config),
+                "adapter": asdict(adapter) if adapter is not None else None,
+                "dataset_id": dataset.pk if dataset else None,
+                "eval_dataset_id": int(eval_id) if eval_id else None,
+                "input": source,
+            })
+    if errors:
+        raise SpecError(errors)
+    return {"seed": seed, "stages": resolved}
+
+
+def pipeline_spec_validate(*, team, spec: Any) -> list[str]:
+    try:
+        pipeline_spec_normalize(team=team, spec=spec)
+    except SpecError as exc:
+        return list(exc.errors.values())
+    return []
+
+
+def method_choices() -> list[tuple[str, str]]:
+    return [(m.name, m.label) for m in METHODS.values()]

@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from refinery.pipelines.models import Pipeline
+from refinery.teams.models import Team
+
+
+class Status(models.TextChoices):
+    PENDING = "pending", "Pending"  # waiting for earlier stages
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    CANCELING = "canceling", "Canceling"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELED = "canceled", "Canceled"
+
+
+ACTIVE_STATES = frozenset({Status.PENDING, Status.QUEUED, Status.RUNNING, Status.CANCELING})
+TERMINAL_STATES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELED})
+
+# The only legal moves of a stage run; everything else is refused.
+STAGE_TRANSITIONS: dict[str, frozenset[str]] = {
+    Status.PENDING: frozenset({Status.QUEUED, Status.CANCELED, Status.FAILED}),
+    Status.QUEUED: frozenset({Status.RUNNING, Status.CANCELED, Status.FAILED}),
+    Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELING, Status.CANCELED, Status.QUEUED}),
+    Status.CANCELING: frozenset({Status.CANCELED, Status.FAILED, Status.SUCCEEDED}),
+    Status.SUCCEEDED: frozenset(),
+    Status.FAILED: frozenset(),
+    Status.CANCELED: frozenset(),
+}
+
+
+class IllegalTransition(Exception):
+    pass
+
+
+class Run(models.Model):
+    """One execution of a pipeline, with a frozen snapshot of everything it depends on."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="runs")
+    pipeline = models.ForeignKey(Pipeline, null=True, on_delete=models.SET_NULL, related_name="runs")
+    number = models.PositiveIntegerField(help_text="per-team run number")
+    name = models.CharField(max_length=200)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    snapshot = models.JSONField(default=dict)
+    seed = models.BigIntegerField()
+    code_version = models.CharField(max_length=64)
+    mlflow_experiment_id = models.CharField(max_length=64, blank=True)
+    mlflow_run_id = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["team", "number"], name="run_unique_team_number")]
+
+    def __str__(self) -> str:
+        return f"#{self.number} {self.name}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in TERMINAL_STATES
+
+    @property
+    def duration(self):
+        if not self.started_at:
+            return None
+        return (self.finished_at or timezone.now()) - self.started_at
+
+
+class StageRun(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="stages")
+    index = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=100)
+    method = models.CharField(max_length=32)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    spec = models.JSONField(default=dict, help_text="resolved stage: config, adapter, datasets, input")
+    attempt = models.PositiveSmallIntegerField(default=0)
+    max_attempts = models.PositiveSmallIntegerField(default=3)
+    worker = models.CharField(max_length=200, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    epoch = models.FloatField(default=0)
+    trainable_params = models.BigIntegerField(null=True, blank=True)
+    total_params = models.BigIntegerField(null=True, blank=True)
+    mlflow_run_id = models.CharField(max_length=64, blank=True)
+    outputs = models.JSONField(default=dict, blank=True)
+    summary = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    log_tail = models.TextField(blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "index"]
+        constraints = [models.UniqueConstraint(fields=["run", "index"], name="stagerun_unique_index")]
+
+    def __str__(self) -> str:
+        return f"{self.run} / {self.name}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in TERMINAL_STATES
+
+    @property
+    def progress(self) -> float:
+        if self.status == Status.SUCCEEDED:
+            return 1.0
+        if not self.total_steps:
+            return 0.0
+        return min(1.0, self.step / self.total_steps)
+
+    @property
+    def duration(self):
+        if not self.started_at:
+            return None
+        return (self.finished_at or timezone.now()) - self.started_at
+
+    # Guarded transitions: models refuse illegal moves; services decide when.
+    def _move(self, target: str) -> None:
+        if target not in STAGE_TRANSITIONS[self.status]:
+            raise IllegalTransition(f"stage {self.name!r}: cannot go from {self.status} to {target}")
+        self.status = target
+
+    def mark_queued(self) -> None:
+        self._move(Status.QUEUED)
+        self.queued_at = timezone.now()
+
+    def mark_running(self, *, worker: str, lease_seconds: float) -> None:
+        self._move(Status.RUNNING)
+        now = timezone.now()
+        self.worker = worker
+        self.attempt += 1
+        self.started_at = self.started_at or now
+        self.heartbeat_at = now
+        self.lease_expires_at = now + timezone.timedelta(seconds=lease_seconds)
+
+    def mark_canceling(self) -> None:
+        self._move(Status.CANCELING)
+
+    def mark_finished(self, status: str, *, error: str = "") -> None:
+        if status not in TERMINAL_STATES:
+            raise IllegalTransition(f"{status} is not a terminal state")
+        self._move(status)
+        self.finished_at = timezone.now()
+        self.lease_expires_at = None
+        if error:
+            self.error = error
+
+
+class StageMetric(models.Model):
+    """A metric point, keyed by step so that a resumed stage never duplicates a point."""
+
+    stage_run = models.ForeignKey(StageRun, on_delete=models.CASCADE, related_name="metrics")
+    key = models.CharField(max_length=100)
+    step = models.PositiveIntegerField()
+    value = models.FloatField()
+    timestamp = models.FloatField()
+
+    class Meta:
+        ordering = ["stage_run", "key", "step"]
+        constraints = [models.UniqueConstraint(fields=["stage_run", "key", "step"], name="stagemetric_unique_point")]

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from django.db.models import Prefetch, QuerySet
+
+from refinery.runs.models import Run, StageMetric, StageRun
+from refinery.teams.models import Team
+
+
+def run_list(*, team: Team, status: str | None = None) -> QuerySet[Run]:
+    qs = Run.objects.filter(team=team).select_related("pipeline", "created_by")
+    if status:
+        qs = qs.filter(status=status)
+    return qs.prefetch_related(Prefetch("stages", queryset=StageRun.objects.order_by("index")))
+
+
+def run_get(*, team: Team, number: int) -> Run:
+    return run_list(team=team).get(number=number)
+
+
+def stage_metric_series(*, stage_run: StageRun, keys: list[str] | None = None) -> dict[str, list[tuple[int, float]]]:
+    qs = StageMetric.objects.filter(stage_run=stage_run).order_by("key", "step")
+    if keys:
+        qs = qs.filter(key__in=keys)
+    series: dict[str, list[tuple[int, float]]] = {}
+    for key, step, value in qs.values_list("key", "step", "value"):
+        series.setdefault(key, []).append((step, value))
+    return series
+
+
+def run_metric_series(*, run: Run, keys: list[str] | None = None) -> dict[str, list[tuple[int, float]]]:
+    """One series per stage and key, steps offset so that stages follow each other on one axis."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    offset = 0
+    for stage in run.stages.order_by("index"):
+        series = stage_metric_series(stage_run=stage, keys=keys)
+        last = offset
+        for key, points in series.items():
+            label = f"{stage.name} {key}"
+            out[label] = [(offset + step, value) for step, value in points]
+            if points:
+                last = max(last, offset + points[-1][0])
+        offset = max(last, offset + stage.total_steps)
+    return out
+
+
+def run_key_metric(*, run: Run, key: str = "train/loss") -> float | None:
+    last = (
+        StageMetric.objects.filter(stage_run__run=run, key=key)
+        .order_by("-stage_run__index", "-step")
+        .values_list("value", flat=True)
+        .first()
+    )
+    return last
+
+
+def stage_metric_summary(*, stage_run: StageRun) -> dict[str, dict[str, float | int | None]]:
+    """Per metric key: first, last, min, max value and the number of points."""
+    from django.db.models import Count
+    from django.db.models import Max as MaxAgg
+    from django.db.models import Min
+
+    summary: dict[str, dict[str, float | int | None]] = {}
+    rows = (
+        StageMetric.objects.filter(stage_run=stage_run).values("key")
+        .annotate(count=Count("id"), min=Min("value"), max=MaxAgg("value"), last_step=MaxAgg("step"), first_step=Min("step"))
+    )
+    for row in rows:
+        points = StageMetric.objects.filter(stage_run=stage_run, key=row["key"])
+        summary[row["key"]] = {
+            "count": row["count"], "min": row["min"], "max": row["max"], "last_step": row["last_step"],
+            "first": points.filter(step=row["first_step"]).values_list("value", flat=True).first(),
+            "last": points.filter(step=row["last_step"]).values_list("value", flat=True).first(),
+        }
+    return summary

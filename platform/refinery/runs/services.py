@@ -1,0 +1,332 @@
+"""Services that start, advance, cancel and reap runs. Every write is atomic."""
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterable
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from refinery.data.models import Dataset
+from refinery.pipelines.models import Pipeline
+from refinery.runs.dispatch import enqueue_stage_on_commit
+from refinery.runs.models import (
+    ACTIVE_STATES,
+    TERMINAL_STATES,
+    IllegalTransition,
+    Run,
+    StageMetric,
+    StageRun,
+    Status,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RunError(Exception):
+    """A run cannot be started as asked; the message says why."""
+
+
+def _dataset_snapshot(*, team, dataset_id: int | None) -> dict | None:
+    if dataset_id is None:
+        return None
+    dataset = Dataset.objects.filter(team=team, pk=dataset_id).first()
+    if dataset is None:
+        raise RunError(f"dataset #{dataset_id} does not exist in this team")
+    version = dataset.latest_version
+    if version is None:
+        raise RunError(f"dataset {dataset.name!r} has no version yet")
+    return {
+        "dataset_id": dataset.pk,
+        "name": dataset.name,
+        "kind": dataset.kind,
+        "version": version.version,
+        "version_id": version.pk,
+        "sha256": version.sha256,
+        "format": version.format,
+        "storage_path": version.storage_path,
+        "rows": version.row_count,
+    }
+
+
+def run_snapshot(*, pipeline: Pipeline, seed: int) -> dict:
+    """Everything a run depends on, frozen: spec, dataset versions by hash, base model, code, seed."""
+    base = pipeline.base_model
+    stages = []
+    for stage in pipeline.stages:
+        stages.append({
+            **stage,
+            "train_data": _dataset_snapshot(team=pipeline.team, dataset_id=stage.get("dataset_id")),
+            "eval_data": _dataset_snapshot(team=pipeline.team, dataset_id=stage.get("eval_dataset_id")),
+        })
+    if not stages:
+        raise RunError(f"pipeline {pipeline.name!r} has no stages")
+    return {
+        "pipeline": {"id": pipeline.pk, "name": pipeline.name, "updated_at": pipeline.updated_at.isoformat()},
+        "base_model": {
+            "id": base.pk, "name": base.name, "source": base.source,
+            "name_or_path": base.name_or_path, "revision": base.revision or None,
+        },
+        "stages": stages,
+        "seed": seed,
+        "code_version": settings.REFINERY_CODE_VERSION,
+    }
+
+
+def _stage_ready(stage: StageRun, by_name: dict[str, StageRun]) -> bool:
+    source = stage.spec.get("input", "base")
+    return source == "base" or by_name[source].status == Status.SUCCEEDED
+
+
+@transaction.atomic
+def run_create(*, pipeline: Pipeline, user, seed: int | None = None, name: str = "") -> Run:
+    from refinery.pipelines.specs import pipeline_spec_validate
+
+    errors = pipeline_spec_validate(team=pipeline.team, spec=pipeline.spec)
+    if errors:
+        raise RunError("; ".join(errors))
+    seed = seed if seed is not None else int(pipeline.spec.get("seed", secrets.randbelow(2**31)))
+    snapshot = run_snapshot(pipeline=pipeline, seed=seed)
+    # Lock the team's runs to hand out the next number without a race.
+    last = Run.objects.select_for_update().filter(team=pipeline.team).aggregate(n=Max("number"))["n"] or 0
+    run = Run.objects.create(
+        team=pipeline.team, pipeline=pipeline, number=last + 1, name=name or pipeline.name,
+        status=Status.QUEUED, snapshot=snapshot, seed=seed,
+        code_version=snapshot["code_version"], created_by=user,
+    )
+    stage_runs = [
+        StageRun(run=run, index=i, name=s["name"], method=s["method"], spec=s,
+                 max_attempts=int(s.get("max_attempts", 3)))
+        for i, s in enumerate(snapshot["stages"])
+    ]
+    StageRun.objects.bulk_create(stage_runs)
+    _queue_ready_stages(run)
+    return run
+
+
+def _queue_ready_stages(run: Run) -> list[StageRun]:
+    stages = list(run.stages.select_for_update().order_by("index"))
+    by_name = {s.name: s for s in stages}
+    queued = []
+    for stage in stages:
+        if stage.status == Status.PENDING and _stage_ready(stage, by_name):
+            stage.mark_queued()
+            stage.save(update_fields=["status", "queued_at"])
+            enqueue_stage_on_commit(stage.pk)
+            queued.append(stage)
+    return queued
+
+
+def _run_refresh_status(run: Run) -> None:
+    """Derive the run's status from its stages."""
+    statuses = list(run.stages.values_list("status", flat=True))
+    now = timezone.now()
+    if any(s == Status.FAILED for s in statuses):
+        new = Status.FAILED
+    elif any(s in (Status.CANCELED, Status.CANCELING) for s in statuses):
+        new = Status.CANCELING if any(s in ACTIVE_STATES for s in statuses) else Status.CANCELED
+    elif all(s == Status.SUCCEEDED for s in statuses):
+        new = Status.SUCCEEDED
+    elif any(s in (Status.RUNNING,) for s in statuses) or any(s == Status.SUCCEEDED for s in statuses):
+        new = Status.RUNNING
+    else:
+        new = Status.QUEUED
+    if new == Status.FAILED and any(s in ACTIVE_STATES - {Status.PENDING} for s in statuses):
+        new = Status.RUNNING  # a parallel branch is still working; the run ends when it does
+    fields = ["status"]
+    run.status = new
+    if new == Status.RUNNING and run.started_at is None:
+        run.started_at = now
+        fields.append("started_at")
+    if new in TERMINAL_STATES and run.finished_at is None:
+        run.finished_at = now
+        fields.append("finished_at")
+        if run.started_at is None:
+            run.started_at = now
+            fields.append("started_at")
+    run.save(update_fields=fields)
+
+
+# --- Execution side (called by the supervisor in jobs/) -----------------------
+
+def _locked_stage(stage_run_id: int, *, skip_locked: bool = False) -> StageRun | None:
+    return (
+        StageRun.objects.select_for_update(skip_locked=skip_locked)
+        .select_related("run", "run__team", "run__created_by")
+        .filter(pk=stage_run_id)
+        .first()
+    )
+
+
+@transaction.atomic
+def stage_claim(*, stage_run_id: int, worker: str) -> StageRun | None:
+    """Claim a queued stage for this worker, exactly once. None if someone else has it."""
+    stage = _locked_stage(stage_run_id, skip_locked=True)
+    if stage is None or stage.status != Status.QUEUED:
+        return None
+    if stage.run.status in TERMINAL_STATES:
+        return None
+    stage.mark_running(worker=worker, lease_seconds=settings.REFINERY_LEASE_SECONDS)
+    stage.error = ""
+    stage.save()
+    _run_refresh_status(stage.run)
+    return stage
+
+
+def stage_heartbeat(*, stage_run_id: int, worker: str, attempt: int, step: int | None = None,
+                    total_steps: int | None = None, epoch: float | None = None) -> tuple[bool, bool]:
+    """Renew the lease and record progress. Returns (still_ours, cancel_requested)."""
+    now = timezone.now()
+    fields: dict = {
+        "heartbeat_at": now,
+        "lease_expires_at": now + timezone.timedelta(seconds=settings.REFINERY_LEASE_SECONDS),
+    }
+    if step is not None:
+        fields["step"] = step
+    if total_steps is not None:
+        fields["total_steps"] = total_steps
+    if epoch is not None:
+        fields["epoch"] = epoch
+    updated = StageRun.objects.filter(
+        pk=stage_run_id, worker=worker, attempt=attempt, status__in=[Status.RUNNING, Status.CANCELING]
+    ).update(**fields)
+    cancel = StageRun.objects.filter(pk=stage_run_id, cancel_requested_at__isnull=False).exists()
+    return bool(updated), cancel
+
+
+def stage_update(*, stage_run_id: int, **fields) -> None:
+    allowed = {"trainable_params", "total_params", "mlflow_run_id", "log_tail", "total_steps"}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"cannot update {sorted(unknown)}")
+    StageRun.objects.filter(pk=stage_run_id).update(**fields)
+
+
+def stage_metrics_record(*, stage_run_id: int, points: Iterable[tuple[str, int, float, float]]) -> int:
+    """Store (key, step, value, timestamp) points; a point already stored for that step is kept."""
+    rows = [StageMetric(stage_run_id=stage_run_id, key=k, step=s, value=v, timestamp=t) for k, s, v, t in points]
+    StageMetric.objects.bulk_create(rows, ignore_conflicts=True)
+    return len(rows)
+
+
+@transaction.atomic
+def stage_finish(*, stage_run_id: int, status: str, error: str = "", outputs: dict | None = None,
+                 summary: dict | None = None, log_tail: str | None = None) -> StageRun:
+    """Mark a stage finished and advance its run (queue the next stages, or end the run)."""
+    stage = _locked_stage(stage_run_id)
+    if stage is None:
+        raise StageRun.DoesNotExist(stage_run_id)
+    stage.mark_finished(status, error=error)
+    if outputs is not None:
+        stage.outputs = outputs
+    if summary is not None:
+        stage.summary = summary
+    if log_tail is not None:
+        stage.log_tail = log_tail
+    stage.save()
+    run = stage.run
+    if status == Status.SUCCEEDED:
+        _queue_ready_stages(run)
+    else:
+        # Stages that depend on this one can never run.
+        _cancel_dependents(run, reason=f"stage {stage.name!r} {status}")
+    _run_refresh_status(run)
+    if run.status == Status.FAILED and not run.error:
+        run.error = f"stage {stage.name!r} failed: {error}".strip()
+        run.save(update_fields=["error"])
+    return stage
+
+
+def _cancel_dependents(run: Run, *, reason: str) -> None:
+    stages = list(run.stages.select_for_update().order_by("index"))
+    by_name = {s.name: s for s in stages}
+    changed = True
+    while changed:
+        changed = False
+        for stage in stages:
+            source = stage.spec.get("input", "base")
+            if stage.status == Status.PENDING and source != "base" and by_name[source].status in TERMINAL_STATES - {Status.SUCCEEDED}:
+                stage.mark_finished(Status.CANCELED, error=f"not run: {reason}")
+                stage.save()
+                changed = True
+
+
+@transaction.atomic
+def stage_requeue(*, stage_run_id: int, reason: str) -> StageRun:
+    """Put a running stage whose worker was lost back in the queue (attempt + 1 on claim)."""
+    stage = _locked_stage(stage_run_id)
+    if stage.attempt >= stage.max_attempts:
+        stage.mark_finished(Status.FAILED, error=f"{reason}; gave up after {stage.attempt} attempts")
+        stage.save()
+        _cancel_dependents(stage.run, reason=f"stage {stage.name!r} failed")
+        _run_refresh_status(stage.run)
+        return stage
+    stage.mark_queued()
+    stage.worker = ""
+    stage.lease_expires_at = None
+    stage.error = reason
+    stage.save()
+    enqueue_stage_on_commit(stage.pk)
+    return stage
+
+
+def stage_reap_expired() -> list[int]:
+    """Find running stages whose lease expired (their worker died) and requeue or fail them."""
+    now = timezone.now()
+    expired = list(
+        StageRun.objects.filter(status__in=[Status.RUNNING, Status.CANCELING], lease_expires_at__lt=now)
+        .values_list("pk", "status", "cancel_requested_at")
+    )
+    handled = []
+    for pk, status, cancel_requested in expired:
+        with transaction.atomic():
+            stage = _locked_stage(pk, skip_locked=True)
+            if stage is None or stage.lease_expires_at is None or stage.lease_expires_at >= now:
+                continue
+            if stage.status == Status.CANCELING or cancel_requested:
+                stage.mark_finished(Status.CANCELED, error="canceled (worker lost)")
+                stage.save()
+                _cancel_dependents(stage.run, reason="canceled")
+                _run_refresh_status(stage.run)
+            else:
+                stage_requeue(stage_run_id=pk, reason=f"worker {stage.worker or '?'} lost (lease expired)")
+            handled.append(pk)
+    return handled
+
+
+@transaction.atomic
+def run_cancel(*, run: Run, user=None) -> Run:
+    """Cancel a run: waiting stages end now, a running stage is stopped by its supervisor."""
+    run = Run.objects.select_for_update().get(pk=run.pk)
+    if run.is_finished:
+        raise IllegalTransition(f"run #{run.number} is already {run.status}")
+    now = timezone.now()
+    for stage in run.stages.select_for_update().order_by("index"):
+        if stage.status in (Status.PENDING, Status.QUEUED):
+            stage.mark_finished(Status.CANCELED, error="canceled before it started")
+            stage.cancel_requested_at = now
+            stage.save()
+        elif stage.status == Status.RUNNING:
+            stage.mark_canceling()
+            stage.cancel_requested_at = now
+            stage.save()
+    _run_refresh_status(run)
+    return run
+
+
+def stage_for_supervisor(*, stage_run_id: int) -> StageRun:
+    return StageRun.objects.select_related("run", "run__team", "run__created_by").get(pk=stage_run_id)
+
+
+def stage_running_count() -> int:
+    return StageRun.objects.filter(status=Status.RUNNING).count()
+
+
+__all__ = [
+    "RunError", "run_create", "run_cancel", "run_snapshot", "stage_claim", "stage_heartbeat",
+    "stage_update", "stage_metrics_record", "stage_finish", "stage_requeue", "stage_reap_expired",
+    "stage_for_supervisor",
+]

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import Http404, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseStopPolling
+
+from refinery.core.auth import team_required
+from refinery.runs.charts import chart_payload
+from refinery.runs.models import IllegalTransition, Run, Status
+from refinery.runs.selectors import run_get, run_key_metric, run_list, run_metric_series
+from refinery.runs.services import run_cancel
+from refinery.tracking.links import mlflow_run_url
+
+LOSS_KEYS = ["train/loss", "eval/loss"]
+
+
+def _run_or_404(request, number: int) -> Run:
+    try:
+        return run_get(team=request.team, number=number)
+    except Run.DoesNotExist:
+        raise Http404("no such run in this team") from None
+
+
+@require_GET
+@team_required
+def run_list_view(request):
+    status = request.GET.get("status") or None
+    if status and status not in Status.values:
+        status = None
+    runs = list(run_list(team=request.team, status=status)[:200])
+    for run in runs:
+        run.key_metric = run_key_metric(run=run)
+        stages = list(run.stages.all())
+        run.progress = sum(s.progress for s in stages) / len(stages) if stages else 0
+    active = any(not run.is_finished for run in runs)
+    context = {"runs": runs, "status": status, "statuses": Status.choices, "active": active, "nav": "runs"}
+    if request.htmx and request.htmx.target == "run-rows":
+        response = render(request, "runs/list.html#run-rows", context)
+        return response if active else HttpResponseStopPolling(response.content)
+    return render(request, "runs/list.html", context)
+
+
+def _run_context(request, run: Run) -> dict:
+    stages = list(run.stages.order_by("index"))
+    progress = sum(s.progress for s in stages) / len(stages) if stages else 0
+    current = next((s for s in stages if s.status in (Status.RUNNING, Status.CANCELING)), None)
+    return {
+        "run": run,
+        "stages": stages,
+        "progress": progress,
+        "current": current,
+        "chart": chart_payload(run_metric_series(run=run, keys=LOSS_KEYS)),
+        "mlflow_url": mlflow_run_url(run.mlflow_experiment_id, run.mlflow_run_id),
+        "stage_links": {s.pk: mlflow_run_url(run.mlflow_experiment_id, s.mlflow_run_id) for s in stages},
+        "nav": "runs",
+    }
+
+
+@require_GET
+@team_required
+def run_detail_view(request, number: int):
+    run = _run_or_404(request, number)
+    context = _run_context(request, run)
+    if request.htmx and request.htmx.target == "run-live":
+        response = render(request, "runs/detail.html#run-live", context)
+        if run.is_finished:
+            # One last render with the final state, then the client stops polling.
+            return HttpResponseStopPolling(response.content)
+        return response
+    return render(request, "runs/detail.html", context)
+
+
+@require_GET
+@team_required
+def run_metrics_view(request, number: int):
+    run = _run_or_404(request, number)
+    keys = request.GET.getlist("key") or None
+    return JsonResponse(chart_payload(run_metric_series(run=run, keys=keys)))
+
+
+@require_POST
+@team_required(write=True)
+def run_cancel_view(request, number: int):
+    run = _run_or_404(request, number)
+    try:
+        run_cancel(run=run, user=request.user)
+        messages.success(request, f"Canceling run #{run.number}.")
+    except IllegalTransition as exc:
+        messages.error(request, str(exc))
+    return redirect("runs:detail", number=run.number)

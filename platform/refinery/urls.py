@@ -1,0 +1,18 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+from refinery.api.views import api
+
+urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="runs:list", permanent=False)),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("runs/", include("refinery.runs.urls")),
+    path("pipelines/", include("refinery.pipelines.urls")),
+    path("datasets/", include("refinery.data.urls")),
+    path("models/", include("refinery.basemodels.urls")),
+    path("api/v1/", api.urls),
+    path("admin/", admin.site.urls),
+]
