@@ -51,8 +51,12 @@ def group_fields(fields: list[dict]) -> list[tuple[str, list[dict]]]:
     return list(groups.items())
 
 
-def stage_context(*, index: int, stage: dict | None = None, errors: dict[str, str] | None = None,
-                  earlier: list[str] | None = None) -> dict:
+def _input_options(index: int, chosen: str) -> list[tuple[str, str, bool]]:
+    options = [("base", "Base model")] + [(f"@{j}", f"Output of stage {j + 1}") for j in range(index)]
+    return [(value, label, value == chosen) for value, label in options]
+
+
+def stage_context(*, index: int, stage: dict | None = None, errors: dict[str, str] | None = None) -> dict:
     """Everything the stage fieldset template needs."""
     stage = stage or {}
     errors = errors or {}
@@ -76,8 +80,7 @@ def stage_context(*, index: int, stage: dict | None = None, errors: dict[str, st
         "methods": list(METHODS.values()),
         "dataset_id": str(stage.get("dataset_id") or ""),
         "eval_dataset_id": str(stage.get("eval_dataset_id") or ""),
-        "input": stage.get("input_ref") or "base",
-        "earlier": earlier if earlier is not None else [f"stage {j + 1}" for j in range(index)],
+        "input_options": _input_options(index, stage.get("input_ref") or (f"@{index - 1}" if index else "base")),
         "config_groups": group_fields(config_fields),
         "adapter_fields": adapter_fields,
         "errors": stage_errors,

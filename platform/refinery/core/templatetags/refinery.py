@@ -81,3 +81,11 @@ def json_script_data(data) -> str:
     """Embed JSON for app.js charts: <script type="application/json" class="chart-data">."""
     text = json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return format_html('<script type="application/json" class="chart-data">{}</script>', mark_safe(text))
+
+
+@register.filter
+def cell(value) -> str:
+    """A table cell: JSON for lists and dicts (chat messages), text otherwise."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return "" if value is None else str(value)

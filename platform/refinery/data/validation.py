@@ -1,0 +1,657 @@
+"""Streaming validation of dataset files: JSONL, CSV and Parquet.
+
+`validate_file` reads a file once, checks every row against its dataset kind,
+hashes the bytes, counts the rows and gathers a preview and column statistics
+(`refinery.data.inspect`); memory stays constant whatever the file size.
+`iter_rows` streams the normalized rows of a file for later use.
+
+Pure Python: no Django, no torch. pyarrow is imported only to read Parquet.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
+
+from refinery.data.inspect import PREVIEW_ROWS, DatasetStats, preview_row
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+DEFAULT_MAX_ERRORS = 20
+DEFAULT_MAX_LINE_BYTES = 1_000_000
+ROLES = ("system", "user", "assistant")
+
+_CHUNK_BYTES = 1 << 20
+_PARQUET_BATCH_ROWS = 1024
+
+
+# --- issues --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ValidationIssue:
+    """One problem with a dataset file.
+
+    `row` is 1-based: the line number in JSONL, the record number in CSV (the
+    header being line 1), the row index + 1 in Parquet (`unit` says which
+    word to show). It is None for problems with the whole file.
+    """
+
+    row: int | None
+    field: str | None
+    message: str
+    unit: str = "line"
+
+    def __str__(self) -> str:
+        return self.message if self.row is None else f"{self.unit} {self.row}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"row": self.row, "field": self.field, "message": self.message, "unit": self.unit, "text": str(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ValidationIssue:
+        return cls(data["row"], data["field"], data["message"], data.get("unit", "line"))
+
+
+class DatasetError(ValueError):
+    """A dataset file that cannot be used; `issues` say why."""
+
+    def __init__(self, *issues: ValidationIssue) -> None:
+        self.issues = list(issues)
+        super().__init__("; ".join(str(issue) for issue in issues))
+
+
+# --- dataset kinds -------------------------------------------------------------------------------
+
+TEXT = "text"  # a non-empty string
+MESSAGES = "messages"  # a conversation: a list of {"role", "content"} turns
+
+Problem = tuple[str | None, str]  # (field, message)
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """The columns a dataset kind requires, and how to check a row of it."""
+
+    name: str
+    fields: Mapping[str, str]  # required field -> TEXT or MESSAGES
+    must_differ: tuple[str, str] | None = None  # two fields that may not hold the same value
+
+    def check(self, row: Mapping[str, Any]) -> list[Problem]:
+        problems: list[Problem] = []
+        for name, field_type in self.fields.items():
+            if name not in row:
+                problems.append((name, f'missing required field "{name}"'))
+            elif problem := _FIELD_CHECKS[field_type](name, row[name]):
+                problems.append((name, problem))
+        if self.must_differ and not problems:
+            first, second = self.must_differ
+            if row[first] == row[second]:
+                problems.append((second, f'"{first}" and "{second}" are identical'))
+        return problems
+
+
+def _check_text(name: str, value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f'field "{name}": expected a string, got {json_type(value)}'
+    if not value.strip():
+        return f'field "{name}" is empty'
+    return None
+
+
+def _check_messages(name: str, value: Any) -> str | None:
+    problem = _conversation_problem(value)
+    return f'field "{name}": {problem}' if problem else None
+
+
+def _conversation_problem(turns: Any) -> str | None:
+    if not isinstance(turns, list):
+        return f"expected a list of messages, got {json_type(turns)}"
+    if not turns:
+        return "has no messages"
+    for number, turn in enumerate(turns, start=1):
+        if not isinstance(turn, Mapping):
+            return f"turn {number} is {json_type(turn)} (expected an object with role and content)"
+        if "role" not in turn:
+            return f'turn {number} has no "role"'
+        if turn["role"] not in ROLES:
+            return f"turn {number} has role {_show(turn['role'])} (expected system, user or assistant)"
+        if "content" not in turn:
+            return f'turn {number} has no "content"'
+        if not isinstance(turn["content"], str):
+            return f'turn {number} has "content" of type {json_type(turn["content"])} (expected a string)'
+    roles = [turn["role"] for turn in turns]
+    for required in ("user", "assistant"):
+        if required not in roles:
+            return f"has no {required} turn"
+    if roles[-1] != "assistant":
+        return f'ends with a "{roles[-1]}" turn (must end with an assistant turn)'
+    return None
+
+
+_FIELD_CHECKS: dict[str, Callable[[str, Any], str | None]] = {TEXT: _check_text, MESSAGES: _check_messages}
+
+KINDS: dict[str, KindSpec] = {
+    spec.name: spec
+    for spec in (
+        KindSpec("prompt_completion", {"prompt": TEXT, "completion": TEXT}),
+        KindSpec("chat", {"messages": MESSAGES}),
+        KindSpec("preference", {"prompt": TEXT, "chosen": TEXT, "rejected": TEXT}, must_differ=("chosen", "rejected")),
+        KindSpec("reference", {"prompt": TEXT, "answer": TEXT}),
+    )
+}
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, as a user would say it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    return type(value).__name__
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+# --- reading: shared pieces ----------------------------------------------------------------------
+
+
+class _Record(NamedTuple):
+    """One record as a reader produced it, before the kind checks."""
+
+    number: int
+    row: dict[str, Any] | None  # None when the record could not be read as a row
+    problems: list[Problem]  # reading problems; when there are any the kind checks are skipped
+
+
+class _Table(NamedTuple):
+    columns: list[str] | None  # as declared by a CSV header or a Parquet schema
+    records: Iterator[_Record]
+
+
+def _text_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, str | None, str | None]]:
+    """Yield (line number, text, problem) for each line of a byte stream.
+
+    Reads at most `max_line_bytes` (+ the line break) at a time: the text of a
+    longer line is None and the rest of it is skipped without being held in
+    memory. A line that is not UTF-8 comes with a problem and its text decoded
+    with replacement characters, so that a CSV parser can keep going.
+    """
+    limit = max_line_bytes + 2  # room for "\r\n"
+    number = 0
+    while line := stream.readline(limit):
+        number += 1
+        if len(line.rstrip(b"\r\n")) > max_line_bytes or (len(line) == limit and not line.endswith(b"\n")):
+            _skip_rest_of_line(stream, line)
+            yield number, None, f"longer than {max_line_bytes} bytes"
+            continue
+        if number == 1:
+            line = line.removeprefix(codecs.BOM_UTF8)
+        try:
+            text, problem = line.decode("utf-8"), None
+        except UnicodeDecodeError as error:
+            text = line.decode("utf-8", errors="replace")
+            problem = f"not valid UTF-8 (byte 0x{line[error.start]:02x} at position {error.start + 1})"
+        yield number, text, problem
+
+
+def _skip_rest_of_line(stream: BinaryIO, line: bytes) -> None:
+    while line and not line.endswith(b"\n"):
+        line = stream.readline(_CHUNK_BYTES)
+
+
+def _parse_json(text: str) -> tuple[Any, str | None]:
+    """(value, None), or (None, a description of why `text` is not JSON)."""
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as error:
+        where = f"column {error.colno}" if error.lineno == 1 else f"line {error.lineno} column {error.colno}"
+        return None, f"invalid JSON ({error.msg} at {where})"
+    except RecursionError:
+        return None, "invalid JSON (nested too deeply)"
+
+
+# --- JSONL ---------------------------------------------------------------------------------------
+
+
+def _open_jsonl(stream: BinaryIO, kind: KindSpec, max_line_bytes: int) -> _Table:
+    return _Table(None, _jsonl_records(stream, max_line_bytes))
+
+
+def _jsonl_records(stream: BinaryIO, max_line_bytes: int) -> Iterator[_Record]:
+    for number, text, problem in _text_lines(stream, max_line_bytes):
+        if problem is None:  # then there is text
+            if not text.strip():
+                continue  # blank lines are allowed
+            value, problem = _parse_json(text)
+            if problem is None and not isinstance(value, dict):
+                problem = f"expected a JSON object, got {json_type(value)}"
+        if problem:
+            yield _Record(number, None, [(None, problem)])
+        else:
+            yield _Record(number, value, [])
+
+
+# --- CSV -----------------------------------------------------------------------------------------
+
+
+class _LineTooLong(Exception):
+    pass
+
+
+class _CsvLines:
+    """Decoded lines for `csv.reader`, remembering the first problem since `reset()`."""
+
+    def __init__(self, stream: BinaryIO, max_line_bytes: int) -> None:
+        self._lines = _text_lines(stream, max_line_bytes)
+        self.problem: str | None = None
+
+    def reset(self) -> None:
+        self.problem = None
+
+    def __iter__(self) -> _CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        _number, text, problem = next(self._lines)
+        if text is None:
+            raise _LineTooLong(problem)
+        self.problem = self.problem or problem
+        return text
+
+
+def _csv_records(stream: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, list[str], str | None]]:
+    """Yield (record number, cells, problem) for each CSV record, the header being record 1.
+
+    A record that cannot be parsed, or a line that is too long, ends the file:
+    the parser cannot tell where the next record starts.
+    """
+    # Cells may legitimately be as long as a line; the csv module's default cap is 128 KiB.
+    csv.field_size_limit(max(csv.field_size_limit(), max_line_bytes))
+    lines = _CsvLines(stream, max_line_bytes)
+    reader = csv.reader(lines, strict=True)
+    number = 0
+    while True:
+        number += 1
+        lines.reset()
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except _LineTooLong as error:
+            raise DatasetError(ValidationIssue(number, None, str(error))) from None
+        except csv.Error as error:
+            reason = str(error).split(" - ")[0]  # drop the csv module's hint about newline modes
+            raise DatasetError(ValidationIssue(number, None, f"malformed CSV ({reason})")) from None
+        yield number, cells, lines.problem
+
+
+def _open_csv(stream: BinaryIO, kind: KindSpec, max_line_bytes: int) -> _Table:
+    records = _csv_records(stream, max_line_bytes)
+    number, cells, problem = next(records, (1, [], None))
+    if problem:
+        raise DatasetError(ValidationIssue(number, None, f"CSV header is {problem}"))
+    header = [cell.strip() for cell in cells]
+    _check_csv_header(header, kind)
+    return _Table(header, _csv_rows(records, header, kind))
+
+
+def _check_csv_header(header: list[str], kind: KindSpec) -> None:
+    if not any(header):
+        raise DatasetError(ValidationIssue(1, None, "CSV header is empty"))
+    issues = []
+    seen: set[str] = set()
+    for position, name in enumerate(header, start=1):
+        if not name:
+            issues.append(ValidationIssue(None, None, f"CSV header has no name for column {position}"))
+        elif name in seen:
+            issues.append(ValidationIssue(None, name, f'CSV header has duplicate column "{name}"'))
+        seen.add(name)
+    for name in kind.fields:
+        if name not in seen:
+            issues.append(ValidationIssue(None, name, f'CSV header is missing column "{name}"'))
+    if issues:
+        raise DatasetError(*issues)
+
+
+def _csv_rows(
+    records: Iterator[tuple[int, list[str], str | None]], header: list[str], kind: KindSpec
+) -> Iterator[_Record]:
+    json_fields = [name for name, field_type in kind.fields.items() if field_type == MESSAGES]
+    for number, cells, problem in records:
+        if problem:
+            yield _Record(number, None, [(None, problem)])
+            continue
+        if not cells:
+            continue  # blank line
+        if len(cells) != len(header):
+            message = f"expected {len(header)} cells (one per header column), got {len(cells)}"
+            yield _Record(number, None, [(None, message)])
+            continue
+        row: dict[str, Any] = dict(zip(header, cells))
+        problems: list[Problem] = []
+        for name in json_fields:  # conversations are JSON text inside a cell
+            value, problem = _parse_json(row[name])
+            if problem:
+                problems.append((name, f'field "{name}": {problem}'))
+            else:
+                row[name] = value
+        yield _Record(number, row, problems)
+
+
+# --- Parquet -------------------------------------------------------------------------------------
+
+
+def _open_parquet(stream: BinaryIO, kind: KindSpec, max_line_bytes: int) -> _Table:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        # No pre-buffering: it would keep every column chunk read so far in memory.
+        parquet = pq.ParquetFile(stream, pre_buffer=False, buffer_size=_CHUNK_BYTES)
+    except (pa.ArrowException, OSError) as error:
+        raise DatasetError(ValidationIssue(None, None, f"not a Parquet file or truncated ({error})")) from None
+    schema = parquet.schema_arrow
+    issues = [
+        ValidationIssue(None, name, problem)
+        for name, field_type in kind.fields.items()
+        if (problem := _parquet_column_problem(schema, name, field_type))
+    ]
+    if issues:
+        raise DatasetError(*issues)
+    return _Table(list(schema.names), _parquet_records(parquet))
+
+
+def _parquet_column_problem(schema: pa.Schema, name: str, field_type: str) -> str | None:
+    if schema.get_field_index(name) < 0:
+        return f'Parquet file is missing column "{name}"'
+    arrow_type = schema.field(name).type
+    if field_type == TEXT:
+        ok, expected = _is_arrow_string(arrow_type), "string"
+    else:
+        ok, expected = _is_arrow_conversation(arrow_type), "list<struct<role: string, content: string>>"
+    return None if ok else f'column "{name}" has type {arrow_type} (expected {expected})'
+
+
+def _is_arrow_string(arrow_type: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_string_view(arrow_type)
+
+
+def _is_arrow_conversation(arrow_type: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    if not (pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)):
+        return False
+    turn = arrow_type.value_type
+    return (
+        pa.types.is_struct(turn)
+        and all(turn.get_field_index(key) >= 0 for key in ("role", "content"))
+        and all(_is_arrow_string(turn.field(key).type) for key in ("role", "content"))
+    )
+
+
+def _parquet_records(parquet: Any) -> Iterator[_Record]:
+    import pyarrow as pa
+
+    number = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
+            for row in batch.to_pylist():
+                number += 1
+                yield _Record(number, row, [])
+    except (pa.ArrowException, OSError) as error:
+        raise DatasetError(ValidationIssue(None, None, f"Parquet data unreadable after row {number} ({error})")) from None
+
+
+# --- formats -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    name: str
+    extensions: tuple[str, ...]
+    open: Callable[[BinaryIO, KindSpec, int], _Table]
+    unit: str = "line"  # what a record number counts, in messages
+    random_access: bool = False  # the reader seeks (Parquet reads its footer first)
+
+
+FORMATS: dict[str, FileFormat] = {
+    fmt.name: fmt
+    for fmt in (
+        FileFormat("jsonl", (".jsonl", ".json", ".ndjson"), _open_jsonl),
+        FileFormat("csv", (".csv",), _open_csv),
+        FileFormat("parquet", (".parquet",), _open_parquet, unit="row", random_access=True),
+    )
+}
+
+
+def detect_format(filename: str | Path) -> str:
+    """The dataset format of a file, from its extension; DatasetError for any other extension."""
+    suffix = Path(filename).suffix.lower()
+    for fmt in FORMATS.values():
+        if suffix in fmt.extensions:
+            return fmt.name
+    extensions = ", ".join(extension for fmt in FORMATS.values() for extension in fmt.extensions)
+    name = Path(filename).name
+    message = f'cannot tell the format of "{name}" from its extension (expected one of {extensions})'
+    raise DatasetError(ValidationIssue(None, None, message))
+
+
+def _lookup(table: Mapping[str, Any], name: str, what: str) -> Any:
+    if name not in table:
+        raise ValueError(f'unknown dataset {what} "{name}" (expected one of {", ".join(table)})')
+    return table[name]
+
+
+def _check_not_empty(stream: BinaryIO) -> None:
+    if os.fstat(stream.fileno()).st_size == 0:
+        raise DatasetError(ValidationIssue(None, None, "file is empty"))
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ValidationReport:
+    format: str
+    kind: str
+    row_count: int  # records read (blank lines aside), valid or not
+    error_count: int  # all problems found; `issues` keeps the first few
+    issues: list[ValidationIssue]
+    sha256: str
+    size_bytes: int
+    columns: list[str]
+    preview: list[dict[str, Any]]  # the first rows, values cut short for display
+    stats: dict[str, dict[str, Any]]  # per column, see refinery.data.inspect.ColumnStats
+
+    @property
+    def ok(self) -> bool:
+        return self.error_count == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "format": self.format,
+            "kind": self.kind,
+            "row_count": self.row_count,
+            "error_count": self.error_count,
+            "issues": [issue.to_dict() for issue in self.issues],
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "columns": list(self.columns),
+            "preview": self.preview,
+            "stats": self.stats,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ValidationReport:
+        fields = {key: value for key, value in data.items() if key != "ok"}
+        fields["issues"] = [ValidationIssue.from_dict(issue) for issue in data["issues"]]
+        return cls(**fields)
+
+
+class _HashingReader:
+    """A binary reader that feeds every byte it hands out into a sha256."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._sha256 = hashlib.sha256()
+        self._drained = False
+        self.size = 0
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self._hashed(self._raw.readline(limit))
+
+    def read(self, size: int = -1) -> bytes:
+        return self._hashed(self._raw.read(size))
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def drain(self) -> None:
+        """Hash whatever has not been read yet; once drained, the file counts as hashed whole."""
+        while not self._drained:
+            self._drained = not self.read(_CHUNK_BYTES)
+
+    def hexdigest(self) -> str:
+        return self._sha256.hexdigest()
+
+    def _hashed(self, data: bytes) -> bytes:
+        self._sha256.update(data)
+        self.size += len(data)
+        return data
+
+
+@dataclass
+class _ReportBuilder:
+    fmt: FileFormat
+    kind: KindSpec
+    max_errors: int
+    columns: list[str] | None = None
+    row_count: int = 0
+    error_count: int = 0
+    issues: list[ValidationIssue] = field(default_factory=list)
+    preview: list[dict[str, Any]] = field(default_factory=list)
+    stats: DatasetStats = field(default_factory=DatasetStats)
+
+    def add_record(self, record: _Record) -> None:
+        self.row_count += 1
+        if record.row is not None and len(self.preview) < PREVIEW_ROWS:
+            self.preview.append(preview_row(record.row))
+        problems = _problems(record, self.kind)
+        for field_name, message in problems:
+            self.add_issue(ValidationIssue(record.number, field_name, message, self.fmt.unit))
+        if not problems:
+            self.stats.observe(record.row)
+
+    def add_issue(self, issue: ValidationIssue) -> None:
+        self.error_count += 1
+        if len(self.issues) < self.max_errors:
+            self.issues.append(issue)
+
+    def build(self, *, sha256: str, size_bytes: int) -> ValidationReport:
+        if self.row_count == 0 and self.error_count == 0:
+            self.add_issue(ValidationIssue(None, None, "file has no data rows"))
+        return ValidationReport(
+            format=self.fmt.name,
+            kind=self.kind.name,
+            row_count=self.row_count,
+            error_count=self.error_count,
+            issues=self.issues,
+            sha256=sha256,
+            size_bytes=size_bytes,
+            columns=self.columns if self.columns is not None else self.stats.columns,
+            preview=self.preview,
+            stats=self.stats.to_dict(),
+        )
+
+
+def _problems(record: _Record, kind: KindSpec) -> list[Problem]:
+    return record.problems or kind.check(record.row)  # a record without a row always has problems
+
+
+# --- public entry points -------------------------------------------------------------------------
+
+
+def validate_file(
+    path: str | Path,
+    *,
+    format: str,
+    kind: str,
+    max_errors: int = DEFAULT_MAX_ERRORS,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    max_rows: int | None = None,
+) -> ValidationReport:
+    """Check a dataset file of `format` (jsonl, csv, parquet) holding rows of `kind`.
+
+    Reads the file once in constant memory. The report keeps the first
+    `max_errors` issues and counts all of them. A line longer than
+    `max_line_bytes` is an error; so is a file with more than `max_rows`
+    rows (reading stops there). The sha256 always covers the whole file.
+    """
+    fmt: FileFormat = _lookup(FORMATS, format, "format")
+    spec: KindSpec = _lookup(KINDS, kind, "kind")
+    report = _ReportBuilder(fmt, spec, max_errors)
+    with open(path, "rb") as raw:
+        stream = _HashingReader(raw)
+        if fmt.random_access:  # hash in a pass of its own, then let the reader seek
+            stream.drain()
+            raw.seek(0)
+        try:
+            _check_not_empty(raw)
+            table = fmt.open(raw if fmt.random_access else stream, spec, max_line_bytes)
+            report.columns = table.columns
+            for record in table.records:
+                if max_rows is not None and report.row_count >= max_rows:
+                    report.add_issue(ValidationIssue(None, None, f"file has more than {max_rows} rows (the limit)"))
+                    break
+                report.add_record(record)
+        except DatasetError as error:
+            for issue in error.issues:
+                report.add_issue(issue)
+        stream.drain()
+    return report.build(sha256=stream.hexdigest(), size_bytes=stream.size)
+
+
+def iter_rows(
+    path: str | Path, format: str, kind: str, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[dict[str, Any]]:
+    """Yield the rows of a dataset file as dicts, extra columns included.
+
+    Rows are normalized: a CSV cell holding a conversation is parsed from
+    JSON. Raises DatasetError at the first problem, so a file that passed
+    `validate_file` streams through whole.
+    """
+    fmt: FileFormat = _lookup(FORMATS, format, "format")
+    spec: KindSpec = _lookup(KINDS, kind, "kind")
+    with open(path, "rb") as stream:
+        _check_not_empty(stream)
+        for record in fmt.open(stream, spec, max_line_bytes).records:
+            if problems := _problems(record, spec):
+                raise DatasetError(
+                    *(ValidationIssue(record.number, field_name, message, fmt.unit) for field_name, message in problems)
+                )
+            yield record.row
