@@ -1,0 +1,93 @@
+"""Fixtures for the web side: a team with a user, the demo kit's files, an API client."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from django.test import Client
+
+from refinery.teams.models import Membership
+from refinery.teams.services import api_token_create, membership_add, team_create, user_create
+
+ROWS = [{"prompt": f"{a}+{b}=", "completion": str(a + b)} for a in range(10) for b in range(10)]
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def dataset_dir(tmp_path, settings):
+    settings.VAR_DIR = tmp_path / "var"
+    settings.REFINERY_DATASET_DIR = tmp_path / "var" / "datasets"
+    return settings.REFINERY_DATASET_DIR
+
+
+@pytest.fixture
+def alice(db):
+    return user_create(username="alice", password="pw-alice-123", team_name="Alpha")
+
+
+@pytest.fixture
+def bob(db):
+    return user_create(username="bob", password="pw-bob-123", team_name="Beta")
+
+
+@pytest.fixture
+def team(alice):
+    return alice.teams.get()
+
+
+@pytest.fixture
+def viewer(team):
+    user = user_create(username="victor", password="pw-victor-123")
+    membership_add(team=team, user=user, role=Membership.Role.VIEWER)
+    return user
+
+
+@pytest.fixture
+def browser_client(alice) -> Client:
+    client = Client()
+    assert client.login(username="alice", password="pw-alice-123")
+    return client
+
+
+class ApiClient:
+    def __init__(self, key: str):
+        self.client = Client()
+        self.headers = {"Authorization": f"Bearer {key}"}
+
+    def get(self, url, **kw):
+        return self.client.get(url, headers=self.headers, **kw)
+
+    def post(self, url, data=None, **kw):
+        if "files" in kw:
+            files = kw.pop("files")
+            return self.client.post(url, {**(data or {}), **files}, headers=self.headers)
+        return self.client.post(url, json.dumps(data or {}), content_type="application/json", headers=self.headers)
+
+
+@pytest.fixture
+def api(alice, team) -> ApiClient:
+    _, key = api_token_create(user=alice, team=team)
+    return ApiClient(key)
+
+
+@pytest.fixture
+def bob_api(bob) -> ApiClient:
+    _, key = api_token_create(user=bob)
+    return ApiClient(key)
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path) -> Path:
+    """A model folder as the web side sees it: config, tokenizer config with a chat template."""
+    folder = tmp_path / "tiny-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "chat_template": "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
+    }))
+    return folder

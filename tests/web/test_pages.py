@@ -1,0 +1,129 @@
+"""Server-rendered pages: login, team scoping, the pipeline editor generated from method configs."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from refinery.basemodels.services import base_model_create
+from refinery.data.services import dataset_version_create
+from refinery.pipelines.models import Pipeline
+from refinery.runs.models import Run
+
+from .conftest import ROWS
+
+
+@pytest.fixture
+def seeded(team, alice, dataset_dir, tiny_model_dir):
+    import json
+
+    data = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
+    version = dataset_version_create(team=team, user=alice, name="sums", kind="prompt_completion",
+                                     filename="sums.jsonl", chunks=iter([data])).version
+    model = base_model_create(team=team, user=alice, name="tiny", source="local", name_or_path=str(tiny_model_dir))
+    return {"dataset": version.dataset, "model": model}
+
+
+def test_pages_need_login(client, db):
+    for url in ["/runs/", "/datasets/", "/pipelines/", "/models/", "/pipelines/new/"]:
+        response = client.get(url)
+        assert response.status_code == 302 and response["Location"].startswith("/login/")
+
+
+def test_every_page_renders(browser_client, seeded):
+    pages = ["/runs/", "/datasets/", "/datasets/upload/", f"/datasets/{seeded['dataset'].pk}/", "/models/",
+             "/models/new/", "/pipelines/", "/pipelines/new/"]
+    for url in pages:
+        response = browser_client.get(url)
+        assert response.status_code == 200, url
+
+
+def test_local_model_is_inspected(seeded):
+    model = seeded["model"]
+    assert model.architecture == "LlamaForCausalLM" and "messages" in model.chat_template
+
+
+def test_bad_model_path_is_refused(browser_client, team):
+    response = browser_client.post("/models/new/", {"name": "x", "source": "local", "name_or_path": "/nope/model"})
+    assert response.status_code == 400
+    assert "/nope/model is not a directory" in response.content.decode()
+
+
+def test_other_teams_objects_are_404(seeded, bob, client):
+    client.login(username="bob", password="pw-bob-123")
+    assert client.get(f"/datasets/{seeded['dataset'].pk}/").status_code == 404
+    assert "sums" not in client.get("/datasets/").content.decode()
+
+
+def test_editor_fields_come_from_the_method_config(browser_client, seeded):
+    html = browser_client.get("/pipelines/new/").content.decode()
+    assert 'name="stages-0-config-learning_rate"' in html
+    assert 'name="stages-0-adapter-r"' in html
+    assert "Peak learning rate" in html  # help text from the dataclass metadata
+    fragment = browser_client.get("/pipelines/stage-form/?index=1&method=sft").content.decode()
+    assert 'name="stages-1-config-learning_rate"' in fragment
+    assert 'value="@0" selected' in fragment  # a new stage defaults to the previous stage's output
+
+
+def _form(seeded, **overrides):
+    data = {
+        "name": "web-pipeline", "base_model_id": seeded["model"].pk, "seed": "3", "description": "",
+        "stages-0-name": "first", "stages-0-method": "sft", "stages-0-input": "base",
+        "stages-0-dataset_id": seeded["dataset"].pk, "stages-0-config-learning_rate": "0.002",
+        "stages-0-config-packing": ["false", "true"], "stages-0-adapter-type": "none",
+        "stages-1-name": "second", "stages-1-method": "sft", "stages-1-input": "@0",
+        "stages-1-dataset_id": seeded["dataset"].pk, "stages-1-adapter-type": "lora", "stages-1-adapter-r": "4",
+    }
+    data.update(overrides)
+    return data
+
+
+def test_editor_creates_a_two_stage_pipeline(browser_client, seeded):
+    response = browser_client.post("/pipelines/new/", _form(seeded))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    pipeline = Pipeline.objects.get(name="web-pipeline")
+    first, second = pipeline.stages
+    assert first["config"]["learning_rate"] == 0.002 and first["config"]["packing"] is True
+    assert second["input"] == "first" and second["adapter"]["type"] == "lora" and second["adapter"]["r"] == 4
+    assert pipeline.spec["seed"] == 3
+
+
+def test_editor_shows_field_errors_and_keeps_values(browser_client, seeded):
+    response = browser_client.post("/pipelines/new/", _form(seeded, **{"stages-0-config-learning_rate": "7"}))
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "stage 1 (first): learning_rate" in html
+    assert 'value="7"' in html  # the user's input is kept for correction
+    assert not Pipeline.objects.exists()
+
+
+def test_start_run_from_the_pipeline_page(browser_client, seeded, django_capture_on_commit_callbacks):
+    browser_client.post("/pipelines/new/", _form(seeded))
+    pipeline = Pipeline.objects.get()
+    with django_capture_on_commit_callbacks(execute=False):
+        response = browser_client.post(f"/pipelines/{pipeline.pk}/run/")
+    run = Run.objects.get()
+    assert response["Location"] == f"/runs/{run.number}/"
+    page = browser_client.get(f"/runs/{run.number}/").content.decode()
+    assert "first" in page and "second" in page and 'hx-trigger="every 2s"' in page
+    # htmx polling gets the fragment; a finished run answers 286 so the client stops polling.
+    fragment = browser_client.get(f"/runs/{run.number}/", headers={"HX-Request": "true", "HX-Target": "run-live"})
+    assert fragment.status_code == 200 and b"<html" not in fragment.content
+    browser_client.post(f"/runs/{run.number}/cancel/")
+    final = browser_client.get(f"/runs/{run.number}/", headers={"HX-Request": "true", "HX-Target": "run-live"})
+    assert final.status_code == 286 and b"canceled" in final.content.lower()
+
+
+def test_importing_the_web_app_does_not_import_torch():
+    code = (
+        "import sys, django, os; sys.path.insert(0, 'platform');"
+        "os.environ['DJANGO_SETTINGS_MODULE'] = 'refinery.settings.test'; django.setup();"
+        "from django.urls import get_resolver; get_resolver().url_patterns;"
+        "import refinery.api.views, refinery.pipelines.views, refinery.runs.views, refinery.data.views;"
+        "import refinery.wsgi;"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'accelerate') if m in sys.modules];"
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
