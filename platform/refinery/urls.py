@@ -4,11 +4,13 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from refinery.api.views import api
+from refinery.teams.views import team_switch_view
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="runs:list", permanent=False)),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("teams/switch/", team_switch_view, name="team-switch"),
     path("runs/", include("refinery.runs.urls")),
     path("pipelines/", include("refinery.pipelines.urls")),
     path("datasets/", include("refinery.data.urls")),

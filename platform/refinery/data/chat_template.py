@@ -31,7 +31,7 @@ DEFAULT_CHAT_TEMPLATE = (
 Message = dict[str, Any]
 
 # What a template can raise while it runs, besides jinja2's own errors.
-_RENDER_ERRORS = (jinja2.TemplateError, TypeError, ValueError, LookupError, ArithmeticError)
+_RENDER_ERRORS = (jinja2.TemplateError, TypeError, ValueError, LookupError, ArithmeticError, RecursionError)
 
 
 class ChatTemplateError(ValueError):
@@ -87,7 +87,7 @@ class _GenerationTag(Extension):
     text, so the block renders its body unchanged.
     """
 
-    tags = {"generation"}
+    tags = frozenset({"generation"})
 
     def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
         lineno = next(parser.stream).lineno

@@ -101,7 +101,7 @@ class KindSpec:
 
 def _check_text(name: str, value: Any) -> str | None:
     if not isinstance(value, str):
-        return f'field "{name}": expected a string, got {json_type(value)}'
+        return f'field "{name}": expected a string, got {_json_type(value)}'
     if not value.strip():
         return f'field "{name}" is empty'
     return None
@@ -114,12 +114,12 @@ def _check_messages(name: str, value: Any) -> str | None:
 
 def _conversation_problem(turns: Any) -> str | None:
     if not isinstance(turns, list):
-        return f"expected a list of messages, got {json_type(turns)}"
+        return f"expected a list of messages, got {_json_type(turns)}"
     if not turns:
         return "has no messages"
     for number, turn in enumerate(turns, start=1):
         if not isinstance(turn, Mapping):
-            return f"turn {number} is {json_type(turn)} (expected an object with role and content)"
+            return f"turn {number} is {_json_type(turn)} (expected an object with role and content)"
         if "role" not in turn:
             return f'turn {number} has no "role"'
         if turn["role"] not in ROLES:
@@ -127,7 +127,7 @@ def _conversation_problem(turns: Any) -> str | None:
         if "content" not in turn:
             return f'turn {number} has no "content"'
         if not isinstance(turn["content"], str):
-            return f'turn {number} has "content" of type {json_type(turn["content"])} (expected a string)'
+            return f'turn {number} has "content" of type {_json_type(turn["content"])} (expected a string)'
     roles = [turn["role"] for turn in turns]
     for required in ("user", "assistant"):
         if required not in roles:
@@ -150,7 +150,7 @@ KINDS: dict[str, KindSpec] = {
 }
 
 
-def json_type(value: Any) -> str:
+def _json_type(value: Any) -> str:
     """The JSON name of a value's type, as a user would say it."""
     if value is None:
         return "null"
@@ -244,7 +244,7 @@ def _jsonl_records(stream: BinaryIO, max_line_bytes: int) -> Iterator[_Record]:
                 continue  # blank lines are allowed
             value, problem = _parse_json(text)
             if problem is None and not isinstance(value, dict):
-                problem = f"expected a JSON object, got {json_type(value)}"
+                problem = f"expected a JSON object, got {_json_type(value)}"
         if problem:
             yield _Record(number, None, [(None, problem)])
         else:
@@ -347,7 +347,7 @@ def _csv_rows(
             message = f"expected {len(header)} cells (one per header column), got {len(cells)}"
             yield _Record(number, None, [(None, message)])
             continue
-        row: dict[str, Any] = dict(zip(header, cells))
+        row: dict[str, Any] = dict(zip(header, cells, strict=True))
         problems: list[Problem] = []
         for name in json_fields:  # conversations are JSON text inside a cell
             value, problem = _parse_json(row[name])
@@ -423,7 +423,8 @@ def _parquet_records(parquet: Any) -> Iterator[_Record]:
                 number += 1
                 yield _Record(number, row, [])
     except (pa.ArrowException, OSError) as error:
-        raise DatasetError(ValidationIssue(None, None, f"Parquet data unreadable after row {number} ({error})")) from None
+        message = f"Parquet data unreadable after row {number} ({error})"
+        raise DatasetError(ValidationIssue(None, None, message)) from None
 
 
 # --- formats -------------------------------------------------------------------------------------
@@ -484,8 +485,8 @@ class ValidationReport:
     sha256: str
     size_bytes: int
     columns: list[str]
-    preview: list[dict[str, Any]]  # the first rows, values cut short for display
-    stats: dict[str, dict[str, Any]]  # per column, see refinery.data.inspect.ColumnStats
+    preview: list[dict[str, Any]]  # the first rows that parsed (valid or not), values cut short for display
+    stats: dict[str, dict[str, Any]]  # per column over the valid rows, see refinery.data.inspect.ColumnStats
 
     @property
     def ok(self) -> bool:

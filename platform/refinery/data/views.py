@@ -12,6 +12,7 @@ from refinery.data.forms import DatasetUploadForm
 from refinery.data.models import Dataset, DatasetVersion
 from refinery.data.selectors import dataset_get, dataset_list
 from refinery.data.services import DatasetUploadError, dataset_version_create
+from refinery.data.validation import DatasetError, iter_rows
 from refinery.core.auth import team_required
 
 
@@ -65,11 +66,12 @@ def _chat_preview(request, version: DatasetVersion) -> dict:
         chosen = next((m for m in models if m.chat_template), None)
     template = chosen.chat_template if chosen and chosen.chat_template else DEFAULT_CHAT_TEMPLATE
     rendered, error = "", ""
-    if version.preview:
+    if version.row_count:
         try:
-            messages_ = row_to_messages(version.preview[0], version.dataset.kind)
+            first_row = next(iter_rows(version.path, version.format, version.dataset.kind))
+            messages_ = row_to_messages(first_row, version.dataset.kind)
             rendered = render_chat_template(template, messages_)
-        except (ChatTemplateError, KeyError, TypeError, ValueError) as exc:
+        except (ChatTemplateError, DatasetError, OSError, StopIteration, KeyError, TypeError, ValueError) as exc:
             error = str(exc)
     return {"models": models, "chosen_model": chosen, "rendered": rendered, "template_error": error,
             "template_source": "default ChatML" if not (chosen and chosen.chat_template) else chosen.name}

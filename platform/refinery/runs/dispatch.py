@@ -13,4 +13,4 @@ def send_run_stage(stage_run_id: int) -> None:
     from jobs.app import app
     from jobs.queues import Queue, TaskName
 
-    app.send_task(TaskName.RUN_STAGE, args=[stage_run_id], queue=Queue.GPU)
+    app.send_task(TaskName.RUN_STAGE.value, args=[stage_run_id], queue=Queue.GPU.value)

@@ -52,11 +52,16 @@ def _dataset_snapshot(*, team, dataset_id: int | None) -> dict | None:
     }
 
 
-def run_snapshot(*, pipeline: Pipeline, seed: int) -> dict:
-    """Everything a run depends on, frozen: spec, dataset versions by hash, base model, code, seed."""
+def run_snapshot(*, pipeline: Pipeline, seed: int, stages: list[dict] | None = None) -> dict:
+    """Everything a run depends on, frozen: spec, dataset versions by hash, base model, code, seed.
+
+    `stages` are the pipeline's stages with every config resolved (defaults filled in), so
+    that a later change of a default does not change what a re-run of this run trains.
+    """
     base = pipeline.base_model
+    resolved_stages = stages if stages is not None else pipeline.stages
     stages = []
-    for stage in pipeline.stages:
+    for stage in resolved_stages:
         stages.append({
             **stage,
             "train_data": _dataset_snapshot(team=pipeline.team, dataset_id=stage.get("dataset_id")),
@@ -83,13 +88,14 @@ def _stage_ready(stage: StageRun, by_name: dict[str, StageRun]) -> bool:
 
 @transaction.atomic
 def run_create(*, pipeline: Pipeline, user, seed: int | None = None, name: str = "") -> Run:
-    from refinery.pipelines.specs import pipeline_spec_validate
+    from refinery.pipelines.specs import SpecError, pipeline_spec_normalize
 
-    errors = pipeline_spec_validate(team=pipeline.team, spec=pipeline.spec)
-    if errors:
-        raise RunError("; ".join(errors))
+    try:
+        normalized = pipeline_spec_normalize(team=pipeline.team, spec=pipeline.spec)
+    except SpecError as exc:
+        raise RunError("; ".join(exc.errors.values())) from None
     seed = seed if seed is not None else int(pipeline.spec.get("seed", secrets.randbelow(2**31)))
-    snapshot = run_snapshot(pipeline=pipeline, seed=seed)
+    snapshot = run_snapshot(pipeline=pipeline, seed=seed, stages=normalized["stages"])
     # Lock the team's runs to hand out the next number without a race.
     last = Run.objects.select_for_update().filter(team=pipeline.team).aggregate(n=Max("number"))["n"] or 0
     run = Run.objects.create(
@@ -141,6 +147,11 @@ def _run_refresh_status(run: Run) -> None:
     if new == Status.RUNNING and run.started_at is None:
         run.started_at = now
         fields.append("started_at")
+    if new == Status.FAILED and not run.error:
+        # The first stage that failed names the run's failure (not the stage that happened to end last).
+        first = run.stages.filter(status=Status.FAILED).order_by("finished_at", "index").first()
+        run.error = f"stage {first.name!r} failed: {first.error}".strip()
+        fields.append("error")
     if new in TERMINAL_STATES and run.finished_at is None:
         run.finished_at = now
         fields.append("finished_at")
@@ -153,21 +164,48 @@ def _run_refresh_status(run: Run) -> None:
 # --- Execution side (called by the supervisor in jobs/) -----------------------
 
 def _locked_stage(stage_run_id: int, *, skip_locked: bool = False) -> StageRun | None:
-    return (
-        StageRun.objects.select_for_update(skip_locked=skip_locked)
-        .select_related("run", "run__team", "run__created_by")
-        .filter(pk=stage_run_id)
+    """Lock a stage *and its run* (in that order: run, then stage, everywhere).
+
+    Every transition of a stage also re-derives its run's status from all of its stages;
+    locking the run serialises those per run, so two stages of one run finishing at once
+    cannot both read the other as still running and leave the run running forever.
+    `of=("self",)` keeps the lock off the joined rows (PostgreSQL refuses FOR UPDATE on
+    the nullable side of the outer join to created_by). With `skip_locked`, None means
+    "busy, try later".
+    """
+    run_id = StageRun.objects.filter(pk=stage_run_id).values_list("run_id", flat=True).first()
+    if run_id is None:
+        return None
+    run = (
+        Run.objects.select_for_update(skip_locked=skip_locked, of=("self",))
+        .select_related("team", "created_by")
+        .filter(pk=run_id)
         .first()
     )
+    if run is None:
+        return None
+    stage = StageRun.objects.select_for_update(skip_locked=skip_locked).filter(pk=stage_run_id).first()
+    if stage is None:
+        return None
+    stage.run = run
+    return stage
 
 
 @transaction.atomic
 def stage_claim(*, stage_run_id: int, worker: str) -> StageRun | None:
-    """Claim a queued stage for this worker, exactly once. None if someone else has it."""
-    stage = _locked_stage(stage_run_id, skip_locked=True)
+    """Claim a queued stage for this worker, exactly once. None if someone else has it.
+
+    The row lock is waited for, not skipped: a duplicate delivery waits for the first
+    claim to commit and then finds the stage running. Skipping instead would also drop
+    the wake-up of a stage whose row was merely busy (another stage of its run finishing,
+    a cancel), leaving it queued with no message left to start it.
+    """
+    stage = _locked_stage(stage_run_id)
     if stage is None or stage.status != Status.QUEUED:
         return None
     if stage.run.status in TERMINAL_STATES:
+        stage.mark_finished(Status.CANCELED, error=f"not run: the run is already {stage.run.status}")
+        stage.save()
         return None
     stage.mark_running(worker=worker, lease_seconds=settings.REFINERY_LEASE_SECONDS)
     stage.error = ""
@@ -214,11 +252,19 @@ def stage_metrics_record(*, stage_run_id: int, points: Iterable[tuple[str, int, 
 
 @transaction.atomic
 def stage_finish(*, stage_run_id: int, status: str, error: str = "", outputs: dict | None = None,
-                 summary: dict | None = None, log_tail: str | None = None) -> StageRun:
-    """Mark a stage finished and advance its run (queue the next stages, or end the run)."""
+                 summary: dict | None = None, log_tail: str | None = None, attempt: int | None = None) -> StageRun:
+    """Mark a stage finished and advance its run (queue the next stages, or end the run).
+
+    A supervisor passes its `attempt`: if the stage was meanwhile reaped and handed to
+    another attempt (or already ended), IllegalTransition is raised and nothing changes.
+    """
     stage = _locked_stage(stage_run_id)
     if stage is None:
         raise StageRun.DoesNotExist(stage_run_id)
+    if attempt is not None and (stage.attempt != attempt or stage.status not in (Status.RUNNING, Status.CANCELING)):
+        raise IllegalTransition(
+            f"stage {stage.name!r}: attempt {attempt} no longer owns it (attempt {stage.attempt}, {stage.status})"
+        )
     stage.mark_finished(status, error=error)
     if outputs is not None:
         stage.outputs = outputs
@@ -234,9 +280,6 @@ def stage_finish(*, stage_run_id: int, status: str, error: str = "", outputs: di
         # Stages that depend on this one can never run.
         _cancel_dependents(run, reason=f"stage {stage.name!r} {status}")
     _run_refresh_status(run)
-    if run.status == Status.FAILED and not run.error:
-        run.error = f"stage {stage.name!r} failed: {error}".strip()
-        run.save(update_fields=["error"])
     return stage
 
 

@@ -156,6 +156,10 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": int(os.environ.get("REFINERY_VISIBILITY_TIMEOUT", 7 * 24 * 3600)),
     }
+    if os.environ.get("REFINERY_BROKER_KEYPREFIX"):
+        # Every Redis key of this deployment starts with it: several deployments (or test
+        # sessions) can share one Redis without seeing each other's queues.
+        CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = os.environ["REFINERY_BROKER_KEYPREFIX"]
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -171,6 +175,8 @@ REFINERY_HEARTBEAT_SECONDS = float(os.environ.get("REFINERY_HEARTBEAT_SECONDS", 
 REFINERY_LEASE_SECONDS = float(os.environ.get("REFINERY_LEASE_SECONDS", 30))
 REFINERY_CANCEL_GRACE_SECONDS = float(os.environ.get("REFINERY_CANCEL_GRACE_SECONDS", 6))
 REFINERY_TRAINER_PYTHON = os.environ.get("REFINERY_TRAINER_PYTHON", "")  # default: sys.executable
+# How long a finished stage keeps retrying to deliver buffered metrics to a down MLflow.
+REFINERY_METRICS_DRAIN_SECONDS = float(os.environ.get("REFINERY_METRICS_DRAIN_SECONDS", 60))
 
 # MLflow: private to the platform; the web links to runs via MLFLOW_UI_URL.
 MLFLOW_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
