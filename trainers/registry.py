@@ -1,0 +1,138 @@
+"""The one list of post-training methods, with their configs and the data they accept.
+
+Importing this module imports no heavy library: each method's runner is named by a dotted
+path and imported only by :meth:`Method.load_runner` inside the trainer process.
+"""
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .configs import AdapterConfig, SFTConfig
+from .schema import config_schema, json_schema, validate_config
+
+__all__ = [
+    "DATASET_KINDS",
+    "Method",
+    "METHODS",
+    "get_method",
+    "validate_stage",
+    "describe_methods",
+]
+
+# Shapes of data a stage can read (see docs/stage-spec.md).
+DATASET_KINDS = {
+    "prompt_completion": "Prompt and completion columns (prompt, completion)",
+    "chat": "Conversations: a messages column of {role, content} turns",
+    "preference": "Prompt with a chosen and a rejected answer (prompt, chosen, rejected)",
+    "reference": "Prompt and expected answer (prompt, answer)",
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    label: str
+    description: str
+    config_class: type
+    dataset_kinds: tuple[str, ...]
+    runner: str  # "package.module:function", called as function(spec, events) -> dict
+    uses_adapter: bool = True
+
+    def load_runner(self) -> Callable[..., dict[str, Any]]:
+        """Import the runner (this is where torch & co. get imported)."""
+        module_name, _, attr = self.runner.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready description: identity, accepted data and the config form."""
+        return {
+            "name": self.name,
+            "label": self.label,
+            "description": self.description,
+            "dataset_kinds": list(self.dataset_kinds),
+            "uses_adapter": self.uses_adapter,
+            "runner": self.runner,
+            "config_fields": config_schema(self.config_class),
+            "config_json_schema": json_schema(self.config_class),
+        }
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            name="sft",
+            label="Supervised fine-tuning (SFT)",
+            description="Train the model to reproduce the completions of prompt/completion pairs, "
+            "or the assistant turns of conversations.",
+            config_class=SFTConfig,
+            dataset_kinds=("prompt_completion", "chat"),
+            runner="trainers.methods.sft:run",
+        ),
+    )
+}
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name``; KeyError with the known names otherwise."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r} (known methods: {', '.join(sorted(METHODS))})") from None
+
+
+def validate_stage(
+    method: str, config: dict[str, Any] | None, adapter: dict[str, Any] | None, dataset_kind: str | None
+) -> tuple[Any, AdapterConfig | None, dict[str, str]]:
+    """Validate everything a stage form holds.
+
+    Returns ``(method_config, adapter_config, errors)``. ``errors`` keys are
+    ``method``, ``dataset_kind``, ``config.<field>`` and ``adapter.<field>``; each
+    message is one line that names what is wrong. On any error both configs are None.
+    """
+    errors: dict[str, str] = {}
+    try:
+        spec = get_method(method)
+    except KeyError as exc:
+        return None, None, {"method": f"method: {exc.args[0]}"}
+
+    if dataset_kind not in spec.dataset_kinds:
+        accepted = " or ".join(spec.dataset_kinds)
+        if dataset_kind in DATASET_KINDS:
+            errors["dataset_kind"] = (
+                f"dataset_kind: {spec.name} cannot train on {dataset_kind!r} data; it needs {accepted} data"
+            )
+        else:
+            errors["dataset_kind"] = (
+                f"dataset_kind: unknown kind {dataset_kind!r} (known kinds: {', '.join(DATASET_KINDS)}); "
+                f"{spec.name} needs {accepted} data"
+            )
+
+    method_cfg, config_errors = validate_config(spec.config_class, config)
+    errors.update({f"config.{k}": v for k, v in config_errors.items()})
+
+    adapter_cfg = None
+    if spec.uses_adapter:
+        adapter_cfg, adapter_errors = validate_config(AdapterConfig, adapter)
+        errors.update({f"adapter.{k}": v for k, v in adapter_errors.items()})
+    elif adapter:
+        errors["adapter.type"] = f"adapter: {spec.name} does not train an adapter; leave it empty"
+
+    if errors:
+        return None, None, errors
+    return method_cfg, adapter_cfg, {}
+
+
+def describe_methods() -> dict[str, Any]:
+    """Everything the web side needs to build stage forms, as JSON-ready data."""
+    return {
+        "version": 1,
+        "methods": [m.describe() for m in METHODS.values()],
+        "adapter": {
+            "config_fields": config_schema(AdapterConfig),
+            "config_json_schema": json_schema(AdapterConfig),
+        },
+        "dataset_kinds": DATASET_KINDS,
+    }

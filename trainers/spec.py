@@ -1,0 +1,212 @@
+"""Reading and checking a stage spec (docs/stage-spec.md) before anything heavy is imported."""
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .configs import AdapterConfig
+from .registry import DATASET_KINDS, get_method, validate_stage
+
+__all__ = [
+    "SpecError",
+    "DataFile",
+    "ModelRef",
+    "StageSpec",
+    "parse_spec",
+    "load_spec",
+    "DATA_FORMATS",
+    "FORMAT_BY_EXTENSION",
+]
+
+DATA_FORMATS = ("jsonl", "csv", "parquet")
+FORMAT_BY_EXTENSION = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; ``str()`` is one line naming every problem, ``errors`` has them by key."""
+
+    def __init__(self, errors: dict[str, str]):
+        self.errors = errors
+        super().__init__("invalid stage spec: " + "; ".join(errors.values()))
+
+
+@dataclass(frozen=True)
+class DataFile:
+    path: str
+    format: str
+    kind: str
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name_or_path: str
+    revision: str | None = None
+    adapter_path: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name_or_path": self.name_or_path, "revision": self.revision, "adapter_path": self.adapter_path}
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    method: str
+    config: Any  # the method's config dataclass instance
+    adapter: AdapterConfig | None
+    model: ModelRef
+    train: DataFile
+    eval: DataFile | None
+    output_dir: str
+    checkpoint_dir: str
+    seed: int = 42
+    stage: dict[str, Any] = field(default_factory=dict)
+    version: int = 1
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.path.isabs(value) or value.startswith(("./", "../", "~")) or os.path.exists(value)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _data_file(raw: Any, where: str, errors: dict[str, str], check_hash: bool) -> DataFile | None:
+    if not isinstance(raw, dict):
+        errors[where] = f"{where}: must be an object with path, format and kind"
+        return None
+    path = raw.get("path")
+    if not isinstance(path, str) or not path:
+        errors[f"{where}.path"] = f"{where}.path: is required"
+        return None
+    path = os.path.expanduser(path)
+    fmt = raw.get("format") or FORMAT_BY_EXTENSION.get(os.path.splitext(path)[1].lower())
+    if fmt not in DATA_FORMATS:
+        errors[f"{where}.format"] = f"{where}.format: must be one of {', '.join(DATA_FORMATS)}, got {fmt!r}"
+    kind = raw.get("kind")
+    if kind not in DATASET_KINDS:
+        errors[f"{where}.kind"] = f"{where}.kind: must be one of {', '.join(DATASET_KINDS)}, got {kind!r}"
+    sha = raw.get("sha256")
+    if not os.path.isfile(path):
+        errors[f"{where}.path"] = f"{where}.path: no such file: {path}"
+    elif check_hash and sha:
+        actual = _sha256(path)
+        if actual != str(sha).lower():
+            errors[f"{where}.sha256"] = (
+                f"{where}.sha256: file content does not match (expected {str(sha)[:12]}..., got {actual[:12]}...)"
+            )
+    return DataFile(path=os.path.abspath(path), format=fmt or "", kind=kind or "", sha256=sha)
+
+
+def parse_spec(raw: Any, *, check_hashes: bool = True) -> StageSpec:
+    """Check a spec dict and turn it into a :class:`StageSpec`; raise :class:`SpecError` otherwise."""
+    if not isinstance(raw, dict):
+        raise SpecError({"spec": f"spec: must be a JSON object, got {type(raw).__name__}"})
+    errors: dict[str, str] = {}
+    version = raw.get("version", 1)
+    if version != 1:
+        errors["version"] = f"version: this trainer reads spec version 1, got {version!r}"
+
+    method = raw.get("method")
+    try:
+        get_method(str(method))
+    except KeyError as exc:
+        raise SpecError({"method": f"method: {exc.args[0]}"}) from None
+
+    # Model
+    model_raw = raw.get("model")
+    model = None
+    if not isinstance(model_raw, dict):
+        errors["model"] = "model: must be an object with name_or_path"
+    else:
+        name = model_raw.get("name_or_path")
+        if not isinstance(name, str) or not name.strip():
+            errors["model.name_or_path"] = "model.name_or_path: is required"
+        elif _looks_like_path(name) and not os.path.isdir(os.path.expanduser(name)):
+            errors["model.name_or_path"] = f"model.name_or_path: no such model directory: {name}"
+        adapter_path = model_raw.get("adapter_path")
+        if adapter_path:
+            if not os.path.isfile(os.path.join(os.path.expanduser(adapter_path), "adapter_config.json")):
+                errors["model.adapter_path"] = (
+                    f"model.adapter_path: no adapter (adapter_config.json) in {adapter_path}"
+                )
+        revision = model_raw.get("revision")
+        if isinstance(name, str) and name.strip():
+            model = ModelRef(
+                name_or_path=os.path.abspath(os.path.expanduser(name)) if _looks_like_path(name) else name,
+                revision=revision or None,
+                adapter_path=os.path.abspath(os.path.expanduser(adapter_path)) if adapter_path else None,
+            )
+
+    # Data
+    data = raw.get("data")
+    train = eval_ = None
+    if not isinstance(data, dict):
+        errors["data"] = "data: must be an object with a train entry"
+    else:
+        train = _data_file(data.get("train"), "data.train", errors, check_hashes)
+        if data.get("eval") is not None:
+            eval_ = _data_file(data.get("eval"), "data.eval", errors, check_hashes)
+
+    # Method config, adapter and the data kind they need
+    method_cfg, adapter_cfg, stage_errors = validate_stage(
+        method, raw.get("config") or {}, raw.get("adapter") or {}, train.kind if train else None
+    )
+    for key, message in stage_errors.items():
+        if key == "dataset_kind":
+            if train is None or train.kind not in DATASET_KINDS:
+                continue  # already reported under data.train
+            key, message = "data.train.kind", "data.train.kind: " + message.removeprefix("dataset_kind: ")
+        errors.setdefault(key, message)
+    if eval_ is not None and train is not None and eval_.kind != train.kind and eval_.kind in DATASET_KINDS:
+        errors["data.eval.kind"] = f"data.eval.kind: must match the train data ({train.kind!r}), got {eval_.kind!r}"
+
+    # Directories and seed
+    dirs = {}
+    for key in ("output_dir", "checkpoint_dir"):
+        value = raw.get(key)
+        if not isinstance(value, str) or not value.strip():
+            errors[key] = f"{key}: is required"
+        else:
+            dirs[key] = os.path.abspath(os.path.expanduser(value))
+    seed = raw.get("seed", 42)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        errors["seed"] = f"seed: must be an integer between 0 and 2**32-1, got {seed!r}"
+
+    stage = raw.get("stage") or {}
+    if not isinstance(stage, dict):
+        errors["stage"] = "stage: must be an object"
+
+    if errors:
+        raise SpecError(errors)
+    return StageSpec(
+        method=method,
+        config=method_cfg,
+        adapter=adapter_cfg,
+        model=model,
+        train=train,
+        eval=eval_,
+        output_dir=dirs["output_dir"],
+        checkpoint_dir=dirs["checkpoint_dir"],
+        seed=seed,
+        stage=stage,
+        version=version,
+    )
+
+
+def load_spec(path: str) -> StageSpec:
+    """Read a spec file and check it."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = json.load(fh)
+    except FileNotFoundError:
+        raise SpecError({"spec": f"spec: no such file: {path}"}) from None
+    except json.JSONDecodeError as exc:
+        raise SpecError({"spec": f"spec: {path} is not valid JSON ({exc.msg} at line {exc.lineno})"}) from None
+    return parse_spec(raw)
