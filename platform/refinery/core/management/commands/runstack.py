@@ -5,9 +5,10 @@ broker and a local MLflow server, all under var/. With DATABASE_URL,
 CELERY_BROKER_URL or MLFLOW_TRACKING_URI set, the same command uses those
 instead (and starts no MLflow server when MLFLOW_TRACKING_URI is set).
 
-Steps: create the var/ folders, migrate, make sure the demo user exists, start
-the child processes (mlflow, web, worker, beat), wait until web and MLflow
-answer, seed the demo (`manage.py seed_demo`, idempotent) and print a banner.
+Steps: create the var/ folders, migrate, make sure the demo user exists; start
+MLflow and the web, wait for MLflow's /health, start the Celery worker and beat,
+wait for the web's /login/, seed the demo (`manage.py seed_demo`, idempotent)
+and print a banner.
 
 Each child runs in its own process group, so that Ctrl-C reaches only this
 command, which then stops every group: SIGTERM, then SIGKILL after
@@ -174,7 +175,8 @@ class Command(BaseCommand):
     # ------------------------------------------------------------------ setup
     def handle(self, *args, web_port, mlflow_port, no_demo=False, startup_timeout=180.0, **options):
         self.children: list[Child] = []
-        self.print_lock = threading.RLock()  # re-entrant: the signal handler prints too
+        self.print_lock = threading.Lock()
+        self.console_broken = False
         self.seed_proc: subprocess.Popen | None = None
         self.use_color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
         self.stop_requested = 0
@@ -186,14 +188,20 @@ class Command(BaseCommand):
         external_mlflow = bool(os.environ.get("MLFLOW_TRACKING_URI"))
         tracking_uri = os.environ["MLFLOW_TRACKING_URI"] if external_mlflow else f"http://127.0.0.1:{mlflow_port}"
 
-        ports = [("web", web_port, "WEB_PORT")] + ([] if external_mlflow else [("mlflow", mlflow_port, "MLFLOW_PORT")])
+        ports = [("web", web_port, "WEB_PORT")]
+        if not external_mlflow:
+            ports.append(("mlflow", mlflow_port, "MLFLOW_PORT"))
         for name, port, var in ports:
             if not _port_free(port):
-                raise CommandError(f"port {port} ({name}) is already in use: stop what holds it, or `make run {var}=<free port>`")
+                raise CommandError(
+                    f"port {port} ({name}) is already in use: stop what holds it, or `make run {var}=<free port>`"
+                )
 
-        if external_mlflow and tracking_uri.startswith("http") and not _http_ok(f"{tracking_uri.rstrip('/')}/health"):
-            self._log(f"warning: MLFLOW_TRACKING_URI={tracking_uri} does not answer /health (starting anyway)")
+        if external_mlflow and tracking_uri.startswith("http"):
+            if not _http_ok(f"{tracking_uri.rstrip('/')}/health"):
+                self._log(f"warning: MLFLOW_TRACKING_URI={tracking_uri} does not answer /health (starting anyway)")
         self._make_dirs()
+        self._log(f"starting in {self.var} (code {settings.REFINERY_CODE_VERSION})")
         self._log("migrating the database")
         call_command("migrate", interactive=False, verbosity=0)
         if not settings.DEBUG:
@@ -217,6 +225,7 @@ class Command(BaseCommand):
                 python, "-m", "gunicorn", "refinery.wsgi", "-b", f"127.0.0.1:{web_port}",
                 "--workers", "2", "--threads", "4", "--timeout", "120", "--graceful-timeout", "10",
                 "--access-logfile", "-", "--error-logfile", "-",
+                "--no-control-socket",  # else every gunicorn shares ~/.gunicorn/gunicorn.ctl
             ]),
             Child("worker", [
                 python, "-m", "celery", "-A", "jobs.app", "worker", "-Q", "gpu,cpu",
@@ -230,7 +239,7 @@ class Command(BaseCommand):
         ]
 
         by_name = {child.name: child for child in self.children}
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
             # Tracking first: a worker that resumes a stage talks to MLflow at once.
             for name in ("mlflow", "web"):
@@ -308,16 +317,15 @@ class Command(BaseCommand):
         width = max(len(c.name) for c in self.children)
         prefix = f"{child.color}{child.name:<{width}} |{RESET if child.color else ''} "
         with open(self.logs / f"{child.name}.log", "a", encoding="utf-8", errors="replace") as log:
-            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} runstack started {child.name} (pid {child.proc.pid})\n")
+            started = time.strftime("%Y-%m-%d %H:%M:%S")
+            log.write(f"--- {started} runstack started {child.name} (pid {child.proc.pid})\n")
             log.flush()
             for raw in iter(child.proc.stdout.readline, b""):
                 line = raw.decode("utf-8", errors="replace").rstrip("\n")
                 child.tail.append(line)
                 log.write(line + "\n")
                 log.flush()
-                with self.print_lock:
-                    sys.stdout.write(prefix + line + "\n")
-                    sys.stdout.flush()
+                self._emit(prefix + line + "\n")
 
     def _dead_child(self) -> Child | None:
         for child in self.children:
@@ -366,15 +374,14 @@ class Command(BaseCommand):
             for raw in iter(proc.stdout.readline, b""):
                 line = raw.decode("utf-8", errors="replace").rstrip("\n")
                 log.write(line + "\n")
-                with self.print_lock:
-                    sys.stdout.write(f"{'seed':<{width}} | {line}\n")
-                    sys.stdout.flush()
+                self._emit(f"{'seed':<{width}} | {line}\n")
             proc.wait()
         self.seed_proc = None
         if self.stop_requested:
             return
         if proc.returncode != 0:
-            self._log(f"seed_demo failed (exit {proc.returncode}); the stack keeps running. See {self.logs / 'seed.log'}")
+            log_path = self.logs / "seed.log"
+            self._log(f"seed_demo failed (exit {proc.returncode}); the stack keeps running: see {log_path}")
 
     def _supervise(self) -> None:
         while not self.stop_requested:
@@ -383,9 +390,9 @@ class Command(BaseCommand):
             time.sleep(0.5)
 
     def _on_signal(self, signum, frame) -> None:
+        # No printing here: a signal can land in the middle of a write to stdout.
         self.stop_requested += 1
         if self.stop_requested == 1:
-            self._log(f"{signal.Signals(signum).name}: stopping (again to kill at once)")
             if self.seed_proc is not None:
                 try:
                     os.killpg(self.seed_proc.pid, signal.SIGTERM)
@@ -400,6 +407,8 @@ class Command(BaseCommand):
         started = [c for c in self.children if c.proc is not None]
         if not started:
             return
+        if self.stop_requested:
+            self._log("stopping (Ctrl-C again to kill at once)")
         tree = _descendants(os.getpid())  # before anything exits and orphans get reparented
         # The web, beat and worker first; MLflow last, so that the worker can flush to it.
         waves = [[c for c in started if c.name != "mlflow"], [c for c in started if c.name == "mlflow"]]
@@ -450,10 +459,31 @@ class Command(BaseCommand):
         self._log("stopped")
 
     # ------------------------------------------------------------------ output
-    def _log(self, message: str) -> None:
+    def _emit(self, text: str) -> None:
+        """Write to the console. A console that went away (`make run | tee log` whose tee
+        died of the same Ctrl-C) must never stop the shutdown: the logs keep everything."""
         with self.print_lock:
-            self.stdout.write(f"runstack: {message}")
-            self.stdout.flush()
+            if self.console_broken:
+                return
+            try:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                self.console_broken = True
+                try:  # so that the interpreter's last flush does not fail either
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, sys.stdout.fileno())
+                    os.close(devnull)
+                except (OSError, ValueError):
+                    pass
+
+    def _log(self, message: str) -> None:
+        self._emit(f"runstack: {message}\n")
+        try:
+            with open(self.logs / "runstack.log", "a", encoding="utf-8") as log:
+                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        except OSError:
+            pass
 
     def _banner(self, web_port: int, tracking_uri: str, external_mlflow: bool, no_demo: bool) -> None:
         web = f"http://127.0.0.1:{web_port}"
@@ -461,7 +491,7 @@ class Command(BaseCommand):
         if not no_demo:
             rows.append(("login", f"{DEMO_USER} / {DEMO_PASSWORD}"))
         rows += [
-            ("api", f"{web}/api/v1/docs   (token: python manage.py api_token {DEMO_USER})"),
+            ("api", f"{web}/api/v1/docs   (token: python manage.py api_token {'USER' if no_demo else DEMO_USER})"),
             ("mlflow", f"{tracking_uri}/" + ("   (external)" if external_mlflow else "")),
             ("database", settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]),
             ("broker", str(settings.CELERY_BROKER_URL).split("://", 1)[0] + "://"),
@@ -470,6 +500,4 @@ class Command(BaseCommand):
         lines = ["", "=" * 72, "  Refinery is running", ""]
         lines += [f"  {key:<9} {value}" for key, value in rows]
         lines += ["", "  Ctrl-C stops everything.", "=" * 72, ""]
-        with self.print_lock:
-            self.stdout.write("\n".join(lines))
-            self.stdout.flush()
+        self._emit("\n".join(lines) + "\n")

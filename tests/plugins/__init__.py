@@ -1,0 +1,1 @@
+"""pytest plugins loaded with -p (see Makefile: make test)."""
