@@ -14,6 +14,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "refinery.settings.base")
 
 from jobs.queues import Queue, TaskName  # noqa: E402
 
+REAPER_SCHEDULE_NAME = "refinery: reap lost stages"
+
 app = Celery("refinery")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
@@ -29,3 +31,28 @@ _ensure_filesystem_broker_dirs()
 app.conf.task_default_queue = Queue.CPU
 app.conf.task_routes = {TaskName.RUN_STAGE: {"queue": Queue.GPU}, TaskName.REAP_STAGES: {"queue": Queue.CPU}}
 app.conf.imports = ("jobs.tasks",)
+
+
+def reaper_interval_seconds() -> float:
+    """How often beat runs the reaper: twice per heartbeat, so a lost lease is found soon after it expires."""
+    from django.conf import settings
+
+    return max(1.0, float(settings.REFINERY_HEARTBEAT_SECONDS) * 2)
+
+
+def register_periodic_tasks(celery_app: Celery) -> None:
+    """Put the reaper in the beat schedule.
+
+    beat's DatabaseScheduler (django-celery-beat) writes app.conf.beat_schedule into its
+    PeriodicTask/IntervalSchedule tables each time beat starts, creating or updating the
+    entry by name: idempotent, no data migration, and it follows REFINERY_HEARTBEAT_SECONDS.
+    """
+    interval = reaper_interval_seconds()
+    celery_app.add_periodic_task(
+        interval, celery_app.signature(TaskName.REAP_STAGES.value), name=REAPER_SCHEDULE_NAME,
+        queue=Queue.CPU.value,
+        expire_seconds=int(max(1, interval)),  # django-celery-beat's name for `expires`: a stale reaper call is useless
+    )
+
+
+register_periodic_tasks(app)

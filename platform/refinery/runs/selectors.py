@@ -72,3 +72,14 @@ def stage_metric_summary(*, stage_run: StageRun) -> dict[str, dict[str, float | 
             "last": points.filter(step=row["last_step"]).values_list("value", flat=True).first(),
         }
     return summary
+
+
+# --- Execution side (the supervisor in jobs/, by id: a worker acts for no team) ---------------
+
+def stage_cancel_requested(*, stage_run_id: int) -> bool:
+    return StageRun.objects.filter(pk=stage_run_id, cancel_requested_at__isnull=False).exists()
+
+
+def run_stage_named(*, run_id: int, name: str) -> StageRun | None:
+    """A stage of a run by its name (a later stage's `input`)."""
+    return StageRun.objects.filter(run_id=run_id, name=name).first()

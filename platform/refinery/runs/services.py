@@ -243,6 +243,12 @@ def stage_update(*, stage_run_id: int, **fields) -> None:
     StageRun.objects.filter(pk=stage_run_id).update(**fields)
 
 
+def run_mlflow_ids_set(*, run_id: int, experiment_id: str, mlflow_run_id: str) -> bool:
+    """Store a run's MLflow parent run unless another process stored one first. True if this one won."""
+    return bool(Run.objects.filter(pk=run_id, mlflow_run_id="").update(
+        mlflow_run_id=mlflow_run_id, mlflow_experiment_id=experiment_id))
+
+
 def stage_metrics_record(*, stage_run_id: int, points: Iterable[tuple[str, int, float, float]]) -> int:
     """Store (key, step, value, timestamp) points; a point already stored for that step is kept."""
     rows = [StageMetric(stage_run_id=stage_run_id, key=k, step=s, value=v, timestamp=t) for k, s, v, t in points]
@@ -371,5 +377,5 @@ def stage_running_count() -> int:
 __all__ = [
     "RunError", "run_create", "run_cancel", "run_snapshot", "stage_claim", "stage_heartbeat",
     "stage_update", "stage_metrics_record", "stage_finish", "stage_requeue", "stage_reap_expired",
-    "stage_for_supervisor",
+    "stage_for_supervisor", "run_mlflow_ids_set",
 ]

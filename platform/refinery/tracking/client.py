@@ -16,14 +16,18 @@ log = logging.getLogger(__name__)
 # MLflow's own HTTP defaults retry a dead server for minutes (7 retries, backoff 2,
 # timeout 120 s), which would freeze a page or a supervisor thread. Refinery retries
 # on its own terms (see MetricBuffer), so the client fails fast unless an operator
-# says otherwise in the environment.
-_HTTP_DEFAULTS = {
+# says otherwise in the environment. Closing a run would also print its URL to stdout
+# (after one more get_run request); links come from run_url() instead, and download
+# progress bars would fill the worker log.
+_CLIENT_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a worker log is no terminal
 }
-for _name, _value in _HTTP_DEFAULTS.items():
+for _name, _value in _CLIENT_DEFAULTS.items():
     os.environ.setdefault(_name, _value)
 
 

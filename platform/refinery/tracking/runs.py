@@ -8,10 +8,11 @@ Layout in MLflow:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from refinery.runs.models import Run, StageRun, Status
+from refinery.runs.services import run_mlflow_ids_set, stage_update
 from refinery.tracking.client import experiment_ensure, tracking_client
 
 log = logging.getLogger(__name__)
@@ -100,10 +101,7 @@ def pipeline_run_ensure(*, run: Run, client=None) -> tuple[str, str]:
     experiment_id = experiment_ensure(team=run.team, client=client)
     created = client.create_run(experiment_id, run_name=f"#{run.number} {run.name}"[:250], tags=run_tags(run))
     mlflow_run_id = created.info.run_id
-    won = Run.objects.filter(pk=run.pk, mlflow_run_id="").update(
-        mlflow_run_id=mlflow_run_id, mlflow_experiment_id=experiment_id
-    )
-    if not won:
+    if not run_mlflow_ids_set(run_id=run.pk, experiment_id=experiment_id, mlflow_run_id=mlflow_run_id):
         try:
             client.delete_run(mlflow_run_id)
         except Exception:  # noqa: BLE001 - a stray empty run is harmless
@@ -156,7 +154,7 @@ def stage_run_ensure(*, stage: StageRun, params: Mapping[str, Any], tags: Mappin
     created = client.create_run(experiment_id, run_name=stage.name, tags=all_tags)
     mlflow_run_id = created.info.run_id
     _log_params_and_tags(client, mlflow_run_id, flat, {})
-    StageRun.objects.filter(pk=stage.pk).update(mlflow_run_id=mlflow_run_id)
+    stage_update(stage_run_id=stage.pk, mlflow_run_id=mlflow_run_id)
     stage.mlflow_run_id = mlflow_run_id
     return mlflow_run_id
 
@@ -187,7 +185,7 @@ def runs_for_stage(*, stage: StageRun, client=None) -> list:
     )
 
 
-__all__: Iterable[str] = [
+__all__ = [
     "flatten", "run_tags", "pipeline_run_ensure", "stage_run_ensure", "mlflow_run_end", "pipeline_run_end",
     "runs_for_stage", "MLFLOW_STATUS",
 ]

@@ -1,0 +1,147 @@
+"""Everything a stage needs before its trainer starts: the input model, resolved configs, the spec.
+
+The trainer's spec (docs/stage-spec.md) is built from the StageRun's frozen snapshot: the
+method config and adapter with every default filled in, dataset files by content hash, and
+the input model, which is either the run's base model or an earlier stage's output fetched
+from MLflow (so that stages can run on hosts that share no disk).
+
+A model reference (stored in a stage's outputs, host-independent):
+    {"source": "base", "name", "name_or_path", "revision"}
+    {"source": "stage", "stage": <name>, "kind": "model"|"adapter", "artifact_path",
+     "mlflow_run_id", "base": <the reference the adapter was trained on, for adapters>}
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from refinery.runs.models import StageRun, Status
+from refinery.runs.selectors import run_stage_named
+from refinery.tracking import runs as tracking_runs
+from refinery.tracking.client import artifacts_download
+
+
+class StageSetupError(Exception):
+    """The stage cannot start; the message is the one-line reason shown to the user."""
+
+
+def stage_work_dir(stage: StageRun) -> Path:
+    """REFINERY_WORK_DIR/run-<id>/stage-<index>: spec.json, trainer.log, inputs/, output/, checkpoints/."""
+    return Path(settings.REFINERY_WORK_DIR) / f"run-{stage.run_id}" / f"stage-{stage.index}"
+
+
+# --- input models ---------------------------------------------------------------
+
+def model_reference(stage: StageRun) -> dict[str, Any]:
+    """Where this stage's input comes from, host-independent (stored with the outputs)."""
+    source = stage.spec.get("input") or "base"
+    if source == "base":
+        base = stage.run.snapshot["base_model"]
+        return {"source": "base", "name": base.get("name"), "name_or_path": base["name_or_path"],
+                "revision": base.get("revision")}
+    upstream = run_stage_named(run_id=stage.run_id, name=source)
+    if upstream is None or upstream.status != Status.SUCCEEDED or not upstream.outputs.get("mlflow_run_id"):
+        state = upstream.status if upstream else "missing"
+        raise StageSetupError(f"input stage {source!r} has no output to train on (it is {state})")
+    return {"source": "stage", "stage": source, **upstream.outputs}
+
+
+def materialize_model(ref: dict[str, Any], dst: Path, *, client=None) -> dict[str, Any]:
+    """Turn a model reference into the trainer's `model` block, downloading from MLflow as needed."""
+    if ref["source"] == "base":
+        return {"name_or_path": ref["name_or_path"], "revision": ref.get("revision"), "adapter_path": None}
+    kind, artifact_path = ref.get("kind"), ref.get("artifact_path") or ref.get("kind")
+    local = artifacts_download(mlflow_run_id=ref["mlflow_run_id"], artifact_path=artifact_path,
+                               dst=dst / ref["stage"], client=client)
+    if kind == "model":
+        return {"name_or_path": str(local), "revision": None, "adapter_path": None}
+    if kind == "adapter":
+        base = ref.get("base")
+        if not base:
+            raise StageSetupError(f"adapter of stage {ref['stage']!r} does not say which model it adapts")
+        model = materialize_model(base, dst, client=client)
+        if model["adapter_path"]:
+            raise StageSetupError(
+                f"input {ref['stage']!r} is an adapter trained on another adapter; "
+                "the trainer applies one adapter only (train a full model or merge in between)"
+            )
+        return {**model, "adapter_path": str(local)}
+    raise StageSetupError(f"input stage {ref['stage']!r} produced {kind!r}, which is not a model")
+
+
+# --- stage spec -----------------------------------------------------------------
+
+def resolve_configs(stage_spec: dict) -> tuple[dict, dict | None]:
+    """The method config and adapter with every default filled in, as the trainer will run them."""
+    from dataclasses import asdict
+
+    from trainers.registry import validate_stage  # light: no torch
+
+    kind = (stage_spec.get("train_data") or {}).get("kind")
+    config, adapter, errors = validate_stage(stage_spec["method"], stage_spec.get("config") or {},
+                                             stage_spec.get("adapter") or {}, kind)
+    if errors:
+        raise StageSetupError("invalid stage: " + "; ".join(errors.values()))
+    return asdict(config), (asdict(adapter) if adapter is not None else None)
+
+
+def _data_block(data: dict | None) -> dict | None:
+    if not data:
+        return None
+    return {
+        "path": str(Path(settings.REFINERY_DATASET_DIR) / data["storage_path"]),
+        "format": data["format"],
+        "kind": data["kind"],
+        "sha256": data["sha256"],
+    }
+
+
+def build_stage_spec(*, stage: StageRun, model: dict, config: dict, adapter: dict | None,
+                     work_dir: Path) -> dict:
+    """The trainer's spec (docs/stage-spec.md) for this stage."""
+    if not stage.spec.get("train_data"):
+        raise StageSetupError("the stage has no training dataset")
+    return {
+        "version": 1,
+        "stage": {"name": stage.name, "index": stage.index, "stage_run_id": stage.pk,
+                  "run_id": stage.run_id, "attempt": stage.attempt},
+        "method": stage.method,
+        "config": config,
+        "adapter": adapter,
+        "model": model,
+        "data": {"train": _data_block(stage.spec.get("train_data")),
+                 "eval": _data_block(stage.spec.get("eval_data"))},
+        "output_dir": str(work_dir / "output"),
+        "checkpoint_dir": str(work_dir / "checkpoints"),
+        "seed": int(stage.run.seed) % 2**32,
+    }
+
+
+def tracking_params(*, stage: StageRun, config: dict, adapter: dict | None, input_ref: dict) -> dict[str, str]:
+    """MLflow params of a stage run: the full resolved config, data hashes and the input."""
+    data = {}
+    for role, key in (("train", "train_data"), ("eval", "eval_data")):
+        snap = stage.spec.get(key)
+        if snap:
+            data[role] = {k: snap.get(k) for k in ("name", "version", "sha256", "kind", "format", "rows")}
+    input_summary = {k: v for k, v in input_ref.items() if k != "base" and v is not None}
+    return tracking_runs.flatten({
+        "method": stage.method,
+        "seed": stage.run.seed,
+        "config": config,
+        "adapter": adapter or {"type": "none"},
+        "data": data,
+        "input": input_summary,
+    })
+
+
+def tracking_tags(*, stage: StageRun, input_ref: dict) -> dict[str, str]:
+    tags = {"refinery.input": input_ref.get("stage") or "base"}
+    for role, key in (("train", "train_data"), ("eval", "eval_data")):
+        snap = stage.spec.get(key)
+        if snap:
+            tags[f"refinery.dataset.{role}.sha256"] = snap["sha256"]
+            tags[f"refinery.dataset.{role}.name"] = f"{snap.get('name')} v{snap.get('version')}"
+    return tags

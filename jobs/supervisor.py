@@ -1,0 +1,512 @@
+"""Run one stage: claim it, start the trainer subprocess, turn its events into state.
+
+    claim -> heartbeat thread (lease + cancel polling) for as long as the stage is ours
+          -> MLflow run + input model + spec.json          (jobs.stage_inputs)
+          -> `python -m trainers run spec.json` in its own process group, stderr to trainer.log
+          -> events (stdout, NDJSON): metrics to the DB (live chart) and to MLflow (batched),
+             progress to the heartbeat, parameter counts to the row
+          -> finished: upload outputs to MLflow, stage_finish(succeeded) (next stages get queued)
+             failed / crashed: stage_finish(failed, one-line error, log tail)
+             canceled: SIGTERM, SIGKILL after the grace period, stage_finish(canceled)
+          -> then the MLflow mirror: drain buffered metrics, spec.json + trainer.log, run status
+
+The database row is written first at the end of a stage and MLflow is brought in line
+after, so an MLflow outage delays the mirror but never a cancel or the next stage's start
+(outputs are the exception: the next stage needs them, so their upload is retried).
+The Celery process never imports torch: training happens in the subprocess, which knows
+nothing of Django or MLflow (docs/stage-spec.md is the contract).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from jobs.stage_inputs import (
+    StageSetupError,
+    build_stage_spec,
+    materialize_model,
+    model_reference,
+    resolve_configs,
+    stage_work_dir,
+    tracking_params,
+    tracking_tags,
+)
+from refinery.runs import selectors, services
+from refinery.runs.models import IllegalTransition, StageRun, Status
+from refinery.tracking import runs as tracking_runs
+from refinery.tracking.buffer import MetricBuffer
+from refinery.tracking.client import artifacts_upload, tracking_client
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CODE_ROOT = Path(__file__).resolve().parent.parent  # holds the `trainers` package
+LOG_TAIL_LINES = 60
+EXIT_CANCELED = 3
+CANCEL_POLL_SECONDS = 1.0  # a cancel is seen within a second, whatever the heartbeat interval
+DB_METRICS_FLUSH_SECONDS = 1.0
+DB_METRICS_FLUSH_POINTS = 200
+OUTPUT_UPLOAD_SECONDS = 300.0  # how long an MLflow outage may delay the upload of a finished stage's outputs
+
+
+def one_line(text: object, limit: int = 500) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES, max_bytes: int = 64 * 1024) -> str:
+    """The last `lines` non-empty lines of a log file (reading at most `max_bytes` from its end)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - max_bytes))
+            data = fh.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace").replace("\r", "\n")
+    kept = [line for line in text.splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def trainer_command(spec_path: Path) -> list[str]:
+    python = settings.REFINERY_TRAINER_PYTHON or sys.executable
+    return [python, "-m", "trainers", "run", str(spec_path)]
+
+
+def retrying(fn: Callable[[], T], *, what: str, timeout: float, first_wait: float = 1.0) -> T:
+    """Call fn until it succeeds, waiting 1, 2, 4 ... 30 s between tries; re-raise after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    wait = first_wait
+    while True:
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - the caller decides what a final failure means
+            if time.monotonic() + wait > deadline:
+                raise
+            log.warning("%s failed (%s); retrying in %.0fs", what, one_line(exc, 200), wait)
+            time.sleep(wait)
+            wait = min(30.0, wait * 2)
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    """Ask Linux to SIGTERM the trainer if the worker dies, so a lost worker leaves no orphan on the GPU."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - best effort, not on every platform
+        pass
+
+
+@dataclass
+class TrainerState:
+    """What the event reader learned; read by the heartbeat and the conclusion."""
+
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float | None = None
+    started: dict | None = None
+    terminal: dict | None = None  # the finished / failed / canceled event
+    bad_lines: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class DbMetricSink:
+    """Metric points for the live chart, written to the DB in small batches (one insert a second)."""
+
+    def __init__(self, stage_run_id: int):
+        self.stage_run_id = stage_run_id
+        self._points: list[tuple[str, int, float, float]] = []
+        self._lock = threading.Lock()
+        self._last = time.monotonic()
+        self.recorded = 0
+
+    def add(self, key: str, step: int, value: float, timestamp: float) -> None:
+        with self._lock:
+            self._points.append((key, step, value, timestamp))
+
+    def flush(self, *, force: bool = False) -> None:
+        with self._lock:
+            due = force or len(self._points) >= DB_METRICS_FLUSH_POINTS or (
+                time.monotonic() - self._last >= DB_METRICS_FLUSH_SECONDS)
+            if not due or not self._points:
+                return
+            points, self._points = self._points, []
+            self._last = time.monotonic()
+        services.stage_metrics_record(stage_run_id=self.stage_run_id, points=points)
+        self.recorded += len(points)
+
+
+def _with_own_connection(target: Callable[[], None]) -> Callable[[], None]:
+    """A thread body that logs its crash and closes the DB connection Django opened for the thread."""
+    def run() -> None:
+        try:
+            target()
+        except Exception:  # noqa: BLE001 - logged; the main thread decides from the exit status
+            log.exception("supervisor thread %s crashed", threading.current_thread().name)
+        finally:
+            connection.close()
+    return run
+
+
+class StageSupervisor:
+    """Runs one claimed stage to a terminal state (or gives it up when its lease is lost)."""
+
+    def __init__(self, stage: StageRun, *, worker: str):
+        self.stage = stage
+        self.worker = worker
+        self.attempt = stage.attempt
+        self.work_dir = stage_work_dir(stage)
+        self.log_path = self.work_dir / "trainer.log"
+        self.spec_path = self.work_dir / "spec.json"
+        self.client = tracking_client()
+        self.mlflow_run_id = ""
+        self.input_ref: dict = {}
+        self.state = TrainerState()
+        self.proc: subprocess.Popen | None = None
+        self.buffer: MetricBuffer | None = None
+        self.db_metrics = DbMetricSink(stage.pk)
+        self.cancel_requested = threading.Event()
+        self.lease_lost = threading.Event()
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
+        self.term_sent_at: float | None = None
+        self.cancel_seen_at: float | None = None
+        self.killed = False
+
+    # -- entry point ----------------------------------------------------------------
+    def run(self) -> str:
+        stage = self.stage
+        log.info("stage %s (run %s, attempt %s) claimed by %s", stage.pk, stage.run_id, self.attempt, self.worker)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._start_heartbeat()  # downloads and uploads can outlast a lease, not only training
+        try:
+            try:
+                self._prepare()
+            except Exception as exc:  # noqa: BLE001 - every setup failure fails the stage with a clear line
+                reason = str(exc) if isinstance(exc, StageSetupError) else f"{type(exc).__name__}: {exc}"
+                log.exception("stage %s could not start", stage.pk)
+                return self._finish(Status.FAILED, error=one_line(f"could not start the stage: {reason}"))
+            if self.lease_lost.is_set():
+                return self._give_up()
+            if self.cancel_requested.is_set() or self._cancel_pending():
+                return self._finish(Status.CANCELED, error="canceled before the trainer started")
+            try:
+                self._train()
+            except Exception as exc:  # noqa: BLE001 - a supervisor bug must not leave the stage running
+                log.exception("supervising stage %s failed", stage.pk)
+                self._kill()
+                return self._finish(Status.FAILED, error=one_line(f"supervisor error: {type(exc).__name__}: {exc}"),
+                                    tail=log_tail(self.log_path))
+            return self._conclude()
+        finally:
+            self._stop_heartbeat()
+            self._close_buffer()  # normally done by _finish already; this covers the lost-lease path
+
+    # -- before the trainer ------------------------------------------------------------
+    def _prepare(self) -> None:
+        stage = self.stage
+        shutil.rmtree(self.work_dir / "output", ignore_errors=True)  # checkpoints stay: a retry resumes
+        config, adapter = resolve_configs(stage.spec)
+        self.input_ref = model_reference(stage)
+        params = tracking_params(stage=stage, config=config, adapter=adapter, input_ref=self.input_ref)
+        self.mlflow_run_id = tracking_runs.stage_run_ensure(
+            stage=stage, params=params, tags=tracking_tags(stage=stage, input_ref=self.input_ref), client=self.client
+        )
+        model = materialize_model(self.input_ref, self.work_dir / "inputs", client=self.client)
+        spec = build_stage_spec(stage=stage, model=model, config=config, adapter=adapter, work_dir=self.work_dir)
+        self.spec_path.write_text(json.dumps(spec, indent=2))
+
+    def _cancel_pending(self) -> bool:
+        return selectors.stage_cancel_requested(stage_run_id=self.stage.pk)
+
+    # -- heartbeat: lease renewal and cancel polling --------------------------------------
+    def _start_heartbeat(self) -> None:
+        self._heartbeat_thread = threading.Thread(target=_with_own_connection(self._heartbeat),
+                                                  name=f"heartbeat-{self.stage.pk}", daemon=True)
+        self._heartbeat_thread.start()
+
+    def _stop_heartbeat(self) -> None:
+        self._heartbeat_stop.set()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join(timeout=30)
+
+    def _heartbeat(self) -> None:
+        """Renew the lease every REFINERY_HEARTBEAT_SECONDS; look for a cancel request every second."""
+        interval = float(settings.REFINERY_HEARTBEAT_SECONDS)
+        next_beat = time.monotonic() + interval
+        while not self._heartbeat_stop.wait(min(CANCEL_POLL_SECONDS, interval)):
+            try:
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + interval
+                    with self.state.lock:
+                        step, total, epoch = self.state.step, self.state.total_steps, self.state.epoch
+                    ours, cancel = services.stage_heartbeat(
+                        stage_run_id=self.stage.pk, worker=self.worker, attempt=self.attempt,
+                        step=step, total_steps=total, epoch=epoch,
+                    )
+                    if not ours and not self._heartbeat_stop.is_set():
+                        log.warning("stage %s: lease lost (attempt %s is no longer the owner)",
+                                    self.stage.pk, self.attempt)
+                        self.lease_lost.set()
+                elif not self.cancel_requested.is_set():
+                    cancel = self._cancel_pending()
+                else:
+                    cancel = False
+                if cancel and not self.cancel_requested.is_set():
+                    self.cancel_seen_at = time.monotonic()
+                    self.cancel_requested.set()
+            except Exception:  # noqa: BLE001 - a DB hiccup: try again, the lease has slack
+                log.exception("stage %s: heartbeat failed", self.stage.pk)
+                close_old_connections()
+
+    # -- while the trainer runs ----------------------------------------------------------
+    def _train(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CODE_ROOT), env.get("PYTHONPATH", "")) if p)
+        with open(self.log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(
+                trainer_command(self.spec_path), stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL,
+                cwd=self.work_dir, env=env, start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        log.info("stage %s: trainer pid %s started: %s", self.stage.pk, self.proc.pid, " ".join(self.proc.args))
+        self.buffer = MetricBuffer(run_id=self.mlflow_run_id, client=self.client).start()
+        reader = threading.Thread(target=_with_own_connection(self._read_events), name=f"events-{self.stage.pk}",
+                                  daemon=True)
+        reader.start()
+        try:
+            while self.proc.poll() is None:
+                self._react()
+                self.db_metrics.flush()
+                time.sleep(0.2)
+        finally:
+            self._kill_stragglers()
+            reader.join(timeout=30)
+            self.db_metrics.flush(force=True)
+        log.info("stage %s: trainer exited with %s", self.stage.pk, self.proc.returncode)
+
+    def _kill_stragglers(self) -> None:
+        """Once the trainer is gone, kill what it left in its process group (data loaders, launchers)
+        so nothing keeps holding the GPU or the events pipe."""
+        if self.proc is not None and self.proc.poll() is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass  # the group is empty: the usual case
+
+    def _react(self) -> None:
+        """Stop the trainer when asked: SIGTERM, then SIGKILL after the grace period."""
+        now = time.monotonic()
+        if (self.cancel_requested.is_set() or self.lease_lost.is_set()) and self.term_sent_at is None:
+            why = "cancel requested" if self.cancel_requested.is_set() else "lease lost"
+            log.info("stage %s: %s, sending SIGTERM to the trainer", self.stage.pk, why)
+            self._signal(signal.SIGTERM)
+            self.term_sent_at = now
+        elif (self.term_sent_at is not None and not self.killed
+              and now - self.term_sent_at >= settings.REFINERY_CANCEL_GRACE_SECONDS):
+            log.warning("stage %s: trainer still running %.0fs after SIGTERM, killing it",
+                        self.stage.pk, now - self.term_sent_at)
+            self._kill()
+
+    def _signal(self, sig: int) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)  # the trainer leads its own process group
+        except ProcessLookupError:
+            pass
+
+    def _kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self._signal(signal.SIGKILL)
+            self.killed = True
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log.error("stage %s: trainer pid %s survived SIGKILL", self.stage.pk, self.proc.pid)
+
+    def _read_events(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", errors="replace").strip()
+            if not line:
+                continue
+            try:
+                event = json.loads(line)
+                kind = event["event"]
+            except (ValueError, KeyError, TypeError):
+                self.state.bad_lines += 1
+                self._append_log(f"[stdout, not an event] {line}")
+                continue
+            self._on_event(kind, event)
+            self.db_metrics.flush()
+
+    def _on_event(self, kind: str, event: dict) -> None:
+        state = self.state
+        if kind == "metrics":
+            step = int(event.get("step") or 0)
+            ts = float(event.get("time") or time.time())
+            buffer = self.buffer
+            for key, value in (event.get("metrics") or {}).items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    continue  # None (NaN/inf in the trainer) and non-numbers are not points
+                self.db_metrics.add(key, step, float(value), ts)
+                if buffer is not None:
+                    buffer.add(key, value, step, ts)
+            with state.lock:
+                state.step = max(state.step, step)
+        elif kind == "progress":
+            with state.lock:
+                state.step = int(event.get("step") or state.step)
+                state.total_steps = event.get("total_steps") or state.total_steps
+                state.epoch = event.get("epoch", state.epoch)
+        elif kind == "started":
+            with state.lock:
+                state.started = event
+                state.total_steps = event.get("total_steps") or state.total_steps
+                state.step = int(event.get("step") or 0)
+            fields = {k: event[k] for k in ("trainable_params", "total_params", "total_steps")
+                      if isinstance(event.get(k), int)}
+            if fields:
+                services.stage_update(stage_run_id=self.stage.pk, **fields)
+            if event.get("resumed_from"):
+                log.info("stage %s: resumed from %s", self.stage.pk, event["resumed_from"])
+        elif kind == "checkpoint":
+            log.info("stage %s: checkpoint at step %s", self.stage.pk, event.get("step"))
+        elif kind in ("finished", "failed", "canceled"):
+            with state.lock:
+                state.terminal = event
+            if kind == "failed":
+                # The traceback travels in the event; put it in the log so that the log tail
+                # and the trainer.log artifact show where the trainer failed.
+                self._append_log(f"\n[trainer failed] {event.get('error', '')}\n{event.get('traceback') or ''}")
+
+    def _append_log(self, text: str) -> None:
+        with open(self.log_path, "a", encoding="utf-8") as fh:
+            fh.write(text.rstrip("\n") + "\n")
+
+    # -- after the trainer ---------------------------------------------------------------
+    def _conclude(self) -> str:
+        assert self.proc is not None
+        rc = self.proc.returncode
+        terminal = self.state.terminal or {}
+        kind = terminal.get("event")
+        if self.lease_lost.is_set() and not self.cancel_requested.is_set():
+            return self._give_up()
+        tail = log_tail(self.log_path)
+        if kind == "finished" and rc == 0:
+            try:
+                outputs = self._upload_outputs(terminal)
+            except Exception as exc:  # noqa: BLE001 - outputs that did not reach MLflow cannot feed the next stage
+                log.exception("stage %s: uploading outputs failed", self.stage.pk)
+                return self._finish(Status.FAILED, error=one_line(f"could not upload the outputs to MLflow: {exc}"),
+                                    tail=tail)
+            return self._finish(Status.SUCCEEDED, outputs=outputs, summary=terminal.get("summary") or {})
+        if self.cancel_requested.is_set() or kind == "canceled" or rc == EXIT_CANCELED:
+            return self._finish(Status.CANCELED, tail=tail,
+                                error="canceled" + (" (killed after the grace period)" if self.killed else ""))
+        if kind == "failed":
+            error = terminal.get("error") or "the trainer failed"
+        elif rc is not None and rc < 0:
+            error = f"the trainer was killed by {signal.Signals(-rc).name}"
+        elif kind == "finished":
+            error = f"the trainer reported success but exited with status {rc}"
+        else:
+            last = tail.splitlines()[-1] if tail else ""
+            error = f"the trainer exited with status {rc}" + (f": {last}" if last else "")
+        return self._finish(Status.FAILED, error=one_line(error), tail=tail)
+
+    def _upload_outputs(self, terminal: dict) -> dict:
+        produced = terminal.get("outputs") or {}
+        kind = produced.get("kind")
+        path = Path(produced.get("path") or "")
+        if kind not in ("model", "adapter") or not path.is_dir():
+            raise StageSetupError(f"the trainer reported no usable output ({kind!r} at {str(path)!r})")
+        retrying(lambda: artifacts_upload(mlflow_run_id=self.mlflow_run_id, local_path=path, artifact_path=kind,
+                                          client=self.client),
+                 what=f"stage {self.stage.pk}: uploading the {kind}", timeout=OUTPUT_UPLOAD_SECONDS)
+        return {
+            "kind": kind,
+            "artifact_path": kind,
+            "mlflow_run_id": self.mlflow_run_id,
+            "base": self.input_ref if kind == "adapter" else None,
+        }
+
+    def _give_up(self) -> str:
+        log.warning("stage %s: giving the stage up (lease lost); another attempt owns it", self.stage.pk)
+        self._kill()
+        return "lost"
+
+    def _finish(self, status: str, *, error: str = "", outputs: dict | None = None, summary: dict | None = None,
+                tail: str | None = None) -> str:
+        """Write the outcome to the row (the source of truth), then bring MLflow in line."""
+        self._stop_heartbeat()
+        try:
+            stage = services.stage_finish(stage_run_id=self.stage.pk, status=status, error=error, outputs=outputs,
+                                          summary=summary, log_tail=tail, attempt=self.attempt)
+        except IllegalTransition as exc:
+            log.warning("stage %s: not finishing as %s: %s", self.stage.pk, status, exc)
+            return "lost"
+        log.info("stage %s finished: %s%s", stage.pk, status, f" ({error})" if error else "")
+        if self.cancel_seen_at is not None:
+            log.info("stage %s: %.1fs from seeing the cancel to the row saying %s", stage.pk,
+                     time.monotonic() - self.cancel_seen_at, status)
+        self._mirror_to_mlflow(stage, status)
+        if status == Status.SUCCEEDED:
+            for name in ("checkpoints", "output", "inputs"):  # safe in MLflow now; keep the log and spec
+                shutil.rmtree(self.work_dir / name, ignore_errors=True)
+        return status
+
+    def _mirror_to_mlflow(self, stage: StageRun, status: str) -> None:
+        if not self.mlflow_run_id:
+            return
+        self._close_buffer()
+        for path in (self.spec_path, self.log_path):
+            if path.exists():
+                try:
+                    artifacts_upload(mlflow_run_id=self.mlflow_run_id, local_path=path, client=self.client)
+                except Exception as exc:  # noqa: BLE001 - best effort: the row has the log tail
+                    log.warning("stage %s: could not upload %s: %s", stage.pk, path.name, one_line(exc, 200))
+        try:
+            tracking_runs.mlflow_run_end(mlflow_run_id=self.mlflow_run_id, status=status, client=self.client)
+            tracking_runs.pipeline_run_end(run=stage.run, client=self.client)
+        except Exception as exc:  # noqa: BLE001 - the DB is the source of truth; MLflow status is a mirror
+            log.warning("stage %s: could not set the MLflow run status: %s", stage.pk, one_line(exc, 200))
+
+    def _close_buffer(self) -> None:
+        if self.buffer is None:
+            return
+        buffer, self.buffer = self.buffer, None
+        undelivered = buffer.close(timeout=float(settings.REFINERY_METRICS_DRAIN_SECONDS))
+        if undelivered:
+            log.error("stage %s: %d metric points never reached MLflow (%s); the DB has them",
+                      self.stage.pk, undelivered, buffer.last_error)
+
+
+def supervise_stage(*, stage_run_id: int, worker: str) -> str | None:
+    """Claim and run one stage. None when it was not ours to run (claimed elsewhere, finished, canceled).
+
+    Returns the terminal status, or "lost" when the lease was lost on the way.
+    """
+    stage = services.stage_claim(stage_run_id=stage_run_id, worker=worker)
+    if stage is None:
+        log.info("stage %s: nothing to do (already claimed, finished or canceled)", stage_run_id)
+        return None
+    return StageSupervisor(stage, worker=worker).run()

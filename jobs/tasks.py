@@ -1,0 +1,29 @@
+"""Thin Celery tasks: take ids, call one function. The logic lives in jobs.supervisor and refinery.runs."""
+from __future__ import annotations
+
+import os
+import socket
+
+from jobs.app import app
+from jobs.queues import TaskName
+
+
+def worker_name(hostname: str | None = None) -> str:
+    """Who holds a stage's lease: the Celery node (or the host) and the process id."""
+    return f"{hostname or socket.gethostname()}:{os.getpid()}"
+
+
+@app.task(name=TaskName.RUN_STAGE.value, bind=True, acks_late=True, ignore_result=True)
+def run_stage(self, stage_run_id: int) -> str | None:
+    """Run one stage. Safe to deliver twice: the second delivery finds the stage claimed and returns."""
+    from jobs.supervisor import supervise_stage
+
+    return supervise_stage(stage_run_id=int(stage_run_id), worker=worker_name(self.request.hostname))
+
+
+@app.task(name=TaskName.REAP_STAGES.value, ignore_result=True)
+def reap_stages() -> list[int]:
+    """Requeue (or fail) stages whose worker stopped renewing its lease."""
+    from refinery.runs.services import stage_reap_expired
+
+    return stage_reap_expired()

@@ -1,0 +1,237 @@
+"""The supervisor, through the task function (no worker, no eager mode), with a real MLflow server
+and the real trainer on the demo kit."""
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+
+import pytest
+
+from jobs import supervisor as supervisor_module
+from jobs.stage_inputs import stage_work_dir
+from jobs.tasks import run_stage
+from refinery.runs.models import Run, StageMetric, StageRun, Status
+from refinery.runs.services import run_cancel, run_create
+from refinery.tracking.buffer import MetricBuffer
+from refinery.tracking.client import artifact_list, metric_history, run_url, tracking_client
+from tests.conftest import free_port
+from tests.helpers import loss_fell, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def launch(sent_stages, mlflow_server):
+    """launch(pipeline) -> (run, first stage): a run created, its wake-up recorded, not sent."""
+    def make(pipeline):
+        run = run_create(pipeline=pipeline, user=pipeline.created_by)
+        return run, run.stages.order_by("index").first()
+    return make
+
+
+def db_series(stage: StageRun, key: str) -> list[tuple[int, float]]:
+    return list(StageMetric.objects.filter(stage_run=stage, key=key).order_by("step").values_list("step", "value"))
+
+
+def same_points(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> bool:
+    return [s for s, _ in a] == [s for s, _ in b] and [v for _, v in a] == pytest.approx([v for _, v in b])
+
+
+def test_a_stage_trains_and_lands_in_the_db_and_mlflow(demo_pipeline, launch):
+    run, stage = launch(demo_pipeline({"name": "sft", "method": "sft"}))
+
+    started = time.monotonic()
+    assert run_stage(stage.pk) == Status.SUCCEEDED
+    print(f"\n[measure] one SFT stage (16 steps, demo kit), claim to finish: {time.monotonic() - started:.1f}s")
+
+    stage.refresh_from_db()
+    run.refresh_from_db()
+    assert stage.status == Status.SUCCEEDED and run.status == Status.SUCCEEDED
+    assert stage.error == "" and stage.attempt == 1
+    assert stage.trainable_params and stage.trainable_params == stage.total_params  # full fine-tuning
+    assert stage.total_steps == 16 and stage.summary["train/loss"] > 0
+
+    # Metrics: the live chart's DB rows and MLflow agree point for point, and the loss fell.
+    losses = db_series(stage, "train/loss")
+    assert [s for s, _ in losses] == list(range(1, 17))
+    assert loss_fell([v for _, v in losses])
+    assert same_points(metric_history(stage.mlflow_run_id, "train/loss"), losses)
+    assert len(metric_history(stage.mlflow_run_id, "train/learning_rate")) == 16
+
+    # Outputs: the model, the spec and the trainer log are artifacts of the stage's MLflow run.
+    assert stage.outputs == {"kind": "model", "artifact_path": "model", "mlflow_run_id": stage.mlflow_run_id,
+                             "base": None}
+    files = set(artifact_list(mlflow_run_id=stage.mlflow_run_id))
+    assert {"model", "spec.json", "trainer.log"} <= files
+    model_files = {p.rsplit("/", 1)[-1] for p in artifact_list(mlflow_run_id=stage.mlflow_run_id, path="model")}
+    assert {"config.json", "model.safetensors"} <= model_files
+
+    client = tracking_client()
+    mlrun = client.get_run(stage.mlflow_run_id)
+    assert mlrun.info.status == "FINISHED"
+    assert mlrun.data.tags["mlflow.parentRunId"] == run.mlflow_run_id
+    assert mlrun.data.params["config.max_steps"] == "16"
+    assert mlrun.data.params["adapter.type"] == "none"
+    assert mlrun.data.params["data.train.sha256"] == stage.spec["train_data"]["sha256"]
+    assert client.get_run(run.mlflow_run_id).info.status == "FINISHED"  # the pipeline run ended too
+    assert run_url(run.mlflow_run_id, run.mlflow_experiment_id).endswith(
+        f"/#/experiments/{run.mlflow_experiment_id}/runs/{run.mlflow_run_id}")
+
+
+def test_a_bad_model_path_fails_the_stage_with_one_line_and_a_log_tail(demo_pipeline, launch):
+    run, stage = launch(demo_pipeline({"name": "sft", "method": "sft"}, model_path="/nonexistent/tiny-llama"))
+
+    assert run_stage(stage.pk) == Status.FAILED
+    stage.refresh_from_db()
+    run.refresh_from_db()
+    assert stage.status == Status.FAILED and run.status == Status.FAILED
+    assert "\n" not in stage.error and "/nonexistent/tiny-llama" in stage.error
+    assert "Traceback" in stage.log_tail or "SpecError" in stage.log_tail
+    assert 0 < len(stage.log_tail.splitlines()) <= 60
+    assert "/nonexistent/tiny-llama" in run.error
+    assert tracking_client().get_run(stage.mlflow_run_id).info.status == "FAILED"
+    assert "trainer.log" in set(artifact_list(mlflow_run_id=stage.mlflow_run_id))
+
+
+def test_a_trainer_that_crashes_without_an_event_fails_the_stage(demo_pipeline, launch, settings, tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'loading shards' >&2\necho 'Fatal Python error: Segmentation fault' >&2\n"
+                    "exit 139\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    settings.REFINERY_TRAINER_PYTHON = str(fake)
+    run, stage = launch(demo_pipeline({"name": "sft", "method": "sft"}))
+
+    assert run_stage(stage.pk) == Status.FAILED
+    stage.refresh_from_db()
+    assert stage.error == "the trainer exited with status 139: Fatal Python error: Segmentation fault"
+    assert stage.log_tail.splitlines() == ["loading shards", "Fatal Python error: Segmentation fault"]
+
+
+def test_cancel_during_training_stops_within_10s_and_keeps_partial_metrics(demo_pipeline, launch, settings):
+    settings.REFINERY_HEARTBEAT_SECONDS = 2
+    run, stage = launch(demo_pipeline({"name": "sft", "method": "sft", "config": {"max_steps": 100_000}}))
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.setdefault("status", _run_and_close(stage.pk)))
+    worker.start()
+    try:
+        wait_until(lambda: StageMetric.objects.filter(stage_run=stage, key="train/loss").count() >= 3, timeout=120,
+                   message="no metrics arrived")
+        requested = time.monotonic()
+        run_cancel(run=Run.objects.get(pk=run.pk))
+        wait_until(lambda: StageRun.objects.get(pk=stage.pk).status == Status.CANCELED, timeout=15, interval=0.05,
+                   message="the stage was not canceled")
+        latency = time.monotonic() - requested
+    finally:
+        worker.join(timeout=60)
+    print(f"\n[measure] cancel request to stage canceled: {latency:.2f}s")
+    assert latency < 10
+    assert result["status"] == Status.CANCELED
+
+    stage.refresh_from_db()
+    run.refresh_from_db()
+    assert run.status == Status.CANCELED and stage.outputs == {}
+    kept = db_series(stage, "train/loss")
+    assert 3 <= len(kept) < 100_000
+    assert len(metric_history(stage.mlflow_run_id, "train/loss")) == len(kept)  # MLflow got them too
+    assert tracking_client().get_run(stage.mlflow_run_id).info.status == "KILLED"
+    assert stage_work_dir(stage).joinpath("trainer.log").exists()
+
+
+def test_a_lost_lease_stops_the_trainer_and_the_next_attempt_resumes_from_the_checkpoint(
+        demo_pipeline, launch, settings, caplog):
+    """The reaper hands the stage on (as if the worker had died): the old supervisor stops its trainer
+    without touching the row, and the next attempt resumes from the newest complete checkpoint."""
+    import logging
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from refinery.runs.services import stage_reap_expired
+
+    caplog.set_level(logging.INFO, logger="jobs.supervisor")
+    settings.REFINERY_HEARTBEAT_SECONDS = 1
+    run, stage = launch(demo_pipeline({"name": "sft", "method": "sft",
+                                       "config": {"max_steps": 120, "save_steps": 5, "save_total_limit": 1}}))
+    result: dict = {}
+    first = threading.Thread(target=lambda: result.setdefault("status", _run_and_close(stage.pk)))
+    first.start()
+    try:
+        wait_until(lambda: StageMetric.objects.filter(stage_run=stage, key="train/loss", step__gte=12).exists(),
+                   timeout=120, message="training did not get past step 12")
+        StageRun.objects.filter(pk=stage.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+        assert stage_reap_expired() == [stage.pk]
+    finally:
+        first.join(timeout=60)
+    assert result["status"] == "lost"
+    stage.refresh_from_db()
+    assert stage.status == Status.QUEUED and stage.attempt == 1  # the old supervisor did not finish it
+
+    assert run_stage(stage.pk) == Status.SUCCEEDED
+    stage.refresh_from_db()
+    assert stage.attempt == 2 and stage.status == Status.SUCCEEDED
+    assert any("resumed from" in r.getMessage() and "checkpoint-" in r.getMessage() for r in caplog.records)
+    steps = [s for s, _ in db_series(stage, "train/loss")]
+    assert steps == list(range(1, 121))  # one point per step in the DB, across both attempts
+    assert {s for s, _ in metric_history(stage.mlflow_run_id, "train/loss")} == set(range(1, 121))
+
+
+def _run_and_close(stage_run_id: int):
+    from django.db import connection
+
+    try:
+        return run_stage(stage_run_id)
+    finally:
+        connection.close()
+
+
+def test_an_mlflow_outage_delays_metrics_but_loses_none(demo_pipeline, launch, monkeypatch):
+    dead = f"http://127.0.0.1:{free_port()}"
+    buffers: list[MetricBuffer] = []
+
+    class OutageBuffer(MetricBuffer):
+        """Points at a dead MLflow until two flushes with points have failed, then at the real one."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.real_client, self.client = self.client, tracking_client(dead)
+            self.retry_min_seconds = 0.5
+            buffers.append(self)
+
+        def flush(self) -> bool:
+            ok = super().flush()
+            if not ok and self.failures >= 2:
+                self.client = self.real_client  # MLflow is back
+            return ok
+
+    monkeypatch.setattr(supervisor_module, "MetricBuffer", OutageBuffer)
+    run, stage = launch(demo_pipeline({"name": "sft", "method": "sft"}))
+
+    assert run_stage(stage.pk) == Status.SUCCEEDED  # training was never disturbed
+    (buffer,) = buffers
+    assert buffer.failures >= 2 and buffer.pending == 0 and buffer.dropped == 0
+    stage.refresh_from_db()
+    for key in ("train/loss", "train/grad_norm", "train/learning_rate"):
+        assert same_points(metric_history(stage.mlflow_run_id, key), db_series(stage, key)), key
+    assert len(db_series(stage, "train/loss")) == 16
+
+
+def test_the_worker_side_never_imports_torch(tmp_path):
+    """Importing the tasks and the supervisor (what a Celery worker loads) must not pull in torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import django, sys; django.setup()\n"
+        "import jobs.tasks, jobs.supervisor, refinery.tracking.runs, refinery.runs.services\n"
+        "from jobs.stage_inputs import resolve_configs\n"
+        "resolve_configs({'method': 'sft', 'config': {}, 'adapter': {'type': 'lora'},"
+        " 'train_data': {'kind': 'prompt_completion'}})\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets') if m in sys.modules)\n"
+        "print(heavy)\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "refinery.settings.test"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
