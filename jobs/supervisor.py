@@ -248,15 +248,19 @@ class StageSupervisor:
             self._heartbeat_thread.join(timeout=30)
 
     def _heartbeat(self) -> None:
-        """Renew the lease every REFINERY_HEARTBEAT_SECONDS; look for a cancel request every second."""
+        """Renew the lease and report progress; look for a cancel request every second."""
         interval = float(settings.REFINERY_HEARTBEAT_SECONDS)
         next_beat = time.monotonic() + interval
+        sent_step = -1
         while not self._heartbeat_stop.wait(min(CANCEL_POLL_SECONDS, interval)):
             try:
-                if time.monotonic() >= next_beat:
+                with self.state.lock:
+                    step, total, epoch = self.state.step, self.state.total_steps, self.state.epoch
+                # Progress moves the live page's bar: send it as soon as it changes (once a
+                # second at most), and renew the lease at least every heartbeat interval.
+                if time.monotonic() >= next_beat or step != sent_step:
                     next_beat = time.monotonic() + interval
-                    with self.state.lock:
-                        step, total, epoch = self.state.step, self.state.total_steps, self.state.epoch
+                    sent_step = step
                     ours, cancel = services.stage_heartbeat(
                         stage_run_id=self.stage.pk, worker=self.worker, attempt=self.attempt,
                         step=step, total_steps=total, epoch=epoch,

@@ -278,6 +278,8 @@ def stage_finish(*, stage_run_id: int, status: str, error: str = "", outputs: di
         stage.summary = summary
     if log_tail is not None:
         stage.log_tail = log_tail
+    if status == Status.SUCCEEDED and stage.total_steps:
+        stage.step = max(stage.step, stage.total_steps)  # the last progress tick may not have landed
     stage.save()
     run = stage.run
     if status == Status.SUCCEEDED:
