@@ -171,7 +171,9 @@ def mlflow_server(tmp_path_factory):
     cmd = [str(mlflow_cli), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
            "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1"]
-    server = ServiceProcess(_start(cmd, log_path=root / "server.log", cwd=root), root / "server.log", url)
+    # MLflow 3 also starts a job runner and 7 huey consumers by default: not needed to track runs.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = ServiceProcess(_start(cmd, log_path=root / "server.log", env=env, cwd=root), root / "server.log", url)
 
     def healthy() -> bool:
         if server.proc.poll() is not None:

@@ -129,7 +129,7 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = VAR_DIR / "staticfiles"
+STATIC_ROOT = Path(os.environ.get("REFINERY_STATIC_ROOT", VAR_DIR / "staticfiles"))
 
 # Uploads: spool to disk above 2 MiB, stream-validated, then stored by sha256.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024

@@ -1,8 +1,8 @@
 """How much batching metrics saves: N `log_metric` calls vs `log_batch` calls of 1000 points.
 
-    python bench/mlflow_batching.py                       # starts a throwaway `mlflow server` (SQLite)
-    python bench/mlflow_batching.py --tracking-uri http://127.0.0.1:5000   # or measure a running one
-    python bench/mlflow_batching.py --calls 300 --batches 20 --batch-size 1000
+    python bench/bench_mlflow_batching.py                       # starts a throwaway `mlflow server` (SQLite)
+    python bench/bench_mlflow_batching.py --tracking-uri http://127.0.0.1:5000   # or measure a running one
+    python bench/bench_mlflow_batching.py --calls 300 --batches 20 --batch-size 1000
 
 Prints the time per log_metric call, per log_batch call, per point for each, and the ratio
 (how many times faster one point travels in a batch). This is why the supervisor logs
@@ -35,6 +35,7 @@ def start_server(root: Path) -> tuple[subprocess.Popen, str]:
         [mlflow_cli, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
          str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
