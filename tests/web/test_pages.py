@@ -127,3 +127,22 @@ def test_importing_the_web_app_does_not_import_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_failed_stage_shows_its_error_and_log_tail(browser_client, seeded, django_capture_on_commit_callbacks):
+    from refinery.runs.models import Status
+    from refinery.runs.services import stage_claim, stage_finish
+
+    browser_client.post("/pipelines/new/", _form(seeded))
+    with django_capture_on_commit_callbacks(execute=False):
+        browser_client.post(f"/pipelines/{Pipeline.objects.get().pk}/run/")
+    run = Run.objects.get()
+    first = run.stages.get(index=0)
+    stage_claim(stage_run_id=first.pk, worker="w1")
+    stage_finish(stage_run_id=first.pk, status=Status.FAILED, error="CUDA out of memory at step 12",
+                 log_tail="step 11 loss 0.4\nRuntimeError: CUDA out of memory")
+    html = browser_client.get(f"/runs/{run.number}/").content.decode()
+    assert "CUDA out of memory at step 12" in html
+    assert "Last lines of the trainer log" in html and "RuntimeError: CUDA out of memory" in html
+    run.refresh_from_db()
+    assert run.status == Status.FAILED and run.stages.get(index=1).status == Status.CANCELED
