@@ -146,3 +146,29 @@ def test_a_failed_stage_shows_its_error_and_log_tail(browser_client, seeded, dja
     assert "Last lines of the trainer log" in html and "RuntimeError: CUDA out of memory" in html
     run.refresh_from_db()
     assert run.status == Status.FAILED and run.stages.get(index=1).status == Status.CANCELED
+
+
+def test_run_page_charts_every_method_metric_with_the_important_ones_first(browser_client, seeded,
+                                                                             django_capture_on_commit_callbacks):
+    from refinery.runs.services import stage_metrics_record
+
+    browser_client.post("/pipelines/new/", _form(seeded))
+    with django_capture_on_commit_callbacks(execute=False):
+        browser_client.post(f"/pipelines/{Pipeline.objects.get().pk}/run/")
+    run = Run.objects.get()
+    first, second = run.stages.order_by("index")
+    first.total_steps = 3
+    first.save()
+    stage_metrics_record(stage_run_id=first.pk, points=[
+        (key, step, value, 0.0) for step in (1, 2, 3)
+        for key, value in (("train/loss", 1.0 / step), ("train/learning_rate", 1e-3), ("train/epoch", step),
+                           ("train/rewards/margins", 0.1 * step), ("train/kl", 0.01 * step))
+    ])
+    stage_metrics_record(stage_run_id=second.pk, points=[("train/rewards/margins", 1, 0.5, 0.0)])
+    html = browser_client.get(f"/runs/{run.number}/").content.decode()
+    charts = html.split('data-testid="metric-charts"')[1]
+    order = [charts.index(k) for k in ("train/rewards/margins", "train/kl", "train/learning_rate")]
+    assert order == sorted(order)  # rewards, then KL, then the rest
+    assert "train/epoch" not in charts and "train/loss</div>" not in charts
+    # Stage 2's point sits after stage 1's three steps on the shared axis.
+    assert '"x": [1, 2, 3, 4]' in charts and '"label": "second"' in charts

@@ -27,19 +27,32 @@ def stage_metric_series(*, stage_run: StageRun, keys: list[str] | None = None) -
     return series
 
 
-def run_metric_series(*, run: Run, keys: list[str] | None = None) -> dict[str, list[tuple[int, float]]]:
-    """One series per stage and key, steps offset so that stages follow each other on one axis."""
-    out: dict[str, list[tuple[int, float]]] = {}
+def run_metric_table(*, run: Run) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Every metric of a run as {key: {stage name: [(step, value)]}}, steps offset so that
+    stages follow each other on one axis (stage 2 starts where stage 1 ended)."""
+    stages = list(run.stages.order_by("index"))
+    points: dict[int, dict[str, list[tuple[int, float]]]] = {s.pk: {} for s in stages}
+    rows = StageMetric.objects.filter(stage_run__run=run).order_by("key", "step")
+    for stage_id, key, step, value in rows.values_list("stage_run_id", "key", "step", "value"):
+        points[stage_id].setdefault(key, []).append((step, value))
+    table: dict[str, dict[str, list[tuple[int, float]]]] = {}
     offset = 0
-    for stage in run.stages.order_by("index"):
-        series = stage_metric_series(stage_run=stage, keys=keys)
+    for stage in stages:
         last = offset
-        for key, points in series.items():
-            label = f"{stage.name} {key}"
-            out[label] = [(offset + step, value) for step, value in points]
-            if points:
-                last = max(last, offset + points[-1][0])
+        for key, series in points[stage.pk].items():
+            table.setdefault(key, {})[stage.name] = [(offset + step, value) for step, value in series]
+            last = max(last, offset + series[-1][0])
         offset = max(last, offset + stage.total_steps)
+    return table
+
+
+def run_metric_series(*, run: Run, keys: list[str] | None = None) -> dict[str, list[tuple[int, float]]]:
+    """One series per stage and key ("sft-full train/loss"), on the run's shared step axis."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for key, by_stage in run_metric_table(run=run).items():
+        if keys is None or key in keys:
+            for stage_name, series in by_stage.items():
+                out[f"{stage_name} {key}"] = series
     return out
 
 

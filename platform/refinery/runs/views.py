@@ -9,11 +9,30 @@ from django_htmx.http import HttpResponseStopPolling
 from refinery.core.auth import team_required
 from refinery.runs.charts import chart_payload
 from refinery.runs.models import IllegalTransition, Run, Status
-from refinery.runs.selectors import run_get, run_key_metric, run_list, run_metric_series
+from refinery.runs.selectors import run_get, run_key_metric, run_list, run_metric_series, run_metric_table
 from refinery.runs.services import run_cancel
 from refinery.tracking.links import mlflow_run_url
 
 LOSS_KEYS = ["train/loss", "eval/loss"]
+# Method metrics worth seeing first (DPO rewards and margins, GRPO reward and KL, accuracies).
+METRIC_PRIORITY = ("reward", "margin", "accurac", "kl", "exact_match", "entropy")
+HIDDEN_METRICS = {"train/epoch", "train/total_flos", "train/step"}
+MAX_METRIC_CHARTS = 12
+
+
+def _metric_order(key: str) -> tuple[int, str]:
+    hits = [i for i, word in enumerate(METRIC_PRIORITY) if word in key]
+    return (min(hits) if hits else len(METRIC_PRIORITY), key)
+
+
+def metric_charts(table: dict) -> list[dict]:
+    """One small chart per metric other than the loss, stages side by side on the run's step axis."""
+    keys = sorted((k for k in table if k not in LOSS_KEYS and k not in HIDDEN_METRICS), key=_metric_order)
+    return [
+        {"key": key, "id": "metric-" + "".join(c if c.isalnum() else "-" for c in key),
+         "chart": chart_payload(table[key])}
+        for key in keys[:MAX_METRIC_CHARTS]
+    ]
 
 
 def _run_or_404(request, number: int) -> Run:
@@ -46,12 +65,15 @@ def _run_context(request, run: Run) -> dict:
     stages = list(run.stages.order_by("index"))
     progress = sum(s.progress for s in stages) / len(stages) if stages else 0
     current = next((s for s in stages if s.status in (Status.RUNNING, Status.CANCELING)), None)
+    table = run_metric_table(run=run)
     return {
         "run": run,
         "stages": stages,
         "progress": progress,
         "current": current,
-        "chart": chart_payload(run_metric_series(run=run, keys=LOSS_KEYS)),
+        "chart": chart_payload({f"{stage} {key}": points for key in LOSS_KEYS
+                                for stage, points in table.get(key, {}).items()}),
+        "metric_charts": metric_charts(table),
         "mlflow_url": mlflow_run_url(run.mlflow_experiment_id, run.mlflow_run_id),
         "stage_links": {s.pk: mlflow_run_url(run.mlflow_experiment_id, s.mlflow_run_id) for s in stages},
         "nav": "runs",
