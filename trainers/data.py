@@ -18,7 +18,9 @@ KIND_COLUMNS = {
     "chat": ("messages",),
     "preference": ("prompt", "chosen", "rejected"),
     "reference": ("prompt", "answer"),
+    "feedback": ("prompt", "completion", "label"),
 }
+BOOL_COLUMNS = ("label",)  # true/false; csv spells them as the words true or false
 
 
 class DataError(ValueError):
@@ -71,6 +73,14 @@ def _check_messages(value: Any, where: str) -> list[dict[str, str]]:
     return messages
 
 
+def _check_bool(value: Any, column: str, where: str, *, from_csv: bool) -> bool:
+    if from_csv and isinstance(value, str) and value.strip().lower() in ("true", "false"):  # csv has no booleans
+        return value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise DataError(f"{where}: {column!r} must be true or false, got {value!r}")
+    return value
+
+
 def read_rows(file: DataFile) -> list[dict[str, Any]]:
     """The file's rows, reduced to the kind's columns and checked; DataError names the first bad row."""
     if file.kind not in KIND_COLUMNS:
@@ -86,6 +96,8 @@ def read_rows(file: DataFile) -> list[dict[str, Any]]:
         for column in columns:
             if column == "messages":
                 row[column] = _check_messages(raw[column], where)
+            elif column in BOOL_COLUMNS:
+                row[column] = _check_bool(raw[column], column, where, from_csv=file.format == "csv")
             elif not isinstance(raw[column], str):
                 raise DataError(f"{where}: {column!r} must be a string, got {type(raw[column]).__name__}")
             else:

@@ -11,7 +11,15 @@ import os
 import random
 from typing import Any
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "build_demo", "build_tokenizer", "build_model", "write_datasets"]
+__all__ = [
+    "CHAT_TEMPLATE",
+    "SPECIAL_TOKENS",
+    "build_demo",
+    "build_tokenizer",
+    "build_model",
+    "write_datasets",
+    "near_miss_preferences",
+]
 
 BOS, EOS, PAD, IM_START, IM_END = "<|bos|>", "<|eos|>", "<|pad|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, IM_START, IM_END]
@@ -38,6 +46,8 @@ DEMO_FILES = {
     "chat_eval": "addition_chat_eval.jsonl",
     "prefs": "addition_prefs.jsonl",
     "reference": "addition_reference.jsonl",
+    "prefs_eval": "addition_prefs_eval.jsonl",
+    "feedback": "addition_feedback.jsonl",
     "train_csv": "addition_train.csv",
     "train_parquet": "addition_train.parquet",
 }
@@ -134,6 +144,16 @@ def _write_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
             fh.write(json.dumps(row) + "\n")
 
 
+def near_miss_preferences(pairs: list[tuple[int, int]]) -> list[dict[str, str]]:
+    """Preference rows for each sum: the correct answer chosen over each wrong answer 1 or 2 away (>= 0)."""
+    return [
+        {"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + delta)}
+        for a, b in pairs
+        for delta in (-2, -1, 1, 2)
+        if a + b + delta >= 0
+    ]
+
+
 def write_datasets(out_dir: str, seed: int = 0) -> dict[str, str]:
     """Write the addition datasets; returns {name: path}."""
     import pyarrow as pa
@@ -165,6 +185,12 @@ def write_datasets(out_dir: str, seed: int = 0) -> dict[str, str]:
         [{"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": wrong(a, b)} for a, b in train],
     )
     _write_jsonl(paths["reference"], [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a, b in held])
+    _write_jsonl(paths["prefs_eval"], near_miss_preferences(held))
+    feedback = []
+    for a, b in train:
+        feedback.append({"prompt": f"{a}+{b}=", "completion": str(a + b), "label": True})
+        feedback.append({"prompt": f"{a}+{b}=", "completion": wrong(a, b), "label": False})
+    _write_jsonl(paths["feedback"], feedback)
     with open(paths["train_csv"], "w", encoding="utf-8", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["prompt", "completion"])
         writer.writeheader()
@@ -195,6 +221,8 @@ def build_demo(out_dir: str, seed: int = 0) -> dict[str, Any]:
             "chat_eval": "chat",
             "prefs": "preference",
             "reference": "reference",
+            "prefs_eval": "preference",
+            "feedback": "feedback",
             "train_csv": "prompt_completion",
             "train_parquet": "prompt_completion",
         },

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .configs import AdapterConfig, SFTConfig
+from .configs import AdapterConfig, DPOConfig, KTOConfig, ORPOConfig, SFTConfig, SimPOConfig
+from .configs.adapters import ADAPTER_TYPES
 from .schema import config_schema, json_schema, validate_config
 
 __all__ = [
@@ -27,6 +28,7 @@ DATASET_KINDS = {
     "chat": "Conversations: a messages column of {role, content} turns",
     "preference": "Prompt with a chosen and a rejected answer (prompt, chosen, rejected)",
     "reference": "Prompt and expected answer (prompt, answer)",
+    "feedback": "Prompt with one answer marked desirable or not (prompt, completion, label: true/false)",
 }
 
 
@@ -39,6 +41,8 @@ class Method:
     dataset_kinds: tuple[str, ...]
     runner: str  # "package.module:function", called as function(spec, events) -> dict
     uses_adapter: bool = True
+    # The adapter types this method can train; others are refused when the stage is validated.
+    adapter_types: tuple[str, ...] = ADAPTER_TYPES
 
     def load_runner(self) -> Callable[..., dict[str, Any]]:
         """Import the runner (this is where torch & co. get imported)."""
@@ -53,6 +57,7 @@ class Method:
             "description": self.description,
             "dataset_kinds": list(self.dataset_kinds),
             "uses_adapter": self.uses_adapter,
+            "adapter_types": list(self.adapter_types) if self.uses_adapter else [],
             "runner": self.runner,
             "config_fields": config_schema(self.config_class),
             "config_json_schema": json_schema(self.config_class),
@@ -70,6 +75,42 @@ METHODS: dict[str, Method] = {
             config_class=SFTConfig,
             dataset_kinds=("prompt_completion", "chat"),
             runner="trainers.methods.sft:run",
+        ),
+        Method(
+            name="dpo",
+            label="Direct Preference Optimization (DPO)",
+            description="Make chosen answers more likely than rejected ones, relative to the starting model; "
+            "choose among TRL's DPO loss variants (IPO, robust, hinge, ...).",
+            config_class=DPOConfig,
+            dataset_kinds=("preference",),
+            runner="trainers.methods.dpo:run",
+        ),
+        Method(
+            name="kto",
+            label="Kahneman-Tversky Optimization (KTO)",
+            description="Learn from single answers marked desirable or undesirable (feedback data), "
+            "or from preference pairs split into one of each.",
+            config_class=KTOConfig,
+            dataset_kinds=("preference", "feedback"),
+            runner="trainers.methods.kto:run",
+        ),
+        Method(
+            name="orpo",
+            label="Odds Ratio Preference Optimization (ORPO)",
+            description="Supervised fine-tuning on the chosen answers plus an odds-ratio penalty on the rejected "
+            "ones, in one stage and without a reference model.",
+            config_class=ORPOConfig,
+            dataset_kinds=("preference",),
+            runner="trainers.methods.orpo:run",
+        ),
+        Method(
+            name="simpo",
+            label="Simple Preference Optimization (SimPO)",
+            description="Prefer chosen answers by a target margin of length-normalized log-probability, "
+            "without a reference model.",
+            config_class=SimPOConfig,
+            dataset_kinds=("preference",),
+            runner="trainers.methods.simpo:run",
         ),
     )
 }
@@ -117,8 +158,19 @@ def validate_stage(
     if spec.uses_adapter:
         adapter_cfg, adapter_errors = validate_config(AdapterConfig, adapter)
         errors.update({f"adapter.{k}": v for k, v in adapter_errors.items()})
+        if adapter_cfg is not None and adapter_cfg.type not in spec.adapter_types:
+            errors["adapter.type"] = (
+                f"type: {spec.name} cannot train a {adapter_cfg.type} adapter; "
+                f"choose one of {', '.join(spec.adapter_types)}"
+            )
     elif adapter:
         errors["adapter.type"] = f"adapter: {spec.name} does not train an adapter; leave it empty"
+
+    # Rules that join the method's settings and the adapter: an optional check_adapter(adapter) on the config,
+    # returning {"config.<field>" or "adapter.<field>": message}.
+    check_adapter = getattr(method_cfg, "check_adapter", None)
+    if method_cfg is not None and adapter_cfg is not None and callable(check_adapter):
+        errors.update(check_adapter(adapter_cfg) or {})
 
     if errors:
         return None, None, errors

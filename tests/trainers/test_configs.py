@@ -77,7 +77,7 @@ def test_every_bad_field_is_reported_once():
 @pytest.mark.parametrize(
     "data,field,message",
     [
-        ({"type": "qlora"}, "type", "type: must be one of none, lora; got 'qlora'"),
+        ({"type": "qlora4"}, "type", "type: must be one of none, lora, dora, qlora, ia3, prompt_tuning"),
         ({"r": 2048}, "r", "r: must be >= 1 and <= 1024, got 2048"),
         ({"dropout": 1}, "dropout", "dropout: must be >= 0 and < 1, got 1"),
         ({"target_modules": "q_proj, v proj"}, "target_modules", "not a module name: 'v proj'"),

@@ -221,3 +221,78 @@ def test_eval_addition_command_agrees(full_run, demo_kit, capfd):
     report = json.loads(capfd.readouterr().out)
     assert report["total"] == 20
     assert report["exact_match"] == _exact_match(demo_kit, model_dir) >= 0.5
+
+
+def _collated_epoch(spec_dict) -> tuple[list[dict], object]:
+    """The batches of one training epoch exactly as the SFT stage builds them (same TRL args, data, tokenizer)."""
+    from trl import SFTTrainer
+
+    from trainers.data import load_dataset
+    from trainers.methods.common import load_model_and_tokenizer
+    from trainers.methods.sft import trl_args
+    from trainers.spec import parse_spec
+
+    spec = parse_spec(spec_dict)
+    model, tokenizer = load_model_and_tokenizer(spec.model)
+    trainer = SFTTrainer(
+        model=model,
+        args=trl_args(spec, has_eval=False),
+        train_dataset=load_dataset(spec.train),
+        processing_class=tokenizer,
+    )
+    return list(trainer.get_train_dataloader()), tokenizer
+
+
+def test_packing_pads_fewer_tokens_and_learns_alike(make_spec, tmp_path):
+    # Demo examples are ~7 tokens: 32-token packs hold ~4, so 4 packs per step see about the 16 rows of a plain batch.
+    plain = make_spec(config={"max_length": 32, "per_device_train_batch_size": 16, "num_train_epochs": 4},
+                      out=str(tmp_path / "plain"))
+    packed = make_spec(config={"max_length": 32, "per_device_train_batch_size": 4, "num_train_epochs": 4,
+                               "packing": True}, out=str(tmp_path / "packed"))
+
+    counts = {}
+    for name, spec in (("plain", plain), ("packed", packed)):
+        batches, tokenizer = _collated_epoch(spec)
+        pad = tokenizer.pad_token_id
+        counts[name] = {
+            "padded": sum(int((b["input_ids"] == pad).sum()) for b in batches),
+            "real": sum(int((b["input_ids"] != pad).sum()) for b in batches),
+            "batches": len(batches),
+        }
+    print(f"tokens per epoch: {counts}")
+    assert counts["packed"]["real"] == counts["plain"]["real"]  # the same data...
+    assert counts["packed"]["padded"] < counts["plain"]["padded"]  # ...with less padding
+    assert counts["packed"]["batches"] == counts["plain"]["batches"]
+
+    curves = {}
+    for name, spec in (("plain", plain), ("packed", packed)):
+        code, log = _run(spec)
+        assert code == 0
+        curves[name] = _losses(log)
+    print(f"loss: plain {curves['plain'][0]:.3f} -> {curves['plain'][-1]:.3f}, "
+          f"packed {curves['packed'][0]:.3f} -> {curves['packed'][-1]:.3f}")
+    assert len(curves["plain"]) == len(curves["packed"]) == 20
+    for losses in curves.values():
+        assert losses[-1] < losses[0] - 2
+    assert max(abs(a - b) for a, b in zip(curves["plain"], curves["packed"])) < 0.3
+
+
+@pytest.mark.parametrize("completion_only", [True, False])
+def test_loss_mask_covers_completions_only_by_default(completion_only, make_spec, demo_kit):
+    config = {} if completion_only else {"completion_only_loss": False}
+    batches, tokenizer = _collated_epoch(make_spec(config=config))
+    rows = [json.loads(line) for line in open(demo_kit["data"]["train"])]
+    by_prompt = {tuple(tokenizer(r["prompt"])["input_ids"]): r for r in rows}
+    checked = 0
+    for batch in batches:
+        for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
+            real = [i for i in ids if i != tokenizer.pad_token_id]
+            assert labels[len(real):] == [-100] * (len(ids) - len(real))  # padding never counts
+            prompt = next(p for p in by_prompt if tuple(real[: len(p)]) == p)
+            completion = real[len(prompt):]
+            assert tokenizer.decode(completion) == by_prompt[prompt]["completion"] + tokenizer.eos_token
+            prompt_labels = labels[: len(prompt)]
+            assert prompt_labels == ([-100] * len(prompt) if completion_only else list(prompt))
+            assert labels[len(prompt): len(real)] == completion
+            checked += 1
+    assert checked == demo_kit["train_pairs"]

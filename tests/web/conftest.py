@@ -86,7 +86,13 @@ def tiny_model_dir(tmp_path) -> Path:
     """A model folder as the web side sees it: config, tokenizer config with a chat template."""
     folder = tmp_path / "tiny-model"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
+    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                                                    "num_hidden_layers": 2}))
+    # A safetensors header (8-byte length + JSON) naming a bias-free 2-layer model's tensors.
+    header = {f"model.layers.{i}.{n}.weight": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 0]}
+              for i in range(2) for n in ("self_attn.q_proj", "mlp.up_proj", "input_layernorm")}
+    raw = json.dumps(header).encode()
+    (folder / "model.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw)
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "chat_template": "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
     }))

@@ -126,6 +126,23 @@ def test_bad_pipeline_specs_get_field_level_errors(api, model_id, dataset_dir, c
     assert not Pipeline.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("stages", "key", "text"),
+    [
+        ([{"adapter": {"type": "bitfit"}}], "stages.0.adapter.type", "0 bias parameters"),
+        ([{"adapter": {"type": "freeze", "freeze_layers": 5}}], "stages.0.adapter.freeze_layers", "only 2"),
+        ([{"adapter": {"type": "prompt_tuning"}}, {"name": "next", "input": "sft-1", "adapter": {"type": "lora"}}],
+         "stages.1.adapter.type", "cannot be merged"),
+    ],
+)
+def test_adapters_the_model_cannot_take_are_refused_before_any_worker(api, model_id, dataset_dir, stages, key, text):
+    dataset_id = upload(api).json()["dataset_id"]
+    spec = {"stages": [{**stage(dataset_id), **overrides} for overrides in stages]}
+    response = api.post("/api/v1/pipelines", {"name": "p", "base_model_id": model_id, "spec": spec})
+    assert response.status_code == 400, response.content
+    assert text in response.json()["errors"][key]
+
+
 def test_a_method_refuses_a_dataset_kind_it_cannot_use(api, model_id, dataset_dir):
     prefs = [{"prompt": "1+1=", "chosen": "2", "rejected": "3"}] * 5
     dataset_id = upload(api, name="prefs", kind="preference", rows=prefs).json()["dataset_id"]

@@ -154,3 +154,13 @@ class SFTConfig:
         if self.max_steps == 0:
             errors["max_steps"] = "must be -1 (train for num_train_epochs) or a positive number of steps, got 0"
         return errors
+
+    def check_adapter(self, adapter) -> dict[str, str]:
+        """Rules joining these settings and the stage's AdapterConfig (keys name the config or adapter field)."""
+        if self.packing and adapter.type == "prompt_tuning":
+            # Packed examples are kept apart by their position ids, which PEFT's prompt tuning drops.
+            return {
+                "config.packing": "packing: cannot be combined with prompt tuning (the virtual tokens would make "
+                "packed examples attend to each other); turn packing off or choose another adapter type"
+            }
+        return {}

@@ -14,17 +14,24 @@ from ..cancel import cancel_requested
 from ..configs import AdapterConfig
 from ..events import Events
 from ..spec import ModelRef
+from .adapters import AdapterError, apply_adapter, lora_config, quantization_config, require_adapter_runtime
 
 __all__ = [
     "quiet_progress_bars",
     "seed_everything",
     "load_model_and_tokenizer",
+    "apply_adapter",
+    "require_adapter_runtime",
+    "AdapterError",
     "lora_config",
     "count_parameters",
     "newest_complete_checkpoint",
     "EventsCallback",
     "publish_dir",
     "use_bf16",
+    "load_train_eval",
+    "training_arguments",
+    "train_and_publish",
 ]
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -49,9 +56,42 @@ def use_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def load_model_and_tokenizer(ref: ModelRef):
-    """Load ``ref.name_or_path``; when ``ref.adapter_path`` is set, apply that adapter and merge it in."""
-    model = AutoModelForCausalLM.from_pretrained(ref.name_or_path, revision=ref.revision, dtype=torch.float32)
+_PROMPT_LEARNING = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "MULTITASK_PROMPT_TUNING", "CPT")
+
+
+def _input_adapter_type(adapter_path: str) -> str:
+    import json
+
+    try:
+        with open(os.path.join(adapter_path, "adapter_config.json"), encoding="utf-8") as fh:
+            return str(json.load(fh).get("peft_type", ""))
+    except (OSError, ValueError):
+        return ""
+
+
+def load_model_and_tokenizer(ref: ModelRef, *, adapter: AdapterConfig | None = None, task: str = "causal_lm"):
+    """Load ``ref.name_or_path``; when ``ref.adapter_path`` is set, apply that adapter and merge it in.
+
+    ``adapter`` is the stage's adapter choice: qlora loads the model quantized to 4 bits (pass the
+    result to :func:`apply_adapter` next). ``task`` is ``causal_lm`` or ``seq_cls`` (a one-score
+    sequence classifier whose new head is initialised randomly, for reward models).
+    """
+    require_adapter_runtime(adapter)
+    if task not in ("causal_lm", "seq_cls"):
+        raise ValueError(f"task must be causal_lm or seq_cls, got {task!r}")
+    if ref.adapter_path and _input_adapter_type(ref.adapter_path) in _PROMPT_LEARNING:
+        raise AdapterError(
+            f"the input adapter ({_input_adapter_type(ref.adapter_path).lower()}) cannot be merged into its base "
+            "model, so a training stage cannot start from it; evaluate it directly, or train it with another "
+            "adapter type"
+        )
+    load_kwargs: dict[str, Any] = {"revision": ref.revision, "dtype": torch.float32, **quantization_config(adapter)}
+    if task == "seq_cls":
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(ref.name_or_path, num_labels=1, **load_kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(ref.name_or_path, **load_kwargs)
     tokenizer_source, tokenizer_revision = ref.name_or_path, ref.revision
     if ref.adapter_path:
         from peft import PeftModel
@@ -63,31 +103,18 @@ def load_model_and_tokenizer(ref: ModelRef):
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, revision=tokenizer_revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if task == "seq_cls" and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # the classifier reads the last non-pad token
     return model, tokenizer
 
 
-def lora_config(adapter: AdapterConfig):
-    """A PEFT LoraConfig for ``adapter.type == 'lora'``, else None (full fine-tuning)."""
-    if adapter is None or adapter.type == "none":
-        return None
-    from peft import LoraConfig
-
-    modules = adapter.target_module_list()
-    return LoraConfig(
-        r=adapter.r,
-        lora_alpha=adapter.alpha,
-        lora_dropout=adapter.dropout,
-        target_modules="all-linear" if modules == ["all-linear"] else modules,
-        use_rslora=adapter.use_rslora,
-        task_type="CAUSAL_LM",
-    )
-
-
 def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
+    """(trainable, total) parameter counts, as PEFT's ``get_nb_trainable_parameters`` counts them."""
     trainable = total = 0
     for p in model.parameters():
         n = p.numel()
+        if type(p).__name__ == "Params4bit":  # bitsandbytes packs two 4-bit values per byte of storage
+            n *= 2 * p.element_size()
         total += n
         if p.requires_grad:
             trainable += n
@@ -188,3 +215,100 @@ def publish_dir(build, final_path: str) -> str:
         shutil.rmtree(final_path)
     os.replace(tmp, final_path)
     return final_path
+
+
+def load_train_eval(spec, *, eval_fraction: float):
+    """The stage's (train, eval) datasets: ``data.eval`` when given, else ``eval_fraction`` of the train rows
+    held out (a seeded shuffle), else no eval data. Data is read before any model: a bad row fails fast."""
+    from ..data import load_dataset
+
+    train_ds = load_dataset(spec.train)
+    eval_ds = load_dataset(spec.eval) if spec.eval else None
+    if eval_ds is None and eval_fraction > 0:
+        n_eval = max(1, round(len(train_ds) * eval_fraction))
+        if n_eval >= len(train_ds):
+            raise ValueError(
+                f"eval_fraction {eval_fraction} leaves no training rows out of {len(train_ds)}; "
+                "lower it or add eval data"
+            )
+        split = train_ds.train_test_split(test_size=n_eval, seed=spec.seed, shuffle=True)
+        train_ds, eval_ds = split["train"], split["test"]
+    return train_ds, eval_ds
+
+
+def training_arguments(spec, cfg, *, has_eval: bool) -> dict[str, Any]:
+    """Keyword arguments for any TRL config (a ``TrainingArguments`` subclass) from the fields method configs
+    share (see trainers/configs/fields.py): optimizer, schedule, logging, checkpoints, evaluation."""
+    evaluate_periodically = has_eval and cfg.eval_steps > 0
+    return {
+        "output_dir": spec.checkpoint_dir,
+        "seed": spec.seed,
+        "data_seed": spec.seed,
+        "learning_rate": cfg.learning_rate,
+        "num_train_epochs": cfg.num_train_epochs,
+        "max_steps": cfg.max_steps,
+        "per_device_train_batch_size": cfg.per_device_train_batch_size,
+        "per_device_eval_batch_size": cfg.per_device_train_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        # transformers 5 dropped warmup_ratio: a float below 1 in warmup_steps is the ratio.
+        "warmup_steps": cfg.warmup_ratio,
+        "weight_decay": cfg.weight_decay,
+        "lr_scheduler_type": cfg.lr_scheduler_type,
+        "logging_strategy": "steps",
+        "logging_steps": cfg.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": cfg.save_steps,
+        "save_total_limit": cfg.save_total_limit,
+        "eval_strategy": "steps" if evaluate_periodically else "no",
+        "eval_steps": cfg.eval_steps if evaluate_periodically else None,
+        # transformers 5 renamed gradient_checkpointing (TRL configs still default that one to True).
+        "activation_checkpointing": cfg.gradient_checkpointing,
+        "bf16": use_bf16(),
+        "fp16": False,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": torch.cuda.is_available(),
+    }
+
+
+def train_and_publish(
+    spec,
+    events: Events,
+    trainer,
+    callback: EventsCallback,
+    *,
+    resume: str | None,
+    is_adapter: bool,
+    evaluate_at_end: bool,
+    after_training=None,
+) -> dict[str, Any]:
+    """Train (resuming from ``resume``), evaluate once at the end when asked, then publish the model or adapter.
+
+    ``after_training(trainer)``, when given, returns extra final metrics (``eval/...`` names): they are sent as
+    one ``metrics`` event at the last step and land in the summary. Returns the runner's result dict.
+    """
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # progress leaves as events, not as printed dicts
+    if cancel_requested():
+        return {"status": "canceled", "step": 0}
+    trainer.train(resume_from_checkpoint=resume)
+    if callback.canceled:
+        return {"status": "canceled", "step": trainer.state.global_step}
+    if evaluate_at_end:
+        trainer.evaluate()  # logged through the callback as eval/... metrics
+    if after_training is not None:
+        final = after_training(trainer)
+        if final:
+            callback.last_metrics.update(final)
+            events.emit("metrics", step=trainer.state.global_step, metrics=final)
+
+    trainer.model.config.use_cache = True  # training switched the KV cache off; inference wants it back
+    name = "adapter" if is_adapter else "model"
+    path = publish_dir(trainer.save_model, os.path.join(spec.output_dir, name))
+    events.emit("artifact", name=name, path=path)
+    outputs: dict[str, Any] = {"kind": name, "path": path}
+    if is_adapter:
+        outputs["base"] = spec.model.as_dict()
+    return {"status": "finished", "outputs": outputs, "summary": callback.summary()}

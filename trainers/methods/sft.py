@@ -1,4 +1,4 @@
-"""Supervised fine-tuning with TRL's SFTTrainer, full or with a LoRA adapter."""
+"""Supervised fine-tuning with TRL's SFTTrainer, full or with any adapter (see methods/adapters.py)."""
 
 import os
 from typing import Any
@@ -14,11 +14,12 @@ from ..events import Events
 from ..spec import StageSpec
 from .common import (
     EventsCallback,
+    apply_adapter,
     load_model_and_tokenizer,
-    lora_config,
     newest_complete_checkpoint,
     publish_dir,
     quiet_progress_bars,
+    require_adapter_runtime,
     seed_everything,
     use_bf16,
 )
@@ -75,6 +76,7 @@ def run(spec: StageSpec, events: Events) -> dict[str, Any]:
     cfg = spec.config
     quiet_progress_bars()
     seed_everything(spec.seed)
+    require_adapter_runtime(spec.adapter)  # e.g. qlora on a worker without a GPU: fail before loading anything
     if cancel_requested():
         return {"status": "canceled", "step": 0}
 
@@ -90,7 +92,8 @@ def run(spec: StageSpec, events: Events) -> dict[str, Any]:
         split = train_ds.train_test_split(test_size=n_eval, seed=spec.seed, shuffle=True)
         train_ds, eval_ds = split["train"], split["test"]
 
-    model, tokenizer = load_model_and_tokenizer(spec.model)
+    model, tokenizer = load_model_and_tokenizer(spec.model, adapter=spec.adapter)
+    model, peft_config = apply_adapter(model, spec.adapter)
     resume = newest_complete_checkpoint(spec.checkpoint_dir)
     callback = EventsCallback(events, resumed_from=resume)
     os.makedirs(spec.checkpoint_dir, exist_ok=True)
@@ -100,7 +103,7 @@ def run(spec: StageSpec, events: Events) -> dict[str, Any]:
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        peft_config=lora_config(spec.adapter),
+        peft_config=peft_config,
         callbacks=[callback],
     )
     trainer.remove_callback(PrinterCallback)  # progress leaves as events, not as printed dicts
@@ -115,7 +118,7 @@ def run(spec: StageSpec, events: Events) -> dict[str, Any]:
         trainer.evaluate()  # logged through the callback as eval/... metrics
 
     trainer.model.config.use_cache = True  # training switched the KV cache off; inference wants it back
-    is_adapter = spec.adapter is not None and spec.adapter.type != "none"
+    is_adapter = peft_config is not None  # PEFT adapters; full, bitfit and freeze stages output a whole model
     name = "adapter" if is_adapter else "model"
     path = publish_dir(trainer.save_model, os.path.join(spec.output_dir, name))
     events.emit("artifact", name=name, path=path)

@@ -21,16 +21,35 @@ class BaseModelError(Exception):
         super().__init__("; ".join(errors.values()))
 
 
-def _safetensors_parameter_count(folder: Path) -> int | None:
-    """Count parameters from safetensors headers (8-byte length + JSON), reading no weights."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        return None
-    total = 0
-    for file in files:
+def _safetensors_headers(folder: Path):
+    for file in sorted(folder.glob("*.safetensors")):
         with file.open("rb") as fh:
             (length,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(length))
+            yield json.loads(fh.read(length))
+
+
+def local_model_layout(model: BaseModel) -> tuple[list[str], int | None] | None:
+    """(tensor names, transformer layer count) of a local model, from file headers only; None if unknown."""
+    if model.source != BaseModel.Source.LOCAL:
+        return None
+    folder = Path(model.name_or_path)
+    try:
+        names = [name for header in _safetensors_headers(folder) for name in header if name != "__metadata__"]
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError, struct.error):
+        return None
+    if not names:
+        return None
+    layers = config.get("num_hidden_layers")
+    return names, layers if isinstance(layers, int) else None
+
+
+def _safetensors_parameter_count(folder: Path) -> int | None:
+    """Count parameters from safetensors headers (8-byte length + JSON), reading no weights."""
+    total = 0
+    found = False
+    for header in _safetensors_headers(folder):
+        found = True
         for name, info in header.items():
             if name == "__metadata__":
                 continue
@@ -38,6 +57,8 @@ def _safetensors_parameter_count(folder: Path) -> int | None:
             for dim in info.get("shape", []):
                 count *= dim
             total += count
+    if not found:
+        return None
     return total
 
 

@@ -145,6 +145,7 @@ _TO_MESSAGES: dict[str, Callable[[Mapping[str, Any]], list[Message]]] = {
     "chat": _chat_messages,
     "preference": _prompt_and("chosen"),  # the conversation the model should prefer
     "reference": _prompt_and("answer"),
+    "feedback": _prompt_and("completion"),  # the conversation the label judges
 }
 
 

@@ -11,6 +11,7 @@ class DatasetKind(models.TextChoices):
     CHAT = "chat", "Chat messages"
     PREFERENCE = "preference", "Preference pairs (prompt, chosen, rejected)"
     REFERENCE = "reference", "Prompts with reference answers"
+    FEEDBACK = "feedback", "Feedback (prompt, completion, label: desirable true/false)"
 
 
 class Dataset(models.Model):

@@ -73,6 +73,7 @@ class DatasetError(ValueError):
 
 TEXT = "text"  # a non-empty string
 MESSAGES = "messages"  # a conversation: a list of {"role", "content"} turns
+BOOL = "boolean"  # true or false (in CSV, the words true or false, in any case)
 
 Problem = tuple[str | None, str]  # (field, message)
 
@@ -82,7 +83,7 @@ class KindSpec:
     """The columns a dataset kind requires, and how to check a row of it."""
 
     name: str
-    fields: Mapping[str, str]  # required field -> TEXT or MESSAGES
+    fields: Mapping[str, str]  # required field -> TEXT, MESSAGES or BOOL
     must_differ: tuple[str, str] | None = None  # two fields that may not hold the same value
 
     def check(self, row: Mapping[str, Any]) -> list[Problem]:
@@ -105,6 +106,13 @@ def _check_text(name: str, value: Any) -> str | None:
     if not value.strip():
         return f'field "{name}" is empty'
     return None
+
+
+def _check_bool(name: str, value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    shown = f" {_show(value)}" if isinstance(value, (str, int, float)) else ""
+    return f'field "{name}": expected true or false, got {_json_type(value)}{shown}'
 
 
 def _check_messages(name: str, value: Any) -> str | None:
@@ -137,7 +145,11 @@ def _conversation_problem(turns: Any) -> str | None:
     return None
 
 
-_FIELD_CHECKS: dict[str, Callable[[str, Any], str | None]] = {TEXT: _check_text, MESSAGES: _check_messages}
+_FIELD_CHECKS: dict[str, Callable[[str, Any], str | None]] = {
+    TEXT: _check_text,
+    MESSAGES: _check_messages,
+    BOOL: _check_bool,
+}
 
 KINDS: dict[str, KindSpec] = {
     spec.name: spec
@@ -146,6 +158,7 @@ KINDS: dict[str, KindSpec] = {
         KindSpec("chat", {"messages": MESSAGES}),
         KindSpec("preference", {"prompt": TEXT, "chosen": TEXT, "rejected": TEXT}, must_differ=("chosen", "rejected")),
         KindSpec("reference", {"prompt": TEXT, "answer": TEXT}),
+        KindSpec("feedback", {"prompt": TEXT, "completion": TEXT, "label": BOOL}),
     )
 }
 
@@ -337,6 +350,7 @@ def _csv_rows(
     records: Iterator[tuple[int, list[str], str | None]], header: list[str], kind: KindSpec
 ) -> Iterator[_Record]:
     json_fields = [name for name, field_type in kind.fields.items() if field_type == MESSAGES]
+    bool_fields = [name for name, field_type in kind.fields.items() if field_type == BOOL]
     for number, cells, problem in records:
         if problem:
             yield _Record(number, None, [(None, problem)])
@@ -355,6 +369,10 @@ def _csv_rows(
                 problems.append((name, f'field "{name}": {problem}'))
             else:
                 row[name] = value
+        for name in bool_fields:  # CSV has no booleans: the words true and false stand for them
+            word = row[name].strip().lower()
+            if word in ("true", "false"):
+                row[name] = word == "true"
         yield _Record(number, row, problems)
 
 
@@ -387,6 +405,8 @@ def _parquet_column_problem(schema: pa.Schema, name: str, field_type: str) -> st
     arrow_type = schema.field(name).type
     if field_type == TEXT:
         ok, expected = _is_arrow_string(arrow_type), "string"
+    elif field_type == BOOL:
+        ok, expected = _is_arrow_bool(arrow_type), "bool"
     else:
         ok, expected = _is_arrow_conversation(arrow_type), "list<struct<role: string, content: string>>"
     return None if ok else f'column "{name}" has type {arrow_type} (expected {expected})'
@@ -398,6 +418,12 @@ def _is_arrow_string(arrow_type: pa.DataType) -> bool:
     if pa.types.is_dictionary(arrow_type):
         arrow_type = arrow_type.value_type
     return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_string_view(arrow_type)
+
+
+def _is_arrow_bool(arrow_type: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_boolean(arrow_type)
 
 
 def _is_arrow_conversation(arrow_type: pa.DataType) -> bool:

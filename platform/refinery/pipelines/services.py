@@ -25,7 +25,7 @@ def pipeline_create(*, team, user, name: str, base_model_id, spec, description: 
     except (TypeError, ValueError, BaseModel.DoesNotExist):
         errors["base_model_id"] = "base model: choose one of this team's base models"
     try:
-        normalized = pipeline_spec_normalize(team=team, spec=spec)
+        normalized = pipeline_spec_normalize(team=team, spec=spec, base_model=base_model)
     except SpecError as exc:
         errors.update(exc.errors)
     if errors:

@@ -9,9 +9,13 @@ import re
 from dataclasses import asdict
 from typing import Any
 
+from trainers.configs.adapters import MERGEABLE_TYPES, adapter_model_errors
 from trainers.registry import METHODS, validate_stage
 
+from refinery.basemodels.services import local_model_layout
 from refinery.data.models import Dataset
+
+FULL_MODEL_TYPES = ("none", "bitfit", "freeze")  # adapter types whose stage outputs a whole model
 
 STAGE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 MAX_STAGES = 32
@@ -38,7 +42,7 @@ def _dataset_kind(team, dataset_id) -> tuple[Dataset | None, str | None]:
     return dataset, None
 
 
-def pipeline_spec_normalize(*, team, spec: Any) -> dict:
+def pipeline_spec_normalize(*, team, spec: Any, base_model=None) -> dict:
     """Validate a pipeline spec and return it with every config fully resolved (defaults filled).
 
     Raises SpecError whose `errors` maps a field path (`stages.1.config.learning_rate`)
@@ -68,6 +72,7 @@ def pipeline_spec_normalize(*, team, spec: Any) -> dict:
 
     resolved = []
     seen: dict[str, str] = {}  # stage name -> method
+    seen_adapters: dict[str, str] = {}  # stage name -> adapter type
     for i, stage in enumerate(stages):
         where = f"stages.{i}"
         label = f"stage {i + 1}"
@@ -111,7 +116,11 @@ def pipeline_spec_normalize(*, team, spec: Any) -> dict:
             if key == "dataset_kind" and dataset is None:
                 continue  # already reported as a missing dataset
             errors[f"{where}.{key}"] = f"{label}: {message}"
+        if adapter is not None:
+            for key, message in _adapter_fit_errors(adapter, base_model, source, seen_adapters).items():
+                errors[f"{where}.adapter.{key}"] = f"{label}: {message}"
         seen[name] = method
+        seen_adapters[name] = adapter.type if adapter is not None else "none"
         if config is not None:
             resolved.append({
                 "name": name,
@@ -125,6 +134,21 @@ def pipeline_spec_normalize(*, team, spec: Any) -> dict:
     if errors:
         raise SpecError(errors)
     return {"seed": seed, "stages": resolved}
+
+
+def _adapter_fit_errors(adapter, base_model, source: str, seen_adapters: dict[str, str]) -> dict[str, str]:
+    """What the trainer would refuse about this adapter on this model, found before any worker runs."""
+    errors: dict[str, str] = {}
+    if source != "base":
+        upstream = seen_adapters.get(source, "none")
+        if upstream not in MERGEABLE_TYPES + FULL_MODEL_TYPES:
+            errors["type"] = (f"input {source!r} outputs a {upstream} adapter, which cannot be merged into a model "
+                              f"to train further; give {source!r} another adapter type or train from 'base'")
+    if base_model is not None:
+        layout = local_model_layout(base_model)
+        if layout is not None:
+            errors.update(adapter_model_errors(adapter, parameter_names=layout[0], num_layers=layout[1]))
+    return errors
 
 
 def pipeline_spec_validate(*, team, spec: Any) -> list[str]:

@@ -91,7 +91,7 @@ def run_create(*, pipeline: Pipeline, user, seed: int | None = None, name: str =
     from refinery.pipelines.specs import SpecError, pipeline_spec_normalize
 
     try:
-        normalized = pipeline_spec_normalize(team=pipeline.team, spec=pipeline.spec)
+        normalized = pipeline_spec_normalize(team=pipeline.team, spec=pipeline.spec, base_model=pipeline.base_model)
     except SpecError as exc:
         raise RunError("; ".join(exc.errors.values())) from None
     seed = seed if seed is not None else int(pipeline.spec.get("seed", secrets.randbelow(2**31)))

@@ -38,6 +38,10 @@ DATASETS = [
     ("addition-chat", "chat", "chat", "The same sums as user/assistant conversations."),
     ("addition-prefs", "prefs", "preference", "Preference pairs: the correct sum is chosen, a wrong one rejected."),
     ("addition-reference", "reference", "reference", "Held-out prompts with reference answers."),
+    ("addition-prefs-eval", "prefs_eval", "preference",
+     "Held-out preference pairs: each held-out sum against every wrong answer 1 or 2 away."),
+    ("addition-feedback", "feedback", "feedback",
+     "Feedback rows: each training sum once right (label true) and once wrong (label false)."),
 ]
 
 
@@ -51,7 +55,9 @@ def build_demo_kit(out_dir: Path) -> dict:
     """Build the kit in a subprocess: this process never imports torch."""
     manifest = out_dir / "manifest.json"
     if manifest.is_file():
-        return json.loads(manifest.read_text())
+        kit = json.loads(manifest.read_text())
+        if all(key in kit["data"] for _, key, _, _ in DATASETS):  # else a kit from an older version: rebuild
+            return kit
     out_dir.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
         [sys.executable, "-m", "trainers", "demo", "--out", str(out_dir)],
