@@ -5,6 +5,9 @@ method config and adapter with every default filled in, dataset files by content
 the input model, which is either the run's base model or an earlier stage's output fetched
 from MLflow (so that stages can run on hosts that share no disk).
 
+Extra models a method loads (a grpo stage's reward model, a distill stage's teacher) are resolved the same
+way, from the earlier stage its config names, into the spec's `aux_models`.
+
 A model reference (stored in a stage's outputs, host-independent):
     {"source": "base", "name", "name_or_path", "revision"}
     {"source": "stage", "stage": <name>, "kind": "model"|"adapter", "artifact_path",
@@ -36,7 +39,10 @@ def stage_work_dir(stage: StageRun) -> Path:
 
 def model_reference(stage: StageRun) -> dict[str, Any]:
     """Where this stage's input comes from, host-independent (stored with the outputs)."""
-    source = stage.spec.get("input") or "base"
+    return _reference(stage, stage.spec.get("input") or "base", role="input stage", purpose="to train on")
+
+
+def _reference(stage: StageRun, source: str, *, role: str, purpose: str) -> dict[str, Any]:
     if source == "base":
         base = stage.run.snapshot["base_model"]
         return {"source": "base", "name": base.get("name"), "name_or_path": base["name_or_path"],
@@ -44,8 +50,24 @@ def model_reference(stage: StageRun) -> dict[str, Any]:
     upstream = run_stage_named(run_id=stage.run_id, name=source)
     if upstream is None or upstream.status != Status.SUCCEEDED or not upstream.outputs.get("mlflow_run_id"):
         state = upstream.status if upstream else "missing"
-        raise StageSetupError(f"input stage {source!r} has no output to train on (it is {state})")
+        raise StageSetupError(f"{role} {source!r} has no output {purpose} (it is {state})")
     return {"source": "stage", "stage": source, **upstream.outputs}
+
+
+def aux_model_references(stage: StageRun) -> dict[str, dict[str, Any]]:
+    """The extra models the stage's method loads (grpo: reward_model; distill: teacher), by aux_models key:
+    the output of the earlier stage its config names, or the base model; host-independent like the input."""
+    from trainers.registry import get_method  # light: no torch
+
+    refs = {}
+    for key, source in get_method(stage.method).aux_sources(stage.spec.get("config") or {}).items():
+        refs[key] = _reference(stage, source, role=f"{key.replace('_', ' ')} stage", purpose=f"to use as {key}")
+    return refs
+
+
+def materialize_aux_models(refs: dict[str, dict[str, Any]], dst: Path, *, client=None) -> dict[str, dict]:
+    """The spec's `aux_models` block: each reference downloaded from MLflow like the input model."""
+    return {key: materialize_model(ref, dst, client=client) for key, ref in refs.items()}
 
 
 def materialize_model(ref: dict[str, Any], dst: Path, *, client=None) -> dict[str, Any]:
@@ -99,11 +121,11 @@ def _data_block(data: dict | None) -> dict | None:
 
 
 def build_stage_spec(*, stage: StageRun, model: dict, config: dict, adapter: dict | None,
-                     work_dir: Path) -> dict:
+                     work_dir: Path, aux_models: dict | None = None) -> dict:
     """The trainer's spec (docs/stage-spec.md) for this stage."""
     if not stage.spec.get("train_data"):
         raise StageSetupError("the stage has no training dataset")
-    return {
+    spec = {
         "version": 1,
         "stage": {"name": stage.name, "index": stage.index, "stage_run_id": stage.pk,
                   "run_id": stage.run_id, "attempt": stage.attempt},
@@ -117,6 +139,9 @@ def build_stage_spec(*, stage: StageRun, model: dict, config: dict, adapter: dic
         "checkpoint_dir": str(work_dir / "checkpoints"),
         "seed": int(stage.run.seed) % 2**32,
     }
+    if aux_models:
+        spec["aux_models"] = aux_models
+    return spec
 
 
 def tracking_params(*, stage: StageRun, config: dict, adapter: dict | None, input_ref: dict) -> dict[str, str]:

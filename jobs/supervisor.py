@@ -38,7 +38,9 @@ from django.db import close_old_connections, connection
 
 from jobs.stage_inputs import (
     StageSetupError,
+    aux_model_references,
     build_stage_spec,
+    materialize_aux_models,
     materialize_model,
     model_reference,
     resolve_configs,
@@ -230,7 +232,9 @@ class StageSupervisor:
             stage=stage, params=params, tags=tracking_tags(stage=stage, input_ref=self.input_ref), client=self.client
         )
         model = materialize_model(self.input_ref, self.work_dir / "inputs", client=self.client)
-        spec = build_stage_spec(stage=stage, model=model, config=config, adapter=adapter, work_dir=self.work_dir)
+        aux_models = materialize_aux_models(aux_model_references(stage), self.work_dir / "inputs", client=self.client)
+        spec = build_stage_spec(stage=stage, model=model, config=config, adapter=adapter, work_dir=self.work_dir,
+                                aux_models=aux_models)
         self.spec_path.write_text(json.dumps(spec, indent=2))
 
     def _cancel_pending(self) -> bool:

@@ -9,12 +9,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .configs import AdapterConfig, DPOConfig, KTOConfig, ORPOConfig, SFTConfig, SimPOConfig
+from .configs import (
+    AdapterConfig,
+    DistillConfig,
+    DPOConfig,
+    GRPOConfig,
+    KTOConfig,
+    ORPOConfig,
+    RewardConfig,
+    SFTConfig,
+    SimPOConfig,
+)
 from .configs.adapters import ADAPTER_TYPES
 from .schema import config_schema, json_schema, validate_config
 
 __all__ = [
     "DATASET_KINDS",
+    "AuxModel",
     "Method",
     "METHODS",
     "get_method",
@@ -32,6 +43,34 @@ DATASET_KINDS = {
 }
 
 
+_NO_PROMPT_TUNING = tuple(t for t in ADAPTER_TYPES if t != "prompt_tuning")
+
+
+@dataclass(frozen=True)
+class AuxModel:
+    """A model a method loads besides its input model: stage spec ``aux_models.<key>``, the output of the
+    earlier stage that the config field ``stage_field`` names (docs/stage-spec.md)."""
+
+    key: str  # aux_models key, e.g. "reward_model"
+    stage_field: str  # config field that names the earlier stage, e.g. "reward_model_stage"
+    stage_methods: tuple[str, ...] = ()  # the methods that stage may use (empty: any)
+    not_methods: tuple[str, ...] = ()  # methods that stage may not use (their output is another kind of model)
+    base_when_empty: bool = False  # an empty stage_field means the run's base model (else: not used)
+
+    def accepts(self, method: str) -> bool:
+        """Whether the output of a stage of ``method`` can serve as this model."""
+        return (not self.stage_methods or method in self.stage_methods) and method not in self.not_methods
+
+    def source(self, config: Any) -> str | None:
+        """Where this model comes from for a config (a dataclass instance or a dict of field values): the
+        earlier stage's name, ``"base"``, or None when the stage does not use it."""
+        value = config.get(self.stage_field, "") if isinstance(config, dict) else getattr(config, self.stage_field)
+        value = str(value or "").strip()
+        if value:
+            return value
+        return "base" if self.base_when_empty else None
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -43,6 +82,13 @@ class Method:
     uses_adapter: bool = True
     # The adapter types this method can train; others are refused when the stage is validated.
     adapter_types: tuple[str, ...] = ADAPTER_TYPES
+    # Models this method loads besides its input, each from an earlier stage a config field names.
+    aux_models: tuple[AuxModel, ...] = ()
+
+    def aux_sources(self, config: Any) -> dict[str, str]:
+        """``{aux_models key: earlier stage name or "base"}`` for the models this config uses."""
+        found = {aux.key: aux.source(config) for aux in self.aux_models}
+        return {key: source for key, source in found.items() if source is not None}
 
     def load_runner(self) -> Callable[..., dict[str, Any]]:
         """Import the runner (this is where torch & co. get imported)."""
@@ -58,6 +104,11 @@ class Method:
             "dataset_kinds": list(self.dataset_kinds),
             "uses_adapter": self.uses_adapter,
             "adapter_types": list(self.adapter_types) if self.uses_adapter else [],
+            "aux_models": [
+                {"key": a.key, "stage_field": a.stage_field, "stage_methods": list(a.stage_methods),
+                 "not_methods": list(a.not_methods), "base_when_empty": a.base_when_empty}
+                for a in self.aux_models
+            ],
             "runner": self.runner,
             "config_fields": config_schema(self.config_class),
             "config_json_schema": json_schema(self.config_class),
@@ -102,6 +153,8 @@ METHODS: dict[str, Method] = {
             config_class=ORPOConfig,
             dataset_kinds=("preference",),
             runner="trainers.methods.orpo:run",
+            # TRL's experimental trainer misaligns logits and labels under prompt tuning's virtual tokens.
+            adapter_types=_NO_PROMPT_TUNING,
         ),
         Method(
             name="simpo",
@@ -111,6 +164,44 @@ METHODS: dict[str, Method] = {
             config_class=SimPOConfig,
             dataset_kinds=("preference",),
             runner="trainers.methods.simpo:run",
+            # TRL's experimental trainer misaligns logits and labels under prompt tuning's virtual tokens.
+            adapter_types=_NO_PROMPT_TUNING,
+        ),
+        Method(
+            name="reward",
+            label="Reward model",
+            description="Train a model to score answers so that chosen ones score above rejected ones; "
+            "a later grpo stage can use it as its reward, and trainers.scoring can score data with it.",
+            config_class=RewardConfig,
+            dataset_kinds=("preference",),
+            runner="trainers.methods.reward:run",
+            # A prompt-tuning adapter cannot be merged, so the scorer could not load it.
+            adapter_types=_NO_PROMPT_TUNING,
+        ),
+        Method(
+            name="grpo",
+            label="GRPO (RL with verifiable rewards)",
+            description="Sample several answers per prompt, score them with rewards chosen by name "
+            "(exact or numeric match with the reference, format, JSON, keywords, length, a reward model) "
+            "and learn to prefer the better ones.",
+            config_class=GRPOConfig,
+            dataset_kinds=("reference", "prompt_completion", "chat"),
+            runner="trainers.methods.grpo:run",
+            adapter_types=_NO_PROMPT_TUNING,
+            aux_models=(AuxModel("reward_model", "reward_model_stage", stage_methods=("reward",)),),
+        ),
+        Method(
+            name="distill",
+            label="Distillation from a teacher",
+            description="The model answers the prompts itself and learns to match a teacher model's "
+            "token distributions on its answers (on-policy distillation); the teacher is the base model "
+            "or an earlier stage's output.",
+            config_class=DistillConfig,
+            dataset_kinds=("prompt_completion", "chat", "reference"),
+            runner="trainers.methods.distill:run",
+            adapter_types=_NO_PROMPT_TUNING,
+            # A reward stage outputs a scoring model, not a language model that could teach.
+            aux_models=(AuxModel("teacher", "teacher_stage", not_methods=("reward",), base_when_empty=True),),
         ),
     )
 }

@@ -62,6 +62,8 @@ class StageSpec:
     checkpoint_dir: str
     seed: int = 42
     stage: dict[str, Any] = field(default_factory=dict)
+    # Extra models the method loads by role (grpo: reward_model; distill: teacher); see Method.aux_models.
+    aux_models: dict[str, ModelRef] = field(default_factory=dict)
     version: int = 1
 
 
@@ -104,6 +106,57 @@ def _data_file(raw: Any, where: str, errors: dict[str, str], check_hash: bool) -
     return DataFile(path=os.path.abspath(path), format=fmt or "", kind=kind or "", sha256=sha)
 
 
+def _model_ref(raw: Any, where: str, errors: dict[str, str]) -> ModelRef | None:
+    """A ``{name_or_path, revision, adapter_path}`` object (``model`` or an ``aux_models`` entry)."""
+    if not isinstance(raw, dict):
+        errors[where] = f"{where}: must be an object with name_or_path"
+        return None
+    name = raw.get("name_or_path")
+    if not isinstance(name, str) or not name.strip():
+        errors[f"{where}.name_or_path"] = f"{where}.name_or_path: is required"
+        return None
+    if _looks_like_path(name) and not os.path.isdir(os.path.expanduser(name)):
+        errors[f"{where}.name_or_path"] = f"{where}.name_or_path: no such model directory: {name}"
+    adapter_path = raw.get("adapter_path")
+    if adapter_path and not os.path.isfile(os.path.join(os.path.expanduser(adapter_path), "adapter_config.json")):
+        errors[f"{where}.adapter_path"] = f"{where}.adapter_path: no adapter (adapter_config.json) in {adapter_path}"
+    return ModelRef(
+        name_or_path=os.path.abspath(os.path.expanduser(name)) if _looks_like_path(name) else name,
+        revision=raw.get("revision") or None,
+        adapter_path=os.path.abspath(os.path.expanduser(adapter_path)) if adapter_path else None,
+    )
+
+
+def _aux_models(raw: Any, method: str, config: Any, errors: dict[str, str]) -> dict[str, ModelRef]:
+    """``aux_models``: exactly the extra models the method's config uses (e.g. grpo's reward_model)."""
+    spec = get_method(method)
+    needed = spec.aux_sources(config) if config is not None else {}
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors["aux_models"] = "aux_models: must be an object of {name_or_path, revision, adapter_path} objects"
+        return {}
+    known = {aux.key: aux for aux in spec.aux_models}
+    models: dict[str, ModelRef] = {}
+    for key, value in raw.items():
+        if key not in known:
+            errors[f"aux_models.{key}"] = (
+                f"aux_models.{key}: {method} uses no such model (it uses: {', '.join(known) or 'none'})"
+            )
+        elif key in needed:
+            ref = _model_ref(value, f"aux_models.{key}", errors)
+            if ref is not None:
+                models[key] = ref
+    for key, source in needed.items():
+        if key not in raw:
+            stage_field = known[key].stage_field
+            cause = f"the output of stage {source!r}" if source != "base" else "the base model"
+            errors[f"aux_models.{key}"] = (
+                f"aux_models.{key}: is required ({cause}, as config.{stage_field} says): give its name_or_path"
+            )
+    return models
+
+
 def parse_spec(raw: Any, *, check_hashes: bool = True) -> StageSpec:
     """Check a spec dict and turn it into a :class:`StageSpec`; raise :class:`SpecError` otherwise."""
     if not isinstance(raw, dict):
@@ -120,29 +173,7 @@ def parse_spec(raw: Any, *, check_hashes: bool = True) -> StageSpec:
         raise SpecError({"method": f"method: {exc.args[0]}"}) from None
 
     # Model
-    model_raw = raw.get("model")
-    model = None
-    if not isinstance(model_raw, dict):
-        errors["model"] = "model: must be an object with name_or_path"
-    else:
-        name = model_raw.get("name_or_path")
-        if not isinstance(name, str) or not name.strip():
-            errors["model.name_or_path"] = "model.name_or_path: is required"
-        elif _looks_like_path(name) and not os.path.isdir(os.path.expanduser(name)):
-            errors["model.name_or_path"] = f"model.name_or_path: no such model directory: {name}"
-        adapter_path = model_raw.get("adapter_path")
-        if adapter_path:
-            if not os.path.isfile(os.path.join(os.path.expanduser(adapter_path), "adapter_config.json")):
-                errors["model.adapter_path"] = (
-                    f"model.adapter_path: no adapter (adapter_config.json) in {adapter_path}"
-                )
-        revision = model_raw.get("revision")
-        if isinstance(name, str) and name.strip():
-            model = ModelRef(
-                name_or_path=os.path.abspath(os.path.expanduser(name)) if _looks_like_path(name) else name,
-                revision=revision or None,
-                adapter_path=os.path.abspath(os.path.expanduser(adapter_path)) if adapter_path else None,
-            )
+    model = _model_ref(raw.get("model"), "model", errors)
 
     # Data
     data = raw.get("data")
@@ -179,6 +210,8 @@ def parse_spec(raw: Any, *, check_hashes: bool = True) -> StageSpec:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         errors["seed"] = f"seed: must be an integer between 0 and 2**32-1, got {seed!r}"
 
+    aux_models = _aux_models(raw.get("aux_models"), method, method_cfg, errors)
+
     stage = raw.get("stage") or {}
     if not isinstance(stage, dict):
         errors["stage"] = "stage: must be an object"
@@ -197,6 +230,7 @@ def parse_spec(raw: Any, *, check_hashes: bool = True) -> StageSpec:
         seed=seed,
         stage=stage,
         version=version,
+        aux_models=aux_models,
     )
 
 

@@ -152,6 +152,7 @@ def test_sandbox_is_immutable():
         ("prompt_completion", {"prompt": "2+2=", "completion": "4", "source": "x"}, "4"),
         ("preference", {"prompt": "2+2=", "chosen": "4", "rejected": "5"}, "4"),
         ("reference", {"prompt": "2+2=", "answer": "4"}, "4"),
+        ("feedback", {"prompt": "2+2=", "completion": "5", "label": False}, "5"),
     ],
 )
 def test_single_turn_kinds_become_user_and_assistant(kind, row, answer):

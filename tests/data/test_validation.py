@@ -47,6 +47,10 @@ VALID_ROWS: dict[str, list[dict[str, Any]]] = {
         {"prompt": "2+2=", "answer": "4", "source": "math"},
         {"prompt": "Capital of France?", "answer": "Paris", "source": "geo"},
     ],
+    "feedback": [
+        {"prompt": "2+2=", "completion": "4", "label": True, "source": "math"},
+        {"prompt": "2+2=", "completion": "5", "label": False, "source": "math"},
+    ],
 }
 
 
@@ -231,6 +235,12 @@ BAD_FILES = [
     bad("preference chosen == rejected", "jsonl", "preference",
         jsonl_bytes([{"prompt": "p", "chosen": "same", "rejected": "same"}]),
         'line 1: "chosen" and "rejected" are identical'),
+    bad("feedback label not a boolean", "jsonl", "feedback",
+        jsonl_bytes([{"prompt": "2+2=", "completion": "4", "label": True},
+                     {"prompt": "2+2=", "completion": "5", "label": "no"}]),
+        'line 2: field "label": expected true or false, got string "no"'),
+    bad("feedback label missing", "jsonl", "feedback", jsonl_bytes([{"prompt": "2+2=", "completion": "4"}]),
+        'line 1: missing required field "label"'),
     # conversations
     bad("chat bad role", "jsonl", "chat", GOOD + chat_line([*CHAT[:2], {"role": "bot", "content": "Paris."}]),
         'line 2: field "messages": turn 3 has role "bot" (expected system, user or assistant)'),
@@ -261,6 +271,9 @@ BAD_FILES = [
         "line 2: longer than 1000000 bytes"),
     bad("CSV messages not JSON", "csv", "chat", b'messages\n"[{""role"": ""user""}"\n',
         "line 2: field \"messages\": invalid JSON (Expecting ',' delimiter at column 18)"),
+    bad("CSV feedback label not true or false", "csv", "feedback",
+        b"prompt,completion,label\n2+2=,4,TRUE\n2+2=,5,0\n",
+        'line 3: field "label": expected true or false, got string "0"'),
     # Parquet
     bad("empty Parquet file", "parquet", PC, b"", "file is empty"),
     bad("truncated Parquet", "parquet", PC, truncated_parquet(),
@@ -272,6 +285,9 @@ BAD_FILES = [
         'column "completion" has type int64 (expected string)'),
     bad("Parquet messages as text", "parquet", "chat", parquet({"messages": pa.array(["[]"])}),
         'column "messages" has type string (expected list<struct<role: string, content: string>>)'),
+    bad("Parquet feedback label as text", "parquet", "feedback",
+        parquet({"prompt": pa.array(["a"]), "completion": pa.array(["b"]), "label": pa.array(["true"])}),
+        'column "label" has type string (expected bool)'),
     bad("Parquet null cell", "parquet", PC,
         parquet({"prompt": pa.array(["a", None]), "completion": pa.array(["b", "c"])}),
         'row 2: field "prompt": expected a string, got null'),

@@ -67,6 +67,7 @@ def test_api_upload_pipeline_run_and_page(api, demo_kit, celery_worker_process, 
     assert run["status"] == "succeeded", run
     full, lora = run["stages"]
     assert full["metrics"]["train/loss"]["last"] < full["metrics"]["train/loss"]["first"]
+    assert full["summary"]["train/loss"] == pytest.approx(full["metrics"]["train/loss"]["last"])
     assert lora["trainable_params"] < lora["total_params"] == full["total_params"] + lora["trainable_params"]
     for stage in (full, lora):
         history = [v for _, v in metric_history(stage["mlflow_run_id"], "train/loss")]

@@ -72,3 +72,31 @@ def test_sigterm_cancels_at_step_end_with_exit_3(make_spec, tmp_path):
     assert 1 <= events[-1]["step"] < 100_000
     assert not any(e["event"] in ("artifact", "finished", "failed") for e in events)
     assert not os.path.exists(os.path.join(spec["output_dir"], "model"))
+
+
+def test_preference_method_run_emits_reward_metrics(make_spec, demo_kit, tmp_path):
+    spec = make_spec(data="prefs", eval_data="prefs_eval", config={"max_steps": 4, "save_steps": 2})
+    spec["method"] = "orpo"
+    result = subprocess.run(
+        [sys.executable, "-m", "trainers", "run", _write(spec, tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = _events(result.stdout)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "started" and kinds[-2:] == ["artifact", "finished"], kinds
+    assert [e["step"] for e in events if e["event"] == "checkpoint"] == [2, 4]
+    metrics = [e for e in events if e["event"] == "metrics"]
+    assert [e["step"] for e in metrics] == sorted(e["step"] for e in metrics)
+    train = [e["metrics"] for e in metrics if "train/loss" in e["metrics"]]
+    assert len(train) == 4
+    for name in ("train/rewards/chosen", "train/rewards/rejected", "train/rewards/accuracies", "train/rewards/margins"):
+        assert all(isinstance(m[name], float) for m in train), name
+    summary = events[-1]["summary"]
+    for name in ("eval/loss", "eval/rewards/accuracies", "eval/rewards/margins", "eval/preference_accuracy",
+                 "eval/preference_margin", "eval/preference_accuracy_initial"):  # fmt: skip
+        assert isinstance(summary[name], float), name
+    assert events[-1]["outputs"] == {"kind": "model", "path": os.path.join(spec["output_dir"], "model")}

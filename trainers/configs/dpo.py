@@ -69,7 +69,7 @@ class DPOConfig:
         "a value above 0; 1e-3 is typical), 'aot' and 'aot_unpaired' losses use it; keep 0 otherwise.",
     )
     learning_rate: float = fields.learning_rate(
-        5e-4,
+        3e-4,
         "The default suits the tiny demo model; for real models use about 5e-7 to 5e-6 (full fine-tuning) "
         "or 5e-6 to 5e-5 (LoRA).",
     )

@@ -56,7 +56,7 @@ class KTOConfig:
         help="Weight of the loss on undesirable examples (see desirable_weight).",
     )
     learning_rate: float = fields.learning_rate(
-        5e-4,
+        3e-4,
         "The default suits the tiny demo model; for real models use about 5e-7 to 5e-6 (full fine-tuning) "
         "or 5e-6 to 5e-5 (LoRA).",
     )

@@ -27,7 +27,7 @@ class ORPOConfig:
         "ORPO paper, beta in TRL). 0.1 is typical; higher pushes harder against the rejected answers.",
     )
     learning_rate: float = fields.learning_rate(
-        5e-4,
+        3e-3,
         "The default suits the tiny demo model; for real models use about 5e-6 to 8e-6 (full fine-tuning) "
         "or 1e-5 to 1e-4 (LoRA).",
     )

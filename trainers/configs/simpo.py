@@ -43,7 +43,7 @@ class SimPOConfig:
         "a positive value (e.g. 0.05 to 1) is CPO-SimPO, which keeps the model closer to the chosen answers.",
     )
     learning_rate: float = fields.learning_rate(
-        5e-4,
+        3e-4,
         "The default suits the tiny demo model; for real models use about 3e-7 to 1e-6 (full fine-tuning) "
         "or 1e-5 to 1e-4 (LoRA).",
     )

@@ -24,8 +24,9 @@ def installed_loss_types() -> tuple[str, ...]:
 def trl_args(spec: StageSpec, *, has_eval: bool) -> TRLDPOConfig:
     """Map the stage's DPOConfig onto TRL's."""
     cfg = spec.config
-    if cfg.loss_type not in installed_loss_types():
-        raise ValueError(f"the installed TRL has no DPO loss {cfg.loss_type!r}")
+    installed = installed_loss_types()
+    if installed and cfg.loss_type not in installed:  # fail before training, not at its first step
+        raise ValueError(f"the installed TRL has no DPO loss {cfg.loss_type!r} (it has {', '.join(installed)})")
     return TRLDPOConfig(
         **training_arguments(spec, cfg, has_eval=has_eval),
         max_length=cfg.max_length,

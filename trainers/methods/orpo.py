@@ -20,7 +20,12 @@ __all__ = ["run", "build_trainer", "trl_args"]
 def trl_args(spec: StageSpec, *, has_eval: bool) -> TRLORPOConfig:
     """Map the stage's ORPOConfig onto TRL's."""
     cfg = spec.config
-    return TRLORPOConfig(**training_arguments(spec, cfg, has_eval=has_eval), max_length=cfg.max_length, beta=cfg.beta)
+    return TRLORPOConfig(
+        **training_arguments(spec, cfg, has_eval=has_eval),
+        max_length=cfg.max_length,
+        beta=cfg.beta,
+        remove_unused_columns=False,  # its collator needs the tokenized columns (it would switch this off itself)
+    )
 
 
 def build_trainer(stage: PreferenceStage) -> ORPOTrainer:

@@ -140,7 +140,8 @@ def _answer_logps(model, tokenizer, prompts: list[str], answers: list[str], max_
         input_ids[i, : len(seq)] = torch.tensor(seq)
         attention[i, : len(seq)] = 1
     input_ids, attention = input_ids.to(device), attention.to(device)
-    logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+    # The last `width` positions: prompt tuning puts its virtual tokens in front of the sequence.
+    logits = model(input_ids=input_ids, attention_mask=attention).logits[:, -width:-1].float()
     targets = input_ids[:, 1:]
     token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     positions = torch.arange(1, width, device=device).unsqueeze(0)

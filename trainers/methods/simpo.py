@@ -28,6 +28,7 @@ def trl_args(spec: StageSpec, *, has_eval: bool) -> TRLCPOConfig:
         beta=cfg.beta,
         simpo_gamma=cfg.simpo_gamma,
         cpo_alpha=cfg.cpo_alpha,
+        remove_unused_columns=False,  # its collator needs the tokenized columns (it would switch this off itself)
     )
 
 

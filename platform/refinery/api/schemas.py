@@ -115,6 +115,7 @@ class StageOut(Schema):
     mlflow_run_id: str
     error: str
     outputs: dict[str, Any]
+    summary: dict[str, Any]
     metrics: dict[str, dict[str, float | int | None]]
     started_at: datetime | None
     finished_at: datetime | None

@@ -87,7 +87,7 @@ def _run_out(run: Run) -> dict:
             "attempt": stage.attempt, "step": stage.step, "total_steps": stage.total_steps,
             "progress": stage.progress, "trainable_params": stage.trainable_params,
             "total_params": stage.total_params, "mlflow_run_id": stage.mlflow_run_id, "error": stage.error,
-            "outputs": stage.outputs, "metrics": stage_metric_summary(stage_run=stage),
+            "outputs": stage.outputs, "summary": stage.summary, "metrics": stage_metric_summary(stage_run=stage),
             "started_at": stage.started_at, "finished_at": stage.finished_at,
         })
     return {

@@ -17,6 +17,9 @@ from refinery.data.models import Dataset
 
 FULL_MODEL_TYPES = ("none", "bitfit", "freeze")  # adapter types whose stage outputs a whole model
 
+# Methods whose stage outputs a scoring model (a sequence classifier), not a model that generates text.
+SCORING_METHODS = ("reward",)
+
 STAGE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 MAX_STAGES = 32
 
@@ -97,6 +100,11 @@ def pipeline_spec_normalize(*, team, spec: Any, base_model=None) -> dict:
                 f"{label}: input {source!r} is not an earlier stage (use 'base' or one of: "
                 f"{', '.join(seen) or 'no earlier stages'})"
             )
+        elif seen.get(source) in SCORING_METHODS:
+            errors[f"{where}.input"] = (
+                f"{label}: input {source!r} is a {seen[source]} stage, whose output scores text instead of "
+                "generating it; train on 'base' or another stage (a grpo stage uses it as reward_model_stage)"
+            )
         dataset, problem = _dataset_kind(team, stage.get("dataset_id"))
         if problem:
             errors[f"{where}.dataset_id"] = f"{label}: {problem}"
@@ -116,6 +124,9 @@ def pipeline_spec_normalize(*, team, spec: Any, base_model=None) -> dict:
             if key == "dataset_kind" and dataset is None:
                 continue  # already reported as a missing dataset
             errors[f"{where}.{key}"] = f"{label}: {message}"
+        if config is not None:
+            for key, message in _aux_stage_errors(method, config, seen).items():
+                errors[f"{where}.config.{key}"] = f"{label}: {message}"
         if adapter is not None:
             for key, message in _adapter_fit_errors(adapter, base_model, source, seen_adapters).items():
                 errors[f"{where}.adapter.{key}"] = f"{label}: {message}"
@@ -134,6 +145,41 @@ def pipeline_spec_normalize(*, team, spec: Any, base_model=None) -> dict:
     if errors:
         raise SpecError(errors)
     return {"seed": seed, "stages": resolved}
+
+
+def _aux_stage_errors(method: str, config, seen: dict[str, str]) -> dict[str, str]:
+    """Config fields that name another stage (grpo's reward_model_stage, distill's teacher_stage) must name
+    an earlier stage whose method produces that kind of model."""
+    errors: dict[str, str] = {}
+    for aux in METHODS[method].aux_models:
+        source = aux.source(config)
+        if source in (None, "base"):
+            continue
+        fits = [name for name, m in seen.items() if aux.accepts(m)]
+        wanted = f"of method {' or '.join(aux.stage_methods)}" if aux.stage_methods else "that outputs a model"
+        if source in seen and aux.accepts(seen[source]):
+            continue
+        found = f"is a {seen[source]} stage" if source in seen else "is not an earlier stage"
+        errors[aux.stage_field] = (
+            f"{aux.stage_field} {source!r} {found}; it must name an earlier stage {wanted} "
+            f"({'earlier ones: ' + ', '.join(fits) if fits else 'there is none before this stage'})"
+        )
+    return errors
+
+
+def stage_dependencies(stage: dict) -> list[str]:
+    """The earlier stages a (normalized) stage needs finished first: its input and the stages its config
+    names for extra models (a grpo stage's reward_model_stage, a distill stage's teacher_stage)."""
+    names = []
+    source = stage.get("input") or "base"
+    if source != "base":
+        names.append(source)
+    method = METHODS.get(stage.get("method", ""))
+    if method is not None:
+        for aux_source in method.aux_sources(stage.get("config") or {}).values():
+            if aux_source != "base" and aux_source not in names:
+                names.append(aux_source)
+    return names
 
 
 def _adapter_fit_errors(adapter, base_model, source: str, seen_adapters: dict[str, str]) -> dict[str, str]:

@@ -82,8 +82,10 @@ def run_snapshot(*, pipeline: Pipeline, seed: int, stages: list[dict] | None = N
 
 
 def _stage_ready(stage: StageRun, by_name: dict[str, StageRun]) -> bool:
-    source = stage.spec.get("input", "base")
-    return source == "base" or by_name[source].status == Status.SUCCEEDED
+    """Every stage it needs (its input, and the stages its config names for extra models) has succeeded."""
+    from refinery.pipelines.specs import stage_dependencies
+
+    return all(by_name[name].status == Status.SUCCEEDED for name in stage_dependencies(stage.spec))
 
 
 @transaction.atomic
@@ -292,14 +294,18 @@ def stage_finish(*, stage_run_id: int, status: str, error: str = "", outputs: di
 
 
 def _cancel_dependents(run: Run, *, reason: str) -> None:
+    from refinery.pipelines.specs import stage_dependencies
+
     stages = list(run.stages.select_for_update().order_by("index"))
     by_name = {s.name: s for s in stages}
     changed = True
     while changed:
         changed = False
         for stage in stages:
-            source = stage.spec.get("input", "base")
-            if stage.status == Status.PENDING and source != "base" and by_name[source].status in TERMINAL_STATES - {Status.SUCCEEDED}:
+            needs = stage_dependencies(stage.spec)
+            if stage.status == Status.PENDING and any(
+                by_name[name].status in TERMINAL_STATES - {Status.SUCCEEDED} for name in needs
+            ):
                 stage.mark_finished(Status.CANCELED, error=f"not run: {reason}")
                 stage.save()
                 changed = True

@@ -15,9 +15,10 @@ from refinery.tracking.links import mlflow_run_url
 
 LOSS_KEYS = ["train/loss", "eval/loss"]
 # Method metrics worth seeing first (DPO rewards and margins, GRPO reward and KL, accuracies).
-METRIC_PRIORITY = ("reward", "margin", "accurac", "kl", "exact_match", "entropy")
-HIDDEN_METRICS = {"train/epoch", "train/total_flos", "train/step"}
-MAX_METRIC_CHARTS = 12
+METRIC_PRIORITY = ("reward", "margin", "accurac", "kl", "exact_match", "log_odds", "nll", "agreement", "entropy")
+# Optimiser and bookkeeping series: charted, but folded away under "More metrics".
+ROUTINE_METRICS = ("learning_rate", "grad_norm", "epoch", "num_tokens", "runtime", "per_second", "total_flos",
+                   "logits/", "logps/", "step_time", "clip_ratio", "completions/")
 
 
 def _metric_order(key: str) -> tuple[int, str]:
@@ -25,14 +26,14 @@ def _metric_order(key: str) -> tuple[int, str]:
     return (min(hits) if hits else len(METRIC_PRIORITY), key)
 
 
-def metric_charts(table: dict) -> list[dict]:
-    """One small chart per metric other than the loss, stages side by side on the run's step axis."""
-    keys = sorted((k for k in table if k not in LOSS_KEYS and k not in HIDDEN_METRICS), key=_metric_order)
-    return [
-        {"key": key, "id": "metric-" + "".join(c if c.isalnum() else "-" for c in key),
-         "chart": chart_payload(table[key])}
-        for key in keys[:MAX_METRIC_CHARTS]
-    ]
+def metric_charts(table: dict) -> tuple[list[dict], list[dict]]:
+    """Small charts for every metric but the loss, stages side by side on the run's step axis:
+    (the method's own metrics, priority first; the routine optimiser/bookkeeping ones)."""
+    keys = sorted((k for k in table if k not in LOSS_KEYS), key=_metric_order)
+    charts = [{"key": key, "id": "metric-" + "".join(c if c.isalnum() else "-" for c in key),
+               "chart": chart_payload(table[key])} for key in keys]
+    routine = [c for c in charts if any(word in c["key"] for word in ROUTINE_METRICS)]
+    return [c for c in charts if c not in routine], routine
 
 
 def _run_or_404(request, number: int) -> Run:
@@ -66,6 +67,7 @@ def _run_context(request, run: Run) -> dict:
     progress = sum(s.progress for s in stages) / len(stages) if stages else 0
     current = next((s for s in stages if s.status in (Status.RUNNING, Status.CANCELING)), None)
     table = run_metric_table(run=run)
+    charts = metric_charts(table)
     return {
         "run": run,
         "stages": stages,
@@ -73,7 +75,8 @@ def _run_context(request, run: Run) -> dict:
         "current": current,
         "chart": chart_payload({f"{stage} {key}": points for key in LOSS_KEYS
                                 for stage, points in table.get(key, {}).items()}),
-        "metric_charts": metric_charts(table),
+        "metric_charts": charts[0],
+        "routine_charts": charts[1],
         "mlflow_url": mlflow_run_url(run.mlflow_experiment_id, run.mlflow_run_id),
         "stage_links": {s.pk: mlflow_run_url(run.mlflow_experiment_id, s.mlflow_run_id) for s in stages},
         "nav": "runs",
