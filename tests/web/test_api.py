@@ -180,3 +180,29 @@ def test_methods_endpoint_exposes_the_config_schema(api):
     lr = next(f for f in sft["config_fields"] if f["name"] == "learning_rate")
     assert lr["type"] == "float" and lr["help"] and lr["max"] == 1
     assert {f["name"] for f in methods["adapter"]["config_fields"]} >= {"type", "r", "alpha", "dropout"}
+
+
+@pytest.mark.parametrize(
+    ("method", "kind", "rows", "config", "key", "text"),
+    [
+        ("dpo", "preference", [{"prompt": "1+1=", "chosen": "2", "rejected": "3"}] * 3,
+         {"loss_type": "no-such-loss"}, "stages.0.config.loss_type", "loss_type"),
+        ("grpo", "reference", [{"prompt": "1+1=", "answer": "2"}] * 3,
+         {}, "stages.0.config.__all__", "at least one reward"),
+        ("grpo", "reference", [{"prompt": "1+1=", "answer": "2"}] * 3,
+         {"reward_regex_match_weight": 1.0, "regex_pattern": "(unclosed"}, "stages.0.config.regex_pattern", "regex"),
+        ("kto", "reference", [{"prompt": "1+1=", "answer": "2"}] * 3,
+         {}, "stages.0.dataset_kind", "cannot train on 'reference' data"),
+    ],
+)
+def test_configs_the_trainer_would_reject_are_refused_at_api_time(api, model_id, dataset_dir, method, kind, rows,
+                                                                  config, key, text):
+    dataset_id = upload(api, name=f"{method}-data", kind=kind, rows=rows).json()["dataset_id"]
+    spec = {"stages": [{"name": "s1", "method": method, "dataset_id": dataset_id, "config": config,
+                        "adapter": {"type": "lora"}}]}
+    response = api.post("/api/v1/pipelines", {"name": "p", "base_model_id": model_id, "spec": spec})
+    assert response.status_code == 400, response.content
+    errors = response.json()["errors"]
+    matching = {k: v for k, v in errors.items() if k.startswith(key.rsplit(".", 1)[0])}
+    assert any(text in v for v in matching.values()), errors
+    assert not Pipeline.objects.exists()
