@@ -126,6 +126,7 @@ class TrainerState:
     started: dict | None = None
     terminal: dict | None = None  # the finished / failed / canceled event
     bad_lines: int = 0
+    last_event_at: float = field(default_factory=time.monotonic)  # for hang detection
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -191,6 +192,7 @@ class StageSupervisor:
         self.term_sent_at: float | None = None
         self.cancel_seen_at: float | None = None
         self.killed = False
+        self.stalled: str | None = None  # why the trainer was killed as hung
 
     # -- entry point ----------------------------------------------------------------
     def run(self) -> str:
@@ -320,8 +322,19 @@ class StageSupervisor:
                 pass  # the group is empty: the usual case
 
     def _react(self) -> None:
-        """Stop the trainer when asked: SIGTERM, then SIGKILL after the grace period."""
+        """Stop the trainer when asked (SIGTERM, then SIGKILL after the grace period), or when it hangs."""
         now = time.monotonic()
+        with self.state.lock:
+            quiet, step, started = now - self.state.last_event_at, self.state.step, self.state.started is not None
+        # Until the trainer says `started` it is importing, downloading and loading: a longer allowance.
+        stall = float(settings.REFINERY_STALL_SECONDS if started else settings.REFINERY_STARTUP_SECONDS)
+        if stall > 0 and quiet > stall and self.stalled is None and self.term_sent_at is None:
+            # A hung trainer (deadlock, stuck collective, stopped process) may ignore SIGTERM: kill it.
+            self.stalled = f"stalled at step {step}: no event from the trainer for {quiet:.0f}s (limit {stall:.0f}s)"
+            log.error("stage %s: %s; killing the trainer", self.stage.pk, self.stalled)
+            self._append_log(f"[supervisor] {self.stalled}")
+            self._kill()
+            return
         if (self.cancel_requested.is_set() or self.lease_lost.is_set()) and self.term_sent_at is None:
             why = "cancel requested" if self.cancel_requested.is_set() else "lease lost"
             log.info("stage %s: %s, sending SIGTERM to the trainer", self.stage.pk, why)
@@ -356,6 +369,8 @@ class StageSupervisor:
             line = raw.decode("utf-8", errors="replace").strip()
             if not line:
                 continue
+            with self.state.lock:
+                self.state.last_event_at = time.monotonic()
             try:
                 event = json.loads(line)
                 kind = event["event"]
@@ -427,6 +442,8 @@ class StageSupervisor:
                 return self._finish(Status.FAILED, error=one_line(f"could not upload the outputs to MLflow: {exc}"),
                                     tail=tail)
             return self._finish(Status.SUCCEEDED, outputs=outputs, summary=terminal.get("summary") or {})
+        if self.stalled is not None and not self.cancel_requested.is_set():
+            return self._finish(Status.FAILED, error=self.stalled, tail=tail)
         if self.cancel_requested.is_set() or kind == "canceled" or rc == EXIT_CANCELED:
             return self._finish(Status.CANCELED, tail=tail,
                                 error="canceled" + (" (killed after the grace period)" if self.killed else ""))

@@ -235,3 +235,50 @@ def test_the_worker_side_never_imports_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _trainer_pid(stage: StageRun) -> int | None:
+    """The pid of this stage's `python -m trainers run <work dir>/spec.json` process."""
+    marker = str(stage_work_dir(stage)).encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if b"trainers\x00run" in cmdline and marker in cmdline:
+            return int(entry)
+    return None
+
+
+def test_a_hung_trainer_is_killed_and_the_stage_fails_as_stalled(demo_pipeline, launch, settings):
+    """Fault injection: SIGSTOP the real trainer mid-training; it sends no more events."""
+    import signal
+
+    settings.REFINERY_STALL_SECONDS = 4
+    run, stage = launch(demo_pipeline({"name": "sft", "method": "sft", "config": {"max_steps": 100_000}}))
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.setdefault("status", _run_and_close(stage.pk)))
+    worker.start()
+    try:
+        wait_until(lambda: StageMetric.objects.filter(stage_run=stage, key="train/loss").count() >= 3, timeout=120,
+                   message="no metrics arrived")
+        pid = wait_until(lambda: _trainer_pid(stage), timeout=10, message="trainer process not found")
+        os.kill(pid, signal.SIGSTOP)
+        hung_at = time.monotonic()
+        wait_until(lambda: StageRun.objects.get(pk=stage.pk).is_finished, timeout=60, interval=0.1,
+                   message="the hung trainer was not noticed")
+        noticed = time.monotonic() - hung_at
+    finally:
+        worker.join(timeout=60)
+    print(f"\n[measure] trainer hung to stage failed: {noticed:.1f}s (stall limit 4s)")
+    stage.refresh_from_db()
+    run.refresh_from_db()
+    assert result["status"] == Status.FAILED and stage.status == Status.FAILED
+    assert stage.error.startswith(f"stalled at step {stage.step}: no event from the trainer for")
+    assert 4 <= noticed < 4 + 10
+    assert run.status == Status.FAILED and "stalled at step" in run.error
+    assert "[supervisor] stalled at step" in stage.log_tail
+    assert not os.path.exists(f"/proc/{pid}") or b"Z" in open(f"/proc/{pid}/stat", "rb").read().split(b")")[1][:3]
+    assert len(db_series(stage, "train/loss")) >= 3  # the points before the hang are kept

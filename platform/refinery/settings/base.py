@@ -193,3 +193,9 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 WHITENOISE_USE_FINDERS = DEBUG
+
+# Hang detection: a trainer that sends no event (progress, metrics, ...) for this long is killed
+# and its stage failed with "stalled at step N" (0 turns it off). Before its `started` event a
+# trainer is importing, downloading and loading the model: REFINERY_STARTUP_SECONDS applies then.
+REFINERY_STALL_SECONDS = float(os.environ.get("REFINERY_STALL_SECONDS", 900))
+REFINERY_STARTUP_SECONDS = float(os.environ.get("REFINERY_STARTUP_SECONDS", 3600))
