@@ -174,3 +174,13 @@ def test_run_page_charts_every_method_metric_with_the_important_ones_first(brows
     assert "train/loss</div>" not in charts
     # Stage 2's point sits after stage 1's three steps on the shared axis.
     assert '"x": [1, 2, 3, 4]' in charts and '"label": "second"' in charts
+
+
+def test_choosing_a_method_swaps_in_its_fields_and_keeps_the_stage(browser_client, seeded):
+    """What the method select sends with htmx: its own prefixed field plus the hx-included ones."""
+    url = (f"/pipelines/stage-form/?index=0&stages-0-method=grpo&stages-0-name=rl"
+           f"&stages-0-dataset_id={seeded['dataset'].pk}")
+    html = browser_client.get(url).content.decode()
+    assert 'name="stages-0-config-reward_exact_match_weight"' in html
+    assert '<option value="grpo" selected>' in html and 'value="rl"' in html
+    assert "stages-0-config-packing" not in html  # SFT's fields are gone

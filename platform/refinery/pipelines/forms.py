@@ -47,7 +47,8 @@ def build_fields(schema: list[dict], values: dict, errors: dict[str, str], prefi
 def group_fields(fields: list[dict]) -> list[tuple[str, list[dict]]]:
     groups: dict[str, list[dict]] = {}
     for field in fields:
-        groups.setdefault((field.get("group") or "general").capitalize(), []).append(field)
+        group = field.get("group") or "general"
+        groups.setdefault(group.upper() if group in METHODS else group.capitalize(), []).append(field)
     return list(groups.items())
 
 

@@ -67,8 +67,13 @@ def stage_form_view(request):
         index = max(0, min(int(request.GET.get("index", 0)), 31))
     except ValueError:
         index = 0
-    stage = {"method": request.GET.get("method"), "name": request.GET.get("name"),
-             "dataset_id": request.GET.get("dataset_id"), "input_ref": request.GET.get("input")}
+    def param(name: str) -> str | None:
+        # The method select sends its own field (stages-<i>-method) and hx-includes the stage's
+        # other fields; "Add stage" sends none of them.
+        return request.GET.get(f"stages-{index}-{name}") or request.GET.get(name)
+
+    stage = {"method": param("method"), "name": param("name"), "dataset_id": param("dataset_id"),
+             "input_ref": param("input")}
     context = {"stage": stage_context(index=index, stage=stage), "datasets": dataset_list(team=request.team)}
     return render(request, "pipelines/stage_form.html", context)
 
