@@ -74,10 +74,10 @@ def test_upload_compose_run_and_watch(page, screenshot, live_server, celery_work
     page.wait_for_selector("#stage-1")
     # Choosing another method swaps in that method's fields (htmx), and back.
     page.select_option("select[name=stages-1-method]", "dpo")
-    page.wait_for_selector("select[name=stages-1-config-loss_type]")
+    page.wait_for_selector("select[name=stages-1-config-loss_type]", state="attached")
     assert page.locator("input[name=stages-1-config-packing]").count() == 0
     page.select_option("select[name=stages-1-method]", "sft")
-    page.wait_for_selector("input[name=stages-1-config-packing]")
+    page.wait_for_selector("input[name=stages-1-config-packing]", state="attached")
     page.fill("input[name=stages-1-name]", "lora")
     page.select_option("select[name=stages-1-dataset_id]", label="addition (prompt / completion)")
     assert page.input_value("select[name=stages-1-input]") == "@0"
