@@ -8,7 +8,7 @@ import pytest
 from django.test import Client
 
 from refinery.teams.models import Membership
-from refinery.teams.services import api_token_create, membership_add, team_create, user_create
+from refinery.teams.services import api_token_create, membership_add, user_create
 
 ROWS = [{"prompt": f"{a}+{b}=", "completion": str(a + b)} for a in range(10) for b in range(10)]
 

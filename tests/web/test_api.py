@@ -8,7 +8,6 @@ from django.core.management import call_command
 
 from refinery.data.models import Dataset
 from refinery.pipelines.models import Pipeline
-from refinery.runs.models import Run, StageRun, Status
 from refinery.teams.models import ApiToken
 
 from .conftest import ROWS

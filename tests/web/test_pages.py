@@ -184,3 +184,23 @@ def test_choosing_a_method_swaps_in_its_fields_and_keeps_the_stage(browser_clien
     assert 'name="stages-0-config-reward_exact_match_weight"' in html
     assert '<option value="grpo" selected>' in html and 'value="rl"' in html
     assert "stages-0-config-packing" not in html  # SFT's fields are gone
+
+
+def test_runs_list_shows_each_runs_last_loss_and_the_metrics_json_has_the_series(
+        browser_client, seeded, django_capture_on_commit_callbacks):
+    from refinery.runs.services import stage_metrics_record
+
+    browser_client.post("/pipelines/new/", _form(seeded))
+    with django_capture_on_commit_callbacks(execute=False):
+        browser_client.post(f"/pipelines/{Pipeline.objects.get().pk}/run/")
+        browser_client.post(f"/pipelines/{Pipeline.objects.get().pk}/run/")
+    first_run, second_run = Run.objects.order_by("number")
+    a, b = first_run.stages.order_by("index")
+    stage_metrics_record(stage_run_id=a.pk, points=[("train/loss", s, 2.0 / s, 0.0) for s in (1, 2)])
+    stage_metrics_record(stage_run_id=b.pk, points=[("train/loss", 1, 0.5, 0.0), ("train/loss", 2, 0.25, 0.0)])
+    rows = browser_client.get("/runs/").content.decode().split('id="run-rows"')[1]
+    assert "0.25" in rows  # the last stage's last step, not stage 1's 1.0
+    assert rows.count("—") >= 1  # the run with no metrics shows a dash
+    data = browser_client.get(f"/runs/{first_run.number}/metrics.json?key=train/loss").json()
+    assert data["x"] == [1, 2, 3, 4]  # stage 2 follows stage 1 on the shared step axis
+    assert {s["label"] for s in data["series"]} == {"first train/loss", "second train/loss"}

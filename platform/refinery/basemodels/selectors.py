@@ -5,7 +5,3 @@ from refinery.basemodels.models import BaseModel
 
 def base_model_list(*, team) -> QuerySet[BaseModel]:
     return BaseModel.objects.filter(team=team).order_by("name")
-
-
-def base_model_get(*, team, pk: int) -> BaseModel:
-    return BaseModel.objects.get(team=team, pk=pk)

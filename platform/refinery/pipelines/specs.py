@@ -195,15 +195,3 @@ def _adapter_fit_errors(adapter, base_model, source: str, seen_adapters: dict[st
         if layout is not None:
             errors.update(adapter_model_errors(adapter, parameter_names=layout[0], num_layers=layout[1]))
     return errors
-
-
-def pipeline_spec_validate(*, team, spec: Any) -> list[str]:
-    try:
-        pipeline_spec_normalize(team=team, spec=spec)
-    except SpecError as exc:
-        return list(exc.errors.values())
-    return []
-
-
-def method_choices() -> list[tuple[str, str]]:
-    return [(m.name, m.label) for m in METHODS.values()]

@@ -1,30 +1,27 @@
 from __future__ import annotations
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
 
 from refinery.runs.models import Run, StageMetric, StageRun
 from refinery.teams.models import Team
 
 
-def run_list(*, team: Team, status: str | None = None) -> QuerySet[Run]:
+def run_list(*, team: Team, status: str | None = None, key_metric: str | None = None) -> QuerySet[Run]:
+    """The team's runs, stages prefetched; with `key_metric`, each run is annotated with that
+    metric's last value (`run.key_metric`: the last stage that logged it, its last step)."""
     qs = Run.objects.filter(team=team).select_related("pipeline", "created_by")
     if status:
         qs = qs.filter(status=status)
+    if key_metric:
+        last = (StageMetric.objects.filter(stage_run__run=OuterRef("pk"), key=key_metric)
+                .order_by("-stage_run__index", "-step").values("value")[:1])
+        qs = qs.annotate(key_metric=Subquery(last))
     return qs.prefetch_related(Prefetch("stages", queryset=StageRun.objects.order_by("index")))
 
 
 def run_get(*, team: Team, number: int) -> Run:
     return run_list(team=team).get(number=number)
 
-
-def stage_metric_series(*, stage_run: StageRun, keys: list[str] | None = None) -> dict[str, list[tuple[int, float]]]:
-    qs = StageMetric.objects.filter(stage_run=stage_run).order_by("key", "step")
-    if keys:
-        qs = qs.filter(key__in=keys)
-    series: dict[str, list[tuple[int, float]]] = {}
-    for key, step, value in qs.values_list("key", "step", "value"):
-        series.setdefault(key, []).append((step, value))
-    return series
 
 
 def run_metric_table(*, run: Run) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -55,15 +52,6 @@ def run_metric_series(*, run: Run, keys: list[str] | None = None) -> dict[str, l
                 out[f"{stage_name} {key}"] = series
     return out
 
-
-def run_key_metric(*, run: Run, key: str = "train/loss") -> float | None:
-    last = (
-        StageMetric.objects.filter(stage_run__run=run, key=key)
-        .order_by("-stage_run__index", "-step")
-        .values_list("value", flat=True)
-        .first()
-    )
-    return last
 
 
 def stage_metric_summary(*, stage_run: StageRun) -> dict[str, dict[str, float | int | None]]:

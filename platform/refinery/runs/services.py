@@ -374,16 +374,10 @@ def run_cancel(*, run: Run, user=None) -> Run:
     return run
 
 
-def stage_for_supervisor(*, stage_run_id: int) -> StageRun:
-    return StageRun.objects.select_related("run", "run__team", "run__created_by").get(pk=stage_run_id)
-
-
-def stage_running_count() -> int:
-    return StageRun.objects.filter(status=Status.RUNNING).count()
 
 
 __all__ = [
     "RunError", "run_create", "run_cancel", "run_snapshot", "stage_claim", "stage_heartbeat",
     "stage_update", "stage_metrics_record", "stage_finish", "stage_requeue", "stage_reap_expired",
-    "stage_for_supervisor", "run_mlflow_ids_set",
+    "run_mlflow_ids_set",
 ]

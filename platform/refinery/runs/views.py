@@ -9,7 +9,7 @@ from django_htmx.http import HttpResponseStopPolling
 from refinery.core.auth import team_required
 from refinery.runs.charts import chart_payload
 from refinery.runs.models import IllegalTransition, Run, Status
-from refinery.runs.selectors import run_get, run_key_metric, run_list, run_metric_series, run_metric_table
+from refinery.runs.selectors import run_get, run_list, run_metric_series, run_metric_table
 from refinery.runs.services import run_cancel
 from refinery.tracking.links import mlflow_run_url
 
@@ -49,9 +49,8 @@ def run_list_view(request):
     status = request.GET.get("status") or None
     if status and status not in Status.values:
         status = None
-    runs = list(run_list(team=request.team, status=status)[:200])
+    runs = list(run_list(team=request.team, status=status, key_metric="train/loss")[:200])
     for run in runs:
-        run.key_metric = run_key_metric(run=run)
         stages = list(run.stages.all())
         run.progress = sum(s.progress for s in stages) / len(stages) if stages else 0
     active = any(not run.is_finished for run in runs)
