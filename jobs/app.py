@@ -33,11 +33,12 @@ app.conf.task_routes = {TaskName.RUN_STAGE: {"queue": Queue.GPU}, TaskName.REAP_
 app.conf.imports = ("jobs.tasks",)
 
 
-def reaper_interval_seconds() -> float:
-    """How often beat runs the reaper: twice per heartbeat, so a lost lease is found soon after it expires."""
+def reaper_interval_seconds() -> int:
+    """How often beat runs the reaper: about twice per heartbeat, so a lost lease is found soon after it
+    expires. Whole seconds: django-celery-beat stores intervals as integers."""
     from django.conf import settings
 
-    return max(1.0, float(settings.REFINERY_HEARTBEAT_SECONDS) * 2)
+    return max(1, int(float(settings.REFINERY_HEARTBEAT_SECONDS) / 2))
 
 
 def register_periodic_tasks(celery_app: Celery) -> None:

@@ -7,8 +7,17 @@
              progress to the heartbeat, parameter counts to the row
           -> finished: upload outputs to MLflow, stage_finish(succeeded) (next stages get queued)
              failed / crashed: stage_finish(failed, one-line error, log tail)
+             killed by a signal (OOM killer, kill -9): stage_requeue, the next attempt resumes
+             from the newest complete checkpoint (fails after the stage's max attempts)
              canceled: SIGTERM, SIGKILL after the grace period, stage_finish(canceled)
           -> then the MLflow mirror: drain buffered metrics, spec.json + trainer.log, run status
+
+Metrics are keyed by step: an attempt that resumes from a checkpoint replays the steps after
+it, and the points an earlier attempt already recorded (in the DB, or accepted by the on-disk
+MLflow spool) are not recorded again, so neither store drops or duplicates a step.
+
+A database outage (PostgreSQL restarting) is waited out: DB writes are retried on a fresh
+connection for up to REFINERY_DB_OUTAGE_SECONDS while the trainer keeps training.
 
 The database row is written first at the end of a stage and MLflow is brought in line
 after, so an MLflow outage delays the mirror but never a cancel or the next stage's start
@@ -34,7 +43,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import InterfaceError, OperationalError, connection
 
 from jobs.stage_inputs import (
     StageSetupError,
@@ -65,6 +74,11 @@ CANCEL_POLL_SECONDS = 1.0  # a cancel is seen within a second, whatever the hear
 DB_METRICS_FLUSH_SECONDS = 1.0
 DB_METRICS_FLUSH_POINTS = 200
 OUTPUT_UPLOAD_SECONDS = 300.0  # how long an MLflow outage may delay the upload of a finished stage's outputs
+DB_METRICS_MAX_POINTS = 200_000  # kept in memory while the database is away; the oldest go first
+# A trainer killed by one of these, without saying why, is retried (the next attempt resumes): the
+# kernel's OOM killer, kill -9, a host shutting down. Anything else it dies of fails the stage.
+RETRY_SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+DB_ERRORS = (OperationalError, InterfaceError)
 
 
 def one_line(text: object, limit: int = 500) -> str:
@@ -106,6 +120,24 @@ def retrying(fn: Callable[[], T], *, what: str, timeout: float, first_wait: floa
             wait = min(30.0, wait * 2)
 
 
+def db_retrying(fn: Callable[[], T], *, what: str) -> T:
+    """Call fn, retrying on a lost database connection (on a fresh one) for REFINERY_DB_OUTAGE_SECONDS.
+
+    Other errors, such as IllegalTransition, are not retried."""
+    deadline = time.monotonic() + float(settings.REFINERY_DB_OUTAGE_SECONDS)
+    wait = 0.5
+    while True:
+        try:
+            return fn()
+        except DB_ERRORS as exc:
+            connection.close()  # this thread's broken connection; the next query opens a new one
+            if time.monotonic() + wait > deadline:
+                raise
+            log.warning("%s: database unavailable (%s); retrying in %.1fs", what, one_line(exc, 200), wait)
+            time.sleep(wait)
+            wait = min(10.0, wait * 2)
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     """Ask Linux to SIGTERM the trainer if the worker dies, so a lost worker leaves no orphan on the GPU."""
     try:
@@ -131,7 +163,10 @@ class TrainerState:
 
 
 class DbMetricSink:
-    """Metric points for the live chart, written to the DB in small batches (one insert a second)."""
+    """Metric points for the live chart, written to the DB in small batches (one insert a second).
+
+    While the database is away the points wait in memory (the newest DB_METRICS_MAX_POINTS) and
+    the next flush on a fresh connection writes them; flushing never raises for an outage."""
 
     def __init__(self, stage_run_id: int):
         self.stage_run_id = stage_run_id
@@ -152,7 +187,16 @@ class DbMetricSink:
                 return
             points, self._points = self._points, []
             self._last = time.monotonic()
-        services.stage_metrics_record(stage_run_id=self.stage_run_id, points=points)
+        try:
+            services.stage_metrics_record(stage_run_id=self.stage_run_id, points=points)
+        except DB_ERRORS as exc:
+            connection.close()
+            with self._lock:
+                self._points[:0] = points
+                del self._points[:-DB_METRICS_MAX_POINTS]
+            log.warning("stage %s: %d metric points wait for the database (%s)", self.stage_run_id,
+                        len(self._points), one_line(exc, 200))
+            return
         self.recorded += len(points)
 
 
@@ -193,6 +237,8 @@ class StageSupervisor:
         self.cancel_seen_at: float | None = None
         self.killed = False
         self.stalled: str | None = None  # why the trainer was killed as hung
+        self.replayed: dict[str, int] = {}  # per metric, the last step earlier attempts recorded
+        self.skipped_points = 0
 
     # -- entry point ----------------------------------------------------------------
     def run(self) -> str:
@@ -209,7 +255,7 @@ class StageSupervisor:
                 return self._finish(Status.FAILED, error=one_line(f"could not start the stage: {reason}"))
             if self.lease_lost.is_set():
                 return self._give_up()
-            if self.cancel_requested.is_set() or self._cancel_pending():
+            if self.cancel_requested.is_set() or db_retrying(self._cancel_pending, what=f"stage {stage.pk}"):
                 return self._finish(Status.CANCELED, error="canceled before the trainer started")
             try:
                 self._train()
@@ -282,9 +328,12 @@ class StageSupervisor:
                 if cancel and not self.cancel_requested.is_set():
                     self.cancel_seen_at = time.monotonic()
                     self.cancel_requested.set()
-            except Exception:  # noqa: BLE001 - a DB hiccup: try again, the lease has slack
+            except DB_ERRORS as exc:  # PostgreSQL restarting: a fresh connection on the next beat
+                log.warning("stage %s: heartbeat failed: %s", self.stage.pk, one_line(exc, 200))
+                connection.close()
+            except Exception:  # noqa: BLE001 - keep beating: the lease has slack
                 log.exception("stage %s: heartbeat failed", self.stage.pk)
-                close_old_connections()
+                connection.close()
 
     # -- while the trainer runs ----------------------------------------------------------
     def _train(self) -> None:
@@ -297,7 +346,19 @@ class StageSupervisor:
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
         log.info("stage %s: trainer pid %s started: %s", self.stage.pk, self.proc.pid, " ".join(self.proc.args))
-        self.buffer = MetricBuffer(run_id=self.mlflow_run_id, client=self.client).start()
+        # Points go to MLflow through a spool on disk in the work dir: what an earlier attempt left
+        # unsent is sent first, and the steps it recorded are not recorded twice.
+        self.buffer = MetricBuffer(run_id=self.mlflow_run_id, client=self.client,
+                                   spool_path=self.work_dir / "mlflow-metrics.ndjson").start()
+        self.replayed = dict(self.buffer.prior_steps)
+        if self.attempt > 1:
+            recorded = db_retrying(lambda: selectors.stage_metric_last_steps(stage_run_id=self.stage.pk),
+                                   what=f"stage {self.stage.pk}: reading recorded metrics")
+            for key, step in recorded.items():
+                self.replayed[key] = max(step, self.replayed.get(key, step))
+            if self.buffer.recovered:
+                log.info("stage %s: sending %d metric points an earlier attempt left unsent",
+                         self.stage.pk, self.buffer.recovered)
         reader = threading.Thread(target=_with_own_connection(self._read_events), name=f"events-{self.stage.pk}",
                                   daemon=True)
         reader.start()
@@ -390,6 +451,9 @@ class StageSupervisor:
             for key, value in (event.get("metrics") or {}).items():
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                     continue  # None (NaN/inf in the trainer) and non-numbers are not points
+                if step <= self.replayed.get(key, -1):
+                    self.skipped_points += 1  # replayed after a resume: recorded by an earlier attempt
+                    continue
                 self.db_metrics.add(key, step, float(value), ts)
                 if buffer is not None:
                     buffer.add(key, value, step, ts)
@@ -408,9 +472,11 @@ class StageSupervisor:
             fields = {k: event[k] for k in ("trainable_params", "total_params", "total_steps")
                       if isinstance(event.get(k), int)}
             if fields:
-                services.stage_update(stage_run_id=self.stage.pk, **fields)
+                db_retrying(lambda: services.stage_update(stage_run_id=self.stage.pk, **fields),
+                            what=f"stage {self.stage.pk}: recording parameter counts")
             if event.get("resumed_from"):
-                log.info("stage %s: resumed from %s", self.stage.pk, event["resumed_from"])
+                log.info("stage %s: resumed from %s (step %s)", self.stage.pk, event["resumed_from"],
+                         event.get("step"))
         elif kind == "checkpoint":
             log.info("stage %s: checkpoint at step %s", self.stage.pk, event.get("step"))
         elif kind in ("finished", "failed", "canceled"):
@@ -447,6 +513,8 @@ class StageSupervisor:
         if self.cancel_requested.is_set() or kind == "canceled" or rc == EXIT_CANCELED:
             return self._finish(Status.CANCELED, tail=tail,
                                 error="canceled" + (" (killed after the grace period)" if self.killed else ""))
+        if kind is None and rc is not None and -rc in RETRY_SIGNALS:
+            return self._retry(rc)
         if kind == "failed":
             error = terminal.get("error") or "the trainer failed"
         elif rc is not None and rc < 0:
@@ -474,6 +542,34 @@ class StageSupervisor:
             "base": self.input_ref if kind == "adapter" else None,
         }
 
+    def _retry(self, rc: int) -> str:
+        """The trainer was killed from outside: queue the next attempt, which resumes from the newest
+        complete checkpoint; or fail the stage when this was its last attempt."""
+        name = signal.Signals(-rc).name
+        reason = f"the trainer was killed by {name} at step {self.state.step}"
+        if -rc == signal.SIGKILL:
+            reason += " (by the out-of-memory killer, or kill -9)"
+        self._append_log(f"[supervisor] {reason}")
+        tail = log_tail(self.log_path)
+        self._stop_heartbeat()
+        try:
+            stage = db_retrying(lambda: services.stage_requeue(stage_run_id=self.stage.pk, reason=reason,
+                                                               attempt=self.attempt),
+                                what=f"stage {self.stage.pk}: requeueing")
+        except IllegalTransition as exc:
+            log.warning("stage %s: not requeueing: %s", self.stage.pk, exc)
+            return "lost"
+        db_retrying(lambda: services.stage_update(stage_run_id=stage.pk, log_tail=tail),
+                    what=f"stage {stage.pk}: saving the log tail")
+        if stage.status == Status.QUEUED:
+            log.warning("stage %s: %s; queued attempt %s of %s", stage.pk, reason, stage.attempt + 1,
+                        stage.max_attempts)
+            self._close_buffer()  # the MLflow run stays open for the next attempt
+            return "retrying"
+        log.error("stage %s: %s", stage.pk, stage.error)
+        self._mirror_to_mlflow(stage, stage.status)
+        return stage.status
+
     def _give_up(self) -> str:
         log.warning("stage %s: giving the stage up (lease lost); another attempt owns it", self.stage.pk)
         self._kill()
@@ -484,8 +580,9 @@ class StageSupervisor:
         """Write the outcome to the row (the source of truth), then bring MLflow in line."""
         self._stop_heartbeat()
         try:
-            stage = services.stage_finish(stage_run_id=self.stage.pk, status=status, error=error, outputs=outputs,
-                                          summary=summary, log_tail=tail, attempt=self.attempt)
+            stage = db_retrying(lambda: services.stage_finish(
+                stage_run_id=self.stage.pk, status=status, error=error, outputs=outputs, summary=summary,
+                log_tail=tail, attempt=self.attempt), what=f"stage {self.stage.pk}: finishing as {status}")
         except IllegalTransition as exc:
             log.warning("stage %s: not finishing as %s: %s", self.stage.pk, status, exc)
             return "lost"
@@ -519,6 +616,9 @@ class StageSupervisor:
         if self.buffer is None:
             return
         buffer, self.buffer = self.buffer, None
+        if self.skipped_points:
+            log.info("stage %s: %d replayed metric points were already recorded by an earlier attempt",
+                     self.stage.pk, self.skipped_points)
         undelivered = buffer.close(timeout=float(settings.REFINERY_METRICS_DRAIN_SECONDS))
         if undelivered:
             log.error("stage %s: %d metric points never reached MLflow (%s); the DB has them",

@@ -13,9 +13,12 @@ def worker_name(hostname: str | None = None) -> str:
     return f"{hostname or socket.gethostname()}:{os.getpid()}"
 
 
-@app.task(name=TaskName.RUN_STAGE.value, bind=True, acks_late=True, ignore_result=True)
+@app.task(name=TaskName.RUN_STAGE.value, bind=True, acks_late=False, ignore_result=True)
 def run_stage(self, stage_run_id: int) -> str | None:
-    """Run one stage. Safe to deliver twice: the second delivery finds the stage claimed and returns."""
+    """Run one stage. Safe to deliver twice: the second delivery finds the stage claimed and returns.
+
+    The message is acked when the task starts (see CELERY_TASK_ACKS_LATE in settings): the lease
+    and the reaper, not the broker, bring back a stage whose worker died."""
     from jobs.supervisor import supervise_stage
 
     return supervise_stage(stage_run_id=int(stage_run_id), worker=worker_name(self.request.hostname))
@@ -23,7 +26,7 @@ def run_stage(self, stage_run_id: int) -> str | None:
 
 @app.task(name=TaskName.REAP_STAGES.value, ignore_result=True)
 def reap_stages() -> list[int]:
-    """Requeue (or fail) stages whose worker stopped renewing its lease."""
-    from refinery.runs.services import stage_reap_expired
+    """Requeue (or fail) stages whose worker stopped renewing its lease; re-send stale wake-ups."""
+    from refinery.runs.services import stage_reap_expired, stage_redispatch_stale
 
-    return stage_reap_expired()
+    return stage_reap_expired() + stage_redispatch_stale()

@@ -174,7 +174,51 @@ def test_a_lost_lease_stops_the_trainer_and_the_next_attempt_resumes_from_the_ch
     assert any("resumed from" in r.getMessage() and "checkpoint-" in r.getMessage() for r in caplog.records)
     steps = [s for s, _ in db_series(stage, "train/loss")]
     assert steps == list(range(1, 121))  # one point per step in the DB, across both attempts
-    assert {s for s, _ in metric_history(stage.mlflow_run_id, "train/loss")} == set(range(1, 121))
+    # ... and in MLflow: the steps replayed after the resume were not sent again.
+    assert [s for s, _ in metric_history(stage.mlflow_run_id, "train/loss")] == list(range(1, 121))
+
+
+def test_a_trainer_killed_by_sigkill_is_retried_and_resumes_without_losing_or_repeating_a_step(
+        demo_pipeline, launch, monkeypatch, sent_stages, django_capture_on_commit_callbacks):
+    """kill -9 of the trainer (a failpoint SIGKILLs it right after step 23; the last complete checkpoint
+    is step 20): the stage goes back to the queue, and the next attempt resumes at step 20 and succeeds."""
+    monkeypatch.setenv("REFINERY_FAILPOINTS", "step.end@23:kill")
+    run, stage = launch(demo_pipeline({"name": "sft", "method": "sft",
+                                       "config": {"max_steps": 40, "save_steps": 10, "save_total_limit": 1}}))
+    sent_stages.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert run_stage(stage.pk) == "retrying"
+    stage.refresh_from_db()
+    assert stage.status == Status.QUEUED and stage.attempt == 1 and sent_stages == [stage.pk]
+    # The supervisor names the last step it heard of (the failpoint kills before step 23 is logged).
+    assert stage.error == "the trainer was killed by SIGKILL at step 22 (by the out-of-memory killer, or kill -9)"
+    assert "killed by SIGKILL" in stage.log_tail
+
+    assert run_stage(stage.pk) == Status.SUCCEEDED  # the failpoint fires once: this attempt runs clean
+    stage.refresh_from_db()
+    assert stage.attempt == 2 and stage.status == Status.SUCCEEDED and stage.error == ""
+    assert stage.step == 40
+    assert [s for s, _ in db_series(stage, "train/loss")] == list(range(1, 41))
+    assert [s for s, _ in metric_history(stage.mlflow_run_id, "train/loss")] == list(range(1, 41))
+    assert tracking_client().get_run(stage.mlflow_run_id).info.status == "FINISHED"
+
+
+def test_a_trainer_killed_on_every_attempt_fails_after_the_last_one(demo_pipeline, launch, settings, tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'allocating 80 GiB' >&2\nkill -9 $$\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    settings.REFINERY_TRAINER_PYTHON = str(fake)
+    run, stage = launch(demo_pipeline({"name": "sft", "method": "sft"}))
+    StageRun.objects.filter(pk=stage.pk).update(max_attempts=2)
+
+    assert run_stage(stage.pk) == "retrying"
+    assert run_stage(stage.pk) == Status.FAILED
+    stage.refresh_from_db()
+    run.refresh_from_db()
+    assert stage.attempt == 2 and run.status == Status.FAILED
+    assert stage.error == ("the trainer was killed by SIGKILL at step 0 (by the out-of-memory killer, or kill -9); "
+                           "gave up after 2 attempts")
+    assert "allocating 80 GiB" in stage.log_tail
 
 
 def _run_and_close(stage_run_id: int):

@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from jobs.app import REAPER_SCHEDULE_NAME, app
+from jobs.app import REAPER_SCHEDULE_NAME, app, reaper_interval_seconds
 from jobs.queues import Queue, TaskName
 from jobs.tasks import reap_stages, run_stage
 from refinery.runs.models import StageRun, Status
@@ -15,10 +15,13 @@ from refinery.runs.services import run_create, stage_claim
 pytestmark = pytest.mark.django_db
 
 
-def test_tasks_have_their_names_queues_and_late_acks():
+def test_tasks_have_their_names_queues_and_early_acks():
     assert run_stage.name == "jobs.run_stage" and reap_stages.name == "jobs.reap_stages"
     assert {run_stage.name, reap_stages.name} <= set(app.tasks)
-    assert app.tasks[run_stage.name].acks_late is True
+    # A wake-up is acked when taken and busy workers reserve nothing: no broker redelivers or times
+    # out a long stage (tests/chaos covers it with a 3 s visibility timeout).
+    assert app.tasks[run_stage.name].acks_late is False
+    assert app.conf.worker_disable_prefetch is True and app.conf.worker_prefetch_multiplier == 1
     assert app.amqp.router.route({}, TaskName.RUN_STAGE.value)["queue"].name == Queue.GPU
     assert app.amqp.router.route({}, TaskName.REAP_STAGES.value)["queue"].name == Queue.CPU
 
@@ -33,8 +36,8 @@ def test_beat_start_installs_the_reaper_once(settings):
         DatabaseScheduler(app=app).setup_schedule()
     task = PeriodicTask.objects.get(name=REAPER_SCHEDULE_NAME)
     assert task.task == TaskName.REAP_STAGES and task.queue == Queue.CPU and task.enabled
-    assert task.interval.every * {"seconds": 1, "minutes": 60}[task.interval.period] == pytest.approx(
-        settings.REFINERY_HEARTBEAT_SECONDS * 2)
+    assert task.interval.every * {"seconds": 1, "minutes": 60}[task.interval.period] == reaper_interval_seconds()
+    assert reaper_interval_seconds() == 2  # half the default 5 s heartbeat, in whole seconds
     assert PeriodicTask.objects.filter(task=TaskName.REAP_STAGES).count() == 1
 
 
@@ -59,3 +62,20 @@ def test_run_stage_on_a_finished_or_unknown_stage_does_nothing(make_pipeline, se
     StageRun.objects.filter(pk=stage.pk).update(status=Status.CANCELED)
     assert run_stage(stage.pk) is None
     assert run_stage(10**9) is None
+
+
+def test_a_stage_queued_too_long_gets_its_wake_up_again_once(make_pipeline, sent_stages, settings):
+    from refinery.runs.services import stage_redispatch_stale
+
+    settings.REFINERY_REDISPATCH_SECONDS = 60
+    pipeline = make_pipeline(("a", "base"))
+    run = run_create(pipeline=pipeline, user=pipeline.created_by)
+    stage = run.stages.get()
+    sent_stages.clear()
+    assert stage_redispatch_stale() == []  # just queued: its message is on its way
+    StageRun.objects.filter(pk=stage.pk).update(dispatched_at=timezone.now() - timedelta(seconds=61))
+    assert stage_redispatch_stale() == [stage.pk] and sent_stages == [stage.pk]
+    assert stage_redispatch_stale() == []  # re-sent once per interval, not on every reaper tick
+    StageRun.objects.filter(pk=stage.pk).update(status=Status.RUNNING,
+                                                dispatched_at=timezone.now() - timedelta(seconds=600))
+    assert stage_redispatch_stale() == []  # claimed stages are the lease's business

@@ -108,3 +108,37 @@ def test_flatten_names_params_by_path():
         "config.learning_rate": "0.1", "config.nested.x": "1", "adapter.r": "8", "data.train.sha256": "ab",
         "tags": "a,b", "empty": "{}",
     }
+
+
+def test_the_spool_on_disk_outlives_its_buffer_and_the_next_one_delivers_it(mlflow_run, tmp_path):
+    """A worker killed while MLflow is down leaves its points on disk; the next attempt sends them once."""
+    spool = tmp_path / "metrics.ndjson"
+    dead = MetricBuffer(run_id=mlflow_run, tracking_uri=f"http://127.0.0.1:{free_port()}", spool_path=spool)
+    for step in range(1, 301):
+        dead.add("train/loss", 1.0 / step, step, timestamp=1_700_000_000 + step)
+    dead.add("eval/loss", 0.5, 300, timestamp=1_700_000_300)
+    assert dead.flush() is False
+    with open(spool, "ab") as fh:
+        fh.write(b'["train/loss", 0.1, 3')  # the process died mid-write: a torn last line
+    del dead  # no close(): the process is gone
+
+    nxt = MetricBuffer(run_id=mlflow_run, spool_path=spool)
+    assert nxt.recovered == 301 and nxt.pending == 301
+    assert nxt.prior_steps == {"train/loss": 300, "eval/loss": 300}
+    nxt.add("train/loss", 0.001, 301, timestamp=1_700_000_301)
+    assert nxt.close(timeout=30) == 0
+    history = metric_history(mlflow_run, "train/loss")
+    assert [s for s, _ in history] == list(range(1, 302))  # each step once, none lost
+    assert spool.stat().st_size == 0  # all delivered: the file starts over
+    # What was accepted stays known after the spool is emptied (for a later resume).
+    assert MetricBuffer(run_id=mlflow_run, spool_path=spool, client=object()).prior_steps == {
+        "train/loss": 301, "eval/loss": 300}
+
+
+def test_a_full_spool_drops_its_oldest_points(tmp_path):
+    small = MetricBuffer(run_id="r", max_points=5, client=object(), spool_path=tmp_path / "s.ndjson")
+    for step in range(8):
+        small.add("x", step, step)
+    assert small.pending == 5 and small.dropped == 3
+    again = MetricBuffer(run_id="r", max_points=5, client=object(), spool_path=tmp_path / "s.ndjson")
+    assert again.pending == 5  # the cursor on disk skips the dropped ones

@@ -2,8 +2,8 @@
 callback, finding a checkpoint to resume from, and writing outputs atomically."""
 
 import os
-import re
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -11,8 +11,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
 
 from ..cancel import cancel_requested
+from ..checkpoints import discard_partial, make_checkpoints_atomic, newest_complete_checkpoint
 from ..configs import AdapterConfig
 from ..events import Events
+from ..faults import failpoint
 from ..spec import ModelRef
 from .adapters import AdapterError, apply_adapter, lora_config, quantization_config, require_adapter_runtime
 
@@ -34,7 +36,6 @@ __all__ = [
     "train_and_publish",
 ]
 
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
@@ -121,19 +122,6 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def newest_complete_checkpoint(checkpoint_dir: str) -> str | None:
-    """The highest-numbered ``checkpoint-N`` directory whose trainer state was written (it is written last)."""
-    if not os.path.isdir(checkpoint_dir):
-        return None
-    found = []
-    for name in os.listdir(checkpoint_dir):
-        match = _CHECKPOINT.match(name)
-        path = os.path.join(checkpoint_dir, name)
-        if match and os.path.isfile(os.path.join(path, "trainer_state.json")):
-            found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
-
-
 def _metric_name(key: str) -> str:
     if key.startswith("eval_"):
         return "eval/" + key[len("eval_") :]
@@ -174,6 +162,7 @@ class EventsCallback(TrainerCallback):
         self._check_cancel(control)
 
     def on_step_end(self, args, state, control, **kwargs):
+        failpoint("step.end", step=state.global_step, state_dir=args.output_dir)
         self._check_cancel(control)
         now = time.monotonic()
         last = state.global_step >= state.max_steps
@@ -291,6 +280,9 @@ def train_and_publish(
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # progress leaves as events, not as printed dicts
+    for name in discard_partial(spec.checkpoint_dir):  # what a save killed midway left behind
+        print(f"[trainer] discarded the partial checkpoint {name}", file=sys.stderr, flush=True)
+    make_checkpoints_atomic(trainer)
     if cancel_requested():
         return {"status": "canceled", "step": 0}
     trainer.train(resume_from_checkpoint=resume)

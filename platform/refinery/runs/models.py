@@ -98,6 +98,7 @@ class StageRun(models.Model):
     error = models.TextField(blank=True)
     log_tail = models.TextField(blank=True)
     queued_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True, help_text="when the last wake-up was sent")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -134,7 +135,7 @@ class StageRun(models.Model):
 
     def mark_queued(self) -> None:
         self._move(Status.QUEUED)
-        self.queued_at = timezone.now()
+        self.queued_at = self.dispatched_at = timezone.now()
 
     def mark_running(self, *, worker: str, lease_seconds: float) -> None:
         self._move(Status.RUNNING)

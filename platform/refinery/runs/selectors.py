@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import Max, OuterRef, Prefetch, QuerySet, Subquery
 
 from refinery.runs.models import Run, StageMetric, StageRun
 from refinery.teams.models import Team
@@ -79,6 +79,12 @@ def stage_metric_summary(*, stage_run: StageRun) -> dict[str, dict[str, float | 
 
 def stage_cancel_requested(*, stage_run_id: int) -> bool:
     return StageRun.objects.filter(pk=stage_run_id, cancel_requested_at__isnull=False).exists()
+
+
+def stage_metric_last_steps(*, stage_run_id: int) -> dict[str, int]:
+    """Per metric key, the highest step recorded for a stage (what a resumed attempt must not repeat)."""
+    rows = StageMetric.objects.filter(stage_run_id=stage_run_id).values("key").annotate(last=Max("step"))
+    return {row["key"]: row["last"] for row in rows}
 
 
 def run_stage_named(*, run_id: int, name: str) -> StageRun | None:

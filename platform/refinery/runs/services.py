@@ -122,7 +122,7 @@ def _queue_ready_stages(run: Run) -> list[StageRun]:
     for stage in stages:
         if stage.status == Status.PENDING and _stage_ready(stage, by_name):
             stage.mark_queued()
-            stage.save(update_fields=["status", "queued_at"])
+            stage.save(update_fields=["status", "queued_at", "dispatched_at"])
             enqueue_stage_on_commit(stage.pk)
             queued.append(stage)
     return queued
@@ -312,9 +312,14 @@ def _cancel_dependents(run: Run, *, reason: str) -> None:
 
 
 @transaction.atomic
-def stage_requeue(*, stage_run_id: int, reason: str) -> StageRun:
-    """Put a running stage whose worker was lost back in the queue (attempt + 1 on claim)."""
+def stage_requeue(*, stage_run_id: int, reason: str, attempt: int | None = None) -> StageRun:
+    """Put a running stage whose worker or trainer was lost back in the queue (attempt + 1 on claim),
+    or fail it when it has had all its attempts. A supervisor passes its `attempt` (see stage_finish)."""
     stage = _locked_stage(stage_run_id)
+    if attempt is not None and (stage.attempt != attempt or stage.status != Status.RUNNING):
+        raise IllegalTransition(
+            f"stage {stage.name!r}: attempt {attempt} no longer owns it (attempt {stage.attempt}, {stage.status})"
+        )
     if stage.attempt >= stage.max_attempts:
         stage.mark_finished(Status.FAILED, error=f"{reason}; gave up after {stage.attempt} attempts")
         stage.save()
@@ -328,6 +333,30 @@ def stage_requeue(*, stage_run_id: int, reason: str) -> StageRun:
     stage.save()
     enqueue_stage_on_commit(stage.pk)
     return stage
+
+
+def stage_redispatch_stale() -> list[int]:
+    """Send the wake-up again for stages queued longer than REFINERY_REDISPATCH_SECONDS without being claimed.
+
+    Covers a message lost between broker and worker (a broker restarted without persistence, a
+    worker killed after taking the message and before claiming). A duplicate costs one no-op
+    claim; the interval keeps a long but healthy queue from filling with them.
+    """
+    from refinery.runs.dispatch import send_run_stage
+
+    cutoff = timezone.now() - timezone.timedelta(seconds=float(settings.REFINERY_REDISPATCH_SECONDS))
+    stale = list(StageRun.objects.filter(status=Status.QUEUED, dispatched_at__lt=cutoff).values_list("pk", flat=True))
+    sent = []
+    for pk in stale:
+        # Claim the re-send first, so that two reapers (or beat catching up) send it once.
+        if StageRun.objects.filter(pk=pk, status=Status.QUEUED, dispatched_at__lt=cutoff).update(
+                dispatched_at=timezone.now()):
+            send_run_stage(pk)
+            sent.append(pk)
+    if sent:
+        log.info("re-sent the wake-up of %d stage(s) queued for over %.0fs: %s", len(sent),
+                 settings.REFINERY_REDISPATCH_SECONDS, sent)
+    return sent
 
 
 def stage_reap_expired() -> list[int]:
@@ -379,5 +408,6 @@ def run_cancel(*, run: Run, user=None) -> Run:
 __all__ = [
     "RunError", "run_create", "run_cancel", "run_snapshot", "stage_claim", "stage_heartbeat",
     "stage_update", "stage_metrics_record", "stage_finish", "stage_requeue", "stage_reap_expired",
+    "stage_redispatch_stale",
     "run_mlflow_ids_set",
 ]

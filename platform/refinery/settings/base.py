@@ -161,9 +161,16 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
         # Every Redis key of this deployment starts with it: several deployments (or test
         # sessions) can share one Redis without seeing each other's queues.
         CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = os.environ["REFINERY_BROKER_KEYPREFIX"]
-CELERY_TASK_ACKS_LATE = True
+# A task message is only a wake-up: the stage row is the job. Workers take a message off the
+# broker when they start it (early ack) and reserve nothing while busy (no prefetch on Redis),
+# so a stage that runs for days is never redelivered by a visibility timeout or cut off by a
+# consumer timeout. What a lost message or a dead worker would lose, the reaper restores from
+# the database: expired leases are requeued, and queued stages are re-sent every
+# REFINERY_REDISPATCH_SECONDS until a worker claims them (a duplicate finds the stage claimed).
+CELERY_TASK_ACKS_LATE = False
 CELERY_TASK_REJECT_ON_WORKER_LOST = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_DISABLE_PREFETCH = CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -172,8 +179,13 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # Execution: leases and heartbeats (seconds).
+# A running stage's lease lasts two heartbeats and the reaper looks about twice per heartbeat
+# (every 2 s by default), so a dead worker's stage is requeued 10-12 s after its last renewal.
 REFINERY_HEARTBEAT_SECONDS = float(os.environ.get("REFINERY_HEARTBEAT_SECONDS", 5))
-REFINERY_LEASE_SECONDS = float(os.environ.get("REFINERY_LEASE_SECONDS", 30))
+REFINERY_LEASE_SECONDS = float(os.environ.get("REFINERY_LEASE_SECONDS", 2 * REFINERY_HEARTBEAT_SECONDS))
+REFINERY_REDISPATCH_SECONDS = float(os.environ.get("REFINERY_REDISPATCH_SECONDS", 300))
+# How long a supervisor waits out a database outage (PostgreSQL restarting) before giving up.
+REFINERY_DB_OUTAGE_SECONDS = float(os.environ.get("REFINERY_DB_OUTAGE_SECONDS", 600))
 REFINERY_CANCEL_GRACE_SECONDS = float(os.environ.get("REFINERY_CANCEL_GRACE_SECONDS", 6))
 REFINERY_TRAINER_PYTHON = os.environ.get("REFINERY_TRAINER_PYTHON", "")  # default: sys.executable
 # How long a finished stage keeps retrying to deliver buffered metrics to a down MLflow.
