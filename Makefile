@@ -4,6 +4,7 @@
 #   make run WEB_PORT=8001 MLFLOW_PORT=5001
 #   make test                   lint-imports + pytest against real PostgreSQL/Redis/Chromium
 #   make test PYTEST_ARGS='-m "not browser" -x'
+#   make chaos                  tests/chaos only, on a private PostgreSQL and Redis they may restart
 #
 # Every target is idempotent. `venv` reinstalls only when requirements.lock or
 # pyproject.toml changed (a hash of both is kept in .venv/.refinery-stamp).
@@ -28,7 +29,7 @@ CHROMIUM    ?= /usr/bin/chromium
 TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 \
             MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true
 
-.PHONY: help venv run test lint migrate bench services chromium lock clean distclean
+.PHONY: help venv run test chaos lint migrate bench services chromium lock clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -68,9 +69,13 @@ chromium: ## make sure Debian's Chromium is installed for the browser tests
 lint: venv ## check the import contracts (trainers framework-free, web side torch-free)
 	$(VENV)/bin/lint-imports
 
-test: venv services chromium ## lint-imports, then pytest $(PYTEST_ARGS) against real services
+test: venv services chromium ## lint-imports, pytest $(PYTEST_ARGS) against real services, then make chaos
 	$(VENV)/bin/lint-imports
 	$(TEST_ENV) $(PY) -m pytest -p tests.plugins.fail_on_skip $(PYTEST_ARGS)
+	$(MAKE) chaos  # PYTEST_ARGS reaches it through MAKEFLAGS or the environment, quotes intact
+
+chaos: venv ## pytest tests/chaos on a private PostgreSQL and Redis (started and removed by tests.chaos.launch)
+	$(TEST_ENV) $(PY) -m tests.chaos.launch -p tests.plugins.fail_on_skip $(PYTEST_ARGS)
 
 migrate: venv ## apply database migrations (DATABASE_URL, or SQLite under var/)
 	@mkdir -p "$${REFINERY_VAR_DIR:-var}"

@@ -139,11 +139,14 @@ def db_retrying(fn: Callable[[], T], *, what: str) -> T:
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    """Ask Linux to SIGTERM the trainer if the worker dies, so a lost worker leaves no orphan on the GPU."""
+    """Ask Linux to SIGKILL the trainer if the worker dies, so a lost worker leaves no orphan on the GPU.
+
+    SIGKILL, not SIGTERM: with nobody reading its events a trainer cannot stop gracefully (its
+    next event write fails), and the next attempt resumes from the newest complete checkpoint."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:  # noqa: BLE001 - best effort, not on every platform
         pass
 
@@ -237,7 +240,7 @@ class StageSupervisor:
         self.cancel_seen_at: float | None = None
         self.killed = False
         self.stalled: str | None = None  # why the trainer was killed as hung
-        self.replayed: dict[str, int] = {}  # per metric, the last step earlier attempts recorded
+        self.replayed: dict[str, int] = {}  # per metric, the last step earlier attempts sent to MLflow
         self.skipped_points = 0
 
     # -- entry point ----------------------------------------------------------------
@@ -300,12 +303,24 @@ class StageSupervisor:
             self._heartbeat_thread.join(timeout=30)
 
     def _heartbeat(self) -> None:
-        """Renew the lease and report progress; look for a cancel request every second."""
+        """Renew the lease and report progress; look for a cancel request every second; and reap.
+
+        Beat's reaper task waits in the cpu queue, where busy workers do not look: when every
+        worker is training, the supervisors' heartbeats do its work (reaping and re-sending are
+        safe to run from many places at once)."""
+        from jobs.app import reaper_interval_seconds
+
         interval = float(settings.REFINERY_HEARTBEAT_SECONDS)
         next_beat = time.monotonic() + interval
+        reap_every = reaper_interval_seconds()
+        next_reap = time.monotonic() + reap_every
         sent_step = -1
         while not self._heartbeat_stop.wait(min(CANCEL_POLL_SECONDS, interval)):
             try:
+                if time.monotonic() >= next_reap:
+                    next_reap = time.monotonic() + reap_every
+                    services.stage_reap_expired()
+                    services.stage_redispatch_stale()
                 with self.state.lock:
                     step, total, epoch = self.state.step, self.state.total_steps, self.state.epoch
                 # Progress moves the live page's bar: send it as soon as it changes (once a
@@ -347,7 +362,8 @@ class StageSupervisor:
             )
         log.info("stage %s: trainer pid %s started: %s", self.stage.pk, self.proc.pid, " ".join(self.proc.args))
         # Points go to MLflow through a spool on disk in the work dir: what an earlier attempt left
-        # unsent is sent first, and the steps it recorded are not recorded twice.
+        # unsent is sent first, and the steps it spooled are not sent twice. On another host (no
+        # spool) the steps in the DB stand in for them.
         self.buffer = MetricBuffer(run_id=self.mlflow_run_id, client=self.client,
                                    spool_path=self.work_dir / "mlflow-metrics.ndjson").start()
         self.replayed = dict(self.buffer.prior_steps)
@@ -451,11 +467,12 @@ class StageSupervisor:
             for key, value in (event.get("metrics") or {}).items():
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                     continue  # None (NaN/inf in the trainer) and non-numbers are not points
-                if step <= self.replayed.get(key, -1):
-                    self.skipped_points += 1  # replayed after a resume: recorded by an earlier attempt
-                    continue
+                # The DB keeps the first point per step by itself (a unique key); MLflow would keep
+                # both, so a step an earlier attempt already spooled for it is not sent again.
                 self.db_metrics.add(key, step, float(value), ts)
-                if buffer is not None:
+                if step <= self.replayed.get(key, -1):
+                    self.skipped_points += 1
+                elif buffer is not None:
                     buffer.add(key, value, step, ts)
             with state.lock:
                 state.step = max(state.step, step)

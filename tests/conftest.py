@@ -32,6 +32,19 @@ from tests.helpers import read_tail, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# tests/chaos restart their own PostgreSQL and Redis: only `python -m tests.chaos.launch` runs them.
+collect_ignore = [] if os.environ.get("REFINERY_CHAOS_RUN") else ["chaos"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect `chaos` tests named on the command line (collect_ignore skips only what pytest finds itself)."""
+    if os.environ.get("REFINERY_CHAOS_RUN"):
+        return
+    chaos = [item for item in items if item.get_closest_marker("chaos") is not None]
+    if chaos:
+        config.hook.pytest_deselected(items=chaos)
+        items[:] = [item for item in items if item.get_closest_marker("chaos") is None]
+
 # --- 1. session isolation -------------------------------------------------------------------
 
 # Trainer subprocesses (started by supervisors and workers) inherit these: one intra-op thread

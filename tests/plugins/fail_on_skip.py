@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 
-MUST_RUN_MARKERS = ("integration", "browser")
+MUST_RUN_MARKERS = ("integration", "browser", "chaos")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
