@@ -202,6 +202,20 @@ class DbMetricSink:
             return
         self.recorded += len(points)
 
+    def drain(self) -> int:
+        """Flush until nothing is left, waiting out a database outage (REFINERY_DB_OUTAGE_SECONDS).
+        Returns the number of points that could not be written."""
+        deadline = time.monotonic() + float(settings.REFINERY_DB_OUTAGE_SECONDS)
+        wait = 0.5
+        while True:
+            self.flush(force=True)
+            with self._lock:
+                left = len(self._points)
+            if not left or time.monotonic() + wait > deadline:
+                return left
+            time.sleep(wait)
+            wait = min(10.0, wait * 2)
+
 
 def _with_own_connection(target: Callable[[], None]) -> Callable[[], None]:
     """A thread body that logs its crash and closes the DB connection Django opened for the thread."""
@@ -386,7 +400,8 @@ class StageSupervisor:
         finally:
             self._kill_stragglers()
             reader.join(timeout=30)
-            self.db_metrics.flush(force=True)
+            if self.db_metrics.drain():
+                log.error("stage %s: metric points never reached the database", self.stage.pk)
         log.info("stage %s: trainer exited with %s", self.stage.pk, self.proc.returncode)
 
     def _kill_stragglers(self) -> None:
