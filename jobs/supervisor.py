@@ -7,7 +7,8 @@
              progress to the heartbeat, parameter counts to the row
           -> finished: upload outputs to MLflow, stage_finish(succeeded) (next stages get queued)
              failed / crashed: stage_finish(failed, one-line error, log tail)
-             killed by a signal (OOM killer, kill -9): stage_requeue, the next attempt resumes
+             killed or stopped by a signal nobody here sent (OOM killer, kill -9, a host
+             shutting down): stage_requeue, the next attempt resumes
              from the newest complete checkpoint (fails after the stage's max attempts)
              canceled: SIGTERM, SIGKILL after the grace period, stage_finish(canceled)
           -> then the MLflow mirror: drain buffered metrics, spec.json + trainer.log, run status
@@ -542,11 +543,17 @@ class StageSupervisor:
             return self._finish(Status.SUCCEEDED, outputs=outputs, summary=terminal.get("summary") or {})
         if self.stalled is not None and not self.cancel_requested.is_set():
             return self._finish(Status.FAILED, error=self.stalled, tail=tail)
-        if self.cancel_requested.is_set() or kind == "canceled" or rc == EXIT_CANCELED:
+        if self.cancel_requested.is_set():
             return self._finish(Status.CANCELED, tail=tail,
                                 error="canceled" + (" (killed after the grace period)" if self.killed else ""))
+        if kind == "canceled" or rc == EXIT_CANCELED:
+            # Stopped by a SIGTERM nobody here sent (a host shutting down): interrupted, not canceled.
+            return self._retry(f"the trainer was stopped by SIGTERM at step {self.state.step}")
         if kind is None and rc is not None and -rc in RETRY_SIGNALS:
-            return self._retry(rc)
+            reason = f"the trainer was killed by {signal.Signals(-rc).name} at step {self.state.step}"
+            if -rc == signal.SIGKILL:
+                reason += " (by the out-of-memory killer, or kill -9)"
+            return self._retry(reason)
         if kind == "failed":
             error = terminal.get("error") or "the trainer failed"
         elif rc is not None and rc < 0:
@@ -574,13 +581,9 @@ class StageSupervisor:
             "base": self.input_ref if kind == "adapter" else None,
         }
 
-    def _retry(self, rc: int) -> str:
-        """The trainer was killed from outside: queue the next attempt, which resumes from the newest
+    def _retry(self, reason: str) -> str:
+        """The trainer was stopped from outside: queue the next attempt, which resumes from the newest
         complete checkpoint; or fail the stage when this was its last attempt."""
-        name = signal.Signals(-rc).name
-        reason = f"the trainer was killed by {name} at step {self.state.step}"
-        if -rc == signal.SIGKILL:
-            reason += " (by the out-of-memory killer, or kill -9)"
         self._append_log(f"[supervisor] {reason}")
         tail = log_tail(self.log_path)
         self._stop_heartbeat()

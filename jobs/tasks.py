@@ -13,12 +13,14 @@ def worker_name(hostname: str | None = None) -> str:
     return f"{hostname or socket.gethostname()}:{os.getpid()}"
 
 
-@app.task(name=TaskName.RUN_STAGE.value, bind=True, acks_late=False, ignore_result=True)
+@app.task(name=TaskName.RUN_STAGE.value, bind=True, acks_late=False, ignore_result=True,
+          Request="jobs.busy:PausingRequest")
 def run_stage(self, stage_run_id: int) -> str | None:
     """Run one stage. Safe to deliver twice: the second delivery finds the stage claimed and returns.
 
     The message is acked when the task starts (see CELERY_TASK_ACKS_LATE in settings): the lease
-    and the reaper, not the broker, bring back a stage whose worker died."""
+    and the reaper, not the broker, bring back a stage whose worker died. While it runs, the worker
+    takes no other message (jobs.busy, for RabbitMQ; worker_disable_prefetch for Redis)."""
     from jobs.supervisor import supervise_stage
 
     return supervise_stage(stage_run_id=int(stage_run_id), worker=worker_name(self.request.hostname))

@@ -1,4 +1,4 @@
-"""Private, restartable PostgreSQL and Redis for the chaos session (stdlib only).
+"""Private, restartable PostgreSQL, Redis and RabbitMQ for the chaos session (stdlib only).
 
 `python -m tests.chaos.launch` starts one of each in a tmp dir and describes them in the
 environment (`to_env`), so that a test can take the same instance down and up again:
@@ -18,10 +18,13 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 PG_ROOT_ENV, PG_PORT_ENV = "REFINERY_CHAOS_PG_ROOT", "REFINERY_CHAOS_PG_PORT"
 REDIS_ROOT_ENV, REDIS_PORT_ENV = "REFINERY_CHAOS_REDIS_ROOT", "REFINERY_CHAOS_REDIS_PORT"
+RABBIT_ROOT_ENV, RABBIT_PORT_ENV = "REFINERY_CHAOS_RABBIT_ROOT", "REFINERY_CHAOS_RABBIT_PORT"
+RABBIT_CONSUMER_TIMEOUT_ENV = "REFINERY_CHAOS_RABBIT_CONSUMER_TIMEOUT_MS"
 
 # No fsync: commits and checkpoints stay in the page cache, which a killed server does not lose
 # (only a machine crash would). synchronous_commit stays on: off would let restart(crash=True)
@@ -296,3 +299,256 @@ class PrivateRedis:
             except subprocess.TimeoutExpired:
                 return False
         return _wait_gone([pid], timeout)
+
+
+# RabbitMQ 3.10 checks the consumer (delivery acknowledgement) timeout only on a channel's
+# periodic `tick` (rabbit_channel:handle_info(tick, ...) -> evaluate_consumer_timeout/1), armed
+# with erlang:send_after(application:get_env(rabbit, channel_tick_interval)) -- 60000 ms by
+# default, and not settable from rabbitmq.conf. So a channel is closed with PRECONDITION_FAILED
+# between consumer_timeout and consumer_timeout + tick after the delivery: keep the tick short.
+_RABBIT_TICK_MS = 1000
+_RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")  # the real scripts: /usr/sbin/rabbitmqctl would su to `rabbitmq`
+
+
+class PrivateRabbitMQ:
+    """A throwaway RabbitMQ node `chaos-<port>@localhost` on 127.0.0.1:`port`, everything in `root`.
+
+    No plugins. Its own epmd (on a free port, started and stopped with the node, so the system
+    broker's epmd is never used), its own Erlang distribution port, and its own HOME (root/home,
+    where the node writes the .erlang.cookie that `ctl` needs; root's ~/.erlang.cookie is never
+    touched). `consumer_timeout_ms` sets rabbit's consumer_timeout, and a 1 s channel tick makes
+    RabbitMQ enforce it within consumer_timeout_ms + 1 s. The ports of the running instance are
+    kept in root/ports, so that `from_env()` in another process can stop or restart it.
+    """
+
+    def __init__(self, root: Path, port: int, consumer_timeout_ms: int | None = None) -> None:
+        self.root = Path(root)
+        self.port = port
+        self.consumer_timeout_ms = consumer_timeout_ms
+        self.node = f"chaos-{port}@localhost"
+        self.home = self.root / "home"
+        self.log_path = self.root / "log" / f"{self.node}.log"
+        self.out_path = self.root / "rabbitmq-server.out"  # the server's stdout/stderr (boot errors)
+        self.server_pid_path = self.root / "rabbitmq-server.pid"  # the rabbitmq-server sh wrapper
+        self.beam_pid_path = self.root / "beam.pid"  # written by the node itself (RABBITMQ_PID_FILE)
+        self.epmd_pid_path = self.root / "epmd.pid"
+        self.ports_path = self.root / "ports"  # "<dist port> <epmd port>"
+        self._proc: subprocess.Popen | None = None
+        self._epmd: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def to_env(self) -> dict[str, str]:
+        env = {RABBIT_ROOT_ENV: str(self.root), RABBIT_PORT_ENV: str(self.port)}
+        if self.consumer_timeout_ms is not None:
+            env[RABBIT_CONSUMER_TIMEOUT_ENV] = str(self.consumer_timeout_ms)
+        return env
+
+    @classmethod
+    def from_env(cls) -> PrivateRabbitMQ:
+        timeout = os.environ.get(RABBIT_CONSUMER_TIMEOUT_ENV)
+        return cls(*_from_env(RABBIT_ROOT_ENV, RABBIT_PORT_ENV), consumer_timeout_ms=int(timeout) if timeout else None)
+
+    def start(self, timeout: float = 60) -> None:
+        """Start epmd and then rabbitmq-server in their own sessions; wait until AMQP answers."""
+        for sub in ("home", "mnesia", "log"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        if self.ping():
+            raise RuntimeError(f"something already answers AMQP on 127.0.0.1:{self.port}")
+        self._write_config()
+        dist_port, epmd_port = free_port(), free_port()
+        self.ports_path.write_text(f"{dist_port} {epmd_port}")
+        env = self._env()
+        try:
+            with open(self.root / "epmd.out", "ab") as log:
+                self._epmd = subprocess.Popen(["epmd", "-port", str(epmd_port), "-address", "127.0.0.1"],
+                                              env={"PATH": env["PATH"], "HOME": env["HOME"]},
+                                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                              cwd=self.root, start_new_session=True)
+            self.epmd_pid_path.write_text(str(self._epmd.pid))
+            # The node must find our epmd listening: otherwise it would spawn a daemon epmd of its own.
+            self._wait_for(lambda: _port_open(epmd_port), self._epmd, timeout, "epmd")
+            with open(self.out_path, "ab") as log:
+                self._proc = subprocess.Popen([str(_RABBIT_BIN / "rabbitmq-server")], env=env, stdout=log,
+                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.root,
+                                              start_new_session=True)
+            self.server_pid_path.write_text(str(self._proc.pid))
+            self._wait_for(self.ping, self._proc, timeout, "rabbitmq-server")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM the node (a clean shutdown, ~2-3 s), SIGKILL whatever of it outlives `timeout`,
+        then stop our epmd. A no-op for whatever is not running."""
+        pids = self._node_pids()
+        beams = [pid for pid in pids if b"beam.smp" in _cmdline(pid)]
+        for pid in beams or pids:  # the beam shuts down cleanly on SIGTERM; so does the sh wrapper (it forwards it)
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if pids and not self._wait_exit(pids, timeout):
+            self.kill()
+        self._reap()
+        self._stop_epmd(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL every process of the node at once, as a crash would; our epmd keeps running."""
+        pids = self._node_pids()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not self._wait_exit(pids, timeout=10):
+            raise RuntimeError(f"rabbitmq processes {pids} survived SIGKILL")
+        self._reap()
+        self.beam_pid_path.unlink(missing_ok=True)
+
+    def restart(self, down_seconds: float = 0, *, crash: bool = False) -> float:
+        """Stop (or SIGKILL, crash=True), stay down `down_seconds`, start on the same port and data;
+        returns the seconds it was down."""
+        started = time.monotonic()
+        if crash:
+            self.kill()
+        self.stop()
+        time.sleep(down_seconds)
+        self.start()
+        return time.monotonic() - started
+
+    def ping(self) -> bool:
+        """True when the AMQP listener answers a protocol header with connection.start."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+                sock.sendall(b"AMQP\x00\x00\x09\x01")
+                frame = sock.recv(11)
+        except OSError:
+            return False
+        # frame type 1 (method), channel 0, size (4 bytes), class 10 (connection), method 10 (start)
+        return len(frame) >= 11 and frame[0] == 1 and frame[7:11] == b"\x00\x0a\x00\x0a"
+
+    def ctl(self, *args: str, timeout: float = 60) -> str:
+        """Run `rabbitmqctl -n <node> args...` against this node (its cookie, its epmd); returns stdout."""
+        cmd = [str(_RABBIT_BIN / "rabbitmqctl"), "-n", self.node, *args]
+        result = subprocess.run(cmd, env=self._env(), cwd=self.root, capture_output=True, text=True,
+                                stdin=subprocess.DEVNULL, timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited with {result.returncode}:\n{result.stdout}{result.stderr}")
+        return result.stdout
+
+    def _write_config(self) -> None:
+        conf = [f"listeners.tcp.default = 127.0.0.1:{self.port}", "loopback_users.guest = true"]
+        advanced = "[]."
+        if self.consumer_timeout_ms is not None:
+            conf.append(f"consumer_timeout = {self.consumer_timeout_ms}")
+            advanced = f"[{{rabbit, [{{channel_tick_interval, {_RABBIT_TICK_MS}}}]}}]."
+        (self.root / "rabbitmq.conf").write_text("\n".join(conf) + "\n")
+        (self.root / "advanced.config").write_text(advanced + "\n")
+        (self.root / "enabled_plugins").write_text("[].\n")
+        (self.root / "rabbitmq-env.conf").write_text("")  # instead of /etc/rabbitmq/rabbitmq-env.conf
+
+    def _env(self) -> dict[str, str]:
+        """The environment for rabbitmq-server, rabbitmqctl and epmd: nothing from the system broker's."""
+        dist_port, epmd_port = self.ports_path.read_text().split()
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("RABBITMQ_", "ERL_")) and k not in ("NODENAME", "HOME")}
+        root = self.root.resolve()
+        env.update({
+            "HOME": str(root / "home"),
+            "ERL_EPMD_PORT": epmd_port,
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": dist_port,
+            "RABBITMQ_CONF_ENV_FILE": str(root / "rabbitmq-env.conf"),
+            "RABBITMQ_CONFIG_FILE": str(root / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(root / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(root / "enabled_plugins"),
+            "RABBITMQ_ENABLED_PLUGINS": "",
+            "RABBITMQ_MNESIA_BASE": str(root / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(root / "log"),
+            "RABBITMQ_PID_FILE": str(root / "beam.pid"),
+            # the distribution listener (and rabbitmqctl's) on loopback only, not 0.0.0.0
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "RABBITMQ_CTL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        })
+        return env
+
+    def _wait_for(self, ready: Callable[[], bool], proc: subprocess.Popen, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if proc.poll() is not None or time.monotonic() >= deadline:
+                raise RuntimeError(f"{what} for {self.node} did not come up:\n{_tail(self.out_path)}"
+                                   f"\n--- {self.log_path}:\n{_tail(self.log_path)}")
+            time.sleep(0.05)
+
+    def _node_pids(self) -> list[int]:
+        """Every live process started for this node: the sh wrapper, the beam, its helpers (erl_child_setup,
+        inet_gethost, the disk monitor's sh) and any rabbitmqctl, found by the environment they inherit."""
+        markers = (f"RABBITMQ_NODENAME={self.node}\0".encode(),
+                   f"RABBITMQ_MNESIA_BASE={self.root.resolve() / 'mnesia'}\0".encode())
+        pids = []
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            try:
+                data = b"\0" + environ.read_bytes()
+            except OSError:
+                continue
+            pid = int(environ.parent.name)
+            if all(b"\0" + m in data for m in markers) and pid != os.getpid() and _alive(pid):
+                pids.append(pid)
+        return pids
+
+    def _wait_exit(self, pids: list[int], timeout: float) -> bool:
+        if self._proc is not None and self._proc.pid in pids:  # our child: reap it (it waits for the beam)
+            try:
+                self._proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return False
+        return _wait_gone(pids, timeout)
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            self._proc.poll()
+        self.server_pid_path.unlink(missing_ok=True)
+
+    def _stop_epmd(self, timeout: float) -> None:
+        try:
+            pid = int(self.epmd_pid_path.read_text())
+        except (OSError, ValueError):
+            pid = None
+        if pid is not None and b"epmd" in _cmdline(pid) and _alive(pid):
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    break
+                if self._epmd is not None and self._epmd.pid == pid:
+                    try:
+                        self._epmd.wait(timeout=timeout)
+                        break
+                    except subprocess.TimeoutExpired:
+                        continue
+                if _wait_gone([pid], timeout):
+                    break
+        if self._epmd is not None:
+            self._epmd.poll()
+        self.epmd_pid_path.unlink(missing_ok=True)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False

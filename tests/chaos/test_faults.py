@@ -21,7 +21,7 @@ from jobs.stage_inputs import stage_work_dir
 from refinery.runs.models import Run, StageMetric, StageRun, Status
 from refinery.runs.services import run_create
 from refinery.tracking.client import metric_history, tracking_client
-from tests.chaos.conftest import LEASE_SECONDS, elapsed, postgres, redis, trainer_pids, wait_for
+from tests.chaos.conftest import HEARTBEAT_SECONDS, elapsed, postgres, redis, trainer_pids, wait_for
 
 pytestmark = [pytest.mark.chaos]
 
@@ -58,7 +58,10 @@ def assert_each_step_once(stage: StageRun, steps: int) -> None:
     db = list(StageMetric.objects.filter(stage_run=stage, key="train/loss").order_by("step")
               .values_list("step", flat=True))
     assert db == expected, "database: lost or extra steps"
-    mlflow = [s for s, _ in metric_history(stage.mlflow_run_id, "train/loss")]
+    # The row says succeeded first; the supervisor drains its metric spool to MLflow right after.
+    mlflow = wait_for(lambda: ([s for s, _ in metric_history(stage.mlflow_run_id, "train/loss")] or [0])
+                      if tracking_client().get_run(stage.mlflow_run_id).info.status != "RUNNING" else None,
+                      timeout=120, message="the stage's MLflow run was not ended")
     assert mlflow == expected, f"MLflow: lost or duplicated steps ({len(mlflow)} points for {steps} steps)"
 
 
@@ -106,7 +109,8 @@ def test_1_trainer_killed_mid_stage_resumes_and_succeeds_once(cluster, demo_pipe
 
 # 2 -----------------------------------------------------------------------------------------------
 def test_2_worker_killed_mid_stage_another_worker_resumes_it(cluster, demo_pipeline, record):
-    first = cluster.start_worker("w1")
+    # The default proportion: a lease of two heartbeats (here 2 s), so detection is measured as it runs.
+    first = cluster.start_worker("w1", REFINERY_LEASE_SECONDS=2 * HEARTBEAT_SECONDS)
     cluster.start_beat()
     steps = 600
     run, stage = launch(sft_pipeline(demo_pipeline, steps=steps))
@@ -119,7 +123,7 @@ def test_2_worker_killed_mid_stage_another_worker_resumes_it(cluster, demo_pipel
         [(p, open(f"/proc/{p}/status").read().split("\n")[2], open(f"/proc/{p}/wchan").read()) for p in trainer_pids(spec)])
         + (stage_work_dir(stage) / "trainer.log").read_text()[-1500:])
     orphan_gone = elapsed(killed)
-    cluster.start_worker("w2")
+    cluster.start_worker("w2", REFINERY_LEASE_SECONDS=2 * HEARTBEAT_SECONDS)
     wait_for(lambda: stage_now(stage).status == Status.QUEUED or stage_now(stage).attempt == 2, timeout=60,
              message="the reaper did not requeue the stage")
     reaped = elapsed(killed)
@@ -133,8 +137,8 @@ def test_2_worker_killed_mid_stage_another_worker_resumes_it(cluster, demo_pipel
     step = resumed_at(cluster.logs(), stage)
     assert step % SAVE_STEPS == 0 and at - SAVE_STEPS <= step
     assert_each_step_once(done, steps)
-    record(killed_near_step=at, resumed_from_step=step, lease_s=LEASE_SECONDS, orphan_trainer_gone_s=orphan_gone,
-           kill_to_requeued_s=reaped, kill_to_training_s=back)
+    record(killed_near_step=at, resumed_from_step=step, heartbeat_s=HEARTBEAT_SECONDS, lease_s=2 * HEARTBEAT_SECONDS,
+           orphan_trainer_gone_s=orphan_gone, kill_to_requeued_s=reaped, kill_to_training_s=back)
 
 
 # 3 -----------------------------------------------------------------------------------------------
@@ -179,6 +183,85 @@ def test_4_a_stage_longer_than_the_visibility_timeout_runs_once(cluster, demo_pi
     assert "nothing to do" not in logs
     assert_each_step_once(done, steps)
     record(stage_seconds=duration, visibility_timeout_s=3, deliveries=1, executions=1)
+
+
+@pytest.fixture
+def rabbitmq(tmp_path, monkeypatch):
+    """A private RabbitMQ whose consumer timeout is 3 s (enforced within a second of it); the test
+    process's Celery app sends its wake-ups there for the test's duration."""
+    from jobs.app import app
+    from tests.chaos.services import PrivateRabbitMQ, free_port
+
+    broker = PrivateRabbitMQ(tmp_path / "rabbitmq", free_port(), consumer_timeout_ms=3000)
+    broker.start()
+    saved = app.conf.broker_transport_options
+
+    def reconnect() -> None:  # new connection and producer pools, on the broker the environment names
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    # Celery reads CELERY_BROKER_URL from the environment before its own configuration.
+    monkeypatch.setenv("CELERY_BROKER_URL", broker.url)
+    app.conf.broker_transport_options = {}
+    reconnect()
+    yield broker
+    monkeypatch.undo()
+    app.conf.broker_transport_options = saved
+    reconnect()
+    broker.stop()
+
+
+def test_4b_a_stage_longer_than_rabbitmqs_consumer_timeout_is_neither_redelivered_nor_killed(
+        cluster, demo_pipeline, rabbitmq, record):
+    # One worker, two runs: the long stage's wake-up was acked when it started; the short one's sits
+    # reserved (RabbitMQ cannot turn prefetch off) and trips the 3 s consumer timeout over and over.
+    cluster.start_worker("w1", CELERY_BROKER_URL=rabbitmq.url)
+    long_run, long_stage = launch(sft_pipeline(demo_pipeline, steps=4500, name="long", save_steps=1000))
+    wait_training(long_stage, past_step=10)
+    short_run, short_stage = launch(sft_pipeline(demo_pipeline, steps=20, name="short"))
+    long_done = wait_finished(long_stage, timeout=400)
+    short_done = wait_finished(short_stage, timeout=200)
+
+    logs = cluster.logs()
+    duration = (long_done.finished_at - long_done.started_at).total_seconds()
+    assert duration > 30
+    assert long_done.status == Status.SUCCEEDED and long_done.attempt == 1
+    assert short_done.status == Status.SUCCEEDED and short_done.attempt == 1
+    assert logs.count(f"stage {long_stage.pk} (run {long_run.pk}, attempt 1) claimed") == 1
+    assert logs.count(f"stage {short_stage.pk} (run {short_run.pk}, attempt 1) claimed") == 1
+    assert "worker busy: stopped consuming from" in logs  # it held no message while training
+    assert "PRECONDITION_FAILED" not in logs and "Unrecoverable error" not in logs
+    assert_each_step_once(long_done, 4500)
+    # Control: this broker does enforce its 3 s timeout on a consumer that holds a message unacked.
+    held = unacked_consumer_closed_after(rabbitmq.url)
+    assert 2.5 < held < 6
+    record(stage_seconds=duration, consumer_timeout_s=3, control_consumer_closed_after_s=held,
+           executions_long=1, executions_short=1)
+
+
+def unacked_consumer_closed_after(url: str) -> float:
+    """Seconds until RabbitMQ closes a channel whose consumer keeps one message unacked."""
+    from kombu import Connection
+    from kombu import Queue as KombuQueue
+
+    with Connection(url) as conn:
+        queue = KombuQueue("chaos-control", routing_key="chaos-control", auto_delete=True)
+        conn.default_channel.basic_qos(0, 1, False)
+        with conn.Producer() as producer:
+            producer.publish({"x": 1}, routing_key="chaos-control", declare=[queue])
+        got = []
+        with conn.Consumer(queue, callbacks=[lambda body, message: got.append(time.monotonic())],
+                           accept=["json"]):
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                try:
+                    conn.drain_events(timeout=1)
+                except TimeoutError:
+                    continue
+                except Exception as exc:  # noqa: BLE001 - the channel closed with PRECONDITION_FAILED
+                    assert "PRECONDITION_FAILED" in str(exc) or "406" in str(exc), exc
+                    return time.monotonic() - got[0]
+    raise AssertionError("RabbitMQ did not enforce its consumer timeout")
 
 
 # 5 -----------------------------------------------------------------------------------------------

@@ -326,3 +326,17 @@ def test_a_hung_trainer_is_killed_and_the_stage_fails_as_stalled(demo_pipeline, 
     assert "[supervisor] stalled at step" in stage.log_tail
     assert not os.path.exists(f"/proc/{pid}") or b"Z" in open(f"/proc/{pid}/stat", "rb").read().split(b")")[1][:3]
     assert len(db_series(stage, "train/loss")) >= 3  # the points before the hang are kept
+
+
+def test_a_trainer_stopped_by_a_sigterm_nobody_asked_for_is_retried(demo_pipeline, launch, settings, tmp_path):
+    """A host shutting down SIGTERMs everything: the trainer stops gracefully and says `canceled`,
+    but no one canceled the run, so the stage is interrupted, not canceled."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho \'{"event": "canceled", "time": 1.0, "step": 5}\'\nexit 3\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    settings.REFINERY_TRAINER_PYTHON = str(fake)
+    run, stage = launch(demo_pipeline({"name": "sft", "method": "sft"}))
+
+    assert run_stage(stage.pk) == "retrying"
+    stage.refresh_from_db()
+    assert stage.status == Status.QUEUED and stage.error.startswith("the trainer was stopped by SIGTERM")
