@@ -75,6 +75,7 @@ CANCEL_POLL_SECONDS = 1.0  # a cancel is seen within a second, whatever the hear
 DB_METRICS_FLUSH_SECONDS = 1.0
 DB_METRICS_FLUSH_POINTS = 200
 OUTPUT_UPLOAD_SECONDS = 300.0  # how long an MLflow outage may delay the upload of a finished stage's outputs
+BACKFILL_SECONDS = 30.0  # how long a resumed attempt waits for MLflow to backfill the DB's missing points
 DB_METRICS_MAX_POINTS = 200_000  # kept in memory while the database is away; the oldest go first
 # A trainer killed by one of these, without saying why, is retried (the next attempt resumes): the
 # kernel's OOM killer, kill -9, a host shutting down. Anything else it dies of fails the stage.
@@ -385,11 +386,12 @@ class StageSupervisor:
         if self.attempt > 1:
             recorded = db_retrying(lambda: selectors.stage_metric_last_steps(stage_run_id=self.stage.pk),
                                    what=f"stage {self.stage.pk}: reading recorded metrics")
-            for key, step in recorded.items():
-                self.replayed[key] = max(step, self.replayed.get(key, step))
             if self.buffer.recovered:
                 log.info("stage %s: sending %d metric points an earlier attempt left unsent",
                          self.stage.pk, self.buffer.recovered)
+            self._backfill_db(recorded)
+            for key, step in recorded.items():
+                self.replayed[key] = max(step, self.replayed.get(key, step))
         reader = threading.Thread(target=_with_own_connection(self._read_events), name=f"events-{self.stage.pk}",
                                   daemon=True)
         reader.start()
@@ -404,6 +406,31 @@ class StageSupervisor:
             if self.db_metrics.drain():
                 log.error("stage %s: metric points never reached the database", self.stage.pk)
         log.info("stage %s: trainer exited with %s", self.stage.pk, self.proc.returncode)
+
+    def _backfill_db(self, recorded: dict[str, int]) -> None:
+        """Copy into the DB the points an earlier attempt spooled for MLflow but never wrote to the DB
+        (its worker died within a DB flush interval). The resumed trainer replays only the steps after
+        its checkpoint, so without this the live chart would miss the ones just before it."""
+        assert self.buffer is not None
+        behind = {key: recorded.get(key, 0) for key, last in self.buffer.prior_steps.items()
+                  if last > recorded.get(key, 0)}
+        if not behind:
+            return
+        deadline = time.monotonic() + BACKFILL_SECONDS
+        while self.buffer.pending and time.monotonic() < deadline:  # MLflow must have them first
+            if not self.buffer.flush():
+                time.sleep(1.0)
+        try:
+            points = [(key, m.step, m.value, m.timestamp / 1000.0)
+                      for key, after in behind.items()
+                      for m in self.client.get_metric_history(self.mlflow_run_id, key) if m.step > after]
+        except Exception as exc:  # noqa: BLE001 - MLflow away: the chart keeps a gap, MLflow has it all
+            log.warning("stage %s: could not backfill metrics from MLflow: %s", self.stage.pk, one_line(exc, 200))
+            return
+        db_retrying(lambda: services.stage_metrics_record(stage_run_id=self.stage.pk, points=points),
+                    what=f"stage {self.stage.pk}: backfilling metrics")
+        log.info("stage %s: backfilled %d metric points the last attempt had not written to the DB",
+                 self.stage.pk, len(points))
 
     def _kill_stragglers(self) -> None:
         """Once the trainer is gone, kill what it left in its process group (data loaders, launchers)
