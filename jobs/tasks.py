@@ -28,7 +28,11 @@ def run_stage(self, stage_run_id: int) -> str | None:
 
 @app.task(name=TaskName.REAP_STAGES.value, ignore_result=True)
 def reap_stages() -> list[int]:
-    """Requeue (or fail) stages whose worker stopped renewing its lease; re-send stale wake-ups."""
+    """Requeue (or fail) stages whose worker stopped renewing its lease; re-send stale wake-ups; close the
+    MLflow parent runs of runs that ended with no supervisor there to close them."""
     from refinery.runs.services import stage_reap_expired, stage_redispatch_stale
+    from refinery.tracking.runs import pipeline_runs_end_pending
 
-    return stage_reap_expired() + stage_redispatch_stale()
+    handled = stage_reap_expired() + stage_redispatch_stale()
+    pipeline_runs_end_pending()
+    return handled

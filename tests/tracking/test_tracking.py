@@ -142,3 +142,26 @@ def test_a_full_spool_drops_its_oldest_points(tmp_path):
     assert small.pending == 5 and small.dropped == 3
     again = MetricBuffer(run_id="r", max_points=5, client=object(), spool_path=tmp_path / "s.ndjson")
     assert again.pending == 5  # the cursor on disk skips the dropped ones
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_reaper_closes_the_mlflow_run_of_a_run_canceled_between_stages(make_pipeline, sent_stages,
+                                                                          mlflow_server):
+    """No supervisor is left to close the parent run when a run is canceled with its next stage queued."""
+    from jobs.tasks import reap_stages
+    from refinery.runs.models import Run
+    from refinery.runs.services import run_cancel, run_create
+
+    pipeline = make_pipeline(("a", "base"), ("b", "a"))
+    run = run_create(pipeline=pipeline, user=pipeline.created_by)
+    pipeline_run_ensure(run=Run.objects.get(pk=run.pk))  # as the first stage's supervisor did
+    run_cancel(run=Run.objects.get(pk=run.pk))
+    run.refresh_from_db()
+    assert run.status == "canceled" and run.mlflow_ended_at is None
+    assert tracking_client().get_run(run.mlflow_run_id).info.status == "RUNNING"
+
+    reap_stages()
+    run.refresh_from_db()
+    assert tracking_client().get_run(run.mlflow_run_id).info.status == "KILLED"
+    assert run.mlflow_ended_at is not None
+    reap_stages()  # closed once: nothing left to do

@@ -50,6 +50,7 @@ class Run(models.Model):
     code_version = models.CharField(max_length=64)
     mlflow_experiment_id = models.CharField(max_length=64, blank=True)
     mlflow_run_id = models.CharField(max_length=64, blank=True)
+    mlflow_ended_at = models.DateTimeField(null=True, blank=True, help_text="when the MLflow parent run was closed")
     error = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)

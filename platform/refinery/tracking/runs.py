@@ -11,7 +11,9 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from refinery.runs.models import Run, StageRun, Status
+from django.utils import timezone
+
+from refinery.runs.models import TERMINAL_STATES, Run, StageRun, Status
 from refinery.runs.services import run_mlflow_ids_set, stage_update
 from refinery.tracking.client import experiment_ensure, tracking_client
 
@@ -171,7 +173,24 @@ def pipeline_run_end(*, run: Run, client=None) -> bool:
     if not run.mlflow_run_id or not run.is_finished:
         return False
     mlflow_run_end(mlflow_run_id=run.mlflow_run_id, status=run.status, client=client)
+    Run.objects.filter(pk=run.pk).update(mlflow_ended_at=timezone.now())
     return True
+
+
+def pipeline_runs_end_pending(*, client=None, limit: int = 20) -> list[int]:
+    """Close the MLflow parent runs of finished runs that no supervisor closed: a run canceled (or
+    failed) between stages has no stage left to do it. Called by the reaper; MLflow down: try later."""
+    pending = list(Run.objects.filter(status__in=TERMINAL_STATES, mlflow_ended_at__isnull=True)
+                   .exclude(mlflow_run_id="").order_by("finished_at")[:limit])
+    closed = []
+    for run in pending:
+        try:
+            if pipeline_run_end(run=run, client=client):
+                closed.append(run.pk)
+        except Exception as exc:  # noqa: BLE001 - MLflow away: the next reaper pass tries again
+            log.warning("could not close the MLflow run of run %s: %s", run.pk, exc)
+            break
+    return closed
 
 
 def runs_for_stage(*, stage: StageRun, client=None) -> list:
@@ -187,5 +206,5 @@ def runs_for_stage(*, stage: StageRun, client=None) -> list:
 
 __all__ = [
     "flatten", "run_tags", "pipeline_run_ensure", "stage_run_ensure", "mlflow_run_end", "pipeline_run_end",
-    "runs_for_stage", "MLFLOW_STATUS",
+    "runs_for_stage", "MLFLOW_STATUS", "pipeline_runs_end_pending",
 ]
