@@ -179,10 +179,13 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # Execution: leases and heartbeats (seconds).
-# A running stage's lease lasts two heartbeats and the reaper looks about twice per heartbeat
-# (every 2 s by default), so a dead worker's stage is requeued 10-12 s after its last renewal.
+# The reaper looks about twice per heartbeat (whole seconds: 2 s by default), and a lease lasts two
+# heartbeats less one reaper pass (8 s), so a dead worker's stage is requeued within two heartbeat
+# intervals (10 s) of its last renewal. While training, renewals come about every second.
 REFINERY_HEARTBEAT_SECONDS = float(os.environ.get("REFINERY_HEARTBEAT_SECONDS", 5))
-REFINERY_LEASE_SECONDS = float(os.environ.get("REFINERY_LEASE_SECONDS", 2 * REFINERY_HEARTBEAT_SECONDS))
+REFINERY_REAPER_SECONDS = max(1, int(REFINERY_HEARTBEAT_SECONDS / 2))
+REFINERY_LEASE_SECONDS = float(os.environ.get(
+    "REFINERY_LEASE_SECONDS", max(REFINERY_HEARTBEAT_SECONDS + 1, 2 * REFINERY_HEARTBEAT_SECONDS - REFINERY_REAPER_SECONDS)))
 REFINERY_REDISPATCH_SECONDS = float(os.environ.get("REFINERY_REDISPATCH_SECONDS", 300))
 # How long a supervisor waits out a database outage (PostgreSQL restarting) before giving up.
 REFINERY_DB_OUTAGE_SECONDS = float(os.environ.get("REFINERY_DB_OUTAGE_SECONDS", 600))
