@@ -107,37 +107,33 @@ def trainer_command(spec_path: Path) -> list[str]:
     return [python, "-m", "trainers", "run", str(spec_path)]
 
 
-def retrying(fn: Callable[[], T], *, what: str, timeout: float, first_wait: float = 1.0) -> T:
-    """Call fn until it succeeds, waiting 1, 2, 4 ... 30 s between tries; re-raise after `timeout` seconds."""
+def retrying(fn: Callable[[], T], *, what: str, timeout: float, first_wait: float = 1.0, max_wait: float = 30.0,
+             errors: tuple[type[BaseException], ...] = (Exception,),
+             before_retry: Callable[[], None] | None = None) -> T:
+    """Call fn until it succeeds, waiting first_wait, twice that ... max_wait between tries; re-raise after
+    `timeout` seconds. Only `errors` are retried; `before_retry` runs after each failure."""
     deadline = time.monotonic() + timeout
     wait = first_wait
     while True:
         try:
             return fn()
-        except Exception as exc:  # noqa: BLE001 - the caller decides what a final failure means
+        except errors as exc:
+            if before_retry is not None:
+                before_retry()
             if time.monotonic() + wait > deadline:
                 raise
-            log.warning("%s failed (%s); retrying in %.0fs", what, one_line(exc, 200), wait)
+            log.warning("%s failed (%s); retrying in %.1fs", what, one_line(exc, 200), wait)
             time.sleep(wait)
-            wait = min(30.0, wait * 2)
+            wait = min(max_wait, wait * 2)
 
 
 def db_retrying(fn: Callable[[], T], *, what: str) -> T:
     """Call fn, retrying on a lost database connection (on a fresh one) for REFINERY_DB_OUTAGE_SECONDS.
 
     Other errors, such as IllegalTransition, are not retried."""
-    deadline = time.monotonic() + float(settings.REFINERY_DB_OUTAGE_SECONDS)
-    wait = 0.5
-    while True:
-        try:
-            return fn()
-        except DB_ERRORS as exc:
-            connection.close()  # this thread's broken connection; the next query opens a new one
-            if time.monotonic() + wait > deadline:
-                raise
-            log.warning("%s: database unavailable (%s); retrying in %.1fs", what, one_line(exc, 200), wait)
-            time.sleep(wait)
-            wait = min(10.0, wait * 2)
+    return retrying(fn, what=f"{what} (database unavailable?)", timeout=float(settings.REFINERY_DB_OUTAGE_SECONDS),
+                    first_wait=0.5, max_wait=10.0, errors=DB_ERRORS,
+                    before_retry=connection.close)  # this thread's broken connection; the next query opens one
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

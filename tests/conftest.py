@@ -168,6 +168,25 @@ def _start(cmd: list[str], *, log_path: Path, env: dict | None = None, cwd: Path
         log_file.close()
 
 
+def mlflow_server_command(root: Path, port: int) -> list[str]:
+    """`mlflow server` with a SQLite store and proxied artifacts under `root`."""
+    return [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+
+
+def mlflow_server_env() -> dict:
+    # MLflow 3 also starts a job runner and 7 huey consumers by default: not needed to track runs.
+    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def celery_worker_command(name: str) -> list[str]:
+    """A Celery worker on queues gpu and cpu, one prefork process, as the tests run it."""
+    return [sys.executable, "-m", "celery", "-A", "jobs.app", "worker", "-Q", "gpu,cpu", "--concurrency", "1",
+            "--pool", "prefork", "--prefetch-multiplier", "1", "-n", f"{name}@%h",
+            "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` (SQLite backend, proxied artifacts in a tmp dir) for the session.
@@ -180,13 +199,8 @@ def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    mlflow_cli = Path(sys.executable).parent / "mlflow"
-    cmd = [str(mlflow_cli), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
-    # MLflow 3 also starts a job runner and 7 huey consumers by default: not needed to track runs.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = ServiceProcess(_start(cmd, log_path=root / "server.log", env=env, cwd=root), root / "server.log", url)
+    server = ServiceProcess(_start(mlflow_server_command(root, port), log_path=root / "server.log",
+                                   env=mlflow_server_env(), cwd=root), root / "server.log", url)
 
     def healthy() -> bool:
         if server.proc.poll() is not None:
@@ -249,10 +263,7 @@ def celery_worker_process(django_db_setup, django_db_blocker, mlflow_server, _is
         "REFINERY_VAR_DIR": str(_isolated_paths),
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "platform"), str(REPO_ROOT)]),
     }
-    cmd = [sys.executable, "-m", "celery", "-A", "jobs.app", "worker", "-Q", "gpu,cpu", "--concurrency", "1",
-           "--pool", "prefork", "--prefetch-multiplier", "1", "-n", f"pytest-{os.getpid()}@%h",
-           "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]
-    worker = ServiceProcess(_start(cmd, log_path=root / "worker.log", env=env, cwd=REPO_ROOT), root / "worker.log")
+    worker = ServiceProcess(_start(celery_worker_command(f"pytest-{os.getpid()}"), log_path=root / "worker.log", env=env, cwd=REPO_ROOT), root / "worker.log")
 
     def ready() -> bool:
         if worker.proc.poll() is not None:

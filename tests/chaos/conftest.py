@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -22,8 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.services import PrivatePostgres, PrivateRedis
-from tests.conftest import REPO_ROOT, ServiceProcess, _start, database_url_for_subprocess, free_port
+from tests.chaos.services import PrivateRedis
+from tests.conftest import (
+    REPO_ROOT,
+    ServiceProcess,
+    _start,
+    celery_worker_command,
+    database_url_for_subprocess,
+    free_port,
+    mlflow_server_command,
+    mlflow_server_env,
+)
 from tests.helpers import wait_until
 
 # Short heartbeats make every recovery fast enough to test; the proportions are the defaults'.
@@ -44,14 +52,10 @@ class RestartableMlflow:
         self.starts = 0
 
     def start(self) -> None:
-        mlflow_cli = Path(sys.executable).parent / "mlflow"
-        cmd = [str(mlflow_cli), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-               "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
-               "--port", str(self.port), "--workers", "1"]
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.starts += 1
         log = self.root / f"server-{self.starts}.log"
-        self.service = ServiceProcess(_start(cmd, log_path=log, env=env, cwd=self.root), log, self.url)
+        self.service = ServiceProcess(_start(mlflow_server_command(self.root, self.port), log_path=log,
+                                             env=mlflow_server_env(), cwd=self.root), log, self.url)
         wait_until(self.healthy, timeout=120, interval=0.3,
                    message=lambda: f"mlflow server not healthy:\n{self.service.log_tail()}")
 
@@ -98,10 +102,7 @@ class Cluster:
         return service
 
     def start_worker(self, name: str, **extra_env) -> ServiceProcess:
-        cmd = [sys.executable, "-m", "celery", "-A", "jobs.app", "worker", "-Q", "gpu,cpu", "--concurrency", "1",
-               "--pool", "prefork", "-n", f"{name}@%h", "--without-gossip", "--without-mingle",
-               "--without-heartbeat", "--loglevel", "INFO"]
-        worker = self._spawn(name, cmd, extra_env)
+        worker = self._spawn(name, celery_worker_command(name), extra_env)
         wait_until(lambda: self._ready(worker), timeout=90, interval=0.3,
                    message=lambda: f"worker {name} not ready:\n{worker.log_tail()}")
         return worker
@@ -189,14 +190,6 @@ def trainer_pids(spec_path: Path) -> list[int]:
         if b"trainers" in argv and str(spec_path).encode() in argv:
             pids.append(int(entry.name))
     return pids
-
-
-def postgres() -> PrivatePostgres:
-    return PrivatePostgres.from_env()
-
-
-def redis() -> PrivateRedis:
-    return PrivateRedis.from_env()
 
 
 def wait_for(predicate, *, timeout: float, message: str, interval: float = 0.2):

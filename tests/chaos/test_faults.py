@@ -21,7 +21,8 @@ from jobs.stage_inputs import stage_work_dir
 from refinery.runs.models import Run, StageMetric, StageRun, Status
 from refinery.runs.services import run_create
 from refinery.tracking.client import metric_history, tracking_client
-from tests.chaos.conftest import HEARTBEAT_SECONDS, elapsed, postgres, redis, trainer_pids, wait_for
+from tests.chaos.conftest import HEARTBEAT_SECONDS, elapsed, trainer_pids, wait_for
+from tests.chaos.services import PrivatePostgres, PrivateRedis
 
 pytestmark = [pytest.mark.chaos]
 
@@ -41,6 +42,11 @@ def launch(pipeline) -> tuple[Run, StageRun]:
 
 def stage_now(stage: StageRun) -> StageRun:
     return StageRun.objects.get(pk=stage.pk)
+
+
+def stage_now_retrying(stage: StageRun) -> StageRun:
+    """stage_now through a PostgreSQL restart (the test's own connection breaks too)."""
+    return wait_for(lambda: stage_now(stage), timeout=30, message="the database did not come back")
 
 
 def wait_training(stage: StageRun, *, past_step: int, timeout: float = 180) -> StageRun:
@@ -300,10 +306,10 @@ def test_6_postgresql_and_redis_restarted_mid_run_the_run_completes(cluster, dem
     )
     run, stage = launch(pipeline)
     wait_training(stage, past_step=200)
-    pg_down = postgres().restart()
+    pg_down = PrivatePostgres.from_env().restart()
     at_pg = stage_now_retrying(stage).step
     wait_training(stage, past_step=at_pg + 100)
-    redis_down = redis().restart(down_seconds=2)  # no persistence: the broker comes back empty
+    redis_down = PrivateRedis.from_env().restart(down_seconds=2)  # no persistence: the broker comes back empty
     done = wait_finished(stage, timeout=300)
     second = wait_finished(StageRun.objects.get(run=run, name="second"), timeout=300)
 
@@ -315,10 +321,6 @@ def test_6_postgresql_and_redis_restarted_mid_run_the_run_completes(cluster, dem
     logs = cluster.logs()
     assert "database unavailable" in logs or "heartbeat failed" in logs or "wait for the database" in logs
     record(postgres_down_s=pg_down, redis_down_s=redis_down, attempts=done.attempt)
-
-
-def stage_now_retrying(stage: StageRun) -> StageRun:
-    return wait_for(lambda: stage_now(stage), timeout=30, message="the database did not come back")
 
 
 # 9 -----------------------------------------------------------------------------------------------

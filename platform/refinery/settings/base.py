@@ -183,9 +183,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # heartbeats less one reaper pass (8 s), so a dead worker's stage is requeued within two heartbeat
 # intervals (10 s) of its last renewal. While training, renewals come about every second.
 REFINERY_HEARTBEAT_SECONDS = float(os.environ.get("REFINERY_HEARTBEAT_SECONDS", 5))
-REFINERY_REAPER_SECONDS = max(1, int(REFINERY_HEARTBEAT_SECONDS / 2))
+_reaper_seconds = max(1, int(REFINERY_HEARTBEAT_SECONDS / 2))  # as jobs.app.reaper_interval_seconds()
 REFINERY_LEASE_SECONDS = float(os.environ.get(
-    "REFINERY_LEASE_SECONDS", max(REFINERY_HEARTBEAT_SECONDS + 1, 2 * REFINERY_HEARTBEAT_SECONDS - REFINERY_REAPER_SECONDS)))
+    "REFINERY_LEASE_SECONDS", max(REFINERY_HEARTBEAT_SECONDS + 1, 2 * REFINERY_HEARTBEAT_SECONDS - _reaper_seconds)))
 REFINERY_REDISPATCH_SECONDS = float(os.environ.get("REFINERY_REDISPATCH_SECONDS", 300))
 # How long a supervisor waits out a database outage (PostgreSQL restarting) before giving up.
 REFINERY_DB_OUTAGE_SECONDS = float(os.environ.get("REFINERY_DB_OUTAGE_SECONDS", 600))
