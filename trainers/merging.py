@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
-METHODS = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "model_stock")
+from .configs.merge import MERGE_METHODS as METHODS
+
 NEEDS_BASE = {"task_arithmetic", "ties", "dare_linear", "dare_ties", "model_stock"}
 USES_DENSITY = {"ties", "dare_linear", "dare_ties"}
 

@@ -13,8 +13,11 @@ from .configs import (
     AdapterConfig,
     DistillConfig,
     DPOConfig,
+    EvaluateConfig,
+    ExportConfig,
     GRPOConfig,
     KTOConfig,
+    MergeConfig,
     ORPOConfig,
     RewardConfig,
     SFTConfig,
@@ -84,6 +87,14 @@ class Method:
     adapter_types: tuple[str, ...] = ADAPTER_TYPES
     # Models this method loads besides its input, each from an earlier stage a config field names.
     aux_models: tuple[AuxModel, ...] = ()
+    # False: the stage trains on nothing (merge, evaluate, export); its dataset, if any, is read as held-out
+    # data (spec `data.eval`) and `dataset_kinds` lists the kinds it can read there.
+    trains: bool = True
+    dataset_required: bool = True  # with trains=False: whether the stage needs its (held-out) dataset
+    # "one": `model` is the input. "many": `inputs` lists 2 or more models (merge) and `model` is the base.
+    inputs: str = "one"
+    # What the stage outputs: "model" (a model or an adapter a later stage can take) or "report" (evaluate).
+    output: str = "model"
 
     def aux_sources(self, config: Any) -> dict[str, str]:
         """``{aux_models key: earlier stage name or "base"}`` for the models this config uses."""
@@ -109,6 +120,10 @@ class Method:
                  "not_methods": list(a.not_methods), "base_when_empty": a.base_when_empty}
                 for a in self.aux_models
             ],
+            "trains": self.trains,
+            "dataset_required": self.dataset_required,
+            "inputs": self.inputs,
+            "output": self.output,
             "runner": self.runner,
             "config_fields": config_schema(self.config_class),
             "config_json_schema": json_schema(self.config_class),
@@ -203,6 +218,49 @@ METHODS: dict[str, Method] = {
             # A reward stage outputs a scoring model, not a language model that could teach.
             aux_models=(AuxModel("teacher", "teacher_stage", not_methods=("reward",), base_when_empty=True),),
         ),
+        Method(
+            name="merge",
+            label="Merge models",
+            description="Combine the outputs of several earlier stages into one model: a weighted average "
+            "(model soup), task arithmetic, TIES, DARE (with or without TIES) or Model Stock.",
+            config_class=MergeConfig,
+            dataset_kinds=(),
+            runner="trainers.methods.merge:run",
+            uses_adapter=False,
+            trains=False,
+            dataset_required=False,
+            inputs="many",
+        ),
+        Method(
+            name="evaluate",
+            label="Evaluate",
+            description="Measure a model on held-out data (loss and perplexity, exact match and accuracy of "
+            "generated answers, preference accuracy, reward-model score) against a baseline, its forgetting on "
+            "the retention set, and sample generations for a fixed prompt list.",
+            config_class=EvaluateConfig,
+            dataset_kinds=("prompt_completion", "chat", "reference", "preference"),
+            runner="trainers.methods.evaluate:run",
+            uses_adapter=False,
+            trains=False,
+            dataset_required=False,
+            output="report",
+            aux_models=(
+                AuxModel("baseline", "baseline_stage", not_methods=("reward", "evaluate"), base_when_empty=True),
+                AuxModel("reward_model", "reward_model_stage", stage_methods=("reward",)),
+            ),
+        ),
+        Method(
+            name="export",
+            label="Export and quantize",
+            description="Merge an adapter into its base and save a standalone model (safetensors, tokenizer, "
+            "model card), optionally with an int8 or 4-bit copy evaluated before and after quantization.",
+            config_class=ExportConfig,
+            dataset_kinds=("prompt_completion", "chat", "reference"),
+            runner="trainers.methods.export:run",
+            uses_adapter=False,
+            trains=False,
+            dataset_required=False,
+        ),
     )
 }
 
@@ -230,7 +288,12 @@ def validate_stage(
     except KeyError as exc:
         return None, None, {"method": f"method: {exc.args[0]}"}
 
-    if dataset_kind not in spec.dataset_kinds:
+    if dataset_kind is None and not (spec.trains or spec.dataset_required):
+        pass  # a merge, or an evaluate/export stage without held-out data
+    elif not spec.trains and dataset_kind not in spec.dataset_kinds:
+        accepted = " or ".join(spec.dataset_kinds) or "no"
+        errors["dataset_kind"] = f"dataset_kind: {spec.name} cannot read {dataset_kind!r} data; it reads {accepted} data"
+    elif dataset_kind not in spec.dataset_kinds:
         accepted = " or ".join(spec.dataset_kinds)
         if dataset_kind in DATASET_KINDS:
             errors["dataset_kind"] = (

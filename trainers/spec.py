@@ -56,7 +56,7 @@ class StageSpec:
     config: Any  # the method's config dataclass instance
     adapter: AdapterConfig | None
     model: ModelRef
-    train: DataFile
+    train: DataFile | None  # None for methods that train on nothing (Method.trains is False)
     eval: DataFile | None
     output_dir: str
     checkpoint_dir: str
@@ -65,6 +65,12 @@ class StageSpec:
     # Extra models the method loads by role (grpo: reward_model; distill: teacher); see Method.aux_models.
     aux_models: dict[str, ModelRef] = field(default_factory=dict)
     version: int = 1
+    # Methods with several input models (merge): (stage name, model), in order; `model` is then the base.
+    inputs: tuple[tuple[str, ModelRef], ...] = ()
+    # Data kept to measure forgetting (evaluate): any kind, scored on the model and its baseline.
+    retention: DataFile | None = None
+    # Free-form facts about the run for a model card (export): run, pipeline, data, lineage, metrics.
+    card: dict[str, Any] = field(default_factory=dict)
 
 
 def _looks_like_path(value: str) -> bool:
@@ -168,7 +174,7 @@ def parse_spec(raw: Any, *, check_hashes: bool = True) -> StageSpec:
 
     method = raw.get("method")
     try:
-        get_method(str(method))
+        method_spec = get_method(str(method))
     except KeyError as exc:
         raise SpecError({"method": f"method: {exc.args[0]}"}) from None
 
@@ -177,26 +183,56 @@ def parse_spec(raw: Any, *, check_hashes: bool = True) -> StageSpec:
 
     # Data
     data = raw.get("data")
-    train = eval_ = None
+    train = eval_ = retention = None
+    if data is None and not method_spec.trains:
+        data = {}
     if not isinstance(data, dict):
         errors["data"] = "data: must be an object with a train entry"
-    else:
+    elif method_spec.trains:
         train = _data_file(data.get("train"), "data.train", errors, check_hashes)
+    elif data.get("train") is not None:
+        errors["data.train"] = f"data.train: {method} trains on nothing; give held-out data as data.eval"
+    if isinstance(data, dict):
         if data.get("eval") is not None:
             eval_ = _data_file(data.get("eval"), "data.eval", errors, check_hashes)
+        if data.get("retention") is not None:
+            retention = _data_file(data.get("retention"), "data.retention", errors, check_hashes)
+    # The data a method's dataset_kinds speaks of: what it trains on, or (trains=False) its held-out data.
+    own, own_key = (train, "data.train") if method_spec.trains else (eval_, "data.eval")
+    if not method_spec.trains and own is None and method_spec.dataset_required:
+        errors.setdefault("data.eval", f"data.eval: {method} needs held-out data")
 
     # Method config, adapter and the data kind they need
     method_cfg, adapter_cfg, stage_errors = validate_stage(
-        method, raw.get("config") or {}, raw.get("adapter") or {}, train.kind if train else None
+        method, raw.get("config") or {}, raw.get("adapter") or {}, own.kind if own else None
     )
     for key, message in stage_errors.items():
         if key == "dataset_kind":
-            if train is None or train.kind not in DATASET_KINDS:
-                continue  # already reported under data.train
-            key, message = "data.train.kind", "data.train.kind: " + message.removeprefix("dataset_kind: ")
+            if own is None or own.kind not in DATASET_KINDS:
+                continue  # already reported under data.*
+            key, message = f"{own_key}.kind", f"{own_key}.kind: " + message.removeprefix("dataset_kind: ")
         errors.setdefault(key, message)
-    if eval_ is not None and train is not None and eval_.kind != train.kind and eval_.kind in DATASET_KINDS:
+    if (method_spec.trains and eval_ is not None and train is not None and eval_.kind != train.kind
+            and eval_.kind in DATASET_KINDS):
         errors["data.eval.kind"] = f"data.eval.kind: must match the train data ({train.kind!r}), got {eval_.kind!r}"
+
+    # Several input models (merge)
+    inputs: list[tuple[str, ModelRef]] = []
+    raw_inputs = raw.get("inputs")
+    if method_spec.inputs == "many":
+        if not isinstance(raw_inputs, list) or len(raw_inputs) < 2:
+            errors["inputs"] = f"inputs: {method} needs a list of at least 2 models"
+        else:
+            for i, item in enumerate(raw_inputs):
+                ref = _model_ref(item, f"inputs.{i}", errors)
+                if ref is not None:
+                    name = item.get("stage") if isinstance(item, dict) else None
+                    inputs.append((str(name or f"input-{i + 1}"), ref))
+    elif raw_inputs:
+        errors["inputs"] = f"inputs: {method} takes one input model (model), not a list"
+    card = raw.get("card") or {}
+    if not isinstance(card, dict):
+        errors["card"] = "card: must be an object"
 
     # Directories and seed
     dirs = {}
@@ -231,6 +267,9 @@ def parse_spec(raw: Any, *, check_hashes: bool = True) -> StageSpec:
         stage=stage,
         version=version,
         aux_models=aux_models,
+        inputs=tuple(inputs),
+        retention=retention,
+        card=card,
     )
 
 

@@ -3,8 +3,11 @@
 from .adapters import AdapterConfig
 from .distill import DistillConfig
 from .dpo import DPOConfig
+from .evaluate import EvaluateConfig
+from .export import ExportConfig
 from .grpo import GRPOConfig
 from .kto import KTOConfig
+from .merge import MergeConfig
 from .orpo import ORPOConfig
 from .reward import RewardConfig
 from .sft import SFTConfig
@@ -14,8 +17,11 @@ __all__ = [
     "AdapterConfig",
     "DistillConfig",
     "DPOConfig",
+    "EvaluateConfig",
+    "ExportConfig",
     "GRPOConfig",
     "KTOConfig",
+    "MergeConfig",
     "ORPOConfig",
     "RewardConfig",
     "SFTConfig",
