@@ -141,15 +141,18 @@ class DatasetVersionFactory(factory.django.DjangoModelFactory):
 
 
 class PipelineFactory(factory.django.DjangoModelFactory):
-    """PipelineFactory(team=..., base_model=..., stages=[{...}], seed=7)."""
+    """PipelineFactory(team=..., base_model=..., stages=[{...}], seed=7, auto_evaluate=True).
+
+    Automatic evaluation is off unless asked for, so a test's run has exactly the stages it lists."""
 
     class Meta:
         model = Pipeline
-        exclude = ("stages", "seed")
+        exclude = ("stages", "seed", "auto_evaluate")
 
     team = factory.SubFactory(TeamFactory)
     name = factory.Sequence(lambda n: f"pipeline-{n}")
     base_model = factory.SubFactory(BaseModelFactory, team=factory.SelfAttribute("..team"))
     stages = factory.LazyFunction(list)
     seed = 42
-    spec = factory.LazyAttribute(lambda o: {"seed": o.seed, "stages": o.stages})
+    auto_evaluate = False
+    spec = factory.LazyAttribute(lambda o: {"seed": o.seed, "stages": o.stages, "auto_evaluate": o.auto_evaluate})

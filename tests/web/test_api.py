@@ -108,7 +108,7 @@ def test_bad_upload_reports_issues_and_stores_nothing(api, dataset_dir):
         ({"config": {"warp_speed": 9}}, "stages.0.config.warp_speed", "unknown field"),
         ({"adapter": {"type": "qlora-9000"}}, "stages.0.adapter.type", "type"),
         ({"method": "alchemy"}, "stages.0.method", "unknown method"),
-        ({"input": "nowhere"}, "stages.0.input", "not an earlier stage"),
+        ({"input": "nowhere"}, "stages.0.input", "not a stage of this pipeline"),
         ({"name": "Bad Name!"}, "stages.0.name", "lowercase"),
         ({"dataset_id": 999999}, "stages.0.dataset_id", "does not exist"),
     ],

@@ -48,33 +48,35 @@ def errors_of(team, stages) -> dict[str, str]:
     return caught.value.errors
 
 
-def test_a_reward_model_stage_must_be_an_earlier_reward_stage(team, datasets):
+def test_a_reward_model_stage_must_be_a_reward_stage_of_the_pipeline(team, datasets):
     errors = errors_of(team, [grpo(datasets)])
     assert errors == {"stages.0.config.reward_model_stage": (
-        "stage 1 (rl): reward_model_stage 'rm' is not an earlier stage; it must name an earlier stage of "
-        "method reward (there is none before this stage)")}
+        "stage 1 (rl): config.reward_model_stage 'rm' is not a stage of this pipeline (use 'base' or one of: "
+        "no other stages)")}
 
     errors = errors_of(team, [sft(datasets, name="rm"), grpo(datasets)])
     assert errors["stages.1.config.reward_model_stage"] == (
-        "stage 2 (rl): reward_model_stage 'rm' is a sft stage; it must name an earlier stage of method reward "
-        "(there is none before this stage)")
+        "stage 2 (rl): reward_model_stage 'rm' is a sft stage; it must name a stage of method reward "
+        "(there is none in this pipeline)")
 
-    errors = errors_of(team, [reward(datasets, name="rm-a"), grpo(datasets), reward(datasets)])
-    assert errors["stages.1.config.reward_model_stage"].startswith("stage 2 (rl): reward_model_stage 'rm' is not "
-                                                                   "an earlier stage")
-    assert "(earlier ones: rm-a)" in errors["stages.1.config.reward_model_stage"]
+    errors = errors_of(team, [reward(datasets, name="rm-a"), grpo(datasets), sft(datasets, name="rm")])
+    assert errors["stages.1.config.reward_model_stage"].startswith("stage 2 (rl): reward_model_stage 'rm' is a "
+                                                                   "sft stage")
+    assert "(candidates: rm-a)" in errors["stages.1.config.reward_model_stage"]
 
-    normalized = pipeline_spec_normalize(team=team, spec={"stages": [reward(datasets), grpo(datasets)]})
-    assert normalized["stages"][1]["config"]["reward_model_stage"] == "rm"
+    # Order does not matter: a stage may name one listed after it; the scheduler runs them by dependency.
+    normalized = pipeline_spec_normalize(team=team, spec={"stages": [grpo(datasets), reward(datasets)]})
+    assert normalized["stages"][0]["config"]["reward_model_stage"] == "rm"
 
 
 def test_a_reward_stage_cannot_be_trained_on_or_teach(team, datasets):
     errors = errors_of(team, [reward(datasets), sft(datasets, input="rm")])
-    assert "input 'rm' is a reward stage, whose output scores text" in errors["stages.1.input"]
+    assert ("input 'rm' is a reward stage whose output is a reward model, which scores text instead of "
+            "generating it; cannot train on it") in errors["stages.1.input"]
     distill = {"name": "student", "method": "distill", "dataset_id": datasets["prompt_completion"],
                "config": {"teacher_stage": "rm"}}
     errors = errors_of(team, [reward(datasets), distill])
-    assert "teacher_stage 'rm' is a reward stage; it must name an earlier stage that outputs a model" in (
+    assert "teacher_stage 'rm' is a reward stage; it must name a stage that outputs a model" in (
         errors["stages.1.config.teacher_stage"])
     ok = pipeline_spec_normalize(team=team, spec={"stages": [sft(datasets), {**distill,
                                                                              "config": {"teacher_stage": "sft"}}]})

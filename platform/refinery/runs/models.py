@@ -4,7 +4,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from refinery.pipelines.models import Pipeline
+from refinery.pipelines.models import Pipeline, PipelineVersion
 from refinery.teams.models import Team
 
 
@@ -42,6 +42,10 @@ class Run(models.Model):
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="runs")
     pipeline = models.ForeignKey(Pipeline, null=True, on_delete=models.SET_NULL, related_name="runs")
+    pipeline_version = models.ForeignKey(PipelineVersion, null=True, blank=True, on_delete=models.SET_NULL,
+                                         related_name="runs")
+    rerun_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns",
+                                 help_text="the run whose snapshot this one repeats or re-resolves")
     number = models.PositiveIntegerField(help_text="per-team run number")
     name = models.CharField(max_length=200)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)

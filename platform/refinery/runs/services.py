@@ -1,6 +1,7 @@
 """Services that start, advance, cancel and reap runs. Every write is atomic."""
 from __future__ import annotations
 
+import copy
 import logging
 import secrets
 from collections.abc import Iterable
@@ -10,7 +11,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from refinery.data.models import Dataset
+from refinery.data.models import Dataset, DatasetVersion
 from refinery.pipelines.models import Pipeline
 from refinery.runs.dispatch import enqueue_stage_on_commit
 from refinery.runs.models import (
@@ -52,30 +53,38 @@ def _dataset_snapshot(*, team, dataset_id: int | None) -> dict | None:
     }
 
 
-def run_snapshot(*, pipeline: Pipeline, seed: int, stages: list[dict] | None = None) -> dict:
+def run_snapshot(*, pipeline: Pipeline, seed: int, stages: list[dict] | None = None, version=None,
+                 retention_dataset_id: int | None = None) -> dict:
     """Everything a run depends on, frozen: spec, dataset versions by hash, base model, code, seed.
 
-    `stages` are the pipeline's stages with every config resolved (defaults filled in), so
-    that a later change of a default does not change what a re-run of this run trains.
+    `stages` are the version's stages with every config resolved (defaults filled in) plus the automatic
+    evaluate stages, so that a later change of a default does not change what a re-run of this run trains.
+    Every evaluate stage gets the pipeline's retention set (`retention_data`).
     """
-    base = pipeline.base_model
+    base = version.base_model if version is not None else pipeline.base_model
     resolved_stages = stages if stages is not None else pipeline.stages
+    retention = _dataset_snapshot(team=pipeline.team, dataset_id=retention_dataset_id)
     stages = []
     for stage in resolved_stages:
-        stages.append({
+        item = {
             **stage,
             "train_data": _dataset_snapshot(team=pipeline.team, dataset_id=stage.get("dataset_id")),
             "eval_data": _dataset_snapshot(team=pipeline.team, dataset_id=stage.get("eval_dataset_id")),
-        })
+        }
+        if stage["method"] == "evaluate":
+            item["retention_data"] = retention
+        stages.append(item)
     if not stages:
         raise RunError(f"pipeline {pipeline.name!r} has no stages")
     return {
-        "pipeline": {"id": pipeline.pk, "name": pipeline.name, "updated_at": pipeline.updated_at.isoformat()},
+        "pipeline": {"id": pipeline.pk, "name": pipeline.name, "version": version.number if version else None,
+                     "updated_at": pipeline.updated_at.isoformat()},
         "base_model": {
             "id": base.pk, "name": base.name, "source": base.source,
             "name_or_path": base.name_or_path, "revision": base.revision or None,
         },
         "stages": stages,
+        "retention_data": retention,
         "seed": seed,
         "code_version": settings.REFINERY_CODE_VERSION,
     }
@@ -89,21 +98,33 @@ def _stage_ready(stage: StageRun, by_name: dict[str, StageRun]) -> bool:
 
 
 @transaction.atomic
-def run_create(*, pipeline: Pipeline, user, seed: int | None = None, name: str = "") -> Run:
-    from refinery.pipelines.specs import SpecError, pipeline_spec_normalize
+def run_create(*, pipeline: Pipeline, user, seed: int | None = None, name: str = "", version=None,
+               rerun_of: Run | None = None) -> Run:
+    """Start a run of a pipeline version (the current one by default), resolving each dataset to its
+    latest version now."""
+    from refinery.pipelines.services import pipeline_current_version
+    from refinery.pipelines.specs import SpecError, auto_evaluate_stages, pipeline_spec_normalize
 
+    version = version or pipeline_current_version(pipeline)
     try:
-        normalized = pipeline_spec_normalize(team=pipeline.team, spec=pipeline.spec, base_model=pipeline.base_model)
+        normalized = pipeline_spec_normalize(team=pipeline.team, spec=version.spec, base_model=version.base_model)
     except SpecError as exc:
         raise RunError("; ".join(exc.errors.values())) from None
-    seed = seed if seed is not None else int(pipeline.spec.get("seed", secrets.randbelow(2**31)))
-    snapshot = run_snapshot(pipeline=pipeline, seed=seed, stages=normalized["stages"])
+    seed = seed if seed is not None else int(version.spec.get("seed", secrets.randbelow(2**31)))
+    snapshot = run_snapshot(pipeline=pipeline, seed=seed, version=version,
+                            stages=normalized["stages"] + auto_evaluate_stages(normalized),
+                            retention_dataset_id=normalized.get("retention_dataset_id"))
+    return _run_from_snapshot(pipeline=pipeline, version=version, user=user, snapshot=snapshot, seed=seed,
+                              name=name or pipeline.name, rerun_of=rerun_of)
+
+
+def _run_from_snapshot(*, pipeline, version, user, snapshot: dict, seed: int, name: str, rerun_of=None) -> Run:
     # Lock the team's runs to hand out the next number without a race.
     last = Run.objects.select_for_update().filter(team=pipeline.team).aggregate(n=Max("number"))["n"] or 0
     run = Run.objects.create(
-        team=pipeline.team, pipeline=pipeline, number=last + 1, name=name or pipeline.name,
-        status=Status.QUEUED, snapshot=snapshot, seed=seed,
-        code_version=snapshot["code_version"], created_by=user,
+        team=pipeline.team, pipeline=pipeline, pipeline_version=version, number=last + 1, name=name,
+        status=Status.QUEUED, snapshot=snapshot, seed=seed, code_version=snapshot["code_version"],
+        created_by=user, rerun_of=rerun_of,
     )
     stage_runs = [
         StageRun(run=run, index=i, name=s["name"], method=s["method"], spec=s,
@@ -113,6 +134,26 @@ def run_create(*, pipeline: Pipeline, user, seed: int | None = None, name: str =
     StageRun.objects.bulk_create(stage_runs)
     _queue_ready_stages(run)
     return run
+
+
+@transaction.atomic
+def run_rerun(*, run: Run, user, latest_data: bool = False) -> Run:
+    """Run again. By default an exact repeat: the same snapshot (dataset versions, configs, base model, seed).
+    With `latest_data`, the same pipeline version and seed with every dataset re-resolved to its newest version."""
+    if run.pipeline is None:
+        raise RunError(f"run #{run.number}'s pipeline was deleted")
+    if latest_data:
+        return run_create(pipeline=run.pipeline, user=user, seed=run.seed, name=run.name,
+                          version=run.pipeline_version, rerun_of=run)
+    missing = [s["name"] for s in run.snapshot.get("stages", [])
+               for key in ("train_data", "eval_data", "retention_data")
+               if s.get(key) and not DatasetVersion.objects.filter(pk=s[key]["version_id"],
+                                                                    dataset__team=run.team).exists()]
+    if missing:
+        raise RunError(f"a dataset version this run used was deleted (stages: {', '.join(sorted(set(missing)))}); "
+                       "use 'Run with latest data'")
+    return _run_from_snapshot(pipeline=run.pipeline, version=run.pipeline_version, user=user,
+                              snapshot=copy.deepcopy(run.snapshot), seed=run.seed, name=run.name, rerun_of=run)
 
 
 def _queue_ready_stages(run: Run) -> list[StageRun]:
@@ -406,7 +447,7 @@ def run_cancel(*, run: Run, user=None) -> Run:
 
 
 __all__ = [
-    "RunError", "run_create", "run_cancel", "run_snapshot", "stage_claim", "stage_heartbeat",
+    "RunError", "run_create", "run_rerun", "run_cancel", "run_snapshot", "stage_claim", "stage_heartbeat",
     "stage_update", "stage_metrics_record", "stage_finish", "stage_requeue", "stage_reap_expired",
     "stage_redispatch_stale",
     "run_mlflow_ids_set",
