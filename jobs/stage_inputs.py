@@ -54,6 +54,16 @@ def _reference(stage: StageRun, source: str, *, role: str, purpose: str) -> dict
     return {"source": "stage", "stage": source, **upstream.outputs}
 
 
+def input_references(stage: StageRun) -> list[dict[str, Any]]:
+    """The models a merge stage combines (its `inputs`), in order, host-independent like the input."""
+    return [_reference(stage, name, role="input stage", purpose="to merge") for name in stage.spec.get("inputs") or []]
+
+
+def materialize_inputs(refs: list[dict[str, Any]], dst: Path, *, client=None) -> list[dict[str, Any]]:
+    """The spec's `inputs` list: each reference downloaded from MLflow, labelled with its stage."""
+    return [{"stage": ref["stage"], **materialize_model(ref, dst, client=client)} for ref in refs]
+
+
 def aux_model_references(stage: StageRun) -> dict[str, dict[str, Any]]:
     """The extra models the stage's method loads (grpo: reward_model; distill: teacher), by aux_models key:
     the output of the earlier stage its config names, or the base model; host-independent like the input."""
@@ -121,10 +131,25 @@ def _data_block(data: dict | None) -> dict | None:
 
 
 def build_stage_spec(*, stage: StageRun, model: dict, config: dict, adapter: dict | None,
-                     work_dir: Path, aux_models: dict | None = None) -> dict:
-    """The trainer's spec (docs/stage-spec.md) for this stage."""
-    if not stage.spec.get("train_data"):
-        raise StageSetupError("the stage has no training dataset")
+                     work_dir: Path, aux_models: dict | None = None, inputs: list | None = None,
+                     card: dict | None = None) -> dict:
+    """The trainer's spec (docs/stage-spec.md) for this stage.
+
+    A training stage's dataset is `data.train` (and its eval set `data.eval`). A stage that trains on nothing
+    (merge, evaluate, export) reads its dataset, if any, as held-out data: `data.eval`; an evaluate stage
+    also gets the pipeline's retention set as `data.retention`.
+    """
+    from trainers.registry import get_method  # light: no torch
+
+    method = get_method(stage.method)
+    if method.trains:
+        if not stage.spec.get("train_data"):
+            raise StageSetupError("the stage has no training dataset")
+        data = {"train": _data_block(stage.spec.get("train_data")), "eval": _data_block(stage.spec.get("eval_data"))}
+    else:
+        data = {"eval": _data_block(stage.spec.get("train_data"))}
+        if stage.spec.get("retention_data"):
+            data["retention"] = _data_block(stage.spec["retention_data"])
     spec = {
         "version": 1,
         "stage": {"name": stage.name, "index": stage.index, "stage_run_id": stage.pk,
@@ -133,37 +158,93 @@ def build_stage_spec(*, stage: StageRun, model: dict, config: dict, adapter: dic
         "config": config,
         "adapter": adapter,
         "model": model,
-        "data": {"train": _data_block(stage.spec.get("train_data")),
-                 "eval": _data_block(stage.spec.get("eval_data"))},
+        "data": data,
         "output_dir": str(work_dir / "output"),
         "checkpoint_dir": str(work_dir / "checkpoints"),
         "seed": int(stage.run.seed) % 2**32,
     }
     if aux_models:
         spec["aux_models"] = aux_models
+    if inputs:
+        spec["inputs"] = inputs
+    if card:
+        spec["card"] = card
     return spec
 
 
-def tracking_params(*, stage: StageRun, config: dict, adapter: dict | None, input_ref: dict) -> dict[str, str]:
-    """MLflow params of a stage run: the full resolved config, data hashes and the input."""
+def _dataset_facts(snap: dict | None) -> dict | None:
+    if not snap:
+        return None
+    return {k: snap.get(k) for k in ("name", "version", "sha256", "kind", "rows")}
+
+
+def model_card_facts(stage: StageRun) -> dict[str, Any]:
+    """What an export stage's model card says: the run, the pipeline version, the base model, and the chain of
+    stages that made the model (method, adapter, key settings, data by hash, their final metrics)."""
+    run = stage.run
+    snapshot = run.snapshot
+    from refinery.pipelines.specs import stage_dependencies
+
+    by_name = {s.name: s for s in run.stages.all()}
+    chain, todo, seen = [], list(stage_dependencies(stage.spec)), set()
+    while todo:
+        name = todo.pop(0)
+        upstream = by_name.get(name)
+        if upstream is None or name in seen:
+            continue
+        seen.add(name)
+        todo.extend(stage_dependencies(upstream.spec))
+        config = upstream.spec.get("config") or {}
+        chain.append({
+            "name": name, "method": upstream.method,
+            "adapter": (upstream.spec.get("adapter") or {}).get("type") or "none",
+            "config": {k: config[k] for k in ("learning_rate", "num_train_epochs", "max_steps", "beta",
+                                               "merge_method", "weights") if k in config},
+            "inputs": stage_dependencies(upstream.spec),
+            "data": _dataset_facts(upstream.spec.get("train_data")),
+            "metrics": {k: v for k, v in (upstream.summary or {}).items() if isinstance(v, (int, float))},
+            "mlflow_run_id": upstream.mlflow_run_id,
+        })
+    datasets = {d["sha256"]: d for s in chain if (d := s["data"])}
+    return {
+        "run": f"#{run.number} {run.name}",
+        "pipeline": f"{snapshot.get('pipeline', {}).get('name')} v{snapshot.get('pipeline', {}).get('version') or 1}",
+        "base_model": snapshot.get("base_model", {}).get("name_or_path"),
+        "base_model_revision": snapshot.get("base_model", {}).get("revision"),
+        "stages": list(reversed(chain)),
+        "datasets": list(datasets.values()),
+        "metrics": {f"{s['name']}/{k}": v for s in chain for k, v in s["metrics"].items()},
+        "lineage": [f"{s['name']} ({s['method']}) <- {', '.join(s['inputs']) or 'base'}" for s in reversed(chain)],
+        "seed": run.seed,
+        "code_version": run.code_version,
+    }
+
+
+def tracking_params(*, stage: StageRun, config: dict, adapter: dict | None, input_ref: dict,
+                    inputs: list[dict] | None = None) -> dict[str, str]:
+    """MLflow params of a stage run: the full resolved config, data hashes and the input(s)."""
     data = {}
-    for role, key in (("train", "train_data"), ("eval", "eval_data")):
+    for role, key in (("train", "train_data"), ("eval", "eval_data"), ("retention", "retention_data")):
         snap = stage.spec.get(key)
         if snap:
             data[role] = {k: snap.get(k) for k in ("name", "version", "sha256", "kind", "format", "rows")}
     input_summary = {k: v for k, v in input_ref.items() if k != "base" and v is not None}
-    return tracking_runs.flatten({
+    params = {
         "method": stage.method,
         "seed": stage.run.seed,
         "config": config,
         "adapter": adapter or {"type": "none"},
         "data": data,
         "input": input_summary,
-    })
+    }
+    if inputs:
+        params["inputs"] = {ref["stage"]: {k: v for k, v in ref.items() if k not in ("base", "stage") and v}
+                            for ref in inputs}
+    return tracking_runs.flatten(params)
 
 
-def tracking_tags(*, stage: StageRun, input_ref: dict) -> dict[str, str]:
-    tags = {"refinery.input": input_ref.get("stage") or "base"}
+def tracking_tags(*, stage: StageRun, input_ref: dict, inputs: list[dict] | None = None) -> dict[str, str]:
+    tags = {"refinery.input": ", ".join(r["stage"] for r in inputs) if inputs else input_ref.get("stage") or "base"}
     for role, key in (("train", "train_data"), ("eval", "eval_data")):
         snap = stage.spec.get(key)
         if snap:

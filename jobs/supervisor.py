@@ -50,8 +50,11 @@ from jobs.stage_inputs import (
     StageSetupError,
     aux_model_references,
     build_stage_spec,
+    input_references,
     materialize_aux_models,
+    materialize_inputs,
     materialize_model,
+    model_card_facts,
     model_reference,
     resolve_configs,
     stage_work_dir,
@@ -290,14 +293,19 @@ class StageSupervisor:
         shutil.rmtree(self.work_dir / "output", ignore_errors=True)  # checkpoints stay: a retry resumes
         config, adapter = resolve_configs(stage.spec)
         self.input_ref = model_reference(stage)
-        params = tracking_params(stage=stage, config=config, adapter=adapter, input_ref=self.input_ref)
+        input_refs = input_references(stage)
+        params = tracking_params(stage=stage, config=config, adapter=adapter, input_ref=self.input_ref,
+                                 inputs=input_refs)
         self.mlflow_run_id = tracking_runs.stage_run_ensure(
-            stage=stage, params=params, tags=tracking_tags(stage=stage, input_ref=self.input_ref), client=self.client
+            stage=stage, params=params, tags=tracking_tags(stage=stage, input_ref=self.input_ref, inputs=input_refs),
+            client=self.client,
         )
         model = materialize_model(self.input_ref, self.work_dir / "inputs", client=self.client)
         aux_models = materialize_aux_models(aux_model_references(stage), self.work_dir / "inputs", client=self.client)
+        inputs = materialize_inputs(input_refs, self.work_dir / "inputs", client=self.client)
+        card = model_card_facts(stage) if stage.method == "export" else None
         spec = build_stage_spec(stage=stage, model=model, config=config, adapter=adapter, work_dir=self.work_dir,
-                                aux_models=aux_models)
+                                aux_models=aux_models, inputs=inputs, card=card)
         self.spec_path.write_text(json.dumps(spec, indent=2))
 
     def _cancel_pending(self) -> bool:
@@ -589,20 +597,32 @@ class StageSupervisor:
         return self._finish(Status.FAILED, error=one_line(error), tail=tail)
 
     def _upload_outputs(self, terminal: dict) -> dict:
+        """Upload what the trainer produced (a model, an adapter or an evaluation report, plus any extra
+        directories such as an export's quantized copy) and return the outputs a later stage reads."""
         produced = terminal.get("outputs") or {}
         kind = produced.get("kind")
         path = Path(produced.get("path") or "")
-        if kind not in ("model", "adapter") or not path.is_dir():
+        if kind not in ("model", "adapter", "report") or not path.is_dir():
             raise StageSetupError(f"the trainer reported no usable output ({kind!r} at {str(path)!r})")
-        retrying(lambda: artifacts_upload(mlflow_run_id=self.mlflow_run_id, local_path=path, artifact_path=kind,
-                                          client=self.client),
-                 what=f"stage {self.stage.pk}: uploading the {kind}", timeout=OUTPUT_UPLOAD_SECONDS)
-        return {
+        uploads = [(path, kind)] + [(Path(extra.get("path") or ""), str(extra.get("artifact_path") or ""))
+                                    for extra in produced.get("extra") or []]
+        for local, artifact_path in uploads:
+            if not local.is_dir() or not artifact_path or "/" in artifact_path or artifact_path.startswith("."):
+                raise StageSetupError(f"the trainer reported an unusable extra output ({artifact_path!r} at "
+                                      f"{str(local)!r})")
+            retrying(lambda local=local, artifact_path=artifact_path: artifacts_upload(
+                         mlflow_run_id=self.mlflow_run_id, local_path=local, artifact_path=artifact_path,
+                         client=self.client),
+                     what=f"stage {self.stage.pk}: uploading the {artifact_path}", timeout=OUTPUT_UPLOAD_SECONDS)
+        outputs = {
             "kind": kind,
             "artifact_path": kind,
             "mlflow_run_id": self.mlflow_run_id,
             "base": self.input_ref if kind == "adapter" else None,
         }
+        if len(uploads) > 1:
+            outputs["extra"] = [artifact_path for _, artifact_path in uploads[1:]]
+        return outputs
 
     def _retry(self, reason: str) -> str:
         """The trainer was stopped from outside: queue the next attempt, which resumes from the newest

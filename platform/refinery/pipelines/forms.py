@@ -1,8 +1,9 @@
 """The pipeline editor's form, generated from each method's typed config.
 
-Field names: `stages-<i>-name|method|dataset_id|eval_dataset_id|input`,
+Field names: `stages-<i>-name|method|dataset_id|eval_dataset_id|input|inputs`,
 `stages-<i>-config-<field>`, `stages-<i>-adapter-<field>`. A stage's input is
-`base` or `@<j>`, the output of the earlier stage j.
+`base` or `@<j>`, the output of the earlier stage j; a merge stage's `inputs` is
+several `@<j>`.
 """
 from __future__ import annotations
 
@@ -52,13 +53,22 @@ def group_fields(fields: list[dict]) -> list[tuple[str, list[dict]]]:
     return list(groups.items())
 
 
-def _input_options(index: int, chosen: str) -> list[tuple[str, str, bool]]:
-    options = [("base", "Base model")] + [(f"@{j}", f"Output of stage {j + 1}") for j in range(index)]
-    return [(value, label, value == chosen) for value, label in options]
+def _input_options(index: int, chosen: str, names: list[str] | None = None) -> list[tuple[str, str, bool]]:
+    names = names or []
+    def label(j: int) -> str:
+        return f"Output of stage {j + 1}" + (f" ({names[j]})" if j < len(names) and names[j] else "")
+    options = [("base", "Base model")] + [(f"@{j}", label(j)) for j in range(index)]
+    return [(value, text, value == chosen) for value, text in options]
 
 
-def stage_context(*, index: int, stage: dict | None = None, errors: dict[str, str] | None = None) -> dict:
-    """Everything the stage fieldset template needs."""
+def _inputs_options(index: int, chosen: list[str], names: list[str] | None = None) -> list[tuple[str, str, bool]]:
+    options = _input_options(index, "", names)[1:]
+    return [(value, text, value in chosen) for value, text, _ in options]
+
+
+def stage_context(*, index: int, stage: dict | None = None, errors: dict[str, str] | None = None,
+                  names: list[str] | None = None) -> dict:
+    """Everything the stage fieldset template needs (`names`: every stage's name, for input labels)."""
     stage = stage or {}
     errors = errors or {}
     method_name = stage.get("method") or DEFAULT_METHOD
@@ -81,7 +91,8 @@ def stage_context(*, index: int, stage: dict | None = None, errors: dict[str, st
         "methods": list(METHODS.values()),
         "dataset_id": str(stage.get("dataset_id") or ""),
         "eval_dataset_id": str(stage.get("eval_dataset_id") or ""),
-        "input_options": _input_options(index, stage.get("input_ref") or (f"@{index - 1}" if index else "base")),
+        "input_options": _input_options(index, stage.get("input_ref") or (f"@{index - 1}" if index else "base"), names),
+        "inputs_options": _inputs_options(index, stage.get("inputs_refs") or [f"@{j}" for j in range(index)], names),
         "config_groups": group_fields(config_fields),
         "adapter_fields": adapter_fields,
         "errors": stage_errors,
@@ -114,18 +125,42 @@ def parse_stages(post) -> list[dict]:
             "dataset_id": _last(post, prefix + "dataset_id") or None,
             "eval_dataset_id": _last(post, prefix + "eval_dataset_id") or None,
             "input_ref": _last(post, prefix + "input", "base"),
+            "inputs_refs": post.getlist(prefix + "inputs"),
         })
-    for stage in stages:
-        ref = stage["input_ref"]
+
+    def resolve(ref: str) -> str:
         if ref.startswith("@") and ref[1:].isdigit() and int(ref[1:]) < len(stages):
-            stage["input"] = stages[int(ref[1:])]["name"] or f"stage-{int(ref[1:]) + 1}"
+            return stages[int(ref[1:])]["name"] or f"stage-{int(ref[1:]) + 1}"
+        return ref
+
+    for stage in stages:
+        method = METHODS.get(stage["method"])
+        if method is not None and method.inputs == "many":
+            stage["input"] = "base"
+            stage["inputs"] = [resolve(ref) for ref in stage["inputs_refs"]]
         else:
-            stage["input"] = "base" if ref == "base" else ref
+            stage["input"] = resolve(stage["input_ref"])
     return stages
 
 
-def spec_from_stages(stages: list[dict], seed) -> dict:
-    return {
+def stages_for_editor(spec: dict) -> list[dict]:
+    """A saved spec's stages with their inputs as the editor's `@<j>` references."""
+    stages = [dict(s) for s in spec.get("stages", [])]
+    position = {s["name"]: j for j, s in enumerate(stages)}
+    for stage in stages:
+        source = stage.get("input") or "base"
+        stage["input_ref"] = f"@{position[source]}" if source in position else "base"
+        stage["inputs_refs"] = [f"@{position[n]}" for n in stage.get("inputs") or [] if n in position]
+    return stages
+
+
+def spec_from_stages(stages: list[dict], seed, *, retention_dataset_id=None, auto_evaluate: bool = True) -> dict:
+    spec = {
         "seed": seed,
-        "stages": [{k: v for k, v in s.items() if k != "input_ref"} for s in stages],
+        "stages": [{k: v for k, v in s.items() if k not in ("input_ref", "inputs_refs") and not
+                    (k == "inputs" and not v)} for s in stages],
+        "auto_evaluate": auto_evaluate,
     }
+    if retention_dataset_id not in (None, ""):
+        spec["retention_dataset_id"] = retention_dataset_id
+    return spec

@@ -8,11 +8,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from refinery.basemodels.selectors import base_model_list
 from refinery.core.auth import team_required
 from refinery.data.selectors import dataset_list
-from refinery.pipelines.forms import parse_stages, spec_from_stages, stage_context
+from refinery.pipelines.forms import parse_stages, spec_from_stages, stage_context, stages_for_editor
+from refinery.pipelines.graph import pipeline_graph
 from refinery.pipelines.models import Pipeline
+from refinery.pipelines.presets import PRESETS, preset_spec
 from refinery.pipelines.selectors import pipeline_get, pipeline_list
-from refinery.pipelines.services import pipeline_create
-from refinery.pipelines.specs import SpecError
+from refinery.pipelines.services import pipeline_create, pipeline_current_version, pipeline_update
+from refinery.pipelines.specs import SpecError, auto_evaluate_stages
 from refinery.runs.selectors import run_list
 from refinery.runs.services import RunError, run_create
 
@@ -23,39 +25,94 @@ def pipeline_list_view(request):
     return render(request, "pipelines/list.html", {"pipelines": pipeline_list(team=request.team), "nav": "pipelines"})
 
 
-def _editor_context(request, *, values: dict, stages: list[dict], errors: dict[str, str]) -> dict:
+def _editor_context(request, *, values: dict, stages: list[dict], errors: dict[str, str],
+                    pipeline: Pipeline | None = None) -> dict:
+    names = [s.get("name") or f"stage-{i + 1}" for i, s in enumerate(stages)]
     return {
         "values": values,
-        "stages": [stage_context(index=i, stage=s, errors=errors) for i, s in enumerate(stages)],
+        "pipeline": pipeline,
+        "stages": [stage_context(index=i, stage=s, errors=errors, names=names) for i, s in enumerate(stages)],
         "errors": errors,
         "general_errors": [m for k, m in errors.items() if k in ("spec", "stages", "seed")],
         "base_models": base_model_list(team=request.team),
         "datasets": dataset_list(team=request.team),
+        "presets": PRESETS,
         "nav": "pipelines",
     }
+
+
+def _posted(request) -> tuple[dict, dict]:
+    values = {k: request.POST.get(k, "") for k in ("name", "description", "base_model_id", "seed",
+                                                   "retention_dataset_id")}
+    values["auto_evaluate"] = request.POST.get("auto_evaluate") == "on"
+    stages = parse_stages(request.POST)
+    try:
+        seed = int(values["seed"] or 42)
+    except ValueError:
+        seed = values["seed"]
+    spec = spec_from_stages(stages, seed, retention_dataset_id=values["retention_dataset_id"] or None,
+                            auto_evaluate=values["auto_evaluate"])
+    return values, {"spec": spec, "stages": stages}
 
 
 @require_http_methods(["GET", "POST"])
 @team_required(write=True)
 def pipeline_create_view(request):
     if request.method == "GET":
-        values = {"name": "", "description": "", "base_model_id": "", "seed": 42}
-        return render(request, "pipelines/form.html", _editor_context(request, values=values, stages=[{}], errors={}))
-    values = {k: request.POST.get(k, "") for k in ("name", "description", "base_model_id", "seed")}
-    stages = parse_stages(request.POST)
-    try:
-        seed = int(values["seed"] or 42)
-    except ValueError:
-        seed = values["seed"]
+        values = {"name": "", "description": "", "base_model_id": "", "seed": 42, "auto_evaluate": True,
+                  "retention_dataset_id": ""}
+        stages = [{}]
+        key = request.GET.get("template")
+        if key in PRESETS:
+            spec = preset_spec(team=request.team, key=key)
+            values.update(name=key, description=PRESETS[key]["description"])
+            stages = stages_for_editor(spec)
+        return render(request, "pipelines/form.html", _editor_context(request, values=values, stages=stages, errors={}))
+    values, posted = _posted(request)
     try:
         pipeline = pipeline_create(
             team=request.team, user=request.user, name=values["name"], base_model_id=values["base_model_id"],
-            spec=spec_from_stages(stages, seed), description=values["description"],
+            spec=posted["spec"], description=values["description"],
         )
     except SpecError as exc:
-        context = _editor_context(request, values=values, stages=stages or [{}], errors=exc.errors)
+        context = _editor_context(request, values=values, stages=posted["stages"] or [{}], errors=exc.errors)
         return render(request, "pipelines/form.html", context, status=400)
     messages.success(request, f"Created pipeline {pipeline.name}.")
+    return redirect("pipelines:detail", pk=pipeline.pk)
+
+
+def _pipeline_or_404(request, pk: int) -> Pipeline:
+    try:
+        return pipeline_get(team=request.team, pk=pk)
+    except Pipeline.DoesNotExist:
+        raise Http404("no such pipeline in this team") from None
+
+
+@require_http_methods(["GET", "POST"])
+@team_required(write=True)
+def pipeline_edit_view(request, pk: int):
+    """Edit a pipeline; saving a changed spec makes a new version (runs keep theirs)."""
+    pipeline = _pipeline_or_404(request, pk)
+    if request.method == "GET":
+        spec = pipeline.spec
+        values = {"name": pipeline.name, "description": pipeline.description,
+                  "base_model_id": pipeline.base_model_id, "seed": spec.get("seed", 42),
+                  "auto_evaluate": spec.get("auto_evaluate", True),
+                  "retention_dataset_id": spec.get("retention_dataset_id") or ""}
+        context = _editor_context(request, values=values, stages=stages_for_editor(spec), errors={}, pipeline=pipeline)
+        return render(request, "pipelines/form.html", context)
+    values, posted = _posted(request)
+    try:
+        changed = pipeline_update(pipeline=pipeline, user=request.user, name=values["name"],
+                                  base_model_id=values["base_model_id"], spec=posted["spec"],
+                                  description=values["description"])
+    except SpecError as exc:
+        context = _editor_context(request, values=values, stages=posted["stages"] or [{}], errors=exc.errors,
+                                  pipeline=pipeline)
+        return render(request, "pipelines/form.html", context, status=400)
+    pipeline.refresh_from_db()
+    messages.success(request, f"Saved {pipeline.name} as version {pipeline.version}." if changed
+                     else f"Saved {pipeline.name} (no change to its stages, still version {pipeline.version}).")
     return redirect("pipelines:detail", pk=pipeline.pk)
 
 
@@ -81,23 +138,30 @@ def stage_form_view(request):
 @require_GET
 @team_required
 def pipeline_detail_view(request, pk: int):
-    try:
-        pipeline = pipeline_get(team=request.team, pk=pk)
-    except Pipeline.DoesNotExist:
-        raise Http404("no such pipeline in this team") from None
+    pipeline = _pipeline_or_404(request, pk)
+    versions = list(pipeline.versions.select_related("created_by").order_by("-number"))
+    shown = pipeline_current_version(pipeline) if not versions else versions[0]
+    wanted = request.GET.get("version")
+    if wanted and wanted.isdigit():
+        shown = next((v for v in versions if v.number == int(wanted)), shown)
     datasets = {d.pk: d for d in dataset_list(team=request.team)}
-    runs = run_list(team=request.team).filter(pipeline=pipeline)[:20]
-    return render(request, "pipelines/detail.html",
-                  {"pipeline": pipeline, "datasets": datasets, "runs": runs, "nav": "pipelines"})
+    runs = run_list(team=request.team).filter(pipeline=pipeline).select_related("pipeline_version")[:20]
+    try:
+        auto = auto_evaluate_stages(shown.spec)
+    except Exception:  # noqa: BLE001 - an old version may no longer validate; draw what it says
+        auto = []
+    stages = shown.stages + auto
+    return render(request, "pipelines/detail.html", {
+        "pipeline": pipeline, "shown": shown, "versions": versions, "datasets": datasets, "runs": runs,
+        "stages": stages, "auto_stages": auto, "graph": pipeline_graph(stages),
+        "retention": datasets.get(shown.spec.get("retention_dataset_id")), "nav": "pipelines",
+    })
 
 
 @require_POST
 @team_required(write=True)
 def pipeline_run_view(request, pk: int):
-    try:
-        pipeline = pipeline_get(team=request.team, pk=pk)
-    except Pipeline.DoesNotExist:
-        raise Http404("no such pipeline in this team") from None
+    pipeline = _pipeline_or_404(request, pk)
     try:
         run = run_create(pipeline=pipeline, user=request.user)
     except RunError as exc:

@@ -8,4 +8,5 @@ urlpatterns = [
     path("<int:number>/", views.run_detail_view, name="detail"),
     path("<int:number>/metrics.json", views.run_metrics_view, name="metrics"),
     path("<int:number>/cancel/", views.run_cancel_view, name="cancel"),
+    path("<int:number>/rerun/", views.run_rerun_view, name="rerun"),
 ]

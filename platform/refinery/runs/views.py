@@ -7,10 +7,11 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from refinery.core.auth import team_required
+from refinery.pipelines.graph import pipeline_graph
 from refinery.runs.charts import chart_payload
 from refinery.runs.models import IllegalTransition, Run, Status
 from refinery.runs.selectors import run_get, run_list, run_metric_series, run_metric_table
-from refinery.runs.services import run_cancel
+from refinery.runs.services import RunError, run_cancel, run_rerun
 from refinery.tracking.links import mlflow_run_url
 
 LOSS_KEYS = ["train/loss", "eval/loss"]
@@ -61,6 +62,28 @@ def run_list_view(request):
     return render(request, "runs/list.html", context)
 
 
+def _evaluation(stage) -> dict:
+    """An evaluate stage's results for the run page: headline numbers, a metric table, sample generations."""
+    summary = stage.summary or {}
+    flat = summary.get("metrics") or {}
+    rows = []
+    for key, value in sorted(flat.items()):
+        for prefix, baseline_prefix in (("eval/", "baseline/"), ("retention/", "retention_baseline/")):
+            if key.startswith(prefix) and isinstance(value, (int, float)):
+                rows.append((key, value, flat.get(baseline_prefix + key[len(prefix):])))
+    baseline = (stage.spec.get("config") or {}).get("baseline_stage") or "the base model"
+    return {"stage": stage, "target": summary.get("target"), "retention": summary.get("retention"),
+            "metrics": rows, "samples": summary.get("samples") or [], "baseline": baseline}
+
+
+def _export(stage) -> dict:
+    summary = stage.summary or {}
+    saved = None
+    if summary.get("size_bytes") and summary.get("quantized_size_bytes"):
+        saved = 100.0 * (1 - summary["quantized_size_bytes"] / summary["size_bytes"])
+    return {"stage": stage, "summary": summary if summary.get("size_bytes") else None, "saved": saved}
+
+
 def _run_context(request, run: Run) -> dict:
     stages = list(run.stages.order_by("index"))
     progress = sum(s.progress for s in stages) / len(stages) if stages else 0
@@ -78,6 +101,10 @@ def _run_context(request, run: Run) -> dict:
         "routine_charts": charts[1],
         "mlflow_url": mlflow_run_url(run.mlflow_experiment_id, run.mlflow_run_id),
         "stage_links": {s.pk: mlflow_run_url(run.mlflow_experiment_id, s.mlflow_run_id) for s in stages},
+        "graph": pipeline_graph([{**s.spec, "name": s.name, "method": s.method} for s in stages],
+                                statuses={s.name: s.status for s in stages}),
+        "evaluations": [_evaluation(s) for s in stages if s.method == "evaluate"],
+        "exports": [_export(s) for s in stages if s.method == "export"],
         "nav": "runs",
     }
 
@@ -114,3 +141,19 @@ def run_cancel_view(request, number: int):
     except IllegalTransition as exc:
         messages.error(request, str(exc))
     return redirect("runs:detail", number=run.number)
+
+
+@require_POST
+@team_required(write=True)
+def run_rerun_view(request, number: int):
+    """Re-run: the same snapshot; with `latest_data`, the same pipeline version with the newest datasets."""
+    run = _run_or_404(request, number)
+    latest = bool(request.POST.get("latest_data"))
+    try:
+        new = run_rerun(run=run, user=request.user, latest_data=latest)
+    except RunError as exc:
+        messages.error(request, f"Cannot re-run: {exc}")
+        return redirect("runs:detail", number=run.number)
+    messages.success(request, f"Started run #{new.number}" + (" with the latest data." if latest else
+                                                               f", an exact repeat of #{run.number}."))
+    return redirect("runs:detail", number=new.number)
