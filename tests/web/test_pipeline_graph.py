@@ -203,3 +203,22 @@ def test_rerun_repeats_the_snapshot_and_latest_data_re_resolves(team, user, data
     run.save()
     with pytest.raises(RunError, match="pipeline was deleted"):
         run_rerun(run=run, user=user)
+
+
+def test_overrides_change_one_run_and_are_validated(team, user, data):
+    base = BaseModelFactory(team=team)
+    pipeline = pipeline_create(team=team, user=user, name="p", base_model_id=base.pk,
+                               spec={"stages": [sft(data, "a", adapter={"type": "lora"})]})
+    run = run_create(pipeline=pipeline, user=user, overrides={"a.config.learning_rate": 0.005, "a.adapter.r": 4})
+    stage = run.snapshot["stages"][0]
+    assert stage["config"]["learning_rate"] == 0.005 and stage["adapter"]["r"] == 4
+    assert run.snapshot["overrides"] == {"a.config.learning_rate": 0.005, "a.adapter.r": 4}
+    pipeline.refresh_from_db()
+    assert "learning_rate" not in pipeline.stages[0].get("config", {}) or (
+        pipeline.stages[0]["config"]["learning_rate"] != 0.005)  # the pipeline is unchanged
+    for overrides, message in [({"zz.config.learning_rate": 1e-3}, "the pipeline has no stage 'zz'"),
+                               ({"a.learning_rate": 1e-3}, "write it as <stage>.config.<field>"),
+                               ({"a.config.learning_rate": 7}, "learning_rate"),
+                               ({"a.config.warp": 1}, "unknown field")]:
+        with pytest.raises(RunError, match=message):
+            run_create(pipeline=pipeline, user=user, overrides=overrides)

@@ -314,6 +314,40 @@ def _aux_stage_errors(method: str, config, methods: dict[str, str], own: str) ->
     return errors
 
 
+OVERRIDE_RE = re.compile(r"^(?P<stage>[a-z0-9][a-z0-9_-]{0,63})\.(?P<part>config|adapter)\.(?P<field>[a-z_][a-z0-9_]*)$")
+
+
+def apply_overrides(spec: dict, overrides: dict[str, Any]) -> dict:
+    """A copy of `spec` with `{"<stage>.config.<field>" | "<stage>.adapter.<field>": value}` set (a sweep's
+    parameters). Unknown stages and malformed paths raise SpecError naming the path; the values themselves
+    are checked by pipeline_spec_normalize like any edit."""
+    import copy
+
+    spec = copy.deepcopy(spec)
+    stages = {s.get("name"): s for s in spec.get("stages") or [] if isinstance(s, dict)}
+    errors = {}
+    for path, value in overrides.items():
+        match = OVERRIDE_RE.match(str(path))
+        if not match:
+            errors[f"overrides.{path}"] = (f"parameter {path!r}: write it as <stage>.config.<field> or "
+                                           "<stage>.adapter.<field>")
+            continue
+        stage = stages.get(match["stage"])
+        if stage is None:
+            errors[f"overrides.{path}"] = (f"parameter {path!r}: the pipeline has no stage {match['stage']!r} "
+                                           f"(stages: {', '.join(n for n in stages if n)})")
+            continue
+        if match["part"] == "adapter" and stage.get("adapter") is None and not METHODS.get(
+                stage.get("method", ""), METHODS["sft"]).uses_adapter:
+            errors[f"overrides.{path}"] = f"parameter {path!r}: a {stage.get('method')} stage has no adapter"
+            continue
+        part = stage.get(match["part"]) or {}
+        stage[match["part"]] = {**part, match["field"]: value}
+    if errors:
+        raise SpecError(errors)
+    return spec
+
+
 def stage_dependencies(stage: dict) -> list[str]:
     """The stages a (normalized) stage needs finished first: its input(s) and the stages its config
     names for extra models (a grpo stage's reward_model_stage, a distill stage's teacher_stage)."""

@@ -5,6 +5,7 @@ import copy
 import logging
 import secrets
 from collections.abc import Iterable
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -99,21 +100,28 @@ def _stage_ready(stage: StageRun, by_name: dict[str, StageRun]) -> bool:
 
 @transaction.atomic
 def run_create(*, pipeline: Pipeline, user, seed: int | None = None, name: str = "", version=None,
-               rerun_of: Run | None = None) -> Run:
+               rerun_of: Run | None = None, overrides: dict[str, Any] | None = None) -> Run:
     """Start a run of a pipeline version (the current one by default), resolving each dataset to its
-    latest version now."""
+    latest version now. `overrides` ({"<stage>.config.<field>" or "<stage>.adapter.<field>": value}, as a
+    sweep sets them) change the version's settings for this run only; they are validated like an edit and
+    recorded in the snapshot."""
     from refinery.pipelines.services import pipeline_current_version
-    from refinery.pipelines.specs import SpecError, auto_evaluate_stages, pipeline_spec_normalize
+    from refinery.pipelines.specs import SpecError, apply_overrides, auto_evaluate_stages, pipeline_spec_normalize
 
     version = version or pipeline_current_version(pipeline)
+    spec = version.spec
     try:
-        normalized = pipeline_spec_normalize(team=pipeline.team, spec=version.spec, base_model=version.base_model)
+        if overrides:
+            spec = apply_overrides(spec, overrides)
+        normalized = pipeline_spec_normalize(team=pipeline.team, spec=spec, base_model=version.base_model)
     except SpecError as exc:
         raise RunError("; ".join(exc.errors.values())) from None
-    seed = seed if seed is not None else int(version.spec.get("seed", secrets.randbelow(2**31)))
+    seed = seed if seed is not None else int(spec.get("seed", secrets.randbelow(2**31)))
     snapshot = run_snapshot(pipeline=pipeline, seed=seed, version=version,
                             stages=normalized["stages"] + auto_evaluate_stages(normalized),
                             retention_dataset_id=normalized.get("retention_dataset_id"))
+    if overrides:
+        snapshot["overrides"] = dict(overrides)
     return _run_from_snapshot(pipeline=pipeline, version=version, user=user, snapshot=snapshot, seed=seed,
                               name=name or pipeline.name, rerun_of=rerun_of)
 
