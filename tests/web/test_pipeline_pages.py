@@ -170,3 +170,29 @@ def test_evaluation_and_export_results_show_on_the_run_page(browser_client, seed
     assert 'data-testid="evaluation-evaluate-ship"' in html and "+1.5000" in html and "forgot 0.2000" in html
     assert "2+2=" in html and "retention_baseline" not in html  # shown as the baseline column
     assert "int8_dynamic" in html and "−75%" in html and "3.1000" in html
+
+
+def test_learning_vs_forgetting_has_one_point_per_evaluated_run_of_the_team(browser_client, seeded, bob,
+                                                                             django_assert_max_num_queries,
+                                                                             django_capture_on_commit_callbacks):
+    browser_client.post("/pipelines/new/", _soup_form(seeded))
+    pipeline = Pipeline.objects.get()
+    with django_capture_on_commit_callbacks(execute=False):
+        for _ in range(3):
+            browser_client.post(f"/pipelines/{pipeline.pk}/run/")
+    assert "No run has been evaluated" in browser_client.get("/runs/forgetting/").content.decode()
+    for i, run in enumerate(Run.objects.order_by("number")[:2]):
+        stage = run.stages.get(method="evaluate")
+        stage.status = Status.SUCCEEDED
+        stage.summary = {"target": {"metric": "loss", "model": 1.0, "baseline": 2.0, "gain": 1.0 + i},
+                         "retention": {"metric": "accuracy", "model": 0.5, "baseline": 0.8, "forgetting": 0.3 - i}}
+        stage.save()
+    with django_assert_max_num_queries(8):
+        html = browser_client.get("/runs/forgetting/").content.decode()
+    assert html.count("scatter-point") == 2 and 'data-testid="forgetting-table"' in html
+    assert "#1 soup: gain +1 (loss), forgot +0.3 (accuracy)" in html
+    assert "#2 soup: gain +2 (loss), forgot -0.7 (accuracy)" in html
+
+    browser_client.logout()
+    browser_client.login(username="bob", password="pw-bob-123")
+    assert "scatter-point" not in browser_client.get("/runs/forgetting/").content.decode()

@@ -12,3 +12,52 @@ def chart_payload(series: dict[str, list[tuple[int, float]]], *, x_label: str = 
             values[index[step]] = value
         out.append({"label": label, "values": values})
     return {"x": steps, "series": out, "x_label": x_label}
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    import math
+
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / n
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(lo / step) * step
+    return [round(first + i * step, 12) for i in range(int((hi - first) / step) + 1)]
+
+
+def scatter_layout(points: list[dict], *, x_label: str, y_label: str, width: int = 720, height: int = 380,
+                   zero_lines: bool = True) -> dict:
+    """Place points ({"x", "y", "label", "href", "group"}) on an SVG plot for components/scatter.html: axes
+    padded around the data (and around 0 when `zero_lines`, so the quadrants read), ticks, one colour per group."""
+    left, right, top, bottom = 64, 16, 16, 44
+    xs = [p["x"] for p in points] or [0.0]
+    ys = [p["y"] for p in points] or [0.0]
+    if zero_lines:
+        xs, ys = xs + [0.0], ys + [0.0]
+
+    def bounds(values):
+        lo, hi = min(values), max(values)
+        pad = (hi - lo) * 0.08 or abs(hi) * 0.1 or 1.0
+        return lo - pad, hi + pad
+
+    (x0, x1), (y0, y1) = bounds(xs), bounds(ys)
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def px(x):
+        return left + (x - x0) / (x1 - x0) * plot_w
+
+    def py(y):
+        return top + (1 - (y - y0) / (y1 - y0)) * plot_h
+
+    groups = sorted({p.get("group") or "" for p in points})
+    placed = [{**p, "cx": round(px(p["x"]), 1), "cy": round(py(p["y"]), 1),
+               "color": groups.index(p.get("group") or "") % 8} for p in points]
+    return {
+        "width": width, "height": height, "left": left, "top": top, "right": width - right,
+        "bottom": height - bottom, "x_label": x_label, "y_label": y_label, "points": placed, "groups": groups,
+        "x_ticks": [{"v": t, "p": round(px(t), 1)} for t in _ticks(x0, x1)],
+        "y_ticks": [{"v": t, "p": round(py(t), 1)} for t in _ticks(y0, y1)],
+        "zero_x": round(px(0), 1) if zero_lines else None, "zero_y": round(py(0), 1) if zero_lines else None,
+        "mid_x": left + plot_w / 2, "mid_y": top + plot_h / 2,
+    }

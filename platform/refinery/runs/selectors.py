@@ -90,3 +90,27 @@ def stage_metric_last_steps(*, stage_run_id: int) -> dict[str, int]:
 def run_stage_named(*, run_id: int, name: str) -> StageRun | None:
     """A stage of a run by its name (a later stage's `input`)."""
     return StageRun.objects.filter(run_id=run_id, name=name).first()
+
+
+def run_learning_forgetting(*, team: Team, limit: int = 2000) -> list[dict]:
+    """One point per run with a finished evaluation that has both a target and a retention result: the gain
+    on its held-out set and what it forgot on the retention set (the run's last such evaluate stage).
+    Two queries, whatever the number of runs."""
+    stages = (StageRun.objects.filter(run__team=team, method="evaluate", status="succeeded")
+              .select_related("run", "run__pipeline").order_by("-run__number", "-index")[:limit * 4])
+    points, seen = [], set()
+    for stage in stages:
+        summary = stage.summary or {}
+        target, retention = summary.get("target"), summary.get("retention")
+        if stage.run_id in seen or not target or not retention:
+            continue
+        if not isinstance(target.get("gain"), (int, float)) or not isinstance(retention.get("forgetting"),
+                                                                               (int, float)):
+            continue
+        seen.add(stage.run_id)
+        points.append({"run": stage.run, "stage": stage.name, "gain": float(target["gain"]),
+                       "forgetting": float(retention["forgetting"]), "target": target, "retention": retention,
+                       "pipeline": stage.run.pipeline.name if stage.run.pipeline else "(deleted pipeline)"})
+        if len(points) >= limit:
+            break
+    return points

@@ -8,9 +8,15 @@ from django_htmx.http import HttpResponseStopPolling
 
 from refinery.core.auth import team_required
 from refinery.pipelines.graph import pipeline_graph
-from refinery.runs.charts import chart_payload
+from refinery.runs.charts import chart_payload, scatter_layout
 from refinery.runs.models import IllegalTransition, Run, Status
-from refinery.runs.selectors import run_get, run_list, run_metric_series, run_metric_table
+from refinery.runs.selectors import (
+    run_get,
+    run_learning_forgetting,
+    run_list,
+    run_metric_series,
+    run_metric_table,
+)
 from refinery.runs.services import RunError, run_cancel, run_rerun
 from refinery.tracking.links import mlflow_run_url
 
@@ -157,3 +163,20 @@ def run_rerun_view(request, number: int):
     messages.success(request, f"Started run #{new.number}" + (" with the latest data." if latest else
                                                                f", an exact repeat of #{run.number}."))
     return redirect("runs:detail", number=new.number)
+
+
+@require_GET
+@team_required
+def run_forgetting_view(request):
+    """Team-wide learning vs forgetting: one point per evaluated run, gain on its target (x) against what it
+    forgot on its retention set (y)."""
+    points = run_learning_forgetting(team=request.team)
+    metrics = sorted({f"{p['target']['metric']} / {p['retention']['metric']}" for p in points})
+    plot = scatter_layout(
+        [{"x": p["gain"], "y": p["forgetting"], "group": p["pipeline"], "href": f"/runs/{p['run'].number}/",
+          "label": f"#{p['run'].number} {p['pipeline']}: gain {p['gain']:+.4g} ({p['target']['metric']}), "
+                   f"forgot {p['forgetting']:+.4g} ({p['retention']['metric']})"} for p in points],
+        x_label="gain on the target (better →)", y_label="forgetting on the retention set (worse ↑)",
+    )
+    return render(request, "runs/forgetting.html", {"points": points, "plot": plot, "metrics": metrics,
+                                                    "nav": "runs"})
