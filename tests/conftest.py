@@ -263,7 +263,16 @@ def celery_worker_process(django_db_setup, django_db_blocker, mlflow_server, _is
         "REFINERY_VAR_DIR": str(_isolated_paths),
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "platform"), str(REPO_ROOT)]),
     }
-    worker = ServiceProcess(_start(celery_worker_command(f"pytest-{os.getpid()}"), log_path=root / "worker.log", env=env, cwd=REPO_ROOT), root / "worker.log")
+    worker = start_celery_worker(f"pytest-{os.getpid()}", env=env, root=root)
+    worker.env = env  # for tests that start a second worker beside it (start_celery_worker)
+    yield worker
+    worker.stop(grace=15)
+
+
+def start_celery_worker(name: str, *, env: dict, root: Path) -> ServiceProcess:
+    """Start a Celery worker (celery_worker_command) and wait until it is ready."""
+    log_path = root / f"{name}.log"
+    worker = ServiceProcess(_start(celery_worker_command(name), log_path=log_path, env=env, cwd=REPO_ROOT), log_path)
 
     def ready() -> bool:
         if worker.proc.poll() is not None:
@@ -275,8 +284,7 @@ def celery_worker_process(django_db_setup, django_db_blocker, mlflow_server, _is
     except BaseException:
         worker.stop()
         raise
-    yield worker
-    worker.stop(grace=15)
+    return worker
 
 
 # --- 3. pipelines ---------------------------------------------------------------------------
@@ -325,8 +333,9 @@ def demo_pipeline(demo_kit):
 
     Each stage defaults to full SFT (adapter none) with QUICK_SFT on the kit's prompt/completion
     addition data; give "config" to override single fields, "data" to name another kit file
-    ("chat", "eval", ...), "model_path" on the pipeline to break the base model. The test
-    picks `db` or `transactional_db`.
+    ("chat", "eval", ...), "eval_data" for its eval set, "inputs" for a merge; merge/evaluate/export stages
+    get a dataset only when given "data". On the pipeline: "model_path" to break the base model, "retention"
+    (a kit file name) for the retention set, "auto_evaluate". The test picks `db` or `transactional_db`.
     """
     from tests.factories import (
         BaseModelFactory,
@@ -336,7 +345,8 @@ def demo_pipeline(demo_kit):
         UserFactory,
     )
 
-    def make(*stages: dict, model_path: str | None = None, seed: int = 7, name: str | None = None):
+    def make(*stages: dict, model_path: str | None = None, seed: int = 7, name: str | None = None,
+             retention: str | None = None, auto_evaluate: bool = False):
         user = UserFactory()
         team = TeamFactory(members=[user])
         base = BaseModelFactory(team=team, name="tiny-llama", name_or_path=model_path or demo_kit["model"])
@@ -350,18 +360,32 @@ def demo_pipeline(demo_kit):
                 ).dataset_id
             return datasets[key]
 
+        from trainers.registry import METHODS
+
         specs = []
         for i, stage in enumerate(stages or ({"name": "sft", "method": "sft"},)):
-            specs.append({
+            method = METHODS[stage.get("method", "sft")]
+            spec = {
                 "name": stage.get("name", f"stage-{i + 1}"),
-                "method": stage.get("method", "sft"),
-                "config": {**QUICK_SFT, **stage.get("config", {})},
-                "adapter": stage.get("adapter", {"type": "none"}),
-                "dataset_id": dataset_id(stage.get("data", "train")),
+                "method": method.name,
+                # Training stages get QUICK_SFT; merge/evaluate/export stages only what the test gives.
+                "config": {**QUICK_SFT, **stage.get("config", {})} if method.trains else stage.get("config", {}),
+                "adapter": stage.get("adapter", {"type": "none"}) if method.uses_adapter else None,
+                "dataset_id": dataset_id(stage.get("data", "train")) if method.trains or "data" in stage else None,
                 "input": stage.get("input", "base"),
-            })
+            }
+            if "eval_data" in stage:
+                spec["eval_dataset_id"] = dataset_id(stage["eval_data"])
+            if "inputs" in stage:
+                spec["inputs"] = stage["inputs"]
+            specs.append(spec)
         extra = {"name": name} if name else {}
-        return PipelineFactory(team=team, base_model=base, created_by=user, stages=specs, seed=seed, **extra)
+        pipeline = PipelineFactory(team=team, base_model=base, created_by=user, stages=specs, seed=seed,
+                                   auto_evaluate=auto_evaluate, **extra)
+        if retention:
+            pipeline.spec["retention_dataset_id"] = dataset_id(retention)
+            pipeline.save()
+        return pipeline
 
     return make
 
