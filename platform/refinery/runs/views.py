@@ -21,6 +21,7 @@ from refinery.runs.services import RunError, run_cancel, run_rerun
 from refinery.tracking.links import mlflow_run_url
 
 LOSS_KEYS = ["train/loss", "eval/loss"]
+ONE_OFF_METHODS = ("merge", "evaluate", "export")
 # Method metrics worth seeing first (DPO rewards and margins, GRPO reward and KL, accuracies).
 METRIC_PRIORITY = ("reward", "margin", "accurac", "kl", "exact_match", "log_odds", "nll", "agreement", "entropy")
 # Optimiser and bookkeeping series: charted, but folded away under "More metrics".
@@ -95,6 +96,10 @@ def _run_context(request, run: Run) -> dict:
     progress = sum(s.progress for s in stages) / len(stages) if stages else 0
     current = next((s for s in stages if s.status in (Status.RUNNING, Status.CANCELING)), None)
     table = run_metric_table(run=run)
+    # Merge, evaluate and export stages log one-off numbers, shown in their own cards, not as curves.
+    one_off = {s.name for s in stages if s.method in ONE_OFF_METHODS}
+    table = {key: series for key, by_stage in table.items()
+             if (series := {name: points for name, points in by_stage.items() if name not in one_off})}
     charts = metric_charts(table)
     return {
         "run": run,
