@@ -68,6 +68,9 @@ class ApiClient:
             return self.client.post(url, {**(data or {}), **files}, headers=self.headers)
         return self.client.post(url, json.dumps(data or {}), content_type="application/json", headers=self.headers)
 
+    def put(self, url, data=None):
+        return self.client.put(url, json.dumps(data or {}), content_type="application/json", headers=self.headers)
+
 
 @pytest.fixture
 def api(alice, team) -> ApiClient:

@@ -205,3 +205,42 @@ def test_configs_the_trainer_would_reject_are_refused_at_api_time(api, model_id,
     matching = {k: v for k, v in errors.items() if k.startswith(key.rsplit(".", 1)[0])}
     assert any(text in v for v in matching.values()), errors
     assert not Pipeline.objects.exists()
+
+
+def test_graphs_versions_and_reruns_through_the_api(api, bob_api, model_id, dataset_dir,
+                                                     django_capture_on_commit_callbacks):
+    pc = upload(api).json()["dataset_id"]
+    spec = {"seed": 3, "retention_dataset_id": pc, "stages": [
+        stage(pc, name="a"), stage(pc, name="b", adapter={"type": "none"}),
+        {"name": "mix", "method": "merge", "inputs": ["a", "b"], "config": {"merge_method": "dare_ties"}},
+        {"name": "check", "method": "evaluate", "input": "mix", "dataset_id": pc}]}
+    response = api.post("/api/v1/pipelines", {"name": "graph", "base_model_id": model_id, "spec": spec})
+    assert response.status_code == 201, response.content
+    pipeline = response.json()
+    assert pipeline["version"] == 1 and pipeline["spec"]["stages"][2]["inputs"] == ["a", "b"]
+
+    cycle = {**spec, "stages": [stage(pc, name="a", input="b"), stage(pc, name="b", input="a")]}
+    response = api.put(f"/api/v1/pipelines/{pipeline['id']}", {"name": "graph", "base_model_id": model_id,
+                                                                 "spec": cycle})
+    assert response.status_code == 400 and "cycle (a -> b -> a)" in response.json()["errors"]["stages.0.input"]
+    edited = {**spec, "stages": spec["stages"][:2] + [{**spec["stages"][2], "config": {"merge_method": "linear"}},
+                                                      spec["stages"][3]]}
+    response = api.put(f"/api/v1/pipelines/{pipeline['id']}", {"name": "graph", "base_model_id": model_id,
+                                                                 "spec": edited})
+    assert response.status_code == 200 and response.json()["version"] == 2
+    versions = api.get(f"/api/v1/pipelines/{pipeline['id']}/versions").json()
+    assert [v["number"] for v in versions] == [2, 1]
+    assert versions[1]["spec"]["stages"][2]["config"]["merge_method"] == "dare_ties"
+
+    with django_capture_on_commit_callbacks(execute=False):
+        old = api.post(f"/api/v1/pipelines/{pipeline['id']}/runs", {"version": 1}).json()
+        assert old["pipeline_version"] == 1 and old["snapshot"]["stages"][2]["config"]["merge_method"] == "dare_ties"
+        assert [s["status"] for s in old["stages"]] == ["queued", "queued", "pending", "pending"]
+        assert old["snapshot"]["stages"][3]["retention_data"]["dataset_id"] == pc
+        again = api.post(f"/api/v1/runs/{old['number']}/rerun", {}).json()
+        assert again["rerun_of"] == old["number"] and again["snapshot"] == old["snapshot"]
+        latest = api.post(f"/api/v1/runs/{old['number']}/rerun", {"latest_data": True}).json()
+        assert latest["pipeline_version"] == 1
+    assert api.post(f"/api/v1/pipelines/{pipeline['id']}/runs", {"version": 9}).status_code == 404
+    assert bob_api.post(f"/api/v1/runs/{old['number']}/rerun", {}).status_code == 404
+    assert bob_api.get(f"/api/v1/pipelines/{pipeline['id']}/versions").status_code == 404

@@ -71,6 +71,7 @@ class StageIn(Schema):
     dataset_id: int | None = None
     eval_dataset_id: int | None = None
     input: str = "base"
+    inputs: list[str] | None = None  # a merge stage's models: other stages' names
     config: dict[str, Any] = {}
     adapter: dict[str, Any] | None = None
 
@@ -78,6 +79,8 @@ class StageIn(Schema):
 class SpecIn(Schema):
     seed: int = 42
     stages: list[StageIn]
+    retention_dataset_id: int | None = None
+    auto_evaluate: bool = True
 
 
 class PipelineIn(Schema):
@@ -92,13 +95,28 @@ class PipelineOut(Schema):
     name: str
     description: str
     base_model_id: int
+    version: int
     spec: dict[str, Any]
     created_at: datetime
+    updated_at: datetime
+
+
+class PipelineVersionOut(Schema):
+    number: int
+    base_model_id: int
+    spec: dict[str, Any]
+    description: str
+    created_at: datetime
+
+
+class RerunIn(Schema):
+    latest_data: bool = False  # False: the same snapshot; True: the same pipeline version with the newest data
 
 
 class RunStartIn(Schema):
     seed: int | None = None
     name: str = ""
+    version: int | None = None  # a pipeline version number; the current one when left out
 
 
 class StageOut(Schema):
@@ -126,6 +144,8 @@ class RunOut(Schema):
     name: str
     status: str
     pipeline_id: int | None
+    pipeline_version: int | None
+    rerun_of: int | None
     seed: int
     code_version: str
     mlflow_experiment_id: str

@@ -14,6 +14,8 @@ from refinery.api.schemas import (
     ErrorOut,
     PipelineIn,
     PipelineOut,
+    PipelineVersionOut,
+    RerunIn,
     RunOut,
     RunStartIn,
     UploadErrorOut,
@@ -25,11 +27,11 @@ from refinery.data.selectors import dataset_get, dataset_list
 from refinery.data.services import DatasetUploadError, dataset_version_create
 from refinery.pipelines.models import Pipeline
 from refinery.pipelines.selectors import pipeline_get, pipeline_list
-from refinery.pipelines.services import pipeline_create
+from refinery.pipelines.services import pipeline_create, pipeline_current_version, pipeline_update
 from refinery.pipelines.specs import SpecError
 from refinery.runs.models import IllegalTransition, Run
 from refinery.runs.selectors import run_get, run_list, stage_metric_summary
-from refinery.runs.services import RunError, run_cancel, run_create
+from refinery.runs.services import RunError, run_cancel, run_create, run_rerun
 from refinery.teams.selectors import membership_get
 from refinery.tracking.links import mlflow_run_url
 
@@ -92,6 +94,8 @@ def _run_out(run: Run) -> dict:
         })
     return {
         "number": run.number, "name": run.name, "status": run.status, "pipeline_id": run.pipeline_id,
+        "pipeline_version": run.pipeline_version.number if run.pipeline_version_id else None,
+        "rerun_of": run.rerun_of.number if run.rerun_of_id else None,
         "seed": run.seed, "code_version": run.code_version, "mlflow_experiment_id": run.mlflow_experiment_id,
         "mlflow_run_id": run.mlflow_run_id,
         "mlflow_url": mlflow_run_url(run.mlflow_experiment_id, run.mlflow_run_id),
@@ -175,17 +179,48 @@ def get_pipeline(request, pipeline_id: int):
         return 404, {"detail": f"pipeline #{pipeline_id} not found in this team"}
 
 
+@pipelines.put("/{int:pipeline_id}", response={200: PipelineOut, 400: ErrorOut, 404: ErrorOut})
+def update_pipeline(request, pipeline_id: int, payload: PipelineIn):
+    """Replace a pipeline's definition. A changed spec or base model makes a new version; runs keep theirs."""
+    _require_write(request)
+    try:
+        pipeline = pipeline_get(team=request.team, pk=pipeline_id)
+    except Pipeline.DoesNotExist:
+        return 404, {"detail": f"pipeline #{pipeline_id} not found in this team"}
+    try:
+        pipeline_update(pipeline=pipeline, user=request.user, name=payload.name, base_model_id=payload.base_model_id,
+                        spec=payload.spec.dict(), description=payload.description)
+    except SpecError as exc:
+        return 400, {"detail": str(exc), "errors": exc.errors}
+    return 200, pipeline_get(team=request.team, pk=pipeline_id)
+
+
+@pipelines.get("/{int:pipeline_id}/versions", response={200: list[PipelineVersionOut], 404: ErrorOut})
+def list_pipeline_versions(request, pipeline_id: int):
+    try:
+        pipeline = pipeline_get(team=request.team, pk=pipeline_id)
+    except Pipeline.DoesNotExist:
+        return 404, {"detail": f"pipeline #{pipeline_id} not found in this team"}
+    pipeline_current_version(pipeline)
+    return 200, list(pipeline.versions.order_by("-number"))
+
+
 @pipelines.post("/{int:pipeline_id}/runs", response={201: RunOut, 400: ErrorOut, 404: ErrorOut})
 def start_run(request, pipeline_id: int, payload: RunStartIn | None = None):
-    """Start a run: snapshot the pipeline, dataset versions, base model, code version and seed."""
+    """Start a run: snapshot the pipeline version, dataset versions, base model, code version and seed."""
     _require_write(request)
     try:
         pipeline = pipeline_get(team=request.team, pk=pipeline_id)
     except Pipeline.DoesNotExist:
         return 404, {"detail": f"pipeline #{pipeline_id} not found in this team"}
     payload = payload or RunStartIn()
+    version = None
+    if payload.version is not None:
+        version = pipeline.versions.filter(number=payload.version).first()
+        if version is None:
+            return 404, {"detail": f"pipeline #{pipeline_id} has no version {payload.version}"}
     try:
-        run = run_create(pipeline=pipeline, user=request.user, seed=payload.seed, name=payload.name)
+        run = run_create(pipeline=pipeline, user=request.user, seed=payload.seed, name=payload.name, version=version)
     except RunError as exc:
         return 400, {"detail": str(exc)}
     return 201, _run_out(run)
@@ -219,6 +254,21 @@ def cancel_run(request, number: int):
     except IllegalTransition as exc:
         return 409, {"detail": str(exc)}
     return 200, _run_out(run_get(team=request.team, number=number))
+
+
+@runs.post("/{int:number}/rerun", response={201: RunOut, 400: ErrorOut, 404: ErrorOut})
+def rerun_run(request, number: int, payload: RerunIn | None = None):
+    """Run again: the same snapshot, or (latest_data) the same pipeline version with the newest datasets."""
+    _require_write(request)
+    try:
+        run = run_get(team=request.team, number=number)
+    except Run.DoesNotExist:
+        return 404, {"detail": f"run #{number} not found in this team"}
+    try:
+        new = run_rerun(run=run, user=request.user, latest_data=(payload or RerunIn()).latest_data)
+    except RunError as exc:
+        return 400, {"detail": str(exc)}
+    return 201, _run_out(new)
 
 
 @api.get("/methods", tags=["methods"])

@@ -26,7 +26,7 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [round(first + i * step, 12) for i in range(int((hi - first) / step) + 1)]
 
 
-def scatter_layout(points: list[dict], *, x_label: str, y_label: str, width: int = 720, height: int = 380,
+def scatter_layout(points: list[dict], *, x_label: str, y_label: str, width: int = 880, height: int = 400,
                    zero_lines: bool = True) -> dict:
     """Place points ({"x", "y", "label", "href", "group"}) on an SVG plot for components/scatter.html: axes
     padded around the data (and around 0 when `zero_lines`, so the quadrants read), ticks, one colour per group."""
@@ -56,8 +56,8 @@ def scatter_layout(points: list[dict], *, x_label: str, y_label: str, width: int
     return {
         "width": width, "height": height, "left": left, "top": top, "right": width - right,
         "bottom": height - bottom, "x_label": x_label, "y_label": y_label, "points": placed, "groups": groups,
-        "x_ticks": [{"v": t, "p": round(px(t), 1)} for t in _ticks(x0, x1)],
-        "y_ticks": [{"v": t, "p": round(py(t), 1)} for t in _ticks(y0, y1)],
+        "x_ticks": [{"v": f"{t:g}", "p": round(px(t), 1)} for t in _ticks(x0, x1)],
+        "y_ticks": [{"v": f"{t:g}", "p": round(py(t), 1)} for t in _ticks(y0, y1)],
         "zero_x": round(px(0), 1) if zero_lines else None, "zero_y": round(py(0), 1) if zero_lines else None,
         "mid_x": left + plot_w / 2, "mid_y": top + plot_h / 2,
     }
