@@ -82,3 +82,34 @@ def test_two_branches_merge_and_evaluate_on_two_workers(celery_worker_process, s
     assert generations["columns"][:2] == ["prompt", "model"] and len(generations["data"]) == 3
     metrics = tracking_client().get_run(check.mlflow_run_id).data.metrics
     assert metrics["retention/loss"] == pytest.approx(summary["retention"]["model"])
+
+
+def test_sft_then_export_publishes_a_model_card_and_an_int8_copy(celery_worker_process, mlflow_server,
+                                                                  demo_pipeline, tmp_path):
+    pipeline = demo_pipeline(
+        {"name": "sft", "adapter": {"type": "lora", "r": 8, "alpha": 16}, "config": {"learning_rate": 1e-2}},
+        {"name": "ship", "method": "export", "input": "sft", "data": "eval",
+         "config": {"quantization": "int8_dynamic", "max_rows": 20}},
+        name="sft-export",
+    )
+    run = run_create(pipeline=pipeline, user=pipeline.created_by)
+    wait_until(lambda: Run.objects.get(pk=run.pk).is_finished, timeout=300, interval=0.5,
+               message=lambda: f"run still {Run.objects.get(pk=run.pk).status}:\n{celery_worker_process.log_tail(40)}")
+    run.refresh_from_db()
+    sft, ship = run.stages.order_by("index")
+    assert run.status == Status.SUCCEEDED, (ship.error, ship.log_tail[-2000:])
+    # The adapter was merged into a standalone model; the int8 copy went up as a second artifact.
+    assert ship.outputs["kind"] == "model" and ship.outputs["extra"] == ["quantized"]
+    files = {p.rsplit("/", 1)[-1] for p in artifact_list(mlflow_run_id=ship.mlflow_run_id, path="model")}
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= files
+    assert "adapter_config.json" not in files
+    assert artifact_list(mlflow_run_id=ship.mlflow_run_id, path="quantized")
+    summary = ship.summary
+    assert 0 < summary["quantized_size_bytes"] < summary["size_bytes"]
+    assert summary["eval"]["metric"] == "loss" and summary["eval"]["before"] > 0 and summary["eval"]["after"] > 0
+    # The model card names the run, the data by hash and the stage that trained it, with its metrics.
+    card_dir = artifacts_download(mlflow_run_id=ship.mlflow_run_id, artifact_path="model", dst=tmp_path)
+    card = (card_dir / "README.md").read_text()
+    train = sft.spec["train_data"]
+    assert f"#{run.number}" in card and train["sha256"] in card and "sft" in card and "lora" in card
+    assert "train/loss" in card or "train_loss" in card
