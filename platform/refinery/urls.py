@@ -13,6 +13,7 @@ urlpatterns = [
     path("teams/switch/", team_switch_view, name="team-switch"),
     path("runs/", include("refinery.runs.urls")),
     path("pipelines/", include("refinery.pipelines.urls")),
+    path("sweeps/", include("refinery.sweeps.urls")),
     path("datasets/", include("refinery.data.urls")),
     path("models/", include("refinery.basemodels.urls")),
     path("api/v1/", api.urls),

@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "refinery.basemodels",
     "refinery.pipelines",
     "refinery.runs",
+    "refinery.sweeps",
     "refinery.api",
 ]
 
