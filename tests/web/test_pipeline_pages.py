@@ -196,3 +196,24 @@ def test_learning_vs_forgetting_has_one_point_per_evaluated_run_of_the_team(brow
     browser_client.logout()
     browser_client.login(username="bob", password="pw-bob-123")
     assert "scatter-point" not in browser_client.get("/runs/forgetting/").content.decode()
+
+
+def test_the_pipeline_page_graph_follows_the_latest_run(browser_client, seeded, django_capture_on_commit_callbacks):
+    browser_client.post("/pipelines/new/", _soup_form(seeded))
+    pipeline = Pipeline.objects.get()
+    html = browser_client.get(f"/pipelines/{pipeline.pk}/").content.decode()
+    assert 'data-stage="mix" data-status=""' in html and 'hx-trigger="every 2s"' not in html  # never run
+    with django_capture_on_commit_callbacks(execute=False):
+        browser_client.post(f"/pipelines/{pipeline.pk}/run/")
+    html = browser_client.get(f"/pipelines/{pipeline.pk}/").content.decode()
+    assert 'data-stage="a" data-status="queued"' in html and 'hx-trigger="every 2s"' in html
+    run = Run.objects.get()
+    run.stages.filter(name="a").update(status=Status.RUNNING)
+    fragment = browser_client.get(f"/pipelines/{pipeline.pk}/", headers={"HX-Request": "true",
+                                                                          "HX-Target": "pipeline-graph"})
+    assert fragment.status_code == 200 and 'data-stage="a" data-status="running"' in fragment.content.decode()
+    run.stages.filter(name="a").update(status=Status.QUEUED)
+    browser_client.post(f"/runs/{run.number}/cancel/")
+    fragment = browser_client.get(f"/pipelines/{pipeline.pk}/", headers={"HX-Request": "true",
+                                                                          "HX-Target": "pipeline-graph"})
+    assert fragment.status_code == 286  # the run ended: one last render, then polling stops

@@ -3,7 +3,9 @@ from __future__ import annotations
 from django.contrib import messages
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseStopPolling
 
 from refinery.basemodels.selectors import base_model_list
 from refinery.core.auth import team_required
@@ -151,11 +153,19 @@ def pipeline_detail_view(request, pk: int):
     except Exception:  # noqa: BLE001 - an old version may no longer validate; draw what it says
         auto = []
     stages = shown.stages + auto
-    return render(request, "pipelines/detail.html", {
+    # The graph shows the live status of the newest run of the version shown.
+    latest = next((r for r in runs if r.pipeline_version_id == shown.pk), None)
+    statuses = {s.name: s.status for s in latest.stages.all()} if latest else {}
+    links = {name: reverse("runs:detail", args=[latest.number]) for name in statuses} if latest else {}
+    context = {
         "pipeline": pipeline, "shown": shown, "versions": versions, "datasets": datasets, "runs": runs,
-        "stages": stages, "auto_stages": auto, "graph": pipeline_graph(stages),
-        "retention": datasets.get(shown.spec.get("retention_dataset_id")), "nav": "pipelines",
-    })
+        "stages": stages, "auto_stages": auto, "graph": pipeline_graph(stages, statuses=statuses, links=links),
+        "latest": latest, "retention": datasets.get(shown.spec.get("retention_dataset_id")), "nav": "pipelines",
+    }
+    if request.htmx and request.htmx.target == "pipeline-graph":
+        response = render(request, "pipelines/detail.html#pipeline-graph", context)
+        return response if latest and not latest.is_finished else HttpResponseStopPolling(response.content)
+    return render(request, "pipelines/detail.html", context)
 
 
 @require_POST
