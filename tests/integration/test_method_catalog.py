@@ -32,6 +32,11 @@ STAGES = [
                 "reward_model_stage": "rm"}},
     {"name": "distill", "method": "distill", "input": "base", "data": "train",
      "config": {**FAST, "max_steps": 4, "teacher_stage": "sft"}},
+    # Stages that train nothing: merge two preference-tuned models, export the soup, evaluate the export.
+    {"name": "soup", "method": "merge", "inputs": ["dpo", "orpo"], "config": {"merge_method": "task_arithmetic"}},
+    {"name": "ship", "method": "export", "input": "soup", "data": "eval", "config": {"max_rows": 10}},
+    {"name": "check", "method": "evaluate", "input": "ship", "data": "prefs_eval",
+     "config": {"max_rows": 10, "reward_model_stage": "rm"}},
 ]
 # What each method must have logged (to MLflow and to the run page), besides train/loss.
 METHOD_METRICS = {
@@ -42,7 +47,11 @@ METHOD_METRICS = {
     "reward": "accuracy",
     "grpo": "reward",
     "distill": "loss",
+    "merge": "merge/",
+    "export": "export/",
+    "evaluate": "eval/preference_accuracy",
 }
+ONE_OFF = {"merge", "export", "evaluate"}  # one-off numbers: shown in their cards, not as step charts
 
 
 def test_every_method_runs_through_the_worker(celery_worker_process, mlflow_server, demo_pipeline):
@@ -73,5 +82,9 @@ def test_every_method_runs_through_the_worker(celery_worker_process, mlflow_serv
             assert logged, (stage["name"], sorted(keys))
             # The same metric reached MLflow and the run page's charts.
             assert metric_history(row.mlflow_run_id, logged[0]), (stage["name"], logged[0])
-            assert logged[0] in page, logged[0]
-        assert row.trainable_params and row.total_params
+            assert logged[0] in page or stage["method"] in ("merge", "export"), logged[0]
+        card = {"evaluate": "evaluation", "export": "export"}.get(stage["method"])
+        if card:
+            assert f'data-testid="{card}-{stage["name"]}"' in page, stage["name"]
+        if stage["method"] not in ONE_OFF:
+            assert row.trainable_params and row.total_params
