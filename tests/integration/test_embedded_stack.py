@@ -88,7 +88,11 @@ def test_runstack_embedded_demo_run_succeeds_and_ctrl_c_stops_everything(tmp_pat
 
         run = wait_until(demo_run, timeout=240, interval=2, message="demo run succeeded")
         elapsed = time.monotonic() - started
-        assert [s["status"] for s in run["stages"]] == ["succeeded", "succeeded"]
+        # Two SFT stages, then the automatic evaluation of the final model on the held-out sums.
+        assert [(s["name"], s["status"]) for s in run["stages"]] == [
+            ("sft-full", "succeeded"), ("sft-lora", "succeeded"), ("evaluate-sft-lora", "succeeded")]
+        target = run["stages"][2]["summary"]["target"]
+        assert target["metric"] == "loss" and target["gain"] > 0, target  # better than the random base model
         assert run["mlflow_run_id"] and all(s["mlflow_run_id"] for s in run["stages"])
         loss = run["stages"][0]["metrics"]["train/loss"]
         assert loss["last"] < loss["first"] / 2
