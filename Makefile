@@ -82,7 +82,7 @@ migrate: venv ## apply database migrations (DATABASE_URL, or SQLite under var/)
 	$(PY) manage.py migrate
 
 bench: venv ## run every benchmark in bench/ (each prints its ratios)
-	@shopt -s nullglob; files=(bench/bench_*.py); \
+	@shopt -s nullglob; files=(bench/bench_*.py bench/*/bench_*.py); \
 	if [ $${#files[@]} -eq 0 ]; then echo "bench: no bench/bench_*.py yet"; exit 0; fi; \
 	for f in "$${files[@]}"; do echo "== $$f"; PYTHONPATH=platform:. $(PY) "$$f" || exit $$?; done
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from django.utils import timezone
 
@@ -176,3 +177,60 @@ class StageMetric(models.Model):
     class Meta:
         ordering = ["stage_run", "key", "step"]
         constraints = [models.UniqueConstraint(fields=["stage_run", "key", "step"], name="stagemetric_unique_point")]
+
+
+class RunNote(models.Model):
+    """A note a team member left on a run; searchable from the runs list."""
+
+    MAX_LENGTH = 5000
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="notes")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    body = models.TextField(max_length=MAX_LENGTH)
+    # The body's English full-text vector, kept by a PostgreSQL trigger (migration 0005); unused on SQLite.
+    search = SearchVectorField(null=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.run}: {self.body[:40]}"
+
+
+class RunTag(models.Model):
+    """A short label on a run ("baseline", "paper-v2"), at most once per run. `team` repeats the run's team
+    so that the team's tag names are one index scan."""
+
+    MAX_LENGTH = 40
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="tags")
+    name = models.CharField(max_length=MAX_LENGTH)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["run", "name"], name="runtag_unique_run_name")]
+        indexes = [models.Index(fields=["team", "name"], name="runtag_team_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RunMetric(models.Model):
+    """One final number of a run ("<stage>/<key>", as sweeps name a stage summary's numbers), copied out of
+    the stage summaries when a stage finishes so that the runs list can sort by any of them in SQL."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="+")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="summary_metrics")
+    key = models.CharField(max_length=200)
+    value = models.FloatField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "key"], name="runmetric_unique_run_key")]
+        indexes = [models.Index(fields=["team", "key", "value"], name="runmetric_team_key_value")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} {self.key}={self.value}"

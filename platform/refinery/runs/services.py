@@ -15,6 +15,7 @@ from django.utils import timezone
 from refinery.data.models import Dataset, DatasetVersion
 from refinery.pipelines.models import Pipeline
 from refinery.runs.dispatch import enqueue_stage_on_commit
+from refinery.runs.listing import run_summary_refresh
 from refinery.runs.models import (
     ACTIVE_STATES,
     TERMINAL_STATES,
@@ -332,6 +333,7 @@ def stage_finish(*, stage_run_id: int, status: str, error: str = "", outputs: di
     if status == Status.SUCCEEDED and stage.total_steps:
         stage.step = max(stage.step, stage.total_steps)  # the last progress tick may not have landed
     stage.save()
+    run_summary_refresh(run_id=stage.run_id)  # RunMetric rows: the runs list sorts by stage summaries
     run = stage.run
     if status == Status.SUCCEEDED:
         _queue_ready_stages(run)
