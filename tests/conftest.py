@@ -191,7 +191,7 @@ def celery_worker_command(name: str) -> list[str]:
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` (SQLite backend, proxied artifacts in a tmp dir) for the session.
 
-    Points settings.MLFLOW_TRACKING_URI / MLFLOW_UI_URL and the environment (for workers
+    Points settings.MLFLOW_TRACKING_URI and the environment (for workers
     and other subprocesses) at it, and puts them back at the end.
     """
     from django.conf import settings
@@ -216,12 +216,12 @@ def mlflow_server(tmp_path_factory):
     except BaseException:
         server.stop()
         raise
-    saved = settings.MLFLOW_TRACKING_URI, settings.MLFLOW_UI_URL
+    saved = settings.MLFLOW_TRACKING_URI
     saved_env = os.environ.get("MLFLOW_TRACKING_URI")
-    settings.MLFLOW_TRACKING_URI = settings.MLFLOW_UI_URL = url
+    settings.MLFLOW_TRACKING_URI = url
     os.environ["MLFLOW_TRACKING_URI"] = url
     yield server
-    settings.MLFLOW_TRACKING_URI, settings.MLFLOW_UI_URL = saved
+    settings.MLFLOW_TRACKING_URI = saved
     if saved_env is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:

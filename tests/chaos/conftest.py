@@ -78,11 +78,11 @@ def chaos_mlflow(tmp_path_factory):
 
     server = RestartableMlflow(tmp_path_factory.mktemp("mlflow"))
     server.start()
-    saved = settings.MLFLOW_TRACKING_URI, settings.MLFLOW_UI_URL
-    settings.MLFLOW_TRACKING_URI = settings.MLFLOW_UI_URL = server.url
+    saved = settings.MLFLOW_TRACKING_URI
+    settings.MLFLOW_TRACKING_URI = server.url
     os.environ["MLFLOW_TRACKING_URI"] = server.url
     yield server
-    settings.MLFLOW_TRACKING_URI, settings.MLFLOW_UI_URL = saved
+    settings.MLFLOW_TRACKING_URI = saved
     server.stop()
 
 

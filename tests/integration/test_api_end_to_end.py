@@ -72,14 +72,14 @@ def test_api_upload_pipeline_run_and_page(api, demo_kit, celery_worker_process, 
     for stage in (full, lora):
         history = [v for _, v in metric_history(stage["mlflow_run_id"], "train/loss")]
         assert len(history) == stage["total_steps"] and loss_fell(history), (stage["name"], history)
-    assert run["mlflow_url"].endswith(f"/runs/{run['mlflow_run_id']}")
+    assert "mlflow_url" not in run  # MLflow stays private: the API hands out no MLflow address
 
     # The run page a teammate opens shows the finished run, both stages and the loss data.
     browser = Client()
     browser.force_login(get_user_model().objects.get(username="scripter"))
     page = browser.get(f"/runs/{run['number']}/").content.decode()
     assert 'data-status="succeeded"' in page and "data-finished" in page
-    assert "full" in page and "lora" in page and "Open in MLflow" in page
+    assert "full" in page and "lora" in page and "Open in MLflow" not in page and "#/experiments" not in page
     assert "full train/loss" in page and "lora train/loss" in page  # both series in the chart data
 
 

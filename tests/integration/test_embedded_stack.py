@@ -20,7 +20,7 @@ from tests.helpers import wait_until
 pytestmark = pytest.mark.integration
 
 # Everything the test session points at real services; the embedded stack must use none of it.
-SERVICE_ENV = ("DATABASE_URL", "CELERY_BROKER_URL", "MLFLOW_TRACKING_URI", "MLFLOW_UI_URL", "DJANGO_SETTINGS_MODULE",
+SERVICE_ENV = ("DATABASE_URL", "CELERY_BROKER_URL", "MLFLOW_TRACKING_URI", "DJANGO_SETTINGS_MODULE",
                "REFINERY_BROKER_KEYPREFIX", "REFINERY_VAR_DIR")
 
 

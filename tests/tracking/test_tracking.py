@@ -7,7 +7,7 @@ import time
 import pytest
 
 from refinery.tracking.buffer import MetricBuffer
-from refinery.tracking.client import experiment_ensure, metric_history, run_url, tracking_client
+from refinery.tracking.client import experiment_ensure, metric_history, tracking_client
 from refinery.tracking.runs import flatten, pipeline_run_ensure
 from tests.conftest import free_port
 from tests.factories import TeamFactory
@@ -89,17 +89,11 @@ def test_the_parent_run_is_created_once_even_when_two_stages_race(make_pipeline,
 
 
 @pytest.mark.django_db
-def test_experiment_per_team_and_links(mlflow_server, settings):
+def test_experiment_per_team(mlflow_server, settings):
     team = TeamFactory(slug="links-team")
     experiment_id = experiment_ensure(team=team)
     assert experiment_ensure(team=team) == experiment_id
     assert tracking_client().get_experiment(experiment_id).name == f"{settings.MLFLOW_EXPERIMENT_PREFIX}/links-team"
-
-    settings.MLFLOW_UI_URL = "https://mlflow.example.com/"
-    assert run_url("abc", "7") == "https://mlflow.example.com/#/experiments/7/runs/abc"
-    assert run_url(None, "7") is None
-    settings.MLFLOW_UI_URL = ""
-    assert run_url("abc", "7") is None
 
 
 def test_flatten_names_params_by_path():

@@ -150,7 +150,6 @@ class RunOut(Schema):
     code_version: str
     mlflow_experiment_id: str
     mlflow_run_id: str
-    mlflow_url: str | None
     error: str
     created_at: datetime
     started_at: datetime | None

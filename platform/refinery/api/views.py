@@ -33,7 +33,6 @@ from refinery.runs.models import IllegalTransition, Run
 from refinery.runs.selectors import run_get, run_list, stage_metric_summary
 from refinery.runs.services import RunError, run_cancel, run_create, run_rerun
 from refinery.teams.selectors import membership_get
-from refinery.tracking.links import mlflow_run_url
 
 api = NinjaAPI(
     title="Refinery API",
@@ -98,7 +97,6 @@ def _run_out(run: Run) -> dict:
         "rerun_of": run.rerun_of.number if run.rerun_of_id else None,
         "seed": run.seed, "code_version": run.code_version, "mlflow_experiment_id": run.mlflow_experiment_id,
         "mlflow_run_id": run.mlflow_run_id,
-        "mlflow_url": mlflow_run_url(run.mlflow_experiment_id, run.mlflow_run_id),
         "error": run.error, "created_at": run.created_at, "started_at": run.started_at,
         "finished_at": run.finished_at, "snapshot": run.snapshot, "stages": stages,
     }

@@ -6,4 +6,5 @@ app_name = "basemodels"
 urlpatterns = [
     path("", views.base_model_list_view, name="list"),
     path("new/", views.base_model_create_view, name="create"),
+    path("<int:pk>/", views.base_model_detail_view, name="detail"),
 ]

@@ -10,7 +10,13 @@ from refinery.basemodels.selectors import base_model_list
 from refinery.data.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplateError, render_chat_template, row_to_messages
 from refinery.data.forms import DatasetUploadForm
 from refinery.data.models import Dataset, DatasetVersion
-from refinery.data.selectors import dataset_get, dataset_list
+from refinery.data.selectors import (
+    dataset_get,
+    dataset_list,
+    dataset_version_diff,
+    dataset_version_runs,
+    dataset_versions,
+)
 from refinery.data.services import DatasetUploadError, dataset_version_create
 from refinery.data.validation import DatasetError, iter_rows
 from refinery.core.auth import team_required
@@ -77,14 +83,32 @@ def _chat_preview(request, version: DatasetVersion) -> dict:
             "template_source": "default ChatML" if not (chosen and chosen.chat_template) else chosen.name}
 
 
+def _dataset_or_404(request, pk: int) -> Dataset:
+    try:
+        return dataset_get(team=request.team, pk=pk)
+    except Dataset.DoesNotExist:
+        raise Http404("no such dataset in this team") from None
+
+
+def _history(request, dataset: Dataset, versions: list[DatasetVersion]) -> list[dict]:
+    """One row per version, newest first: the version, what changed since the one before (known without
+    reading a file, else loaded lazily by the row) and the runs that read it."""
+    runs = dataset_version_runs(team=request.team, dataset=dataset)
+    rows = []
+    for i, version in enumerate(versions):
+        previous = versions[i + 1] if i + 1 < len(versions) else None
+        rows.append({
+            "v": version, "previous": previous, "runs": runs.get(version.pk, []),
+            "diff": dataset_version_diff(old=previous, new=version, compute=False) if previous else None,
+        })
+    return rows
+
+
 @require_GET
 @team_required
 def dataset_detail_view(request, pk: int):
-    try:
-        dataset = dataset_get(team=request.team, pk=pk)
-    except Dataset.DoesNotExist:
-        raise Http404("no such dataset in this team") from None
-    versions = list(dataset.versions.order_by("-version"))
+    dataset = _dataset_or_404(request, pk)
+    versions = dataset_versions(dataset=dataset)
     selected = versions[0] if versions else None
     if request.GET.get("version"):
         selected = next((v for v in versions if str(v.version) == request.GET["version"]), selected)
@@ -94,4 +118,18 @@ def dataset_detail_view(request, pk: int):
         context.update(_chat_preview(request, selected))
     if request.htmx and request.htmx.target == "chat-preview":
         return render(request, "data/detail.html#chat-preview", context)
+    context["history"] = _history(request, dataset, versions)
     return render(request, "data/detail.html", context)
+
+
+@require_GET
+@team_required
+def dataset_version_diff_view(request, pk: int, version: int):
+    """What changed from the version before to `version` (the history row's diff cell, for htmx)."""
+    dataset = _dataset_or_404(request, pk)
+    pair = list(dataset.versions.filter(version__lte=version).order_by("-version")[:2])
+    if len(pair) < 2 or pair[0].version != version:
+        raise Http404("no such version, or it has no version before it")
+    new, old = pair
+    context = {"row": {"v": new, "previous": old, "diff": dataset_version_diff(old=old, new=new)}, "dataset": dataset}
+    return render(request, "data/detail_version_diff.html", context)

@@ -1,24 +1,39 @@
 from __future__ import annotations
 
+import json
+from datetime import timedelta
+
 from django.contrib import messages
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse, HttpResponseBadRequest, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseStopPolling
 
+from refinery.basemodels.selectors import base_model_exists
 from refinery.core.auth import team_required
+from refinery.core.templatetags.refinery import duration
+from refinery.data.selectors import dataset_versions_present
 from refinery.pipelines.graph import pipeline_graph
+from refinery.pipelines.specs import stage_dependencies
+from refinery.runs.artifacts import (
+    ArtifactNotFound,
+    ArtifactPathError,
+    ArtifactUnavailable,
+    stage_artifact_listing,
+    stage_artifact_open,
+)
 from refinery.runs.charts import chart_payload, scatter_layout
+from refinery.runs.downsample import run_metric_table_sampled
+from refinery.runs.listing import RunFilters, run_filter_choices, run_page
 from refinery.runs.models import IllegalTransition, Run, Status
 from refinery.runs.selectors import (
     run_get,
     run_learning_forgetting,
-    run_list,
-    run_metric_series,
-    run_metric_table,
 )
 from refinery.runs.services import RunError, run_cancel, run_rerun
-from refinery.tracking.links import mlflow_run_url
 
 LOSS_KEYS = ["train/loss", "eval/loss"]
 ONE_OFF_METHODS = ("merge", "evaluate", "export")
@@ -52,20 +67,24 @@ def _run_or_404(request, number: int) -> Run:
 
 
 @require_GET
+@vary_on_headers("HX-Request", "HX-Target")
 @team_required
 def run_list_view(request):
-    status = request.GET.get("status") or None
-    if status and status not in Status.values:
-        status = None
-    runs = list(run_list(team=request.team, status=status, key_metric="train/loss")[:200])
-    for run in runs:
-        stages = list(run.stages.all())
-        run.progress = sum(s.progress for s in stages) / len(stages) if stages else 0
-    active = any(not run.is_finished for run in runs)
-    context = {"runs": runs, "status": status, "statuses": Status.choices, "active": active, "nav": "runs"}
-    if request.htmx and request.htmx.target == "run-rows":
+    """The team's runs: filters, search, sort and page from the GET parameters. htmx asks for the results
+    (`run-results`: a filter, sort or page change; the URL follows) or for the rows alone (`run-rows`: the
+    live poll, which stops once no run on the page can change)."""
+    filters = RunFilters.from_query(request.GET)
+    page = run_page(team=request.team, filters=filters)
+    context = {"page": page, "runs": page.runs, "filters": page.filters, "active": page.active, "nav": "runs"}
+    target = request.htmx.target if request.htmx else None
+    if target == "run-rows":
         response = render(request, "runs/list.html#run-rows", context)
-        return response if active else HttpResponseStopPolling(response.content)
+        return response if page.active else HttpResponseStopPolling(response.content)
+    if target == "run-results":
+        response = render(request, "runs/list.html#run-results", context)
+        response["HX-Push-Url"] = request.path + page.filters.url()
+        return response
+    context["choices"] = run_filter_choices(team=request.team)
     return render(request, "runs/list.html", context)
 
 
@@ -91,11 +110,95 @@ def _export(stage) -> dict:
     return {"stage": stage, "summary": summary if summary.get("size_bytes") else None, "saved": saved}
 
 
+def _timeline(stages, now) -> dict | None:
+    """The stage timeline: one bar per stage over the run's wall time (queued, then running), so that
+    parallel branches show side by side. Positions in percent of the span from the first queue to the
+    last finish (or now)."""
+    starts = [t for s in stages for t in (s.queued_at, s.started_at) if t]
+    if not starts:
+        return None
+    t0 = min(starts)
+    ends = [s.finished_at or now for s in stages if s.started_at or s.queued_at]
+    t1 = max(ends + starts)
+    total = max((t1 - t0).total_seconds(), 1.0)
+
+    def pct(t) -> float:
+        return round(100.0 * (t - t0).total_seconds() / total, 2)
+
+    def bar(a, b) -> dict:
+        left = pct(a)
+        return {"left": left, "width": max(round(pct(b) - left, 2), 0.4)}
+
+    rows = []
+    for s in stages:
+        row = {"stage": s, "queued": None, "running": None, "note": ""}
+        if s.queued_at and (s.started_at or not s.is_finished):
+            row["queued"] = bar(s.queued_at, s.started_at or now)
+            row["queued"]["seconds"] = ((s.started_at or now) - s.queued_at).total_seconds()
+        if s.started_at:
+            row["running"] = bar(s.started_at, s.finished_at or now)
+        elif s.is_finished:
+            row["note"] = "not run"
+        elif not s.queued_at:
+            row["note"] = "waiting for " + (", ".join(stage_dependencies(s.spec)) or "its inputs")
+        rows.append(row)
+    ticks = [{"left": p, "label": "+" + duration(timedelta(seconds=total * p / 100)) if p else "start"}
+             for p in (0, 25, 50, 75, 100)]
+    return {"rows": rows, "ticks": ticks, "start": t0, "end": t1, "live": any(not s.is_finished for s in stages)}
+
+
+def _lineage(request, run: Run, stages) -> dict:
+    """What the run was built from: dataset versions (with hashes and the stages that read them), the base
+    model and revision, each stage's parents, code and pipeline versions. Two queries, whatever the size."""
+    snapshot = run.snapshot or {}
+    datasets: dict[int, dict] = {}
+    roles = (("train", "train_data"), ("eval", "eval_data"), ("retention", "retention_data"))
+    for spec in snapshot.get("stages", []):
+        for role, key in roles:
+            ref = spec.get(key)
+            if ref and ref.get("version_id"):
+                entry = datasets.setdefault(ref["version_id"], {**ref, "uses": []})
+                label = "evaluated on" if role == "train" and spec.get("method") == "evaluate" else role
+                entry["uses"].append((spec.get("name", ""), label))
+    top = snapshot.get("retention_data")
+    if top and top.get("version_id") and top["version_id"] not in datasets:
+        datasets[top["version_id"]] = {**top, "uses": [("", "retention")]}
+    present = dataset_versions_present(team=request.team, version_ids=list(datasets))
+    for version_id, entry in datasets.items():
+        entry["present"] = version_id in present
+    base = snapshot.get("base_model") or {}
+    base_present = bool(base.get("id")) and base_model_exists(team=request.team, pk=base["id"])
+    parents = [{"stage": s, "needs": stage_dependencies(s.spec)} for s in stages]
+    return {"datasets": list(datasets.values()), "base": base, "base_present": base_present, "parents": parents,
+            "pipeline": snapshot.get("pipeline") or {}, "overrides": snapshot.get("overrides") or {}}
+
+
+def _config(stages) -> list[dict]:
+    """Each stage's frozen settings, pretty: method, adapter, config, and the rest of its spec (inputs,
+    attempts...); dataset references are in the lineage card."""
+    skip = {"name", "method", "config", "adapter", "train_data", "eval_data", "retention_data"}
+    out = []
+    for s in stages:
+        spec = s.spec or {}
+        adapter = spec.get("adapter") or None
+        if adapter and adapter.get("type") == "none":  # full fine-tuning: the other fields do not apply
+            adapter = {"type": "none"}
+        rest = {k: v for k, v in spec.items() if k not in skip}
+        out.append({"stage": s, "adapter": adapter,
+                    "config": json.dumps(spec.get("config") or {}, indent=2, sort_keys=True),
+                    "adapter_json": json.dumps(adapter, indent=2, sort_keys=True) if adapter else "",
+                    "rest": json.dumps(rest, indent=2, sort_keys=True) if rest else ""})
+    return out
+
+
 def _run_context(request, run: Run) -> dict:
-    stages = list(run.stages.order_by("index"))
+    """Everything the run page shows. Query count does not depend on the number of stages or metric
+    points: the run, its stages (prefetched by run_get), one metric query for the stages not cached
+    (refinery.runs.downsample: why the DB mirror and not MLflow), and two lineage lookups."""
+    stages = list(run.stages.all())  # prefetched in index order by run_get
     progress = sum(s.progress for s in stages) / len(stages) if stages else 0
     current = next((s for s in stages if s.status in (Status.RUNNING, Status.CANCELING)), None)
-    table = run_metric_table(run=run)
+    table = run_metric_table_sampled(run=run, stages=stages)
     # Merge, evaluate and export stages log one-off numbers, shown in their own cards, not as curves.
     one_off = {s.name for s in stages if s.method in ONE_OFF_METHODS}
     table = {key: series for key, by_stage in table.items()
@@ -110,12 +213,13 @@ def _run_context(request, run: Run) -> dict:
                                 for stage, points in table.get(key, {}).items()}),
         "metric_charts": charts[0],
         "routine_charts": charts[1],
-        "mlflow_url": mlflow_run_url(run.mlflow_experiment_id, run.mlflow_run_id),
-        "stage_links": {s.pk: mlflow_run_url(run.mlflow_experiment_id, s.mlflow_run_id) for s in stages},
+        "timeline": _timeline(stages, timezone.now()),
         "graph": pipeline_graph([{**s.spec, "name": s.name, "method": s.method} for s in stages],
-                                statuses={s.name: s.status for s in stages}),
+                                statuses={s.name: s.status for s in stages},
+                                links={s.name: f"#stage-{s.name}" for s in stages}),
         "evaluations": [_evaluation(s) for s in stages if s.method == "evaluate"],
         "exports": [_export(s) for s in stages if s.method == "export"],
+        "artifact_stages": [s for s in stages if s.mlflow_run_id],
         "nav": "runs",
     }
 
@@ -131,15 +235,70 @@ def run_detail_view(request, number: int):
             # One last render with the final state, then the client stops polling.
             return HttpResponseStopPolling(response.content)
         return response
+    # The static parts (snapshot, lineage) are rendered once, outside the polled fragment.
+    context.update(lineage=_lineage(request, run, context["stages"]), config=_config(context["stages"]))
     return render(request, "runs/detail.html", context)
 
 
 @require_GET
 @team_required
 def run_metrics_view(request, number: int):
+    """The run's metric series as chart JSON (`?key=` to pick), at most 1,000 points per series."""
     run = _run_or_404(request, number)
     keys = request.GET.getlist("key") or None
-    return JsonResponse(chart_payload(run_metric_series(run=run, keys=keys)))
+    series = {f"{stage_name} {key}": points
+              for key, by_stage in run_metric_table_sampled(run=run, stages=list(run.stages.all())).items()
+              if keys is None or key in keys for stage_name, points in by_stage.items()}
+    return JsonResponse(chart_payload(series))
+
+
+def _stage_or_404(run: Run, name: str | None):
+    stage = next((s for s in run.stages.all() if s.name == name), None)
+    if stage is None:
+        raise Http404("no such stage in this run")
+    return stage
+
+
+@require_GET
+@team_required
+def run_artifacts_view(request, number: int):
+    """A folder of one stage's MLflow artifacts (`?stage=<name>&path=<folder>`), listed through Django:
+    the page, or the card's fragment for htmx. The browser never gets an MLflow address."""
+    run = _run_or_404(request, number)
+    stages = [s for s in run.stages.all() if s.mlflow_run_id]
+    name = request.GET.get("stage") or (stages[0].name if stages else None)
+    stage = _stage_or_404(run, name) if name else None
+    try:
+        listing = stage_artifact_listing(stage=stage, path=request.GET.get("path", "")) if stage else None
+    except ArtifactPathError as exc:
+        return HttpResponseBadRequest(str(exc))
+    context = {"run": run, "stage": stage, "artifact_stages": stages, "listing": listing, "nav": "runs"}
+    if request.htmx:
+        return render(request, "runs/detail_artifacts.html#run-artifacts", context)
+    return render(request, "runs/detail_artifacts.html", context)
+
+
+@require_GET
+@team_required
+def run_artifact_download_view(request, number: int):
+    """One artifact file (`?stage=<name>&path=<file>`), streamed from MLflow through Django in chunks,
+    always as an attachment (an HTML artifact must not run as a page of this site)."""
+    run = _run_or_404(request, number)
+    stage = _stage_or_404(run, request.GET.get("stage"))
+    try:
+        download = stage_artifact_open(stage=stage, path=request.GET.get("path", ""))
+    except ArtifactPathError as exc:
+        return HttpResponseBadRequest(str(exc))
+    except ArtifactNotFound:
+        raise Http404("no such artifact file in this stage") from None
+    except ArtifactUnavailable as exc:
+        return HttpResponse(str(exc), status=503, content_type="text/plain")
+    response = StreamingHttpResponse(download.stream, content_type=download.content_type)
+    response["Content-Disposition"] = content_disposition_header(True, download.entry.name)
+    if download.entry.size is not None:
+        response["Content-Length"] = str(download.entry.size)
+    response["Cache-Control"] = "private, no-store"
+    return response
 
 
 @require_POST

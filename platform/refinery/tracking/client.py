@@ -17,8 +17,7 @@ log = logging.getLogger(__name__)
 # timeout 120 s), which would freeze a page or a supervisor thread. Refinery retries
 # on its own terms (see MetricBuffer), so the client fails fast unless an operator
 # says otherwise in the environment. Closing a run would also print its URL to stdout
-# (after one more get_run request); links come from run_url() instead, and download
-# progress bars would fill the worker log.
+# (after one more get_run request), and download progress bars would fill the worker log.
 _CLIENT_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -59,14 +58,6 @@ def experiment_ensure(*, team, client=None) -> str:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
         return client.get_experiment_by_name(name).experiment_id  # another worker won the race
-
-
-def run_url(run_id: str | None, experiment_id: str | None) -> str | None:
-    """A link to a run in the MLflow UI, or None when there is no UI to link to."""
-    base = (settings.MLFLOW_UI_URL or "").rstrip("/")
-    if not base or not run_id or not experiment_id:
-        return None
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def metric_history(run_id: str, key: str, *, client=None) -> list[tuple[int, float]]:
