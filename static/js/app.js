@@ -882,3 +882,77 @@
     plotOf: function (el) { var st = states.get(el); return st ? st.plot : null; },
   };
 })();
+
+/* ==========================================================================
+ * Compare overlays (templates/runs/compare.html; an extension, not part of
+ * the core above). Each series brings its own x values, so that runs logged
+ * at different steps or times are sent once each instead of on a shared x
+ * padded with nulls:
+ *
+ *   <script type="application/json" id="C-src">
+ *     {"x_label": "step", "series": [{"label", "color", "x": [...], "y": [...]}]}
+ *   </script>
+ *   <div class="chart" id="C" data-overlay-src="#C-src" data-chart-script="#C-data"></div>
+ *
+ * This block merges the series onto one sorted x axis (null where a series has
+ * no point) and writes the usual chart JSON into <script id="C-data">, which
+ * the chart reads through data-chart-script (docs/ui.md, source 2).
+ * ========================================================================== */
+(function () {
+  "use strict";
+
+  function align(raw) {
+    var series = raw && Array.isArray(raw.series) ? raw.series : [];
+    var seen = new Map(), xs = [];
+    series.forEach(function (s) {
+      (s.x || []).forEach(function (x) {
+        if (typeof x === "number" && isFinite(x) && !seen.has(x)) { seen.set(x, true); xs.push(x); }
+      });
+    });
+    xs.sort(function (a, b) { return a - b; });
+    var index = new Map();
+    xs.forEach(function (x, i) { index.set(x, i); });
+    return {
+      x: xs,
+      x_label: (raw && raw.x_label) || "step",
+      y_label: (raw && raw.y_label) || "",
+      series: series.map(function (s) {
+        var values = new Array(xs.length).fill(null), sx = s.x || [], sy = s.y || [];
+        for (var i = 0; i < sx.length; i++) if (index.has(sx[i])) values[index.get(sx[i])] = sy[i] == null ? null : sy[i];
+        var out = { label: s.label, values: values };
+        if (s.color) out.color = s.color;
+        return out;
+      }),
+    };
+  }
+
+  function convert(root) {
+    var scope = root && root.querySelectorAll ? root : document;
+    var charts = Array.prototype.slice.call(scope.querySelectorAll(".chart[data-overlay-src]"));
+    if (scope.matches && scope.matches(".chart[data-overlay-src]")) charts.push(scope);
+    charts.forEach(function (el) {
+      var src = null;
+      try { src = document.querySelector(el.getAttribute("data-overlay-src")); } catch (e) { src = null; }
+      if (!src || !el.id) return;
+      var id = el.id + "-data";
+      var out = document.getElementById(id);
+      if (out && out.getAttribute("data-from") === src.textContent.length + ":" + el.id) return; // done already
+      var data;
+      try { data = align(JSON.parse(src.textContent)); } catch (e) { data = { series: [] }; }
+      if (out) out.remove();
+      out = document.createElement("script");
+      out.type = "application/json";
+      out.id = id;
+      out.setAttribute("data-from", src.textContent.length + ":" + el.id);
+      out.textContent = JSON.stringify(data);
+      src.parentNode.insertBefore(out, src.nextSibling);
+      if (window.Refinery && window.Refinery.updateChart) window.Refinery.updateChart(el);
+    });
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", function () { convert(document); });
+  else convert(document);
+  document.addEventListener("htmx:afterSettle", function () { convert(document); });
+  window.Refinery = window.Refinery || {};
+  window.Refinery.alignOverlay = align;
+})();
