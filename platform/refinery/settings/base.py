@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "refinery.pipelines",
     "refinery.runs",
     "refinery.sweeps",
+    "refinery.registry",
     "refinery.api",
 ]
 
@@ -195,9 +196,8 @@ REFINERY_TRAINER_PYTHON = os.environ.get("REFINERY_TRAINER_PYTHON", "")  # defau
 # How long a finished stage keeps retrying to deliver buffered metrics to a down MLflow.
 REFINERY_METRICS_DRAIN_SECONDS = float(os.environ.get("REFINERY_METRICS_DRAIN_SECONDS", 60))
 
-# MLflow: private to the platform; the web links to runs via MLFLOW_UI_URL.
+# MLflow: private to the platform; pages and the API never hand the browser its address.
 MLFLOW_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-MLFLOW_UI_URL = os.environ.get("MLFLOW_UI_URL", MLFLOW_TRACKING_URI if MLFLOW_TRACKING_URI.startswith("http") else "")
 MLFLOW_EXPERIMENT_PREFIX = os.environ.get("MLFLOW_EXPERIMENT_PREFIX", "refinery")
 
 LOGGING = {
