@@ -63,12 +63,18 @@ def test_filter_compare_and_promote(page, screenshot, live_server, mlflow_server
     page.click("[data-testid=promote-submit]")
     page.wait_for_url("**/registry/adder/")
     page.on("dialog", lambda dialog: dialog.accept())
-    page.click("[data-testid=set-production-v1]")
-    page.wait_for_selector("[data-testid=alias-production]")
-    page.click("[data-testid=set-production-v2]")
-    page.wait_for_function("document.querySelector('[data-testid=alias-production]').innerText.includes('2')")
-    page.click("[data-testid=rollback-production]")
-    page.wait_for_function("document.querySelector('[data-testid=alias-history]').innerText.includes('rolled')")
+
+    def after(click: str, event: str) -> None:
+        """One click, then wait until the swapped-in page shows its event (the next click needs the new page)."""
+        page.click(click)
+        page.wait_for_function("text => document.querySelector('[data-testid=alias-history]').innerText"
+                               ".includes(text)", arg=event)
+
+    after("[data-testid=set-production-v1]", "pointed production at v1")
+    after("[data-testid=set-production-v2]", "pointed production at v2 (was v1)")
+    assert "v2" in page.inner_text("[data-testid=alias-production]")
+    after("[data-testid=rollback-production]", "rolled production back to v1 (from v2)")
+    assert "v1" in page.inner_text("[data-testid=alias-production]")
     history = page.inner_text("[data-testid=alias-history]")
     assert "rolled production back to v1 (from v2)" in history, history
     screenshot("43-registry")
