@@ -331,16 +331,14 @@ class StageSupervisor:
         from jobs.app import reaper_interval_seconds
 
         interval = float(settings.REFINERY_HEARTBEAT_SECONDS)
-        next_beat = time.monotonic() + interval
+        next_beat = time.monotonic()  # renew at once: the claim's lease started before this thread did
         reap_every = reaper_interval_seconds()
         next_reap = time.monotonic() + reap_every
         sent_step = -1
-        while not self._heartbeat_stop.wait(min(CANCEL_POLL_SECONDS, interval)):
+        pause = 0.0
+        while not self._heartbeat_stop.wait(pause):
+            pause = min(CANCEL_POLL_SECONDS, interval)
             try:
-                if time.monotonic() >= next_reap:
-                    next_reap = time.monotonic() + reap_every
-                    services.stage_reap_expired()
-                    services.stage_redispatch_stale()
                 with self.state.lock:
                     step, total, epoch = self.state.step, self.state.total_steps, self.state.epoch
                 # Progress moves the live page's bar: send it as soon as it changes (once a
@@ -360,6 +358,11 @@ class StageSupervisor:
                     cancel = self._cancel_pending()
                 else:
                     cancel = False
+                # Reap after renewing our own lease, so that a slow start never reaps this very stage.
+                if time.monotonic() >= next_reap:
+                    next_reap = time.monotonic() + reap_every
+                    services.stage_reap_expired()
+                    services.stage_redispatch_stale()
                 if cancel and not self.cancel_requested.is_set():
                     self.cancel_seen_at = time.monotonic()
                     self.cancel_requested.set()
@@ -708,6 +711,9 @@ def supervise_stage(*, stage_run_id: int, worker: str) -> str | None:
 
     Returns the terminal status, or "lost" when the lease was lost on the way.
     """
+    # Import MLflow's client before claiming: in a fresh worker process that takes about a second, which
+    # would otherwise come out of the lease between the claim and the supervisor's first renewal.
+    tracking_client()
     stage = services.stage_claim(stage_run_id=stage_run_id, worker=worker)
     if stage is None:
         log.info("stage %s: nothing to do (already claimed, finished or canceled)", stage_run_id)
