@@ -158,8 +158,14 @@ def test_a_lost_lease_stops_the_trainer_and_the_next_attempt_resumes_from_the_ch
     try:
         wait_until(lambda: StageMetric.objects.filter(stage_run=stage, key="train/loss", step__gte=12).exists(),
                    timeout=120, message="training did not get past step 12")
-        StageRun.objects.filter(pk=stage.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-        assert stage_reap_expired() == [stage.pk]
+
+        def expire_and_reap() -> bool:
+            # The supervisor's heartbeat renews about once a second and may do so between these two
+            # statements; then the reaper rightly finds a live lease, and we expire it again.
+            StageRun.objects.filter(pk=stage.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+            return stage_reap_expired() == [stage.pk]
+
+        wait_until(expire_and_reap, timeout=20, interval=0.05, message="the reaper never took the stage")
     finally:
         first.join(timeout=60)
     assert result["status"] == "lost"
