@@ -27,10 +27,6 @@ class Node:
     index: int = 0
     column: int = 0
 
-    @property
-    def cx(self) -> int:
-        return self.x + NODE_W // 2
-
 
 @dataclass
 class Edge:
@@ -107,8 +103,6 @@ def pipeline_graph(stages: list[dict], *, statuses: dict[str, str] | None = None
 
     for stage in stages:
         refs = _stage_refs(stage) or [("input", "base")]
-        if stage.get("method") == "merge" and not any(f == "inputs" for f, _ in refs):
-            refs.append(("input", "base"))
         for field_name, ref in refs:
             source, target = nodes.get(ref), nodes[stage["name"]]
             if source is None:
