@@ -11,6 +11,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("teams/switch/", team_switch_view, name="team-switch"),
+    path("teams/", include("refinery.teams.urls")),
     path("runs/", include("refinery.runs.urls")),
     path("pipelines/", include("refinery.pipelines.urls")),
     path("sweeps/", include("refinery.sweeps.urls")),

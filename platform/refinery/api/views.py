@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from django.http import HttpRequest
 from ninja import File, Form, NinjaAPI, Router
+from ninja.errors import HttpError
 from ninja.files import UploadedFile
 
-from refinery.api.auth import TokenAuth
+from refinery.api.auth import READ_ONLY_TOKEN, TokenAuth
 from refinery.api.schemas import (
     BaseModelIn,
     BaseModelOut,
@@ -32,6 +33,7 @@ from refinery.pipelines.specs import SpecError
 from refinery.runs.models import IllegalTransition, Run
 from refinery.runs.selectors import run_get, run_list, stage_metric_summary
 from refinery.runs.services import RunError, run_cancel, run_create, run_rerun
+from refinery.teams.models import ApiToken
 from refinery.teams.selectors import membership_get
 
 api = NinjaAPI(
@@ -56,6 +58,8 @@ def _forbidden(request, exc):
 
 
 def _require_write(request: HttpRequest) -> None:
+    if getattr(request.auth, "scope", ApiToken.Scope.WRITE) != ApiToken.Scope.WRITE:  # TokenAuth refuses first
+        raise HttpError(403, READ_ONLY_TOKEN)
     membership = membership_get(team=request.team, user=request.user)
     if membership is None or not membership.can_write:
         raise WriteForbidden()
@@ -281,3 +285,4 @@ api.add_router("/datasets", datasets)
 api.add_router("/base-models", models)
 api.add_router("/pipelines", pipelines)
 api.add_router("/runs", runs)
+api.add_router("/team", "refinery.api.team_views.router")

@@ -16,6 +16,7 @@ from refinery.data.models import Dataset, DatasetVersion
 from refinery.pipelines.models import Pipeline
 from refinery.runs.dispatch import enqueue_stage_on_commit
 from refinery.runs.listing import run_summary_refresh
+from refinery.teams.services import audit
 from refinery.runs.models import (
     ACTIVE_STATES,
     TERMINAL_STATES,
@@ -142,6 +143,8 @@ def _run_from_snapshot(*, pipeline, version, user, snapshot: dict, seed: int, na
     ]
     StageRun.objects.bulk_create(stage_runs)
     _queue_ready_stages(run)
+    audit(team=run.team, user=user, action="run.rerun" if rerun_of else "run.started", target=f"run #{run.number}",
+          pipeline=pipeline.name, rerun_of=f"#{rerun_of.number}" if rerun_of else "")
     return run
 
 
@@ -451,6 +454,7 @@ def run_cancel(*, run: Run, user=None) -> Run:
             stage.cancel_requested_at = now
             stage.save()
     _run_refresh_status(run)
+    audit(team=run.team, user=user, action="run.canceled", target=f"run #{run.number}")
     return run
 
 

@@ -215,3 +215,10 @@ WHITENOISE_USE_FINDERS = DEBUG
 # trainer is importing, downloading and loading the model: REFINERY_STARTUP_SECONDS applies then.
 REFINERY_STALL_SECONDS = float(os.environ.get("REFINERY_STALL_SECONDS", 900))
 REFINERY_STARTUP_SECONDS = float(os.environ.get("REFINERY_STARTUP_SECONDS", 3600))
+
+# --- teamadmin ---
+# Invitation links expire after this many days; API tokens may be given at most this many days
+# (0 = tokens without an expiry are allowed). The audit log page shows this many events a page.
+REFINERY_INVITATION_DAYS = int(os.environ.get("REFINERY_INVITATION_DAYS", 7))
+REFINERY_API_TOKEN_MAX_DAYS = int(os.environ.get("REFINERY_API_TOKEN_MAX_DAYS", 0))
+REFINERY_AUDIT_PAGE_SIZE = int(os.environ.get("REFINERY_AUDIT_PAGE_SIZE", 50))

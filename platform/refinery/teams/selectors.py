@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from refinery.teams.models import ApiToken, Membership, Team
@@ -35,6 +35,7 @@ def api_token_authenticate(*, key: str) -> ApiToken | None:
     token = (
         ApiToken.objects.select_related("user", "team")
         .filter(key_hash=ApiToken.hash_key(key), revoked_at__isnull=True, user__is_active=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
         .first()
     )
     if token is None or not Membership.objects.filter(team=token.team, user=token.user).exists():
