@@ -135,7 +135,7 @@ def test_invitation_link_is_shown_once(people):
                            headers={"HX-Request": "true"})
     assert response.status_code == 200
     html = response.content.decode()
-    assert html.strip().startswith('<div class="card" id="invite-card"')
+    assert html.strip().startswith('<div class="grid-2" id="invite-card"')
     key = html.split("/teams/join/")[1].split("/")[0]
     invitation = Invitation.objects.get()
     assert invitation.key_hash == Invitation.hash_key(key) and invitation.role == "viewer"
