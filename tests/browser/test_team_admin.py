@@ -14,6 +14,10 @@ from .test_golden_path import login
 pytestmark = [pytest.mark.browser]
 
 
+def guest_shot_page(p, name):
+    p.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
 def test_invite_accept_roles_tokens_and_audit(page, browser, screenshot, live_server, transactional_db):
     owner = user_create(username="ada", password="pw-ada-12345", team_name="Lab")
     team = owner.teams.get()
@@ -51,7 +55,7 @@ def test_invite_accept_roles_tokens_and_audit(page, browser, screenshot, live_se
     guest.set_default_timeout(20_000)
 
     def guest_shot(name):
-        guest.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+        guest_shot_page(guest, name)
     try:
         guest.goto(link)
         assert "Join Lab" in guest.inner_text("[data-testid=invitation]")
@@ -76,6 +80,28 @@ def test_invite_accept_roles_tokens_and_audit(page, browser, screenshot, live_se
         guest.goto(link)
         assert "already been used" in guest.inner_text("[data-testid=invitation-problem]")
         guest_shot("65-invitation-used")
+    finally:
+        guest.context.close()
+
+    # Someone with an account elsewhere: the link sends them through sign-in and back, then they accept.
+    user_create(username="sam", password="pw-sam-12345", team_name="Elsewhere")
+    page.goto(f"{live_server.url}/teams/{team.pk}/members/")
+    page.select_option("[data-testid=invite-form] select[name=role]", "member")
+    page.click("[data-testid=invite-form] button[type=submit]")
+    second_link = page.input_value("[data-testid=invite-link]")
+    guest = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    try:
+        guest.goto(second_link)
+        guest.click("[data-testid=sign-in]")
+        guest.fill("input[name=username]", "sam")
+        guest.fill("input[name=password]", "pw-sam-12345")
+        guest.click("button[type=submit]")
+        guest.wait_for_url(second_link)
+        assert "Signed in as sam" in guest.inner_text("[data-testid=invitation]")
+        guest_shot_page(guest, "69-invitation-signed-in")
+        guest.click("[data-testid=accept]")
+        guest.wait_for_url(f"{live_server.url}/teams/{team.pk}/members/")
+        assert Membership.objects.get(team=team, user__username="sam").role == "member"
     finally:
         guest.context.close()
 
