@@ -202,6 +202,16 @@ def test_declared_row_group_size_is_checked_before_any_page_is_read(tmp_path):
                             "write the file with smaller row groups")
 
 
+def test_parquet_strings_that_are_not_utf8_are_a_problem_not_a_crash(tmp_path):
+    path = tmp_path / "latin1.parquet"
+    prompts = pa.array([b"fine", "caf\u00e9".encode("latin-1")], pa.binary()).view(pa.string())  # unchecked
+    pq.write_table(pa.table({"prompt": prompts, "completion": ["a", "b"]}), path)
+    report = validate_file(path, format="parquet", kind="prompt_completion")
+    assert [str(issue) for issue in report.issues] == [
+        "Parquet data unreadable after row 0 (a string column holds bytes that are not UTF-8)"
+    ]
+
+
 def test_text_files_decode_to_their_own_size(tmp_path):
     path = write_jsonl(tmp_path / "a.jsonl", ROWS)
     report = validate_file(path, format="jsonl", kind="prompt_completion", limits=DecodeLimits(max_decoded_bytes=100))

@@ -586,7 +586,7 @@ def _parquet_records(parquet: Any, batch_rows: int, limits: DecodeLimits) -> Ite
             if not problems and size > limits.max_batch_bytes:
                 problems = [(None, f"decodes to {size:,} bytes, more than the limit of {limits.max_batch_bytes:,} per row")]
             if problems or (held + size > limits.max_batch_bytes and index > start):
-                for row in batch.slice(start, index - start).to_pylist():
+                for row in _python_rows(batch.slice(start, index - start), number):
                     number += 1
                     yield _Record(number, row, [])
                 start, held = index, 0
@@ -596,9 +596,21 @@ def _parquet_records(parquet: Any, batch_rows: int, limits: DecodeLimits) -> Ite
                 start = index + 1
                 continue
             held += size
-        for row in batch.slice(start).to_pylist():
+        for row in _python_rows(batch.slice(start), number):
             number += 1
             yield _Record(number, row, [])
+
+
+def _python_rows(rows: pa.RecordBatch, rows_before: int) -> list[dict[str, Any]]:
+    import pyarrow as pa
+
+    try:
+        return rows.to_pylist()
+    except UnicodeDecodeError:
+        message = f"Parquet data unreadable after row {rows_before} (a string column holds bytes that are not UTF-8)"
+    except pa.ArrowException as error:
+        message = f"Parquet data unreadable after row {rows_before} ({error})"
+    raise DatasetError(ValidationIssue(None, None, message))
 
 
 def _row_bytes(array: pa.Array) -> pa.Array:
