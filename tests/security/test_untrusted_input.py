@@ -190,6 +190,37 @@ def test_a_conversation_bomb_is_measured_through_lists_and_structs(tmp_path):
     assert [str(issue) for issue in report.issues] == [decoded_size_message(DEFAULT_DECODED_LIMIT)]
 
 
+def test_rows_are_expanded_in_slices_of_the_batch_limit_and_a_larger_row_is_a_problem(tmp_path):
+    prompts = [f"question {i:04d} " + "x" * 30 for i in range(1000)]
+    prompts[700] = "y" * 90
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"prompt": prompts, "completion": ["z" * 90 if i == 700 else "a" for i in range(1000)]}),
+                   path)
+    report = validate_file(path, format="parquet", kind="prompt_completion",
+                           limits=DecodeLimits(max_batch_bytes=150, max_value_bytes=100))
+    assert report.row_count == 1000 and report.error_count == 1
+    assert str(report.issues[0]) == "row 701: the row decodes to 180 bytes, more than the limit of 150 per row"
+    assert [row["prompt"][:13] for row in report.preview[:3]] == ["question 0000", "question 0001", "question 0002"]
+    assert report.stats["prompt"]["non_null"] == 999
+
+
+def test_decoded_sizes_are_counted_through_every_arrow_shape():
+    from refinery.data.validation import _row_bytes
+
+    def sizes(array):
+        return _row_bytes(array).to_pylist()
+
+    strings = pa.array(["ab", None, "cde"])
+    assert sizes(strings) == [2, 0, 3]
+    assert sizes(strings.dictionary_encode()) == [2, 0, 3]
+    assert sizes(pa.array([["ab", None], [], None, ["cde"]]).slice(1)) == [0, 0, 3]
+    assert sizes(pa.array([{"a": "xx", "b": [1, 2]}, None, {"a": "y", "b": None}])) == [18, 0, 1]
+    assert sizes(pa.array([[("k", "vv")], [("kk", "v"), ("a", "b")]], pa.map_(pa.string(), pa.string()))) == [3, 5]
+    assert sizes(pa.array([[1, 2], [3, 4], None], pa.list_(pa.int32(), 2)).slice(1)) == [8, 0]
+    assert sizes(pa.array(["abc"], pa.string_view())) == [3]
+    assert sizes(pa.array([True, False])) == [1, 1]
+
+
 def test_declared_row_group_size_is_checked_before_any_page_is_read(tmp_path):
     path = tmp_path / "big-group.parquet"
     pq.write_table(pa.table({"prompt": ["x" * 1000] * 100, "completion": ["y"] * 100}), path, use_dictionary=False)

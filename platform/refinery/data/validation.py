@@ -584,7 +584,8 @@ def _parquet_records(parquet: Any, batch_rows: int, limits: DecodeLimits) -> Ite
                 if sizes[index] > limits.max_value_bytes
             ]
             if not problems and size > limits.max_batch_bytes:
-                problems = [(None, f"decodes to {size:,} bytes, more than the limit of {limits.max_batch_bytes:,} per row")]
+                message = f"the row decodes to {size:,} bytes, more than the limit of {limits.max_batch_bytes:,} per row"
+                problems = [(None, message)]
             if problems or (held + size > limits.max_batch_bytes and index > start):
                 for row in _python_rows(batch.slice(start, index - start), number):
                     number += 1
@@ -635,10 +636,11 @@ def _row_bytes(array: pa.Array) -> pa.Array:
         return pc.binary_length(array).cast(pa.int64()).fill_null(0)
     if isinstance(array, (pa.ListArray, pa.LargeListArray)):  # a MapArray is a ListArray of key-value structs
         return _segment_sums(_row_bytes(array.values), array.offsets)
-    if isinstance(array, pa.FixedSizeListArray):
-        size = kind.list_size
-        offsets = pa.array(range(0, (len(array) + 1) * size, size), pa.int64())
-        return _segment_sums(_row_bytes(array.flatten()), offsets)
+    if isinstance(array, pa.FixedSizeListArray):  # `values` is the whole child, as for lists
+        size, first = kind.list_size, array.offset
+        offsets = pa.array(range(first * size, (first + len(array) + 1) * size, size), pa.int64())
+        sums = _segment_sums(_row_bytes(array.values), offsets)
+        return pc.if_else(array.is_null(), 0, sums)
     if isinstance(array, pa.StructArray):
         return _add_all([_row_bytes(field) for field in array.flatten()], len(array))
     if pa.types.is_null(kind):
