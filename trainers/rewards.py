@@ -14,12 +14,16 @@ after the wrapped function, so metrics read ``rewards/<name>/mean``).
 config fields that feed its parameters, the data columns it needs). The GRPO config declares one
 ``reward_<name>_weight`` field per entry (0 = off); tests check the two agree.
 
-Standard library only: the web process imports this module to describe the rewards.
+Standard library and ``regex`` only: the web process imports this module to describe the rewards.
+Patterns run on the ``regex`` engine with a timeout (:data:`REGEX_TIMEOUT_SECONDS` per completion): a
+pattern that backtracks catastrophically fails the reward, and so the stage, with a message naming it.
 """
 
 import json
 import math
 import re
+
+import regex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +45,12 @@ __all__ = [
     "length_penalty",
     "reward_model",
     "weight_field",
+    "RewardTimeout",
+    "REGEX_TIMEOUT_SECONDS",
 ]
+
+# How long regex_match may spend on one completion. Sane patterns take microseconds.
+REGEX_TIMEOUT_SECONDS = 0.25
 
 # exact_match's normalisations, mildest first.
 NORMALIZATIONS = ("none", "whitespace", "lenient")
@@ -174,12 +183,30 @@ def numeric_match(completions: list, *, tolerance: float = 1e-6, **columns) -> l
     return rewards
 
 
+class RewardTimeout(RuntimeError):
+    """A reward's pattern ran out of time on a completion: the pattern is at fault, not the model."""
+
+
 def regex_match(completions: list, *, pattern: str, full_match: bool = False, **columns) -> list[float]:
     """1.0 when the completion matches the regular expression ``pattern`` (anywhere, or the whole completion
-    with ``full_match``), else 0.0. A format check: an answer line, tags, a date shape."""
-    compiled = re.compile(pattern)
+    with ``full_match``), else 0.0. A format check: an answer line, tags, a date shape.
+
+    Runs on the ``regex`` engine; a match that takes longer than :data:`REGEX_TIMEOUT_SECONDS` raises
+    :class:`RewardTimeout` (nested or overlapping repetition such as ``(a|aa)+`` backtracks exponentially)."""
+    compiled = regex.compile(pattern)
     match = compiled.fullmatch if full_match else compiled.search
-    return [1.0 if match(completion_text(c)) else 0.0 for c in completions]
+    rewards = []
+    for c in completions:
+        text = completion_text(c)
+        try:
+            rewards.append(1.0 if match(text, timeout=REGEX_TIMEOUT_SECONDS) else 0.0)
+        except TimeoutError:
+            raise RewardTimeout(
+                f"the regex_match pattern {pattern!r} took longer than {REGEX_TIMEOUT_SECONDS:g} s on a completion "
+                f"of {len(text):,} characters (catastrophic backtracking); simplify regex_pattern: avoid nested or "
+                f"overlapping repetition such as (a+)+ or (a|aa)+"
+            ) from None
+    return rewards
 
 
 def _json_candidates(text: str) -> list[str]:

@@ -137,7 +137,7 @@ def test_grpo_without_a_reward_is_refused():
         (
             {"reward_regex_match_weight": 1, "regex_pattern": "Answer: (\\d+"},
             "regex_pattern",
-            "regex_pattern: not a valid regular expression: missing ), unterminated subpattern",
+            "regex_pattern: not a valid regular expression: missing ) at position 12",
         ),
         ({"reward_regex_match_weight": 1}, "regex_pattern", "regex_pattern: the regex_match reward needs a pattern"),
         ({"reward_contains_weight": 1, "contains_text": " | "}, "contains_text", "needs at least one string"),

@@ -3,7 +3,9 @@
 import re
 from dataclasses import dataclass
 
-from ..rewards import NORMALIZATIONS, REWARDS, weight_field
+import regex
+
+from ..rewards import NORMALIZATIONS, REGEX_TIMEOUT_SECONDS, REWARDS, weight_field
 from ..schema import param
 from . import fields
 
@@ -60,7 +62,9 @@ class GRPOConfig:
         "",
         label="Regex pattern",
         group="rewards",
-        help="Python regular expression for regex_match, e.g. '^Answer: \\d+$' or '<answer>.*</answer>'.",
+        help="Regular expression for regex_match (Python syntax, run by the regex package), e.g. "
+        f"'^Answer: \\d+$' or '<answer>.*</answer>'. A pattern that takes over {REGEX_TIMEOUT_SECONDS:g} s "
+        "on a completion fails the stage.",
     )
     regex_full_match: bool = param(
         False,
@@ -207,8 +211,8 @@ class GRPOConfig:
                 errors["regex_pattern"] = f"at most {MAX_PATTERN_LENGTH} characters, got {len(self.regex_pattern)}"
             else:
                 try:
-                    re.compile(self.regex_pattern)
-                except re.error as exc:
+                    regex.compile(self.regex_pattern)  # the engine regex_match runs on
+                except regex.error as exc:
                     errors["regex_pattern"] = f"not a valid regular expression: {exc}"
         elif "regex_match" in used:
             errors["regex_pattern"] = "the regex_match reward needs a pattern"

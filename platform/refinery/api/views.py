@@ -5,6 +5,7 @@ from django.http import HttpRequest
 from ninja import File, Form, NinjaAPI, Router
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
+from ninja.parser import Parser
 
 from refinery.api.auth import READ_ONLY_TOKEN, TokenAuth
 from refinery.api.schemas import (
@@ -36,6 +37,25 @@ from refinery.runs.services import RunError, run_cancel, run_create, run_rerun
 from refinery.teams.models import ApiToken
 from refinery.teams.selectors import membership_get
 
+
+class UnsupportedMediaType(Exception):
+    pass
+
+
+class JsonBodyParser(Parser):
+    """A route that takes a JSON body reads only JSON: another content type is 415, not a guess."""
+
+    def parse_body(self, request: HttpRequest):
+        content_type = request.content_type or ""
+        if content_type != "application/json" and not (content_type.startswith("application/") and
+                                                       content_type.endswith("+json")):
+            raise UnsupportedMediaType(
+                f"this route takes a JSON body: send it with Content-Type: application/json "
+                f"(got {content_type or 'no content type'})"
+            )
+        return super().parse_body(request)
+
+
 api = NinjaAPI(
     title="Refinery API",
     version="1",
@@ -45,7 +65,16 @@ api = NinjaAPI(
     urls_namespace="api",
     openapi_url="/openapi.json",
     docs_url="/docs",
+    parser=JsonBodyParser(),
 )
+
+
+@api.exception_handler(HttpError)
+def _http_error(request, exc):
+    # ninja answers any parser failure with 400 "Cannot parse request body" (raised from it).
+    if isinstance(exc.__cause__, UnsupportedMediaType):
+        return api.create_response(request, {"detail": str(exc.__cause__)}, status=415)
+    return api.create_response(request, {"detail": str(exc)}, status=exc.status_code)
 
 
 class WriteForbidden(Exception):

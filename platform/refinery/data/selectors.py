@@ -10,6 +10,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.db.models import Count, Max, Q, QuerySet
 
+from refinery.data.limits import decode_limits
 from refinery.data.models import Dataset, DatasetVersion
 from refinery.data.validation import DatasetError, iter_rows
 
@@ -110,7 +111,7 @@ def _diff_limit_bytes() -> int:
 def _row_hashes(version: DatasetVersion, columns: list[str]) -> Counter:
     """How often each row content (over `columns`) occurs, streaming the file: 8-byte hashes, no rows kept."""
     counts: Counter = Counter()
-    for row in iter_rows(version.path, version.format, version.dataset.kind):
+    for row in iter_rows(version.path, version.format, version.dataset.kind, limits=decode_limits()):
         text = json.dumps([row.get(c) for c in columns], ensure_ascii=False, separators=(",", ":"),
                           sort_keys=True, default=str)
         counts[hashlib.blake2b(text.encode(), digest_size=8).digest()] += 1

@@ -12,7 +12,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 
 from refinery.data.models import Dataset, DatasetKind, DatasetVersion
-from refinery.data.validation import ValidationIssue, detect_format, validate_file
+from refinery.data.limits import child_limits, decode_limits
+from refinery.data.validate_child import ValidationAborted, validate_file_in_child
+from refinery.data.validation import ValidationIssue, detect_format
 from refinery.teams.services import audit
 
 NAME_MAX = 100
@@ -75,7 +77,9 @@ def dataset_version_create(
     """Validate and store an uploaded file as the next version of dataset `name`.
 
     A file with any problem stores nothing and raises DatasetUploadError with the
-    first problems (line/row and field) and the total count.
+    first problems (line/row and field) and the total count. The file is untrusted:
+    a child process validates it under memory, time and decoded-size limits
+    (refinery.data.limits), so a decompression bomb fails this upload and nothing else.
     """
     name = (name or "").strip()
     if not name:
@@ -97,7 +101,11 @@ def dataset_version_create(
 
     spooled = _spool(chunks, suffix=f".{fmt}")
     try:
-        report = validate_file(spooled, format=fmt, kind=kind)
+        try:
+            report = validate_file_in_child(spooled, format=fmt, kind=kind, limits=decode_limits(),
+                                            child=child_limits())
+        except ValidationAborted as exc:
+            raise DatasetUploadError(f"file: {exc}; nothing was stored") from None
         if not report.ok:
             raise DatasetUploadError(
                 f"{report.error_count} problem{'s' if report.error_count != 1 else ''} found; nothing was stored",

@@ -5,6 +5,13 @@ hashes the bytes, counts the rows and gathers a preview and column statistics
 (`refinery.data.inspect`); memory stays constant whatever the file size.
 `iter_rows` streams the normalized rows of a file for later use.
 
+A file is untrusted: a few hundred bytes of Parquet can decode to gigabytes
+(one huge dictionary value repeated on every row). `DecodeLimits` bound what a
+file may decode to in all, per value and per slice of rows held at once;
+Parquet is read with its string columns kept dictionary-encoded, so sizes are
+counted before any value is expanded. Uploads are validated in a child process
+with a memory limit as well (`refinery.data.validate_child`).
+
 Pure Python: no Django, no torch. pyarrow is imported only to read Parquet.
 """
 
@@ -27,6 +34,10 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_ERRORS = 20
 DEFAULT_MAX_LINE_BYTES = 1_000_000
+DEFAULT_MAX_DECODED_BYTES = 8 * 1024**3
+DEFAULT_MAX_VALUE_BYTES = DEFAULT_MAX_LINE_BYTES  # a Parquet cell may hold what a JSONL line may
+DEFAULT_MAX_BATCH_BYTES = 64 * 1024**2
+DEFAULT_MAX_ROW_GROUP_BYTES = 2 * 1024**3
 ROLES = ("system", "user", "assistant")
 
 _CHUNK_BYTES = 1 << 20
@@ -59,6 +70,38 @@ class ValidationIssue:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ValidationIssue:
         return cls(data["row"], data["field"], data["message"], data.get("unit", "line"))
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """How far a dataset file may expand when it is read (decompression bombs stop here).
+
+    `max_decoded_bytes`: the whole file, decoded (for JSONL and CSV, the file size).
+    `max_value_bytes`: one Parquet cell decoded (a conversation counts whole).
+    `max_batch_bytes`: the decoded rows turned into Python objects at once; no row may be larger.
+    `max_row_group_bytes`: what a Parquet row group declares it decompresses to.
+    """
+
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    max_row_group_bytes: int = DEFAULT_MAX_ROW_GROUP_BYTES
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def decoded_size_message(limit: int) -> str:
+    return f"the file decompresses to more than {limit:,} bytes ({_human(limit)}), the limit per file"
+
+
+def _human(size: int) -> str:
+    value, unit = float(size), "bytes"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.4g} {unit}"
 
 
 class DatasetError(ValueError):
@@ -199,6 +242,8 @@ class _Record(NamedTuple):
 class _Table(NamedTuple):
     columns: list[str] | None  # as declared by a CSV header or a Parquet schema
     records: Iterator[_Record]
+    # Refuses a file that decodes to more than the limit, before its rows are read (Parquet).
+    check_decoded_size: Callable[[], None] | None = None
 
 
 def _text_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, str | None, str | None]]:
@@ -241,12 +286,14 @@ def _parse_json(text: str) -> tuple[Any, str | None]:
         return None, f"invalid JSON ({error.msg} at {where})"
     except RecursionError:
         return None, "invalid JSON (nested too deeply)"
+    except ValueError as error:  # e.g. an integer longer than Python converts (4300 digits)
+        return None, f"invalid JSON ({error})"
 
 
 # --- JSONL ---------------------------------------------------------------------------------------
 
 
-def _open_jsonl(stream: BinaryIO, kind: KindSpec, max_line_bytes: int) -> _Table:
+def _open_jsonl(stream: BinaryIO, kind: KindSpec, max_line_bytes: int, limits: DecodeLimits) -> _Table:
     return _Table(None, _jsonl_records(stream, max_line_bytes))
 
 
@@ -318,7 +365,7 @@ def _csv_records(stream: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, l
         yield number, cells, lines.problem
 
 
-def _open_csv(stream: BinaryIO, kind: KindSpec, max_line_bytes: int) -> _Table:
+def _open_csv(stream: BinaryIO, kind: KindSpec, max_line_bytes: int, limits: DecodeLimits) -> _Table:
     records = _csv_records(stream, max_line_bytes)
     number, cells, problem = next(records, (1, [], None))
     if problem:
@@ -379,7 +426,7 @@ def _csv_rows(
 # --- Parquet -------------------------------------------------------------------------------------
 
 
-def _open_parquet(stream: BinaryIO, kind: KindSpec, max_line_bytes: int) -> _Table:
+def _open_parquet(stream: BinaryIO, kind: KindSpec, max_line_bytes: int, limits: DecodeLimits) -> _Table:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -396,7 +443,44 @@ def _open_parquet(stream: BinaryIO, kind: KindSpec, max_line_bytes: int) -> _Tab
     ]
     if issues:
         raise DatasetError(*issues)
-    return _Table(list(schema.names), _parquet_records(parquet))
+    batch_rows = _parquet_batch_rows(parquet.metadata, limits)
+    # Strings stay dictionary-encoded as Arrow reads them: a value repeated on a million rows is
+    # held once, and its decoded size is counted before any row is expanded into Python objects.
+    byte_columns = [column.path for column in parquet.schema if column.physical_type == "BYTE_ARRAY"]
+    parquet = pq.ParquetFile(
+        stream, pre_buffer=False, buffer_size=_CHUNK_BYTES, read_dictionary=byte_columns or None
+    )
+    return _Table(
+        list(schema.names),
+        _parquet_records(parquet, batch_rows, limits),
+        lambda: _parquet_decoded_size_check(parquet, batch_rows, limits),
+    )
+
+
+def _parquet_batch_rows(metadata: Any, limits: DecodeLimits) -> int:
+    """Rows per record batch: few enough that a batch declares at most `max_batch_bytes`.
+
+    Refuses a file whose row groups declare more than `max_row_group_bytes`, or
+    more than `max_decoded_bytes` in all, before any data page is read.
+    """
+    rows, declared_total = _PARQUET_BATCH_ROWS, 0
+    for index in range(metadata.num_row_groups):
+        group = metadata.row_group(index)
+        declared = sum(group.column(column).total_uncompressed_size for column in range(group.num_columns))
+        if declared > limits.max_row_group_bytes:
+            message = (
+                f"row group {index + 1} decompresses to {declared:,} bytes, more than the limit of "
+                f"{limits.max_row_group_bytes:,} bytes ({_human(limits.max_row_group_bytes)}) per row group; "
+                f"write the file with smaller row groups"
+            )
+            raise DatasetError(ValidationIssue(None, None, message))
+        declared_total += declared
+        if group.num_rows > 0:
+            per_row = -(-declared // group.num_rows)
+            rows = min(rows, max(1, limits.max_batch_bytes // max(1, per_row)))
+    if declared_total > limits.max_decoded_bytes:
+        raise DatasetError(ValidationIssue(None, None, decoded_size_message(limits.max_decoded_bytes)))
+    return rows
 
 
 def _parquet_column_problem(schema: pa.Schema, name: str, field_type: str) -> str | None:
@@ -439,18 +523,167 @@ def _is_arrow_conversation(arrow_type: pa.DataType) -> bool:
     )
 
 
-def _parquet_records(parquet: Any) -> Iterator[_Record]:
+def _parquet_batches(parquet: Any, batch_rows: int) -> Iterator[Any]:
+    """The file's record batches; Arrow's errors become DatasetError, running out of memory stays MemoryError."""
     import pyarrow as pa
 
-    number = 0
-    try:
-        for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
-            for row in batch.to_pylist():
+    batches = parquet.iter_batches(batch_size=batch_rows, use_threads=False)
+    rows_read = 0
+    while True:
+        try:
+            batch = next(batches, None)
+        except MemoryError:  # pa.ArrowMemoryError is one too: the caller says which limit was hit
+            raise
+        except (pa.ArrowException, OSError) as error:
+            message = f"Parquet data unreadable after row {rows_read} ({error})"
+            raise DatasetError(ValidationIssue(None, None, message)) from None
+        if batch is None:
+            return
+        rows_read += batch.num_rows
+        yield batch
+
+
+def _parquet_decoded_size_check(parquet: Any, batch_rows: int, limits: DecodeLimits) -> None:
+    """Count what the whole file decodes to, without expanding a value; DatasetError past the limit.
+
+    Cheap next to validating the rows (dictionary indices are summed, no Python objects are
+    made), so a bomb is refused in moments instead of after decoding gigabytes.
+    """
+    decoded = 0
+    for batch in _parquet_batches(parquet, batch_rows):
+        for column in batch.columns:
+            decoded += _sum(_row_bytes(column))
+        if decoded > limits.max_decoded_bytes:
+            raise DatasetError(ValidationIssue(None, None, decoded_size_message(limits.max_decoded_bytes)))
+
+
+def _parquet_records(parquet: Any, batch_rows: int, limits: DecodeLimits) -> Iterator[_Record]:
+    """The rows of the file, turned into Python objects a slice of at most `max_batch_bytes` at a time.
+
+    A cell over `max_value_bytes`, or a row over `max_batch_bytes`, is a problem of that row
+    and is never expanded; past `max_decoded_bytes` in all, reading stops.
+    """
+    number = decoded = 0
+    for batch in _parquet_batches(parquet, batch_rows):
+        per_column = [_row_bytes(column) for column in batch.columns]
+        too_long = [
+            (name, sizes.to_pylist())
+            for name, sizes in zip(batch.schema.names, per_column, strict=True)
+            if _max(sizes) > limits.max_value_bytes
+        ]
+        row_sizes = _add_all(per_column, batch.num_rows).to_pylist()
+        decoded += sum(row_sizes)
+        if decoded > limits.max_decoded_bytes:
+            raise DatasetError(ValidationIssue(None, None, decoded_size_message(limits.max_decoded_bytes)))
+        start = held = 0
+        for index, size in enumerate(row_sizes):
+            problems = [
+                (name, f'field "{name}" decodes to {sizes[index]:,} bytes, more than the limit of '
+                       f"{limits.max_value_bytes:,} bytes per value")
+                for name, sizes in too_long
+                if sizes[index] > limits.max_value_bytes
+            ]
+            if not problems and size > limits.max_batch_bytes:
+                message = f"the row decodes to {size:,} bytes, more than the limit of {limits.max_batch_bytes:,} per row"
+                problems = [(None, message)]
+            if problems or (held + size > limits.max_batch_bytes and index > start):
+                for row in _python_rows(batch.slice(start, index - start), number):
+                    number += 1
+                    yield _Record(number, row, [])
+                start, held = index, 0
+            if problems:
                 number += 1
-                yield _Record(number, row, [])
-    except (pa.ArrowException, OSError) as error:
-        message = f"Parquet data unreadable after row {number} ({error})"
-        raise DatasetError(ValidationIssue(None, None, message)) from None
+                yield _Record(number, None, problems)
+                start = index + 1
+                continue
+            held += size
+        for row in _python_rows(batch.slice(start), number):
+            number += 1
+            yield _Record(number, row, [])
+
+
+def _python_rows(rows: pa.RecordBatch, rows_before: int) -> list[dict[str, Any]]:
+    import pyarrow as pa
+
+    try:
+        return rows.to_pylist()
+    except UnicodeDecodeError:
+        message = f"Parquet data unreadable after row {rows_before} (a string column holds bytes that are not UTF-8)"
+    except pa.ArrowException as error:
+        message = f"Parquet data unreadable after row {rows_before} ({error})"
+    raise DatasetError(ValidationIssue(None, None, message))
+
+
+def _row_bytes(array: pa.Array) -> pa.Array:
+    """What each row of an Arrow array decodes to, in bytes (int64, nulls count 0).
+
+    Strings count their bytes; a dictionary-encoded value counts its value's size on every row
+    that uses it; lists, maps and structs count what they hold; other types their width.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = array.type
+    if isinstance(array, pa.ExtensionArray):
+        return _row_bytes(array.storage)
+    if pa.types.is_dictionary(kind):
+        return pc.take(_row_bytes(array.dictionary), array.indices).fill_null(0)
+    if pa.types.is_string_view(kind) or pa.types.is_binary_view(kind):
+        array = array.cast(pa.large_binary())
+        kind = array.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) or \
+            pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+        return pc.binary_length(array).cast(pa.int64()).fill_null(0)
+    if isinstance(array, (pa.ListArray, pa.LargeListArray)):  # a MapArray is a ListArray of key-value structs
+        return _segment_sums(_row_bytes(array.values), array.offsets)
+    if isinstance(array, pa.FixedSizeListArray):  # `values` is the whole child, as for lists
+        size, first = kind.list_size, array.offset
+        offsets = pa.array(range(first * size, (first + len(array) + 1) * size, size), pa.int64())
+        sums = _segment_sums(_row_bytes(array.values), offsets)
+        return pc.if_else(array.is_null(), 0, sums)
+    if isinstance(array, pa.StructArray):
+        return _add_all([_row_bytes(field) for field in array.flatten()], len(array))
+    if pa.types.is_null(kind):
+        return pa.repeat(0, len(array)).cast(pa.int64())
+    try:
+        width = max(1, kind.bit_width // 8)
+    except ValueError:  # no fixed width (unions, list views): spread what the array holds over its rows
+        width = -(-array.nbytes // max(1, len(array)))
+    return pa.repeat(width, len(array)).cast(pa.int64())
+
+
+def _segment_sums(values: pa.Array, offsets: pa.Array) -> pa.Array:
+    """Per list row, the sum of `values[offsets[i]:offsets[i + 1]]`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    running = pa.concat_arrays([pa.array([0], pa.int64()), pc.cumulative_sum(values)])
+    offsets = offsets.cast(pa.int64())
+    ends = pc.take(running, offsets.slice(1))
+    starts = pc.take(running, offsets.slice(0, len(offsets) - 1))
+    return pc.subtract(ends, starts)
+
+
+def _add_all(arrays: list[pa.Array], length: int) -> pa.Array:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = pa.repeat(0, length).cast(pa.int64())
+    for array in arrays:
+        total = pc.add(total, array)
+    return total
+
+
+def _sum(array: pa.Array) -> int:
+    import pyarrow.compute as pc
+
+    return pc.sum(array).as_py() or 0
+
+
+def _max(array: pa.Array) -> int:
+    import pyarrow.compute as pc
+
+    return pc.max(array).as_py() or 0
 
 
 # --- formats -------------------------------------------------------------------------------------
@@ -460,7 +693,7 @@ def _parquet_records(parquet: Any) -> Iterator[_Record]:
 class FileFormat:
     name: str
     extensions: tuple[str, ...]
-    open: Callable[[BinaryIO, KindSpec, int], _Table]
+    open: Callable[[BinaryIO, KindSpec, int, DecodeLimits], _Table]
     unit: str = "line"  # what a record number counts, in messages
     random_access: bool = False  # the reader seeks (Parquet reads its footer first)
 
@@ -493,9 +726,12 @@ def _lookup(table: Mapping[str, Any], name: str, what: str) -> Any:
     return table[name]
 
 
-def _check_not_empty(stream: BinaryIO) -> None:
-    if os.fstat(stream.fileno()).st_size == 0:
+def _check_size(stream: BinaryIO, fmt: FileFormat, limits: DecodeLimits) -> None:
+    size = os.fstat(stream.fileno()).st_size
+    if size == 0:
         raise DatasetError(ValidationIssue(None, None, "file is empty"))
+    if not fmt.random_access and size > limits.max_decoded_bytes:  # text decodes to its own size
+        raise DatasetError(ValidationIssue(None, None, decoded_size_message(limits.max_decoded_bytes)))
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -631,14 +867,18 @@ def validate_file(
     max_errors: int = DEFAULT_MAX_ERRORS,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     max_rows: int | None = None,
+    limits: DecodeLimits | None = None,
 ) -> ValidationReport:
     """Check a dataset file of `format` (jsonl, csv, parquet) holding rows of `kind`.
 
     Reads the file once in constant memory. The report keeps the first
     `max_errors` issues and counts all of them. A line longer than
     `max_line_bytes` is an error; so is a file with more than `max_rows`
-    rows (reading stops there). The sha256 always covers the whole file.
+    rows (reading stops there), and one that decodes to more than `limits`
+    allow (Parquet is measured before its rows are read). The sha256 always
+    covers the whole file.
     """
+    limits = limits or DecodeLimits()
     fmt: FileFormat = _lookup(FORMATS, format, "format")
     spec: KindSpec = _lookup(KINDS, kind, "kind")
     report = _ReportBuilder(fmt, spec, max_errors)
@@ -648,9 +888,11 @@ def validate_file(
             stream.drain()
             raw.seek(0)
         try:
-            _check_not_empty(raw)
-            table = fmt.open(raw if fmt.random_access else stream, spec, max_line_bytes)
+            _check_size(raw, fmt, limits)
+            table = fmt.open(raw if fmt.random_access else stream, spec, max_line_bytes, limits)
             report.columns = table.columns
+            if table.check_decoded_size is not None:
+                table.check_decoded_size()
             for record in table.records:
                 if max_rows is not None and report.row_count >= max_rows:
                     report.add_issue(ValidationIssue(None, None, f"file has more than {max_rows} rows (the limit)"))
@@ -664,19 +906,25 @@ def validate_file(
 
 
 def iter_rows(
-    path: str | Path, format: str, kind: str, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    path: str | Path,
+    format: str,
+    kind: str,
+    *,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    limits: DecodeLimits | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield the rows of a dataset file as dicts, extra columns included.
 
     Rows are normalized: a CSV cell holding a conversation is parsed from
     JSON. Raises DatasetError at the first problem, so a file that passed
-    `validate_file` streams through whole.
+    `validate_file` (with the same limits) streams through whole.
     """
     fmt: FileFormat = _lookup(FORMATS, format, "format")
     spec: KindSpec = _lookup(KINDS, kind, "kind")
+    limits = limits or DecodeLimits()
     with open(path, "rb") as stream:
-        _check_not_empty(stream)
-        for record in fmt.open(stream, spec, max_line_bytes).records:
+        _check_size(stream, fmt, limits)
+        for record in fmt.open(stream, spec, max_line_bytes, limits).records:
             if problems := _problems(record, spec):
                 raise DatasetError(
                     *(ValidationIssue(record.number, field_name, message, fmt.unit) for field_name, message in problems)

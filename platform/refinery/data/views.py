@@ -9,6 +9,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from refinery.basemodels.selectors import base_model_list
 from refinery.data.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplateError, render_chat_template, row_to_messages
 from refinery.data.forms import DatasetUploadForm
+from refinery.data.limits import decode_limits
 from refinery.data.models import Dataset, DatasetVersion
 from refinery.data.selectors import (
     dataset_get,
@@ -74,7 +75,7 @@ def _chat_preview(request, version: DatasetVersion) -> dict:
     rendered, error = "", ""
     if version.row_count:
         try:
-            first_row = next(iter_rows(version.path, version.format, version.dataset.kind))
+            first_row = next(iter_rows(version.path, version.format, version.dataset.kind, limits=decode_limits()))
             messages_ = row_to_messages(first_row, version.dataset.kind)
             rendered = render_chat_template(template, messages_)
         except (ChatTemplateError, DatasetError, OSError, StopIteration, KeyError, TypeError, ValueError) as exc:

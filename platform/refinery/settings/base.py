@@ -222,3 +222,28 @@ REFINERY_STARTUP_SECONDS = float(os.environ.get("REFINERY_STARTUP_SECONDS", 3600
 REFINERY_INVITATION_DAYS = int(os.environ.get("REFINERY_INVITATION_DAYS", 7))
 REFINERY_API_TOKEN_MAX_DAYS = int(os.environ.get("REFINERY_API_TOKEN_MAX_DAYS", 0))
 REFINERY_AUDIT_PAGE_SIZE = int(os.environ.get("REFINERY_AUDIT_PAGE_SIZE", 50))
+
+# --- input ---
+# Untrusted input (issue 11): request bodies, dataset files, regular expressions.
+# Request bodies: a multipart upload may carry REFINERY_MAX_UPLOAD_BYTES of files plus
+# DATA_UPLOAD_MAX_MEMORY_SIZE of other fields; any other body at most DATA_UPLOAD_MAX_MEMORY_SIZE.
+# Larger ones get 413 before they are read (Content-Length) or while they stream in (the
+# upload handler below counts the bytes), so an oversized file never lands on disk whole.
+FILE_UPLOAD_HANDLERS = [
+    "refinery.core.request_limits.UploadLimitHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "refinery.core.request_limits.RequestSizeLimitMiddleware",
+)
+# Dataset files are validated in a child process with these limits (refinery.data.validate_child).
+REFINERY_VALIDATION_MEMORY_BYTES = int(os.environ.get("REFINERY_VALIDATION_MEMORY_BYTES", 1024**3))
+REFINERY_VALIDATION_TIMEOUT_SECONDS = float(os.environ.get("REFINERY_VALIDATION_TIMEOUT_SECONDS", 600))
+# What a dataset file may decode to (decompression bombs): in all, per value (a Parquet cell),
+# per slice of rows held in memory at once (and so per row), and per Parquet row group as declared.
+REFINERY_DATASET_MAX_DECODED_BYTES = int(os.environ.get("REFINERY_DATASET_MAX_DECODED_BYTES", 8 * 1024**3))
+REFINERY_DATASET_MAX_VALUE_BYTES = int(os.environ.get("REFINERY_DATASET_MAX_VALUE_BYTES", 1_000_000))
+REFINERY_DATASET_MAX_BATCH_BYTES = int(os.environ.get("REFINERY_DATASET_MAX_BATCH_BYTES", 64 * 1024**2))
+REFINERY_DATASET_MAX_ROW_GROUP_BYTES = int(os.environ.get("REFINERY_DATASET_MAX_ROW_GROUP_BYTES", 2 * 1024**3))
