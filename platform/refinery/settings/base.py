@@ -215,3 +215,12 @@ WHITENOISE_USE_FINDERS = DEBUG
 # trainer is importing, downloading and loading the model: REFINERY_STARTUP_SECONDS applies then.
 REFINERY_STALL_SECONDS = float(os.environ.get("REFINERY_STALL_SECONDS", 900))
 REFINERY_STARTUP_SECONDS = float(os.environ.get("REFINERY_STARTUP_SECONDS", 3600))
+
+# --- secrets ---
+# Team secrets (a team's hub token) are encrypted with a Fernet key derived (HKDF-SHA256) from
+# REFINERY_SECRETS_KEY: any long random string, e.g. `python -c "import secrets; print(secrets.token_urlsafe(48))"`.
+# Unset, the key is derived from DJANGO_SECRET_KEY: fine for development only; with DEBUG off the system
+# check teams.E001 refuses to start. Rotation: the new key here, the old ones in REFINERY_SECRETS_OLD_KEYS
+# (comma-separated), then `python manage.py rotate_team_secrets`.
+REFINERY_SECRETS_KEY = os.environ.get("REFINERY_SECRETS_KEY", "")
+REFINERY_SECRETS_OLD_KEYS = [k.strip() for k in os.environ.get("REFINERY_SECRETS_OLD_KEYS", "").split(",") if k.strip()]

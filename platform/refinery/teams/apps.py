@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class TeamsConfig(AppConfig):
     name = "refinery.teams"
     label = "teams"
+
+    def ready(self) -> None:
+        from refinery.teams import checks  # noqa: F401 - registers the system checks
