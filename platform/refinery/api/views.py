@@ -5,6 +5,7 @@ from django.http import HttpRequest
 from ninja import File, Form, NinjaAPI, Router
 from ninja.files import UploadedFile
 
+from refinery.api import secret_routes
 from refinery.api.auth import TokenAuth
 from refinery.api.schemas import (
     BaseModelIn,
@@ -281,3 +282,4 @@ api.add_router("/datasets", datasets)
 api.add_router("/base-models", models)
 api.add_router("/pipelines", pipelines)
 api.add_router("/runs", runs)
+api.add_router("/team/secrets", secret_routes.router)
