@@ -42,8 +42,7 @@ def team_secrets_view(request):
         except TeamSecretError as exc:
             error, status = {"name": name, "message": str(exc)}, 400
         else:
-            messages.success(request, f"Saved the team's {secret.get_name_display().lower()} "
-                                      f"(ends with …{secret.last4}).")
+            messages.success(request, f"Saved the team's {secret.get_name_display()} (ends with …{secret.last4}).")
             return redirect("team-secrets")
     return render(request, "teams/secrets.html", {"rows": _rows(request.team), "error": error, "nav": "secrets"},
                   status=status)
@@ -56,7 +55,7 @@ def team_secret_delete_view(request, name: str):
     if name not in TeamSecret.Name.values:
         raise Http404("no such secret")
     if team_secret_delete(team=request.team, user=request.user, name=name):
-        messages.success(request, f"Deleted the team's {TeamSecret.Name(name).label.lower()}.")
+        messages.success(request, f"Deleted the team's {TeamSecret.Name(name).label}.")
     if request.htmx:  # the confirmed htmx form: reload the page
         return HttpResponseClientRedirect(reverse("team-secrets"))
     return redirect("team-secrets")
