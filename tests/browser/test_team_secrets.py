@@ -37,5 +37,5 @@ def test_owner_sets_replaces_and_deletes_the_hub_token(page, screenshot, live_se
     page.wait_for_function("!document.querySelector('[data-testid=secret-hf_token-meta]')")
     assert "not set" in page.inner_text("[data-testid=secret-hf_token]")
     assert not TeamSecret.objects.exists()
-    assert list(AuditEvent.objects.filter(team=team, action__startswith="secret.").order_by("created_at").values_list("action", flat=True)) == [
-        "secret.set", "secret.deleted"]
+    events = AuditEvent.objects.filter(team=team, action__startswith="secret.").order_by("created_at")
+    assert list(events.values_list("action", flat=True)) == ["secret.set", "secret.deleted"]

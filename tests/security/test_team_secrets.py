@@ -221,8 +221,8 @@ def test_the_api_is_write_only_and_for_owners(team, alice, member, viewer):
 
     assert api.delete("/api/v1/team/secrets/hf_token").status_code == 204
     assert api.delete("/api/v1/team/secrets/hf_token").status_code == 404
-    assert [e.action for e in AuditEvent.objects.filter(team=team, action__startswith="secret.").order_by("created_at")] == [
-        "secret.set", "secret.deleted"]
+    events = AuditEvent.objects.filter(team=team, action__startswith="secret.").order_by("created_at")
+    assert [e.action for e in events] == ["secret.set", "secret.deleted"]
     schema = api.get("/api/v1/openapi.json").json()
     assert "/api/v1/team/secrets/{name}" in schema["paths"]
 
