@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import html
+import io
 import json
 import re
 import sys
 
 import pytest
 from django.core.checks import run_checks
+from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 
@@ -118,9 +120,14 @@ def test_keys_rotate(team, alice, settings):
         team_secret_reveal(team=team, name="hf_token")  # the old key is gone: a clear error, no garbage
     settings.REFINERY_SECRETS_OLD_KEYS = ["first-key-" + "a" * 30]
     assert team_secret_reveal(team=team, name="hf_token") == TOKEN  # the old key still decrypts
-    assert team_secrets_rotate() == 1
+    out = io.StringIO()
+    call_command("rotate_team_secrets", stdout=out)
+    assert "re-encrypted 1 team secret(s)" in out.getvalue()
     settings.REFINERY_SECRETS_OLD_KEYS = []
     assert team_secret_reveal(team=team, name="hf_token") == TOKEN  # re-encrypted under the new key
+    settings.REFINERY_SECRETS_KEY = "third-key-" + "d" * 30  # a rotation that cannot decrypt changes nothing
+    with pytest.raises(TeamSecretError, match="nothing was rotated"):
+        team_secrets_rotate()
 
 
 def test_without_a_secrets_key_development_derives_one_and_production_refuses_to_start(team, alice, settings):
