@@ -61,8 +61,11 @@ from jobs.stage_inputs import (
     tracking_params,
     tracking_tags,
 )
+from jobs.trainer_env import hub_model_used, trainer_environment
 from refinery.runs import selectors, services
 from refinery.runs.models import IllegalTransition, StageRun, Status
+from refinery.teams.models import TeamSecret
+from refinery.teams.team_secrets import team_secret_reveal
 from refinery.tracking import runs as tracking_runs
 from refinery.tracking.buffer import MetricBuffer
 from refinery.tracking.client import artifacts_upload, tracking_client
@@ -374,8 +377,20 @@ class StageSupervisor:
                 connection.close()
 
     # -- while the trainer runs ----------------------------------------------------------
+    def _hub_token_env(self) -> dict[str, str]:
+        """HF_TOKEN for a stage that loads its team's hub base model, if the team set a hub token: decrypted
+        here, just before the trainer starts, and handed over only in its environment (never in spec.json,
+        the logs or MLflow). Any other stage, and every stage of another team, gets none."""
+        spec = json.loads(self.spec_path.read_text())
+        run = self.stage.run
+        if not hub_model_used(spec, base_model=run.snapshot.get("base_model") or {}):
+            return {}
+        token = db_retrying(lambda: team_secret_reveal(team=run.team_id, name=TeamSecret.Name.HF_TOKEN),
+                            what=f"stage {self.stage.pk}: reading the team's hub token")
+        return {"HF_TOKEN": token} if token else {}
+
     def _train(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = trainer_environment(base_env=os.environ, extra=self._hub_token_env())  # an allow-list
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CODE_ROOT), env.get("PYTHONPATH", "")) if p)
         with open(self.log_path, "ab") as log_file:
             self.proc = subprocess.Popen(

@@ -133,6 +133,7 @@ def test_automatic_evaluation_is_added_to_each_final_model(team, user, data):
     retention = DatasetVersionFactory(dataset__team=team, dataset__kind=DatasetKind.PROMPT_COMPLETION).dataset_id
     stages = [sft(data, "a", eval_dataset_id=data["prompt_completion"]), sft(data, "b"), merge("a", "b"),
               {"name": "grpo", "method": "grpo", "dataset_id": reference, "input": "a",
+               "adapter": {"type": "none"},  # a's output is a LoRA adapter: no second adapter on top of it
                "config": {"reward_exact_match_weight": 1.0}}]
     pipeline = PipelineFactory(team=team, created_by=user, stages=stages, auto_evaluate=True)
     pipeline.spec["retention_dataset_id"] = retention

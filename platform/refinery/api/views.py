@@ -7,6 +7,7 @@ from ninja.errors import HttpError
 from ninja.files import UploadedFile
 from ninja.parser import Parser
 
+from refinery.api import secret_routes
 from refinery.api.auth import READ_ONLY_TOKEN, TokenAuth
 from refinery.api.schemas import (
     BaseModelIn,
@@ -315,3 +316,5 @@ api.add_router("/base-models", models)
 api.add_router("/pipelines", pipelines)
 api.add_router("/runs", runs)
 api.add_router("/team", "refinery.api.team_views.router")
+
+api.add_router("/team/secrets", secret_routes.router)

@@ -10,10 +10,11 @@ from refinery.data.models import Dataset
 PRESETS: dict[str, dict] = {
     "sft-dpo": {
         "label": "SFT → DPO",
-        "description": "Teach the format with supervised fine-tuning, then prefer the chosen answers with DPO.",
+        "description": "Teach the format with full supervised fine-tuning, then prefer the chosen answers with a "
+                       "DPO LoRA adapter (an adapter cannot be trained on top of another adapter).",
         "stages": [
             {"name": "sft", "method": "sft", "dataset": "prompt_completion", "eval": "prompt_completion",
-             "adapter": {"type": "lora", "r": 16, "alpha": 32}},
+             "adapter": {"type": "none"}},
             {"name": "dpo", "method": "dpo", "dataset": "preference", "input": "sft",
              "adapter": {"type": "lora", "r": 16, "alpha": 32}},
         ],

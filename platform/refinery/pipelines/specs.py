@@ -16,6 +16,7 @@ from refinery.basemodels.services import local_model_layout
 from refinery.data.models import Dataset
 
 FULL_MODEL_TYPES = ("none", "bitfit", "freeze")  # adapter types whose stage outputs a whole model
+ADAPTER_LABELS = {"lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA", "ia3": "IA3", "layernorm": "LayerNorm"}
 
 # Methods whose stage outputs a scoring model (a sequence classifier), not a model that generates text.
 SCORING_METHODS = ("reward",)
@@ -419,6 +420,14 @@ def _adapter_fit_errors(adapter, base_model, source: str, adapters: dict[str, st
         if upstream not in MERGEABLE_TYPES + FULL_MODEL_TYPES:
             errors["type"] = (f"input {source!r} outputs a {upstream} adapter, which cannot be merged into a model "
                               f"to train further; give {source!r} another adapter type or train from 'base'")
+        elif upstream not in FULL_MODEL_TYPES and adapter.type not in FULL_MODEL_TYPES:
+            # The trainer would merge the input adapter and train a new one on the result: an adapter whose
+            # base is base+adapter, which no later stage (evaluate, export, merge, the registry) can load.
+            errors["type"] = (
+                f"its input {source!r} is a {ADAPTER_LABELS.get(upstream, upstream)} adapter; training another "
+                f"adapter on top of it is not supported: train {source!r} with full fine-tuning (adapter type "
+                f"'none'), train this stage with full fine-tuning, or put an export stage (it merges the adapter "
+                f"into its base model) between them and take that stage as input")
     if base_model is not None:
         layout = local_model_layout(base_model)
         if layout is not None:

@@ -247,3 +247,13 @@ REFINERY_DATASET_MAX_DECODED_BYTES = int(os.environ.get("REFINERY_DATASET_MAX_DE
 REFINERY_DATASET_MAX_VALUE_BYTES = int(os.environ.get("REFINERY_DATASET_MAX_VALUE_BYTES", 1_000_000))
 REFINERY_DATASET_MAX_BATCH_BYTES = int(os.environ.get("REFINERY_DATASET_MAX_BATCH_BYTES", 64 * 1024**2))
 REFINERY_DATASET_MAX_ROW_GROUP_BYTES = int(os.environ.get("REFINERY_DATASET_MAX_ROW_GROUP_BYTES", 2 * 1024**3))
+
+# --- secrets ---
+# Team secrets (a team's hub token) are encrypted with a Fernet key derived (HKDF-SHA256) from
+# REFINERY_SECRETS_KEY: any long random string, e.g. `python -c "import secrets; print(secrets.token_urlsafe(48))"`.
+# Unset, the key is derived from DJANGO_SECRET_KEY: fine for development only; with DEBUG off the system
+# check teams.E001 refuses to start under the production settings (REFINERY_REQUIRE_SECRETS_KEY). Rotation: the new key here, the old ones in REFINERY_SECRETS_OLD_KEYS
+# (comma-separated), then `python manage.py rotate_team_secrets`.
+REFINERY_SECRETS_KEY = os.environ.get("REFINERY_SECRETS_KEY", "")
+REFINERY_REQUIRE_SECRETS_KEY = False  # True in settings.production
+REFINERY_SECRETS_OLD_KEYS = [k.strip() for k in os.environ.get("REFINERY_SECRETS_OLD_KEYS", "").split(",") if k.strip()]

@@ -12,3 +12,4 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
+REFINERY_REQUIRE_SECRETS_KEY = True  # teams.E001: team secrets need their own key (docs/security.md)

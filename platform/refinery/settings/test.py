@@ -22,3 +22,4 @@ WHITENOISE_AUTOREFRESH = True
 # and CI's, or parallel checkouts) never drop each other's database.
 if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
+REFINERY_SECRETS_KEY = "refinery-test-secrets-key-not-for-production"  # the teams.E001 check wants one with DEBUG off

@@ -5,5 +5,6 @@ class TeamsConfig(AppConfig):
     name = "refinery.teams"
     label = "teams"
 
-    def ready(self):
+    def ready(self) -> None:
+        from refinery.teams import checks  # noqa: F401 - registers the system checks
         from refinery.teams import signals  # noqa: F401 - connects the sign-in audit receivers

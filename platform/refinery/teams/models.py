@@ -139,3 +139,27 @@ class Invitation(models.Model):
     @classmethod
     def generate_key(cls) -> str:
         return cls.PREFIX + secrets.token_urlsafe(32)
+
+class TeamSecret(models.Model):
+    """A team's credential (its Hugging Face hub token), encrypted with Fernet under REFINERY_SECRETS_KEY
+    (refinery.teams.team_secrets). Write-only: pages and the API show who set it, when, and its last four
+    characters; only the worker decrypts it, just before it starts a trainer that needs it."""
+
+    class Name(models.TextChoices):
+        HF_TOKEN = "hf_token", "Hugging Face hub token"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="secrets")
+    name = models.CharField(max_length=64, choices=Name.choices)
+    ciphertext = models.TextField(help_text="Fernet token of the value")
+    last4 = models.CharField(max_length=4, help_text="the value's last four characters, for display")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="teamsecret_unique_team_name")]
+
+    def __str__(self) -> str:
+        return f"{self.team} / {self.name}"

@@ -1,0 +1,19 @@
+"""`{% load team_roles %}{% if request|is_team_owner %}`: whether the user owns the current team (for links
+to owner-only pages; the views check again)."""
+from __future__ import annotations
+
+from django import template
+
+from refinery.teams.models import Membership
+from refinery.teams.selectors import membership_get
+
+register = template.Library()
+
+
+@register.filter
+def is_team_owner(request) -> bool:
+    user, team = getattr(request, "user", None), getattr(request, "team", None)
+    if user is None or not user.is_authenticated or not team:
+        return False
+    membership = membership_get(team=team, user=user)
+    return membership is not None and membership.role == Membership.Role.OWNER
