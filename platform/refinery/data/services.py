@@ -13,6 +13,7 @@ from django.db.models import Max
 
 from refinery.data.models import Dataset, DatasetKind, DatasetVersion
 from refinery.data.validation import ValidationIssue, detect_format, validate_file
+from refinery.teams.quotas import team_storage_guard
 from refinery.teams.services import audit
 
 NAME_MAX = 100
@@ -77,6 +78,7 @@ def dataset_version_create(
     A file with any problem stores nothing and raises DatasetUploadError with the
     first problems (line/row and field) and the total count.
     """
+    chunks = team_storage_guard(team=team, chunks=chunks, refuse=DatasetUploadError)  # its storage limit
     name = (name or "").strip()
     if not name:
         raise DatasetUploadError("name: give the dataset a name")
