@@ -4,6 +4,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from refinery.api.views import api
+from refinery.teams.quota_views import team_quota_view
 from refinery.teams.views import team_switch_view
 
 urlpatterns = [
@@ -11,6 +12,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("teams/switch/", team_switch_view, name="team-switch"),
+    path("teams/quota/", team_quota_view, name="team-quota"),
     path("runs/", include("refinery.runs.urls")),
     path("pipelines/", include("refinery.pipelines.urls")),
     path("sweeps/", include("refinery.sweeps.urls")),

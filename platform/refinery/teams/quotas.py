@@ -304,3 +304,24 @@ def team_wake_queued(*, team_id: int) -> int:
     for pk in pks:
         enqueue_stage_on_commit(pk)
     return len(pks)
+
+
+def quota_rows(*, team: Team) -> list[dict]:
+    """The quota page's rows: each limit, the team's usage, and what happens at the limit."""
+    limits, usage = team_limits(team=team), team_usage(team=team)
+
+    def shown(value, fmt=str):
+        return None if value is None else fmt(value)
+
+    return [
+        {"key": "running_stages", "label": "Running stages", "used": str(usage.running_stages),
+         "limit": shown(limits.running_stages),
+         "effect": "more stages wait in the queue while other teams' stages run"},
+        {"key": "queued_runs", "label": "Queued or running runs", "used": str(usage.queued_runs),
+         "limit": shown(limits.queued_runs), "effect": "a new run, re-run or sweep over the limit is refused"},
+        {"key": "stage_seconds", "label": "Wall-clock budget per stage", "used": None,
+         "limit": shown(limits.stage_seconds, format_duration),
+         "effect": "a stage running longer (from its first start) is stopped and fails"},
+        {"key": "storage_bytes", "label": "Dataset storage", "used": format_bytes(usage.storage_bytes),
+         "limit": shown(limits.storage_bytes, format_bytes), "effect": "an upload that would pass it is refused"},
+    ]
