@@ -108,8 +108,10 @@ def test_a_running_stage_limit_keeps_a_team_at_n_while_another_team_runs(
         assert overlaps
         assert len({s.worker for s in a_stages + b_stages}) == 2
         assert "waiting: team at its limit of 1 running stage" in waiting_messages
+        every = a_stages + b_stages
+        wall = (max(s.finished_at for s in every) - min(s.started_at for s in every)).total_seconds()
         print(f"\n[measure] limit 1: A ran {len(a_stages)} stages one at a time; {len(overlaps)} A/B overlaps; "
-              f"wall {(max(s.finished_at for s in a_stages + b_stages) - min(s.started_at for s in a_stages + b_stages)).total_seconds():.1f}s")
+              f"wall {wall:.1f}s")
     finally:
         try:
             _wind_down([a.team, b.team], _isolated_broker)

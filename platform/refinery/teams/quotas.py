@@ -3,8 +3,8 @@
 | limit | where it is enforced | what happens |
 | --- | --- | --- |
 | queued_runs | run_create / run_rerun / sweep_create (refinery.runs, refinery.sweeps) | refused, nothing queued |
-| running_stages | stage_claim (refinery.runs.services) | the stage waits queued; workers take other teams' stages |
-| stage_seconds | the supervisor's react loop (jobs.supervisor) | the trainer is stopped like a cancel; the stage fails |
+| running_stages | stage_claim (refinery.runs.services) | the stage waits queued; others' stages go first |
+| stage_seconds | the supervisor's react loop (jobs.supervisor) | the trainer is stopped like a cancel, and fails |
 | storage_bytes | dataset_version_create (refinery.data.services) | the upload is refused while it streams |
 
 A team's TeamQuota row decides its limits (a blank field: no limit); a team without a row gets the
