@@ -486,7 +486,11 @@ class StageSupervisor:
     def _budget_seconds(self) -> int | None:
         """The team's wall-clock budget per stage (counted from the stage's first start, across attempts)."""
         if self.budget_seconds is None:
-            self.budget_seconds = quotas.team_limits(team=self.stage.run.team_id).stage_seconds or 0
+            try:
+                self.budget_seconds = quotas.team_limits(team=self.stage.run.team_id).stage_seconds or 0
+            except DB_ERRORS:  # the database restarting: read it on a later tick, keep supervising
+                connection.close()
+                return None
         return self.budget_seconds or None
 
     def _signal(self, sig: int) -> None:

@@ -365,8 +365,9 @@ def _stages_mark_waiting(blocked: dict[int, int]) -> None:
     for team_id, limit in blocked.items():
         message = waiting_message(limit)
         try:
-            StageRun.objects.filter(run__team_id=team_id, status=Status.QUEUED).exclude(error=message).update(
-                error=message)
+            with transaction.atomic():  # a savepoint when called inside a transaction
+                StageRun.objects.filter(run__team_id=team_id, status=Status.QUEUED).exclude(error=message).update(
+                    error=message)
         except DatabaseError as exc:
             log.warning("could not mark team %s's queued stages as waiting: %s", team_id, exc)
 
