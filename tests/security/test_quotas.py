@@ -306,3 +306,27 @@ def test_formats():
     assert format_bytes(512) == "512 B"
     assert format_duration(7200) == "2h" and format_duration(7203, full=True) == "2h 0m 3s"
     assert format_duration(65, full=True) == "1m 5s" and format_duration(5400) == "1h 30m"
+
+
+@pytest.mark.django_db
+def test_an_operator_sets_limits_in_the_admin_and_the_teams_queue_wakes_up(team, alice, pipeline, sent_stages,
+                                                                            django_capture_on_commit_callbacks):
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    run = run_create(pipeline=pipeline, user=alice)
+    operator = get_user_model().objects.create_superuser("op", "op@example.com", "pw-op-12345")
+    client = Client()
+    client.force_login(operator)
+    sent_stages.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/admin/teams/teamquota/add/", {
+            "team": team.pk, "running_stages": "2", "queued_runs": "", "stage_seconds": "7200",
+            "storage_bytes": str(50 * GiB)})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    quota = TeamQuota.objects.get(team=team)
+    assert (quota.running_stages, quota.queued_runs, quota.stage_seconds) == (2, None, 7200)
+    assert sent_stages == [run.stages.get().pk]  # queued stages may start under the new limit
+    response = client.post("/admin/teams/teamquota/add/", {"team": team.pk, "stage_seconds": "0"})
+    assert response.status_code == 200 and "greater than or equal to 1" in response.content.decode()
+    assert client.get("/admin/teams/teamquota/").status_code == 200
