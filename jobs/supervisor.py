@@ -45,6 +45,7 @@ from typing import TypeVar
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
+from django.utils import timezone
 
 from jobs.stage_inputs import (
     StageSetupError,
@@ -64,6 +65,7 @@ from jobs.stage_inputs import (
 from jobs.trainer_env import hub_model_used, trainer_environment
 from refinery.runs import selectors, services
 from refinery.runs.models import IllegalTransition, StageRun, Status
+from refinery.teams import quotas
 from refinery.teams.models import TeamSecret
 from refinery.teams.team_secrets import team_secret_reveal
 from refinery.tracking import runs as tracking_runs
@@ -258,6 +260,8 @@ class StageSupervisor:
         self.cancel_seen_at: float | None = None
         self.killed = False
         self.stalled: str | None = None  # why the trainer was killed as hung
+        self.over_budget: str | None = None  # why the trainer was stopped: its team's wall-clock budget
+        self.budget_seconds: int | None = None  # read once, when the trainer starts
         self.replayed: dict[str, int] = {}  # per metric, the last step earlier attempts sent to MLflow
         self.skipped_points = 0
 
@@ -477,8 +481,14 @@ class StageSupervisor:
             self._append_log(f"[supervisor] {self.stalled}")
             self._kill()
             return
-        if (self.cancel_requested.is_set() or self.lease_lost.is_set()) and self.term_sent_at is None:
-            why = "cancel requested" if self.cancel_requested.is_set() else "lease lost"
+        if self.term_sent_at is None and self.over_budget is None:  # stopped like a cancel, then failed
+            self.over_budget = quotas.stage_budget_exceeded(started_at=self.stage.started_at, now=timezone.now(),
+                                                            budget_seconds=self._budget_seconds())
+            if self.over_budget:
+                self._append_log(f"[supervisor] {self.over_budget}")
+        stop = self.cancel_requested.is_set() or self.lease_lost.is_set() or self.over_budget is not None
+        if stop and self.term_sent_at is None:
+            why = "cancel requested" if self.cancel_requested.is_set() else self.over_budget or "lease lost"
             log.info("stage %s: %s, sending SIGTERM to the trainer", self.stage.pk, why)
             self._signal(signal.SIGTERM)
             self.term_sent_at = now
@@ -487,6 +497,16 @@ class StageSupervisor:
             log.warning("stage %s: trainer still running %.0fs after SIGTERM, killing it",
                         self.stage.pk, now - self.term_sent_at)
             self._kill()
+
+    def _budget_seconds(self) -> int | None:
+        """The team's wall-clock budget per stage (counted from the stage's first start, across attempts)."""
+        if self.budget_seconds is None:
+            try:
+                self.budget_seconds = quotas.team_limits(team=self.stage.run.team_id).stage_seconds or 0
+            except DB_ERRORS:  # the database restarting: read it on a later tick, keep supervising
+                connection.close()
+                return None
+        return self.budget_seconds or None
 
     def _signal(self, sig: int) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -592,6 +612,8 @@ class StageSupervisor:
             return self._finish(Status.SUCCEEDED, outputs=outputs, summary=terminal.get("summary") or {})
         if self.stalled is not None and not self.cancel_requested.is_set():
             return self._finish(Status.FAILED, error=self.stalled, tail=tail)
+        if self.over_budget is not None and not self.cancel_requested.is_set():
+            return self._finish(Status.FAILED, error=self.over_budget, tail=tail)
         if self.cancel_requested.is_set():
             return self._finish(Status.CANCELED, tail=tail,
                                 error="canceled" + (" (killed after the grace period)" if self.killed else ""))

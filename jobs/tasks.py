@@ -16,7 +16,9 @@ def worker_name(hostname: str | None = None) -> str:
 @app.task(name=TaskName.RUN_STAGE.value, bind=True, acks_late=False, ignore_result=True,
           Request="jobs.busy:PausingRequest")
 def run_stage(self, stage_run_id: int) -> str | None:
-    """Run one stage. Safe to deliver twice: the second delivery finds the stage claimed and returns.
+    """Wake up and run the fairest queued stage (refinery.runs.services.stage_claim): the one named here,
+    or another team's when fair share says so. Safe to deliver twice: a duplicate claims the next fair
+    stage, whose own wake-up then finds nothing left or takes the next one; with nothing queued it returns.
 
     The message is acked when the task starts (see CELERY_TASK_ACKS_LATE in settings): the lease
     and the reaper, not the broker, bring back a stage whose worker died. While it runs, the worker

@@ -5,6 +5,7 @@ from django.views.generic import RedirectView
 
 from refinery.api.views import api
 from refinery.teams import secret_views
+from refinery.teams.quota_views import team_quota_view
 from refinery.teams.views import team_switch_view
 
 urlpatterns = [
@@ -12,9 +13,9 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("teams/switch/", team_switch_view, name="team-switch"),
-
     path("teams/secrets/", secret_views.team_secrets_view, name="team-secrets"),
     path("teams/secrets/<str:name>/delete/", secret_views.team_secret_delete_view, name="team-secret-delete"),
+    path("teams/quota/", team_quota_view, name="team-quota"),
     path("teams/", include("refinery.teams.urls")),
     path("runs/", include("refinery.runs.urls")),
     path("pipelines/", include("refinery.pipelines.urls")),

@@ -15,6 +15,7 @@ from refinery.data.models import Dataset, DatasetKind, DatasetVersion
 from refinery.data.limits import child_limits, decode_limits
 from refinery.data.validate_child import ValidationAborted, validate_file_in_child
 from refinery.data.validation import ValidationIssue, detect_format
+from refinery.teams.quotas import team_storage_guard
 from refinery.teams.services import audit
 
 NAME_MAX = 100
@@ -81,6 +82,7 @@ def dataset_version_create(
     a child process validates it under memory, time and decoded-size limits
     (refinery.data.limits), so a decompression bomb fails this upload and nothing else.
     """
+    chunks = team_storage_guard(team=team, chunks=chunks, refuse=DatasetUploadError)  # its storage limit
     name = (name or "").strip()
     if not name:
         raise DatasetUploadError("name: give the dataset a name")

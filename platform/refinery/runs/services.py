@@ -16,6 +16,7 @@ from refinery.data.models import Dataset, DatasetVersion
 from refinery.pipelines.models import Pipeline
 from refinery.runs.dispatch import enqueue_stage_on_commit
 from refinery.runs.listing import run_summary_refresh
+from refinery.teams.quotas import QuotaExceeded, team_runs_check
 from refinery.teams.services import audit
 from refinery.runs.models import (
     ACTIVE_STATES,
@@ -129,6 +130,10 @@ def run_create(*, pipeline: Pipeline, user, seed: int | None = None, name: str =
 
 
 def _run_from_snapshot(*, pipeline, version, user, snapshot: dict, seed: int, name: str, rerun_of=None) -> Run:
+    try:
+        team_runs_check(team=pipeline.team)  # locks the team's row first: team -> runs -> stages
+    except QuotaExceeded as exc:
+        raise RunError(str(exc)) from None
     # Lock the team's runs to hand out the next number without a race.
     last = Run.objects.select_for_update().filter(team=pipeline.team).aggregate(n=Max("number"))["n"] or 0
     run = Run.objects.create(
@@ -246,27 +251,141 @@ def _locked_stage(stage_run_id: int, *, skip_locked: bool = False) -> StageRun |
     return stage
 
 
-@transaction.atomic
-def stage_claim(*, stage_run_id: int, worker: str) -> StageRun | None:
-    """Claim a queued stage for this worker, exactly once. None if someone else has it.
+MAX_CLAIM_PASSES = 10
 
-    The row lock is waited for, not skipped: a duplicate delivery waits for the first
-    claim to commit and then finds the stage running. Skipping instead would also drop
-    the wake-up of a stage whose row was merely busy (another stage of its run finishing,
-    a cancel), leaving it queued with no message left to start it.
+
+def stage_claim(*, stage_run_id: int, worker: str) -> StageRun | None:
+    """Claim the fairest queued stage for this worker (fair share across teams), exactly once, or None.
+
+    A wake-up names a stage, but the message is only a wake-up call: the claim takes the stage that
+    refinery.teams.quotas.fair_pick puts first (teams under their running-stage limit, fewest running
+    stages first; the named stage first within its team), which may be another one.
+
+    Why no queued stage is left without a wake-up (one message per queued stage, counted):
+    - every stage is queued with a wake-up sent after commit (and the reaper re-sends one for a stage
+      queued over REFINERY_REDISPATCH_SECONDS, the backstop for a lost message);
+    - a wake-up consumes one message and claims at most one stage. When it claims Y instead of the
+      named X, X is still queued and Y's message is still in flight: when it arrives it claims the next
+      fair stage (possibly X). So messages in flight >= queued stages anyone may claim;
+    - a wake-up that claims nothing while stages are queued can only be one that found every queued
+      stage's team at its running-stage limit (locks do not count: see below). Those stages become
+      claimable only when a stage of their team stops holding a slot, and each time one does
+      (stage_finish, stage_requeue, the reaper) one wake-up is sent for the team after commit
+      (_team_slot_freed); an operator who raises or drops a limit wakes all the team's queued stages
+      (quotas.team_quota_set). A duplicate delivery just claims the next fair stage, or nothing.
+    Two workers never claim one stage: the claim locks the stage's run and row and takes it only if it
+    is still queued. The first pass skips rows another transaction holds (a claim under way, a sibling
+    stage finishing, a run being queued), taking the next fair stage instead; if every candidate was
+    held, it waits for the fairest one (a new transaction per pass, locks taken team -> run -> stage
+    as everywhere else) rather than dropping the wake-up. A team with a running-stage limit is
+    counted under a lock on its row, so two workers cannot both take its last slot.
     """
-    stage = _locked_stage(stage_run_id)
-    if stage is None or stage.status != Status.QUEUED:
+    blocked: dict[int, int] = {}
+    try:
+        for attempt in range(MAX_CLAIM_PASSES):
+            wait = attempt > 0
+            with transaction.atomic():
+                stage, contended, candidates = _claim_fairest(named=stage_run_id, worker=worker, wait=wait,
+                                                              blocked=blocked)
+            if stage is not None or not candidates or (not wait and not contended):
+                return stage
+        log.warning("wake-up for stage %s: every claimable stage stayed busy for %d passes", stage_run_id,
+                    MAX_CLAIM_PASSES)
         return None
-    if stage.run.status in TERMINAL_STATES:
-        stage.mark_finished(Status.CANCELED, error=f"not run: the run is already {stage.run.status}")
+    finally:
+        _stages_mark_waiting(blocked)
+
+
+def _claim_fairest(*, named: int, worker: str, wait: bool, blocked: dict[int, int]
+                   ) -> tuple[StageRun | None, bool, bool]:
+    """One pass of stage_claim. Returns (claimed stage, some candidate was locked, there were candidates).
+    Without `wait`, locked rows are skipped; with it, only the fairest candidate is tried, waiting."""
+    from django.db.models import Count
+
+    from refinery.teams.models import Team
+    from refinery.teams.quotas import RUNNING_STATES, QueuedStage, TeamLoad, fair_pick, team_limits_many
+
+    epoch = timezone.now() - timezone.timedelta(days=36500)
+    queued = [QueuedStage(pk=pk, team_id=team_id, queued_at=queued_at or epoch) for pk, team_id, queued_at in
+              StageRun.objects.filter(status=Status.QUEUED).values_list("pk", "run__team_id", "queued_at")]
+    if not queued:
+        return None, False, False
+    team_ids = {s.team_id for s in queued}
+    by_team = StageRun.objects.filter(run__team_id__in=team_ids).order_by().values("run__team_id")
+    running = dict(by_team.filter(status__in=RUNNING_STATES).annotate(n=Count("pk")).values_list("run__team_id", "n"))
+    served = dict(by_team.filter(started_at__isnull=False).annotate(last=Max("started_at"))
+                  .values_list("run__team_id", "last"))
+    limits = team_limits_many(team_ids=team_ids)
+    loads = {t: TeamLoad(running=running.get(t, 0), limit=limits[t].running_stages, last_served=served.get(t))
+             for t in team_ids}
+    pick = fair_pick(queued=queued, teams=loads, named=named)
+    blocked.clear()
+    blocked.update(pick.blocked)
+    team_of = {s.pk: s.team_id for s in queued}
+    contended = False
+    counted: dict[int, bool] = {}  # team id -> under its limit (counted under its row lock)
+    for pk in pick.order[:1] if wait else pick.order:
+        team_id = team_of[pk]
+        limit = limits[team_id].running_stages
+        if limit is not None:
+            if team_id not in counted:
+                if Team.objects.select_for_update(skip_locked=not wait).filter(pk=team_id).first() is None:
+                    contended = True
+                    continue
+                now_running = StageRun.objects.filter(run__team_id=team_id, status__in=RUNNING_STATES).count()
+                counted[team_id] = now_running < limit
+                if not counted[team_id]:
+                    blocked[team_id] = limit
+            if not counted[team_id]:
+                continue
+        stage = _locked_stage(pk, skip_locked=not wait)
+        if stage is None:
+            contended = True
+            continue
+        if stage.status != Status.QUEUED:
+            continue
+        if stage.run.status in TERMINAL_STATES:
+            stage.mark_finished(Status.CANCELED, error=f"not run: the run is already {stage.run.status}")
+            stage.save()
+            continue
+        stage.mark_running(worker=worker, lease_seconds=settings.REFINERY_LEASE_SECONDS)
+        stage.error = ""
         stage.save()
-        return None
-    stage.mark_running(worker=worker, lease_seconds=settings.REFINERY_LEASE_SECONDS)
-    stage.error = ""
-    stage.save()
-    _run_refresh_status(stage.run)
-    return stage
+        _run_refresh_status(stage.run)
+        if stage.pk != named:
+            log.info("wake-up for stage %s claimed stage %s (fair share)", named, stage.pk)
+        return stage, contended, True
+    return None, contended, True
+
+
+def _stages_mark_waiting(blocked: dict[int, int]) -> None:
+    """Say on the queued stages of teams at their running-stage limit why they wait (best effort, after
+    the claim: a failure here must not cost the claim)."""
+    from django.db import DatabaseError
+
+    from refinery.teams.quotas import waiting_message
+
+    for team_id, limit in blocked.items():
+        message = waiting_message(limit)
+        try:
+            with transaction.atomic():  # a savepoint when called inside a transaction
+                StageRun.objects.filter(run__team_id=team_id, status=Status.QUEUED).exclude(error=message).update(
+                    error=message)
+        except DatabaseError as exc:
+            log.warning("could not mark team %s's queued stages as waiting: %s", team_id, exc)
+
+
+def _team_slot_freed(team_id: int) -> None:
+    """A stage of the team stopped holding a worker. Its queued stages may have had their wake-ups consumed
+    while the team was at its running-stage limit: send one wake-up (after commit) for the slot now free."""
+    from refinery.teams.quotas import team_limits
+
+    if team_limits(team=team_id).running_stages is None:
+        return
+    pk = (StageRun.objects.filter(run__team_id=team_id, status=Status.QUEUED).order_by("queued_at", "pk")
+          .values_list("pk", flat=True).first())
+    if pk is not None:
+        enqueue_stage_on_commit(pk)
 
 
 def stage_heartbeat(*, stage_run_id: int, worker: str, attempt: int, step: int | None = None,
@@ -344,6 +463,7 @@ def stage_finish(*, stage_run_id: int, status: str, error: str = "", outputs: di
         # Stages that depend on this one can never run.
         _cancel_dependents(run, reason=f"stage {stage.name!r} {status}")
     _run_refresh_status(run)
+    _team_slot_freed(run.team_id)
     return stage
 
 
@@ -379,6 +499,7 @@ def stage_requeue(*, stage_run_id: int, reason: str, attempt: int | None = None)
         stage.save()
         _cancel_dependents(stage.run, reason=f"stage {stage.name!r} failed")
         _run_refresh_status(stage.run)
+        _team_slot_freed(stage.run.team_id)
         return stage
     stage.mark_queued()
     stage.worker = ""
@@ -386,6 +507,7 @@ def stage_requeue(*, stage_run_id: int, reason: str, attempt: int | None = None)
     stage.error = reason
     stage.save()
     enqueue_stage_on_commit(stage.pk)
+    _team_slot_freed(stage.run.team_id)
     return stage
 
 
@@ -431,6 +553,7 @@ def stage_reap_expired() -> list[int]:
                 stage.save()
                 _cancel_dependents(stage.run, reason="canceled")
                 _run_refresh_status(stage.run)
+                _team_slot_freed(stage.run.team_id)
             else:
                 stage_requeue(stage_run_id=pk, reason=f"worker {stage.worker or '?'} lost (lease expired)")
             handled.append(pk)

@@ -257,3 +257,31 @@ REFINERY_DATASET_MAX_ROW_GROUP_BYTES = int(os.environ.get("REFINERY_DATASET_MAX_
 REFINERY_SECRETS_KEY = os.environ.get("REFINERY_SECRETS_KEY", "")
 REFINERY_REQUIRE_SECRETS_KEY = False  # True in settings.production
 REFINERY_SECRETS_OLD_KEYS = [k.strip() for k in os.environ.get("REFINERY_SECRETS_OLD_KEYS", "").split(",") if k.strip()]
+
+# --- quotas ---
+# Default per-team limits for teams without a TeamQuota row (an operator sets a team's own limits in
+# the admin or with `manage.py team_quota`). Unset or empty means no limit.
+#   REFINERY_QUOTA_RUNNING_STAGES  stages of one team running at once (claim time: the rest wait queued)
+#   REFINERY_QUOTA_QUEUED_RUNS     unfinished (queued or running) runs of one team (refused when queuing)
+#   REFINERY_QUOTA_STAGE_SECONDS   wall-clock budget of one stage from its first start (then it is stopped)
+#   REFINERY_QUOTA_STORAGE_BYTES   total size of one team's dataset versions (refused at upload); "50GiB" works
+
+
+def _quota_env(name: str, *, size: bool = False) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    units = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+             "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4} if size else {"": 1}
+    number = raw.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ ")
+    unit = raw[len(number):].strip().lower()
+    if unit not in units or not number.strip():
+        raise ValueError(f"{name}={raw!r}: expected a whole number" + (" with an optional unit (GiB, GB...)"
+                                                                       if size else ""))
+    return int(float(number) * units[unit])
+
+
+REFINERY_QUOTA_RUNNING_STAGES = _quota_env("REFINERY_QUOTA_RUNNING_STAGES")
+REFINERY_QUOTA_QUEUED_RUNS = _quota_env("REFINERY_QUOTA_QUEUED_RUNS")
+REFINERY_QUOTA_STAGE_SECONDS = _quota_env("REFINERY_QUOTA_STAGE_SECONDS")
+REFINERY_QUOTA_STORAGE_BYTES = _quota_env("REFINERY_QUOTA_STORAGE_BYTES", size=True)

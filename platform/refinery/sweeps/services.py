@@ -14,6 +14,7 @@ from refinery.pipelines.specs import SpecError, apply_overrides, auto_evaluate_s
 from refinery.runs.services import RunError, run_create
 from refinery.sweeps.models import MAX_TRIALS, Sweep, SweepTrial
 from refinery.sweeps.parameters import parameters_check, trial_count, trial_overrides
+from refinery.teams.quotas import QuotaExceeded, team_runs_check
 from refinery.teams.services import audit
 
 MAX_TRIAL_ERRORS = 5  # failing trials listed one by one; the rest are counted
@@ -141,6 +142,10 @@ def sweep_create(*, pipeline: Pipeline, user, name: str, mode: str, parameters: 
         raise SweepError({"version": f"version: v{version.number} is not a version of {pipeline.name!r}"})
     plan = sweep_plan(pipeline=pipeline, version=version, name=name, mode=mode, parameters=parameters,
                       metric=metric, goal=goal, samples=samples, seed=seed)
+    try:  # all of the sweep's runs against the team's queued-runs limit, before any is made
+        team_runs_check(team=pipeline.team, adding=len(plan.trials))
+    except QuotaExceeded as exc:
+        raise SweepError({"runs": str(exc)}) from None
     sweep = Sweep.objects.create(
         team=pipeline.team, pipeline=pipeline, pipeline_version=version, name=plan.name, mode=plan.mode,
         parameters=plan.parameters, samples=plan.samples, metric=plan.metric, goal=plan.goal, seed=plan.seed,

@@ -1,6 +1,7 @@
 from django.contrib import admin
 
-from refinery.teams.models import ApiToken, AuditEvent, Invitation, Membership, Team
+from refinery.teams.models import ApiToken, AuditEvent, Invitation, Membership, Team, TeamQuota
+from refinery.teams.quotas import team_wake_queued
 
 
 class MembershipInline(admin.TabularInline):
@@ -31,3 +32,20 @@ class AuditEventAdmin(admin.ModelAdmin):
 class InvitationAdmin(admin.ModelAdmin):
     list_display = ("team", "role", "email", "created_by", "created_at", "expires_at", "accepted_by", "revoked_at")
     readonly_fields = ("key_hash",)
+
+@admin.register(TeamQuota)
+class TeamQuotaAdmin(admin.ModelAdmin):
+    """An operator's limits for a team (blank: no limit). Saving or deleting wakes the team's queued
+    stages, since a raised or dropped running-stage limit lets them start now."""
+
+    list_display = ("team", "running_stages", "queued_runs", "stage_seconds", "storage_bytes", "updated_at")
+    readonly_fields = ("updated_at",)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        team_wake_queued(team_id=obj.team_id)
+
+    def delete_model(self, request, obj):
+        team_id = obj.team_id
+        super().delete_model(request, obj)
+        team_wake_queued(team_id=team_id)

@@ -4,6 +4,7 @@ import hashlib
 import secrets
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -163,3 +164,22 @@ class TeamSecret(models.Model):
 
     def __str__(self) -> str:
         return f"{self.team} / {self.name}"
+
+class TeamQuota(models.Model):
+    """An operator's limits for one team. A blank field means no limit; a team without a row gets the
+    REFINERY_QUOTA_* defaults from the settings (refinery.teams.quotas reads both)."""
+
+    team = models.OneToOneField(Team, on_delete=models.CASCADE, related_name="quota")
+    running_stages = models.PositiveIntegerField(
+        null=True, blank=True, help_text="stages running at once; more wait queued while other teams' stages run")
+    queued_runs = models.PositiveIntegerField(
+        null=True, blank=True, help_text="unfinished (queued or running) runs; a new run or sweep over it is refused")
+    stage_seconds = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="wall-clock budget of one stage, in seconds from its first start; then it is stopped and fails")
+    storage_bytes = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="total size of the team's dataset versions, in bytes; uploads over it fail")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"quota of {self.team}"
