@@ -22,3 +22,10 @@ WHITENOISE_AUTOREFRESH = True
 # and CI's, or parallel checkouts) never drop each other's database.
 if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
+
+# Sign-in throttling stays on in the tests (per username and address, as in production), but
+# the test client's `login()` has no request for django-axes to look at.
+AUTHENTICATION_BACKENDS = [
+    "refinery.core.auth_backends.AxesRequestOptionalBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
