@@ -6,6 +6,7 @@ from ninja import File, Form, NinjaAPI, Router
 from ninja.files import UploadedFile
 
 from refinery.api.auth import TokenAuth
+from refinery.api.docs import VendoredSwagger
 from refinery.api.schemas import (
     BaseModelIn,
     BaseModelOut,
@@ -43,6 +44,7 @@ api = NinjaAPI(
     urls_namespace="api",
     openapi_url="/openapi.json",
     docs_url="/docs",
+    docs=VendoredSwagger(),
 )
 
 
