@@ -242,6 +242,21 @@ print("csrf-cookie-httponly", r.cookies["csrftoken"]["httponly"])
     assert got["csrf-cookie-secure"] == "True" and got["csrf-cookie-httponly"] == "True"
 
 
+def test_plain_http_trial_is_possible_but_check_deploy_says_it_is_no_deployment(tmp_path):
+    """docker-compose.yml's local trial (DJANGO_HTTPS=false on 127.0.0.1): no redirect, no Secure
+    cookies, and `check --deploy` warns about exactly that."""
+    key = secrets.token_urlsafe(50)
+    out = _deploy_check(tmp_path, DJANGO_SECRET_KEY=key, DJANGO_HTTPS="false")
+    assert out.returncode != 0
+    for check in ("security.W004", "security.W008", "security.W012", "security.W016"):
+        assert check in out.stderr, out.stderr
+    code = ("import django; django.setup(); from django.conf import settings as s; "
+            "print(s.SECURE_SSL_REDIRECT, s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_HSTS_SECONDS)")
+    env = _clean_env(REFINERY_VAR_DIR=str(tmp_path), DJANGO_SECRET_KEY=key, DJANGO_HTTPS="false",
+                     **DOCUMENTED_DEPLOYMENT)
+    assert _python(code, env).stdout.split() == ["False", "False", "False", "0"]
+
+
 # ------------------------------------------------------------------ Content Security Policy
 def _csp(response) -> dict[str, list[str]]:
     header = response["Content-Security-Policy"]

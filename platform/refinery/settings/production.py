@@ -34,25 +34,30 @@ if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5:
 
 SILENCED_SYSTEM_CHECKS: list[str] = []
 
-# HTTPS. Behind the proxy, X-Forwarded-Proto tells Django the browser used HTTPS; set
+# DJANGO_HTTPS=false: served over plain HTTP (a local trial on 127.0.0.1, as docker-compose.yml
+# publishes it): no redirect, no HSTS, cookies without the Secure flag. Not a deployment:
+# `check --deploy` then warns, and rightly so.
+HTTPS = env_bool("DJANGO_HTTPS", True)
+
+# Behind the proxy, X-Forwarded-Proto tells Django the browser used HTTPS; set
 # DJANGO_SECURE_PROXY_SSL_HEADER=false when no proxy sets (and strips) that header.
-if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", True):
+if HTTPS and env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", True):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
-if not SECURE_SSL_REDIRECT:
+SECURE_SSL_REDIRECT = HTTPS and env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+if HTTPS and not SECURE_SSL_REDIRECT:
     SILENCED_SYSTEM_CHECKS.append("security.W008")  # the proxy redirects plain HTTP itself
-SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_SECURE_HSTS_SECONDS", 31536000))
+SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_SECURE_HSTS_SECONDS", 31536000)) if HTTPS else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
 SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", True)
-if SECURE_HSTS_SECONDS == 0:
-    SILENCED_SYSTEM_CHECKS.append("security.W004")  # HSTS is sent by the proxy
-if not SECURE_HSTS_INCLUDE_SUBDOMAINS:
+if HTTPS and SECURE_HSTS_SECONDS == 0:
+    SILENCED_SYSTEM_CHECKS.append("security.W004")  # the proxy sends HSTS itself
+if HTTPS and not SECURE_HSTS_INCLUDE_SUBDOMAINS:
     SILENCED_SYSTEM_CHECKS.append("security.W005")
-if not SECURE_HSTS_PRELOAD:
+if HTTPS and not SECURE_HSTS_PRELOAD:
     SILENCED_SYSTEM_CHECKS.append("security.W021")
 
-SESSION_COOKIE_SECURE = True
-CSRF_COOKIE_SECURE = True
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
 
 # The collected, hashed copies (`manage.py collectstatic` at deploy time), not the source folders.
 WHITENOISE_USE_FINDERS = False
