@@ -398,6 +398,23 @@ def test_a_successful_sign_in_resets_the_count():
         assert _sign_in(client, "ada", "correct-horse-battery").status_code == 302 and _signed_in(client)
 
 
+@pytest.mark.django_db
+def test_behind_a_proxy_the_throttle_counts_the_real_client_not_the_proxy(settings):
+    settings.REFINERY_TRUSTED_PROXY_COUNT = 1
+    user_create(username="ada", password="correct-horse-battery", team_name="Ada")
+    proxy = {"REMOTE_ADDR": "10.0.0.2"}
+    attacker = Client(**proxy, HTTP_X_FORWARDED_FOR="203.0.113.7")
+    for attempt in range(10):
+        attacker.post(reverse("login"), {"username": "ada", "password": f"wrong-{attempt}"})
+    assert _sign_in(attacker, "ada", "correct-horse-battery").status_code == 429
+    # A forged left-most entry does not move the attacker elsewhere...
+    forged = Client(**proxy, HTTP_X_FORWARDED_FOR="198.51.100.1, 203.0.113.7")
+    assert _sign_in(forged, "ada", "correct-horse-battery").status_code == 429
+    # ... while ada, from her own address through the same proxy, signs in.
+    ada = Client(**proxy, HTTP_X_FORWARDED_FOR="192.0.2.44")
+    assert _sign_in(ada, "ada", "correct-horse-battery").status_code == 302 and _signed_in(ada)
+
+
 def test_throttling_settings_are_ten_failures_per_username_and_address(settings):
     assert settings.AXES_ENABLED and settings.AXES_FAILURE_LIMIT == 10
     assert settings.AXES_LOCKOUT_PARAMETERS == [["username", "ip_address"]]

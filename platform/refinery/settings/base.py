@@ -280,3 +280,7 @@ AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_HTTP_RESPONSE_CODE = 429
 AXES_VERBOSE = False
+# Behind N reverse proxies that append to X-Forwarded-For, set N: the throttle then counts per
+# real client address instead of per proxy.
+REFINERY_TRUSTED_PROXY_COUNT = int(os.environ.get("REFINERY_TRUSTED_PROXY_COUNT", 0))
+AXES_CLIENT_IP_CALLABLE = "refinery.core.auth_backends.client_ip"
