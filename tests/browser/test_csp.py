@@ -172,3 +172,24 @@ def test_api_docs_render_offline_from_the_vendored_swagger_ui(watched, live_serv
     assert "/api/v1/runs" in page.inner_text("#swagger-ui")
     page.check_clean("api docs")
     page.shot("csp-07-api-docs")
+
+
+def test_lockout_page_after_ten_wrong_passwords(watched, live_server, transactional_db):
+    page = watched
+    user_create(username="ada", password="pw-ada-12345", team_name="Lab")
+    for attempt in range(10):
+        page.goto(f"{live_server.url}/login/")
+        page.fill("input[name=username]", "ada")
+        page.fill("input[name=password]", f"wrong-{attempt}")
+        page.click("button[type=submit]")
+        page.wait_for_load_state("networkidle")
+    page.goto(f"{live_server.url}/login/")
+    page.fill("input[name=username]", "ada")
+    page.fill("input[name=password]", "pw-ada-12345")
+    with page.expect_response(lambda r: r.url.endswith("/login/") and r.request.method == "POST") as answer:
+        page.click("button[type=submit]")
+    assert answer.value.status == 429
+    assert "Too many failed sign-ins" in page.inner_text("[data-testid=error-page]")
+    assert "/login/" in page.url
+    page.check_clean("lockout", allow="the server responded with a status of 429")
+    page.shot("csp-08-lockout")
