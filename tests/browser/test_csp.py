@@ -12,6 +12,7 @@ import pytest
 from refinery.runs.listing import run_summary_refresh
 from refinery.runs.models import Run, Status
 from refinery.runs.services import run_create
+from refinery.sweeps.services import sweep_create
 from refinery.teams.services import user_create
 from tests.web.test_registry import finished_run
 
@@ -143,6 +144,22 @@ def test_main_pages_work_under_the_csp(watched, live_server, mlflow_server, tran
     assert f"stages-{before}-name" in names, names
     page.check_clean("pipeline editor")
     page.shot("csp-04-pipeline-editor")
+
+    # An active sweep's page polls every 3 s, but not while the focus is in its metric picker
+    # (was an htmx trigger filter, evaluated code).
+    sweep = sweep_create(pipeline=pipeline, user=user, name="lr", mode="grid", metric="lora/train/loss", goal="min",
+                         parameters=[{"path": "sft.config.learning_rate", "values": ["1e-4", "3e-4"]}])
+    polls: list[str] = []
+    page.on("request", lambda r: polls.append(r.url) if f"/sweeps/{sweep.pk}/" in r.url
+            and r.headers.get("hx-request") else None)
+    page.goto(f"{live_server.url}/sweeps/{sweep.pk}/")
+    page.wait_for_timeout(7_000)
+    assert len(polls) >= 2, polls
+    page.focus("[data-testid=metric-picker]")
+    polls.clear()
+    page.wait_for_timeout(7_000)
+    assert polls == [], polls
+    page.check_clean("sweep page")
 
     for path, name in [("/pipelines/", "pipelines"), (f"/pipelines/{pipeline.pk}/", "pipeline"),
                        ("/datasets/", "datasets"), ("/models/", "models"), (f"/models/{pipeline.base_model_id}/", "model"),
