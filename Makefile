@@ -2,6 +2,7 @@
 #
 #   make run                    the whole stack on this machine (embedded default)
 #   make run WEB_PORT=8001 MLFLOW_PORT=5001
+#   make run DEV=1              development mode: DEBUG on (the banner says so); off by default
 #   make test                   lint-imports + pytest against real PostgreSQL/Redis/Chromium
 #   make test PYTEST_ARGS='-m "not browser" -x'
 #   make chaos                  tests/chaos only, on a private PostgreSQL and Redis they may restart
@@ -51,8 +52,8 @@ venv: ## create .venv and install the project (torch 2.13.0 CPU first, then -c r
 	echo "$(LOCK_HASH)" > $(STAMP); \
 	echo "venv: ready"
 
-run: venv ## start the whole stack: MLflow, web, Celery worker and beat (Ctrl-C stops it)
-	REFINERY_WEB_PORT=$(WEB_PORT) REFINERY_MLFLOW_PORT=$(MLFLOW_PORT) $(PY) manage.py runstack
+run: venv ## start the whole stack: MLflow, web, Celery worker and beat (Ctrl-C stops it; DEV=1: DEBUG on)
+	$(if $(DEV),DJANGO_DEBUG=true )REFINERY_WEB_PORT=$(WEB_PORT) REFINERY_MLFLOW_PORT=$(MLFLOW_PORT) $(PY) manage.py runstack
 
 services: ## make sure PostgreSQL and Redis for the tests are up (starts local ones)
 	@bash scripts/ensure_services.sh

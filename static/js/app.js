@@ -956,3 +956,70 @@
   window.Refinery = window.Refinery || {};
   window.Refinery.alignOverlay = align;
 })();
+
+// -----------------------------------------------------------------------------
+// Behaviour that used to live in inline handlers, inline <script> and htmx
+// expressions. The Content Security Policy allows neither inline script without a
+// nonce nor eval (htmx runs with allowEval false), so templates declare it with
+// data attributes and it lives here.
+// -----------------------------------------------------------------------------
+(function () {
+  "use strict";
+
+  // <button data-confirm="Cancel run #3?">: ask before the click goes through.
+  document.addEventListener("click", function (e) {
+    var el = e.target.closest && e.target.closest("[data-confirm]");
+    if (el && !window.confirm(el.getAttribute("data-confirm"))) {
+      e.preventDefault();
+      e.stopImmediatePropagation();
+    }
+  }, true);
+
+  // <select data-metric-sort> (runs list): picking a metric sorts by it, its better end first;
+  // clearing it goes back to the newest runs first. Capture phase: the form's htmx `change`
+  // trigger must see the new sort value.
+  document.addEventListener("change", function (e) {
+    var el = e.target;
+    if (!el || !el.hasAttribute || !el.hasAttribute("data-metric-sort") || !el.form) return;
+    var s = el.form.elements.sort, o = el.selectedOptions[0];
+    if (!s) return;
+    s.value = o && o.value ? (o.getAttribute("data-goal") === "min" ? "metric" : "-metric")
+                           : (s.value.indexOf("metric") >= 0 ? "-created" : s.value);
+  }, true);
+
+  document.addEventListener("htmx:confirm", function (e) {
+    var elt = e.detail && e.detail.elt, ev = e.detail && e.detail.triggeringEvent;
+    if (!elt || !elt.getAttribute) return;
+    // data-ignore-change-from="#run-q": that field's `change` does not trigger the request
+    // (it has its own debounced `input` trigger).
+    var ignore = elt.getAttribute("data-ignore-change-from");
+    if (ignore && ev && ev.type === "change" && ev.target && ev.target.matches && ev.target.matches(ignore)) {
+      e.preventDefault();
+      return;
+    }
+    // data-poll-pause-within=".sweep-picker": skip a poll while the focus is in there.
+    var pause = elt.getAttribute("data-poll-pause-within");
+    var active = document.activeElement;
+    if (pause && active && active.closest && active.closest(pause)) e.preventDefault();
+  });
+
+  // data-index-of="#stages > .stage" (hx-get button): send index=<how many match>.
+  document.addEventListener("htmx:configRequest", function (e) {
+    var elt = e.detail && e.detail.elt;
+    var sel = elt && elt.getAttribute && elt.getAttribute("data-index-of");
+    if (sel) e.detail.parameters.index = String(document.querySelectorAll(sel).length);
+  });
+
+  // The run page's poll swaps #run-live whole: keep the log tails and folded charts the user
+  // opened (or closed) as they were.
+  var openDetails = {};
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    if (!e.detail.target || e.detail.target.id !== "run-live") return;
+    e.detail.target.querySelectorAll("details[id]").forEach(function (d) { openDetails[d.id] = d.open; });
+  });
+  document.addEventListener("htmx:afterSwap", function () {
+    var live = document.getElementById("run-live");
+    if (!live) return;
+    live.querySelectorAll("details[id]").forEach(function (d) { if (d.id in openDetails) d.open = openDetails[d.id]; });
+  });
+})();

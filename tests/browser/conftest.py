@@ -32,7 +32,10 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    # Playwright's wait_for_function evaluates its predicate with eval() in the page, which the
+    # Content Security Policy forbids: these functional tests bypass the CSP; test_csp.py's
+    # `csp_page` enforces it.
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, bypass_csp=True)
     page = context.new_page()
     page.set_default_timeout(20_000)
     yield page
@@ -49,3 +52,13 @@ def screenshot(page):
         return path
 
     return take
+
+
+@pytest.fixture
+def csp_page(browser):
+    """A page with the Content Security Policy enforced (no wait_for_function: it needs eval)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from datetime import datetime
 
@@ -88,6 +89,25 @@ def test_runstack_embedded_demo_run_succeeds_and_ctrl_c_stops_everything(tmp_pat
 
         run = wait_until(demo_run, timeout=240, interval=2, message="demo run succeeded")
         elapsed = time.monotonic() - started
+        # DEBUG off by default (the banner says so); static files and the API docs' Swagger UI are
+        # served by gunicorn all the same, and an unknown page is the friendly 404.
+        def banner_printed():
+            text = (tmp_path / "runstack.log").read_text()
+            return text if "Refinery is running" in text else None
+
+        banner = wait_until(banner_printed, timeout=60, interval=1, message="the banner")
+        assert "DEBUG off" in banner and "development mode: DEBUG on" not in banner
+        for path in ("/static/css/app.css", "/static/vendor/htmx.min.js", "/static/vendor/swagger-ui/swagger-ui-bundle.js",
+                     "/api/v1/docs"):
+            with urllib.request.urlopen(f"{base}{path}", timeout=10) as response:
+                assert response.status == 200, path
+        try:
+            urllib.request.urlopen(f"{base}/no/such/page/", timeout=10)
+        except urllib.error.HTTPError as missing:
+            body = missing.read().decode()
+            assert missing.code == 404 and "Page not found" in body and "URLconf" not in body
+        else:
+            raise AssertionError("an unknown page answered 200")
         # Two SFT stages, then the automatic evaluation of the final model on the held-out sums.
         assert [(s["name"], s["status"]) for s in run["stages"]] == [
             ("sft-full", "succeeded"), ("sft-lora", "succeeded"), ("evaluate-sft-lora", "succeeded")]

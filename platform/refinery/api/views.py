@@ -9,6 +9,7 @@ from ninja.parser import Parser
 
 from refinery.api import secret_routes
 from refinery.api.auth import READ_ONLY_TOKEN, TokenAuth
+from refinery.api.docs import VendoredSwagger
 from refinery.api.schemas import (
     BaseModelIn,
     BaseModelOut,
@@ -67,6 +68,7 @@ api = NinjaAPI(
     openapi_url="/openapi.json",
     docs_url="/docs",
     parser=JsonBodyParser(),
+    docs=VendoredSwagger(),
 )
 
 

@@ -43,8 +43,11 @@ def _code_version() -> str:
         return "unknown"
 
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "refinery-insecure-dev-key-change-me")
-DEBUG = env_bool("DJANGO_DEBUG", True)
+# The embedded default's key: fine on a laptop, refused by the production settings.
+INSECURE_DEV_SECRET_KEY = "refinery-insecure-dev-key-change-me"
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", INSECURE_DEV_SECRET_KEY)
+# Off unless switched on: a DEBUG page shows code, settings and every URL pattern.
+DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
@@ -59,6 +62,8 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "django_celery_beat",
+    "csp",
+    "axes",
     "refinery.core",
     "refinery.teams",
     "refinery.data",
@@ -72,6 +77,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -81,6 +87,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "refinery.teams.middleware.CurrentTeamMiddleware",
+    # Last, as django-axes asks: it turns a locked-out sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "refinery.urls"
@@ -118,7 +126,16 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+# django-axes first: a locked-out username (from that address) is refused before its password
+# is even checked. API tokens are not passwords and never pass through these backends.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "runs:list"
@@ -208,7 +225,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("REFINERY_LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
-WHITENOISE_USE_FINDERS = DEBUG
+# Static files come from the app's folders (no collectstatic needed) with DEBUG on or off;
+# the production settings serve the collected, hashed copies instead.
+WHITENOISE_USE_FINDERS = True
 
 # Hang detection: a trainer that sends no event (progress, metrics, ...) for this long is killed
 # and its stage failed with "stalled at step N" (0 turns it off). Before its `started` event a
@@ -285,3 +304,53 @@ REFINERY_QUOTA_RUNNING_STAGES = _quota_env("REFINERY_QUOTA_RUNNING_STAGES")
 REFINERY_QUOTA_QUEUED_RUNS = _quota_env("REFINERY_QUOTA_QUEUED_RUNS")
 REFINERY_QUOTA_STAGE_SECONDS = _quota_env("REFINERY_QUOTA_STAGE_SECONDS")
 REFINERY_QUOTA_STORAGE_BYTES = _quota_env("REFINERY_QUOTA_STORAGE_BYTES", size=True)
+
+# --- defaults ---
+# Safe defaults that hold in every mode; production.py adds HTTPS-only cookies, HSTS and the
+# SSL redirect. See docs/security.md.
+from datetime import timedelta  # noqa: E402
+
+from csp.constants import NONCE, NONE, SELF, UNSAFE_INLINE  # noqa: E402
+
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True  # pages send the token in hx-headers, never read from the cookie
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+
+# Content Security Policy (django-csp 4). Scripts: our own files, plus inline ones that carry
+# the request's nonce (`nonce="{{ request.csp_nonce }}"`); no eval (htmx runs with
+# allowEval false). Styles: our own files; inline style="" attributes stay allowed because
+# progress bars and timelines position themselves with them.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF],
+        "style-src-attr": [UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "frame-ancestors": [NONE],
+        "form-action": [SELF],
+        "base-uri": [SELF],
+        "object-src": [NONE],
+    },
+}
+
+# Sign-in throttling (django-axes): REFINERY_LOGIN_FAILURE_LIMIT wrong passwords for one
+# username from one address within the cool-off lock that pair out for the cool-off (the
+# next attempt is refused even with the right password); a successful sign-in resets the count.
+AXES_ENABLED = env_bool("REFINERY_LOGIN_THROTTLE", True)
+AXES_FAILURE_LIMIT = int(os.environ.get("REFINERY_LOGIN_FAILURE_LIMIT", 10))
+AXES_COOLOFF_TIME = timedelta(seconds=float(os.environ.get("REFINERY_LOGIN_COOLOFF_SECONDS", 900)))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_VERBOSE = False
+# Behind N reverse proxies that append to X-Forwarded-For, set N: the throttle then counts per
+# real client address instead of per proxy.
+REFINERY_TRUSTED_PROXY_COUNT = int(os.environ.get("REFINERY_TRUSTED_PROXY_COUNT", 0))
+AXES_CLIENT_IP_CALLABLE = "refinery.core.auth_backends.client_ip"

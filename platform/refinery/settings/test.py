@@ -23,3 +23,11 @@ WHITENOISE_AUTOREFRESH = True
 if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
 REFINERY_SECRETS_KEY = "refinery-test-secrets-key-not-for-production"  # the teams.E001 check wants one with DEBUG off
+
+
+# Sign-in throttling stays on in the tests (per username and address, as in production), but
+# the test client's `login()` has no request for django-axes to look at.
+AUTHENTICATION_BACKENDS = [
+    "refinery.core.auth_backends.AxesRequestOptionalBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]

@@ -201,7 +201,8 @@ class Command(BaseCommand):
             if not _http_ok(f"{tracking_uri.rstrip('/')}/health"):
                 self._log(f"warning: MLFLOW_TRACKING_URI={tracking_uri} does not answer /health (starting anyway)")
         self._make_dirs()
-        self._log(f"starting in {self.var} (code {settings.REFINERY_CODE_VERSION})")
+        self._log(f"starting in {self.var} (code {settings.REFINERY_CODE_VERSION})"
+                  + (" in development mode: DEBUG on" if settings.DEBUG else ""))
         self._log("migrating the database")
         call_command("migrate", interactive=False, verbosity=0)
         if not settings.DEBUG:
@@ -497,6 +498,12 @@ class Command(BaseCommand):
             ("broker", str(settings.CELERY_BROKER_URL).split("://", 1)[0] + "://"),
             ("logs", f"{self.logs}/"),
         ]
+        if settings.DEBUG:
+            rows.append(("mode", "development mode: DEBUG on (error pages show code and settings: "
+                                 "keep this port private)"))
+        else:
+            rows.append(("mode", "DEBUG off (friendly error pages); development mode: make run DEV=1 "
+                                 "(or DJANGO_DEBUG=true)"))
         lines = ["", "=" * 72, "  Refinery is running", ""]
         lines += [f"  {key:<9} {value}" for key, value in rows]
         lines += ["", "  Ctrl-C stops everything.", "=" * 72, ""]
