@@ -116,7 +116,7 @@ def _zip_members(fileobj: IO[bytes]) -> Iterator[tuple[str, str, IO[bytes] | Non
                 raise ModelArchiveError(f"archive member {info.filename!r}: encrypted members are not supported")
             if info.is_dir():
                 yield info.filename, "dir", None
-            elif mode and not stat.S_ISREG(mode):
+            elif stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # Unix type bits, when present: links, devices
                 raise ModelArchiveError(f"archive member {info.filename!r}: links and special files are not allowed")
             else:
                 with archive.open(info) as stream:
