@@ -39,7 +39,7 @@ def test_service_form_and_api_apply_the_same_rule():
         fields = {"name": f"m{i}", "source": "hub", "name_or_path": "org/model", "revision": revision}
         form = BaseModelForm(fields)
         assert form.is_valid() is ok, revision
-        if not ok and "\x00" not in revision:  # Django's CharField refuses NUL characters before us
+        if not ok and "\x00" not in revision and len(revision) <= 100:  # else Django's CharField says why
             assert "is not a commit hash, tag or branch name" in form.errors["revision"][0]
         response = api.post("/api/v1/base-models", {**fields, "name": f"api-{i}"}, content_type="application/json")
         if ok:
