@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import os
 import re
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,15 +42,41 @@ def stage_work_dir(stage: StageRun) -> Path:
     return Path(settings.REFINERY_WORK_DIR) / f"run-{stage.run_id}" / f"stage-{stage.index}"
 
 
+def _checkpoint_key(root: Path) -> bytes:
+    """A random key kept in the checkpoint dir itself (created once, 0600): the same for every worker that
+    shares the dir, which is exactly where a retry can find the checkpoints; unknown to anyone else."""
+    path = root / ".key"
+    try:
+        key = path.read_bytes()
+        if len(key) == 32:
+            return key
+    except FileNotFoundError:
+        pass
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = root / f".key-{secrets.token_hex(8)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, secrets.token_bytes(32))
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # atomic: of two workers racing here, one key wins and both read it
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_bytes()
+
+
 def stage_checkpoint_dir(stage: StageRun) -> Path:
     """REFINERY_CHECKPOINT_DIR/<team id>/<token>: the checkpoints every attempt of this stage resumes from.
 
-    The token is an HMAC of the stage id under the secret key: the same for each attempt (on any worker
-    with the same settings), and not derivable by anyone else. The area is outside every model root
+    The token is an HMAC of the stage id under the checkpoint dir's own random key: the same for each
+    attempt, opaque to everyone else (no run id in it). The area is outside every model root
     (refinery.basemodels.paths refuses both), so no team can register it as a model."""
-    token = hmac.new(settings.SECRET_KEY.encode(), f"stage-checkpoints:{stage.pk}".encode(),
-                     hashlib.sha256).hexdigest()[:32]
-    return Path(settings.REFINERY_CHECKPOINT_DIR) / str(stage.run.team_id) / token
+    root = Path(settings.REFINERY_CHECKPOINT_DIR)
+    token = hmac.new(_checkpoint_key(root), f"stage-checkpoints:{stage.pk}".encode(), hashlib.sha256).hexdigest()
+    return root / str(stage.run.team_id) / token[:32]
 
 
 def stage_redactions(stage: StageRun, work_dir: Path) -> list[tuple[str, str]]:

@@ -86,6 +86,7 @@ DB_METRICS_FLUSH_SECONDS = 1.0
 DB_METRICS_FLUSH_POINTS = 200
 OUTPUT_UPLOAD_SECONDS = 300.0  # how long an MLflow outage may delay the upload of a finished stage's outputs
 BACKFILL_SECONDS = 30.0  # how long a resumed attempt waits for MLflow to backfill the DB's missing points
+SWEEP_AFTER_SECONDS = 900.0  # a stage ended this long ago without removing its work dir: its supervisor is gone
 DB_METRICS_MAX_POINTS = 200_000  # kept in memory while the database is away; the oldest go first
 # A trainer killed by one of these, without saying why, is retried (the next attempt resumes): the
 # kernel's OOM killer, kill -9, a host shutting down. Anything else it dies of fails the stage.
@@ -756,6 +757,48 @@ class StageSupervisor:
                       self.stage.pk, undelivered, buffer.last_error)
 
 
+def sweep_ended_stage_dirs() -> int:
+    """Remove the work dirs (and checkpoint areas) of stages that ended without their supervisor: a queued
+    retry that was canceled, or a stage the reaper failed after its last attempt. Returns how many went."""
+    import re
+
+    from refinery.runs.models import TERMINAL_STATES
+
+    found: dict[tuple[int, int], Path] = {}
+    root = Path(settings.REFINERY_WORK_DIR)
+    for run_dir in root.glob("run-*") if root.is_dir() else ():
+        for stage_dir in run_dir.glob("stage-*"):
+            match = re.fullmatch(r"run-(\d+)/stage-(\d+)", f"{run_dir.name}/{stage_dir.name}")
+            if match:
+                found[(int(match[1]), int(match[2]))] = stage_dir
+    if not found:
+        return 0
+    from datetime import timedelta
+
+    from django.db.models import Q
+    from django.utils import timezone
+
+    # A supervisor that just ended its stage is still publishing the log: leave recent ones to it.
+    settled = timezone.now() - timedelta(seconds=SWEEP_AFTER_SECONDS)
+    removed = 0
+    for stage in StageRun.objects.select_related("run").filter(
+            Q(finished_at__lt=settled) | Q(finished_at__isnull=True), run_id__in={run for run, _ in found},
+            status__in=TERMINAL_STATES):
+        work = found.get((stage.run_id, stage.index))
+        if work is None:
+            continue
+        for folder in (work, stage_checkpoint_dir(stage)):
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            work.parent.rmdir()
+        except OSError:
+            pass
+        removed += 1
+    if removed:
+        log.info("removed the work dirs of %d ended stages", removed)
+    return removed
+
+
 def supervise_stage(*, stage_run_id: int, worker: str) -> str | None:
     """Claim and run one stage. None when it was not ours to run (claimed elsewhere, finished, canceled).
 
@@ -764,6 +807,10 @@ def supervise_stage(*, stage_run_id: int, worker: str) -> str | None:
     # Import MLflow's client before claiming: in a fresh worker process that takes about a second, which
     # would otherwise come out of the lease between the claim and the supervisor's first renewal.
     tracking_client()
+    try:
+        sweep_ended_stage_dirs()
+    except Exception:  # noqa: BLE001 - housekeeping never stops a stage
+        log.exception("sweeping the work dirs of ended stages failed")
     stage = services.stage_claim(stage_run_id=stage_run_id, worker=worker)
     if stage is None:
         log.info("stage %s: nothing to do (already claimed, finished or canceled)", stage_run_id)

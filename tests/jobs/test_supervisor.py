@@ -351,3 +351,22 @@ def test_a_trainer_stopped_by_a_sigterm_nobody_asked_for_is_retried(demo_pipelin
     assert run_stage(stage.pk) == "retrying"
     stage.refresh_from_db()
     assert stage.status == Status.QUEUED and stage.error.startswith("the trainer was stopped by SIGTERM")
+
+
+def test_work_dirs_of_stages_that_ended_without_their_supervisor_are_swept(demo_pipeline, launch):
+    """A queued retry that was canceled (or given up by the reaper) never meets its supervisor again: the next
+    stage a worker on this host takes removes its work dir and checkpoint area, once it has settled."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    run, stage = launch(demo_pipeline({"name": "sft", "method": "sft"}))
+    work, area = stage_work_dir(stage), stage_checkpoint_dir(stage)
+    (work / "checkpoints").mkdir(parents=True)
+    (area / "checkpoint-5").mkdir(parents=True)
+    assert supervisor_module.sweep_ended_stage_dirs() == 0  # still queued: a retry needs them
+    run_cancel(run=Run.objects.get(pk=run.pk))
+    assert supervisor_module.sweep_ended_stage_dirs() == 0 and work.exists()  # just ended: left to its supervisor
+    StageRun.objects.filter(pk=stage.pk).update(finished_at=timezone.now() - timedelta(hours=1))
+    assert supervisor_module.sweep_ended_stage_dirs() == 1
+    assert not work.exists() and not area.exists() and not work.parent.exists()
