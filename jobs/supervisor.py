@@ -301,7 +301,12 @@ class StageSupervisor:
     def _make_dirs(self) -> None:
         """The work dir, and in it `checkpoints`: a link to the stage's checkpoint area, which every attempt
         of the stage finds again (a work dir from before the area existed keeps its own folder)."""
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):  # another stage of the run may remove the (empty) run folder in between
+            try:
+                self.work_dir.mkdir(parents=True, exist_ok=True)
+                break
+            except FileNotFoundError:
+                continue
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         link = self.work_dir / "checkpoints"
         if not link.exists() and not link.is_symlink():
