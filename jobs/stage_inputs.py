@@ -15,6 +15,12 @@ A model reference (stored in a stage's outputs, host-independent):
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +37,82 @@ class StageSetupError(Exception):
 
 
 def stage_work_dir(stage: StageRun) -> Path:
-    """REFINERY_WORK_DIR/run-<id>/stage-<index>: spec.json, trainer.log, inputs/, output/, checkpoints/."""
+    """REFINERY_WORK_DIR/run-<id>/stage-<index>: spec.json, trainer.log, inputs/, output/, and checkpoints,
+    a link to the stage's checkpoint area. Removed when the stage ends; kept while a retry is queued."""
     return Path(settings.REFINERY_WORK_DIR) / f"run-{stage.run_id}" / f"stage-{stage.index}"
+
+
+def _checkpoint_key(root: Path) -> bytes:
+    """A random key kept in the checkpoint dir itself (created once, 0600): the same for every worker that
+    shares the dir, which is exactly where a retry can find the checkpoints; unknown to anyone else."""
+    path = root / ".key"
+    try:
+        key = path.read_bytes()
+        if len(key) == 32:
+            return key
+    except FileNotFoundError:
+        pass
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = root / f".key-{secrets.token_hex(8)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, secrets.token_bytes(32))
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # atomic: of two workers racing here, one key wins and both read it
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_bytes()
+
+
+def stage_checkpoint_dir(stage: StageRun) -> Path:
+    """REFINERY_CHECKPOINT_DIR/<team id>/<token>: the checkpoints every attempt of this stage resumes from.
+
+    The token is an HMAC of the stage id under the checkpoint dir's own random key: the same for each
+    attempt, opaque to everyone else (no run id in it). The area is outside every model root
+    (refinery.basemodels.paths refuses both), so no team can register it as a model."""
+    root = Path(settings.REFINERY_CHECKPOINT_DIR)
+    token = hmac.new(_checkpoint_key(root), f"stage-checkpoints:{stage.pk}".encode(), hashlib.sha256).hexdigest()
+    return root / str(stage.run.team_id) / token[:32]
+
+
+def stage_redactions(stage: StageRun, work_dir: Path) -> list[tuple[str, str]]:
+    """(host path, placeholder) pairs that make a stage's spec.json and trainer.log safe to publish:
+    no absolute host path (work dir, checkpoints, datasets, model roots, var dir, code) and no global run id."""
+    from refinery.basemodels.paths import model_roots
+
+    pairs = [(work_dir, "."), (stage_checkpoint_dir(stage), "./checkpoints"),
+             (Path(settings.REFINERY_DATASET_DIR), "<datasets>"), (Path(settings.REFINERY_CHECKPOINT_DIR), "<checkpoints>"),
+             (Path(settings.REFINERY_WORK_DIR), "<work>"),
+             *((root, "<models>") for root in model_roots(stage.run.team_id)),
+             (Path(settings.VAR_DIR), "<var>"), (Path(sys.prefix), "<python>"), (Path(__file__).resolve().parent.parent,
+                                                                                  "<code>")]
+    found: dict[str, str] = {}
+    for path, label in pairs:
+        for variant in (str(path), os.path.realpath(path)):
+            if len(variant) > 1:
+                found.setdefault(variant, label)
+    return sorted(found.items(), key=lambda item: -len(item[0]))  # the longest (most specific) first
+
+
+_RUN_DIR_RE = re.compile(r"run-\d+[/\\]stage-\d+")
+
+
+def redact(text: str, redactions: list[tuple[str, str]]) -> str:
+    for path, label in redactions:
+        text = text.replace(path, label)
+    return _RUN_DIR_RE.sub("stage", text)
+
+
+def redacted_spec(spec: dict, redactions: list[tuple[str, str]]) -> str:
+    """The spec as published next to the stage's outputs: host paths replaced, the global ids left out."""
+    import json
+
+    stage = {k: v for k, v in (spec.get("stage") or {}).items() if k not in ("run_id", "stage_run_id")}
+    return redact(json.dumps({**spec, "stage": stage}, indent=2), redactions)
 
 
 # --- input models ---------------------------------------------------------------
@@ -45,6 +125,7 @@ def model_reference(stage: StageRun) -> dict[str, Any]:
 def _reference(stage: StageRun, source: str, *, role: str, purpose: str) -> dict[str, Any]:
     if source == "base":
         base = stage.run.snapshot["base_model"]
+        _check_base_model(stage, base)
         return {"source": "base", "name": base.get("name"), "name_or_path": base["name_or_path"],
                 "revision": base.get("revision")}
     upstream = run_stage_named(run_id=stage.run_id, name=source)
@@ -52,6 +133,22 @@ def _reference(stage: StageRun, source: str, *, role: str, purpose: str) -> dict
         state = upstream.status if upstream else "missing"
         raise StageSetupError(f"{role} {source!r} has no output {purpose} (it is {state})")
     return {"source": "stage", "stage": source, **upstream.outputs}
+
+
+def _check_base_model(stage: StageRun, base: dict[str, Any]) -> None:
+    """The run's base model, checked again here: a local path must still be inside the run's team's model
+    roots (a row registered before they were enforced, or a folder replaced by a link since)."""
+    from refinery.basemodels.paths import ModelPathRefused, model_path_check
+
+    name = str(base.get("name_or_path") or "")
+    local = base.get("source") == "local" or os.path.isabs(name) or name.startswith((".", "~"))
+    if local:
+        try:
+            model_path_check(team_id=stage.run.team_id, path=name)
+        except ModelPathRefused as exc:
+            raise StageSetupError(f"base model {base.get('name') or ''!r}: {exc}") from None
+    elif ".." in name.split("/"):
+        raise StageSetupError(f"base model {base.get('name') or ''!r}: {name!r} is not a hub id")
 
 
 def input_references(stage: StageRun) -> list[dict[str, Any]]:

@@ -11,7 +11,9 @@
              shutting down): stage_requeue, the next attempt resumes
              from the newest complete checkpoint (fails after the stage's max attempts)
              canceled: SIGTERM, SIGKILL after the grace period, stage_finish(canceled)
-          -> then the MLflow mirror: drain buffered metrics, spec.json + trainer.log, run status
+          -> then the MLflow mirror: drain buffered metrics, spec.json + trainer.log (copies without host
+             paths or global run ids), run status; and the stage's work dir and checkpoint area are
+             removed, whatever the outcome (a queued retry keeps both: it resumes from them)
 
 Metrics are keyed by step: an attempt that resumes from a checkpoint replays the steps after
 it, and the points an earlier attempt already recorded (in the DB, or accepted by the on-disk
@@ -36,6 +38,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -57,7 +60,11 @@ from jobs.stage_inputs import (
     materialize_model,
     model_card_facts,
     model_reference,
+    redact,
+    redacted_spec,
     resolve_configs,
+    stage_checkpoint_dir,
+    stage_redactions,
     stage_work_dir,
     tracking_params,
     tracking_tags,
@@ -84,6 +91,7 @@ DB_METRICS_FLUSH_SECONDS = 1.0
 DB_METRICS_FLUSH_POINTS = 200
 OUTPUT_UPLOAD_SECONDS = 300.0  # how long an MLflow outage may delay the upload of a finished stage's outputs
 BACKFILL_SECONDS = 30.0  # how long a resumed attempt waits for MLflow to backfill the DB's missing points
+SWEEP_AFTER_SECONDS = 900.0  # a stage ended this long ago without removing its work dir: its supervisor is gone
 DB_METRICS_MAX_POINTS = 200_000  # kept in memory while the database is away; the oldest go first
 # A trainer killed by one of these, without saying why, is retried (the next attempt resumes): the
 # kernel's OOM killer, kill -9, a host shutting down. Anything else it dies of fails the stage.
@@ -243,6 +251,7 @@ class StageSupervisor:
         self.worker = worker
         self.attempt = stage.attempt
         self.work_dir = stage_work_dir(stage)
+        self.checkpoint_dir = stage_checkpoint_dir(stage)  # outlives the attempt, not the stage
         self.log_path = self.work_dir / "trainer.log"
         self.spec_path = self.work_dir / "spec.json"
         self.client = tracking_client()
@@ -264,12 +273,13 @@ class StageSupervisor:
         self.budget_seconds: int | None = None  # read once, when the trainer starts
         self.replayed: dict[str, int] = {}  # per metric, the last step earlier attempts sent to MLflow
         self.skipped_points = 0
+        self.spec: dict | None = None
 
     # -- entry point ----------------------------------------------------------------
     def run(self) -> str:
         stage = self.stage
         log.info("stage %s (run %s, attempt %s) claimed by %s", stage.pk, stage.run_id, self.attempt, self.worker)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._make_dirs()
         self._start_heartbeat()  # downloads and uploads can outlast a lease, not only training
         try:
             try:
@@ -294,6 +304,36 @@ class StageSupervisor:
             self._stop_heartbeat()
             self._close_buffer()  # normally done by _finish already; this covers the lost-lease path
 
+    # -- work dir and checkpoint area -----------------------------------------------------
+    def _make_dirs(self) -> None:
+        """The work dir, and in it `checkpoints`: a link to the stage's checkpoint area, which every attempt
+        of the stage finds again (a work dir from before the area existed keeps its own folder)."""
+        for _ in range(3):  # another stage of the run may remove the (empty) run folder in between
+            try:
+                self.work_dir.mkdir(parents=True, exist_ok=True)
+                break
+            except FileNotFoundError:
+                continue
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        link = self.work_dir / "checkpoints"
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(self.checkpoint_dir, target_is_directory=True)
+
+    def _remove_dirs(self) -> None:
+        """The stage has ended: its work dir and checkpoint area go (MLflow has the outputs, spec and log;
+        the row has the log tail)."""
+        for folder in (self.work_dir, self.checkpoint_dir):
+            shutil.rmtree(folder, ignore_errors=True)
+            if folder.exists():
+                log.warning("stage %s: could not remove %s", self.stage.pk, folder)
+        try:
+            self.work_dir.parent.rmdir()  # the run's folder, once its last stage's is gone
+        except OSError:
+            pass
+
+    def _redactions(self) -> list[tuple[str, str]]:
+        return stage_redactions(self.stage, self.work_dir)
+
     # -- before the trainer ------------------------------------------------------------
     def _prepare(self) -> None:
         stage = self.stage
@@ -314,6 +354,7 @@ class StageSupervisor:
         spec = build_stage_spec(stage=stage, model=model, config=config, adapter=adapter, work_dir=self.work_dir,
                                 aux_models=aux_models, inputs=inputs, card=card)
         self.spec_path.write_text(json.dumps(spec, indent=2))
+        self.spec = spec
 
     def _cancel_pending(self) -> bool:
         return selectors.stage_cancel_requested(stage_run_id=self.stage.pk)
@@ -677,6 +718,7 @@ class StageSupervisor:
         except IllegalTransition as exc:
             log.warning("stage %s: not requeueing: %s", self.stage.pk, exc)
             return "lost"
+        tail = redact(tail, self._redactions())
         db_retrying(lambda: services.stage_update(stage_run_id=stage.pk, log_tail=tail),
                     what=f"stage {stage.pk}: saving the log tail")
         if stage.status == Status.QUEUED:
@@ -686,6 +728,7 @@ class StageSupervisor:
             return "retrying"
         log.error("stage %s: %s", stage.pk, stage.error)
         self._mirror_to_mlflow(stage, stage.status)
+        self._remove_dirs()  # the last attempt: the stage has ended
         return stage.status
 
     def _give_up(self) -> str:
@@ -697,6 +740,8 @@ class StageSupervisor:
                 tail: str | None = None) -> str:
         """Write the outcome to the row (the source of truth), then bring MLflow in line."""
         self._stop_heartbeat()
+        if tail:
+            tail = redact(tail, self._redactions())
         try:
             stage = db_retrying(lambda: services.stage_finish(
                 stage_run_id=self.stage.pk, status=status, error=error, outputs=outputs, summary=summary,
@@ -709,19 +754,30 @@ class StageSupervisor:
             log.info("stage %s: %.1fs from seeing the cancel to the row saying %s", stage.pk,
                      time.monotonic() - self.cancel_seen_at, status)
         self._mirror_to_mlflow(stage, status)
-        if status == Status.SUCCEEDED:
-            for name in ("checkpoints", "output", "inputs"):  # safe in MLflow now; keep the log and spec
-                shutil.rmtree(self.work_dir / name, ignore_errors=True)
+        self._remove_dirs()  # whatever the outcome: outputs, spec and log are in MLflow, the tail on the row
         return status
 
     def _mirror_to_mlflow(self, stage: StageRun, status: str) -> None:
         if not self.mlflow_run_id:
             return
         self._close_buffer()
-        for path in (self.spec_path, self.log_path):
-            if path.exists():
+        redactions = self._redactions()
+        with tempfile.TemporaryDirectory(prefix="refinery-publish-") as tmp:
+            for path in (self.spec_path, self.log_path):
+                if not path.exists():
+                    continue
                 try:
-                    artifacts_upload(mlflow_run_id=self.mlflow_run_id, local_path=path, client=self.client)
+                    # A copy without host paths or global run ids (the team sees its artifacts).
+                    public = Path(tmp) / path.name
+                    if path == self.spec_path:
+                        spec = self.spec if self.spec is not None else json.loads(path.read_text())
+                        public.write_text(redacted_spec(spec, redactions))
+                    else:
+                        with open(path, encoding="utf-8", errors="replace") as src, \
+                                open(public, "w", encoding="utf-8") as dst:
+                            for line in src:
+                                dst.write(redact(line, redactions))
+                    artifacts_upload(mlflow_run_id=self.mlflow_run_id, local_path=public, client=self.client)
                 except Exception as exc:  # noqa: BLE001 - best effort: the row has the log tail
                     log.warning("stage %s: could not upload %s: %s", stage.pk, path.name, one_line(exc, 200))
         try:
@@ -743,6 +799,48 @@ class StageSupervisor:
                       self.stage.pk, undelivered, buffer.last_error)
 
 
+def sweep_ended_stage_dirs() -> int:
+    """Remove the work dirs (and checkpoint areas) of stages that ended without their supervisor: a queued
+    retry that was canceled, or a stage the reaper failed after its last attempt. Returns how many went."""
+    import re
+
+    from refinery.runs.models import TERMINAL_STATES
+
+    found: dict[tuple[int, int], Path] = {}
+    root = Path(settings.REFINERY_WORK_DIR)
+    for run_dir in root.glob("run-*") if root.is_dir() else ():
+        for stage_dir in run_dir.glob("stage-*"):
+            match = re.fullmatch(r"run-(\d+)/stage-(\d+)", f"{run_dir.name}/{stage_dir.name}")
+            if match:
+                found[(int(match[1]), int(match[2]))] = stage_dir
+    if not found:
+        return 0
+    from datetime import timedelta
+
+    from django.db.models import Q
+    from django.utils import timezone
+
+    # A supervisor that just ended its stage is still publishing the log: leave recent ones to it.
+    settled = timezone.now() - timedelta(seconds=SWEEP_AFTER_SECONDS)
+    removed = 0
+    for stage in StageRun.objects.select_related("run").filter(
+            Q(finished_at__lt=settled) | Q(finished_at__isnull=True), run_id__in={run for run, _ in found},
+            status__in=TERMINAL_STATES):
+        work = found.get((stage.run_id, stage.index))
+        if work is None:
+            continue
+        for folder in (work, stage_checkpoint_dir(stage)):
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            work.parent.rmdir()
+        except OSError:
+            pass
+        removed += 1
+    if removed:
+        log.info("removed the work dirs of %d ended stages", removed)
+    return removed
+
+
 def supervise_stage(*, stage_run_id: int, worker: str) -> str | None:
     """Claim and run one stage. None when it was not ours to run (claimed elsewhere, finished, canceled).
 
@@ -751,6 +849,10 @@ def supervise_stage(*, stage_run_id: int, worker: str) -> str | None:
     # Import MLflow's client before claiming: in a fresh worker process that takes about a second, which
     # would otherwise come out of the lease between the claim and the supervisor's first renewal.
     tracking_client()
+    try:
+        sweep_ended_stage_dirs()
+    except Exception:  # noqa: BLE001 - housekeeping never stops a stage
+        log.exception("sweeping the work dirs of ended stages failed")
     stage = services.stage_claim(stage_run_id=stage_run_id, worker=worker)
     if stage is None:
         log.info("stage %s: nothing to do (already claimed, finished or canceled)", stage_run_id)

@@ -89,23 +89,35 @@ def _sweep_dead_sessions(client) -> None:
         _delete_keys(client, prefix + "*")
 
 
+SHARED_MODELS = "shared-models"  # under the session's var dir: a model root of every team
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_paths(tmp_path_factory):
-    """Datasets, work dirs and the embedded var dir of this session live in a tmp dir."""
+    """Datasets, work dirs, checkpoints and the embedded var dir of this session live in a tmp dir.
+
+    Model roots: each team's own `var/models/<team id>`, and `var/shared-models` (SHARED_MODELS), where the
+    demo kit and the web tests' tiny model live, readable by every team as an operator's shared folder."""
     from django.conf import settings
 
     var = tmp_path_factory.mktemp("var")
-    saved = {k: getattr(settings, k) for k in ("VAR_DIR", "REFINERY_DATASET_DIR", "REFINERY_WORK_DIR")}
-    settings.VAR_DIR, settings.REFINERY_DATASET_DIR, settings.REFINERY_WORK_DIR = var, var / "datasets", var / "work"
-    saved_env = os.environ.get("REFINERY_VAR_DIR")
-    os.environ["REFINERY_VAR_DIR"] = str(var)  # subprocesses (worker) derive the same dirs from it
+    roots = [str(var / "models" / "{team}"), str(var / SHARED_MODELS)]
+    paths = {"VAR_DIR": var, "REFINERY_DATASET_DIR": var / "datasets", "REFINERY_WORK_DIR": var / "work",
+             "REFINERY_CHECKPOINT_DIR": var / "checkpoints", "REFINERY_MODEL_ROOTS": roots}
+    saved = {k: getattr(settings, k) for k in paths}
+    for key, value in paths.items():
+        setattr(settings, key, value)
+    env = {"REFINERY_VAR_DIR": str(var), "REFINERY_MODEL_ROOTS": os.pathsep.join(roots)}
+    saved_env = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)  # subprocesses (worker) derive the same dirs from them
     yield var
     for key, value in saved.items():
         setattr(settings, key, value)
-    if saved_env is None:
-        os.environ.pop("REFINERY_VAR_DIR", None)
-    else:
-        os.environ["REFINERY_VAR_DIR"] = saved_env
+    for key, value in saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -310,9 +322,11 @@ def make_pipeline():
 
 
 @pytest.fixture(scope="session")
-def demo_kit(tmp_path_factory) -> dict:
-    """`python -m trainers demo --out DIR`, once: {"model": dir, "data": {name: file}, "kinds": {...}}."""
-    out = tmp_path_factory.mktemp("demo") / "kit"
+def demo_kit(_isolated_paths) -> dict:
+    """`python -m trainers demo --out DIR`, once: {"model": dir, "data": {name: file}, "kinds": {...}}.
+
+    Built in the shared model root, so that every test team may register its model."""
+    out = _isolated_paths / SHARED_MODELS / "demo-kit"
     result = subprocess.run([sys.executable, "-m", "trainers", "demo", "--out", str(out)], capture_output=True,
                             text=True, timeout=300, cwd=REPO_ROOT)
     if result.returncode != 0:

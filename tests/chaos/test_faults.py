@@ -20,7 +20,7 @@ import pytest
 from jobs.stage_inputs import stage_work_dir
 from refinery.runs.models import Run, StageMetric, StageRun, Status
 from refinery.runs.services import run_create
-from refinery.tracking.client import metric_history, tracking_client
+from refinery.tracking.client import artifact_list, artifacts_download, metric_history, tracking_client
 from tests.chaos.conftest import HEARTBEAT_SECONDS, elapsed, trainer_pids, wait_for
 from tests.chaos.services import PrivatePostgres, PrivateRedis
 
@@ -148,7 +148,7 @@ def test_2_worker_killed_mid_stage_another_worker_resumes_it(cluster, demo_pipel
 
 
 # 3 -----------------------------------------------------------------------------------------------
-def test_3_kill_during_a_checkpoint_save_skips_the_partial_checkpoint(cluster, demo_pipeline, record):
+def test_3_kill_during_a_checkpoint_save_skips_the_partial_checkpoint(cluster, demo_pipeline, record, tmp_path):
     # The trainer stops for 60 s inside the save of checkpoint-100, after writing the files and before the
     # rename: the test kills it there from outside.
     cluster.start_worker("w1", REFINERY_FAILPOINTS="checkpoint.staged@100:sleep=60")
@@ -165,7 +165,11 @@ def test_3_kill_during_a_checkpoint_save_skips_the_partial_checkpoint(cluster, d
     assert done.status == Status.SUCCEEDED and done.attempt == 2
     logs = cluster.logs()
     assert resumed_at(logs, stage) == 50  # checkpoint-100 was not complete: the one before it
-    trainer_log = (stage_work_dir(stage) / "trainer.log").read_text()
+    # The work dir is gone once the stage has ended: read the log the supervisor published to MLflow.
+    wait_for(lambda: "trainer.log" in artifact_list(mlflow_run_id=done.mlflow_run_id), timeout=60,
+             message="the trainer log never reached MLflow")
+    trainer_log = artifacts_download(mlflow_run_id=done.mlflow_run_id, artifact_path="trainer.log",
+                                     dst=tmp_path / "log").read_text()
     assert "discarded the partial checkpoint .tmp-checkpoint-100" in trainer_log
     assert_each_step_once(done, steps)
     record(kill_to_succeeded_s=elapsed(killed), resumed_from_step=50)

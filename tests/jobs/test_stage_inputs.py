@@ -41,9 +41,14 @@ class FolderArtifacts:
 
 
 @pytest.fixture
-def base_dir(tmp_path) -> Path:
-    folder = tmp_path / "base-model"
-    folder.mkdir()
+def base_dir(_isolated_paths) -> Path:
+    """A model folder in the shared model root (the worker checks that the base model is in one)."""
+    import secrets
+
+    from tests.conftest import SHARED_MODELS
+
+    folder = _isolated_paths / SHARED_MODELS / secrets.token_hex(4) / "base-model"
+    folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
     return folder
 

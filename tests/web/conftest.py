@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 
 import pytest
@@ -85,10 +86,13 @@ def bob_api(bob) -> ApiClient:
 
 
 @pytest.fixture
-def tiny_model_dir(tmp_path) -> Path:
-    """A model folder as the web side sees it: config, tokenizer config with a chat template."""
-    folder = tmp_path / "tiny-model"
-    folder.mkdir()
+def tiny_model_dir(_isolated_paths) -> Path:
+    """A model folder as the web side sees it: config, tokenizer config with a chat template (in the
+    session's shared model root, so that any team may register it)."""
+    from tests.conftest import SHARED_MODELS
+
+    folder = _isolated_paths / SHARED_MODELS / secrets.token_hex(4) / "tiny-model"
+    folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
                                                     "num_hidden_layers": 2}))
     # A safetensors header (8-byte length + JSON) naming a bias-free 2-layer model's tensors.

@@ -47,7 +47,7 @@ def test_local_model_is_inspected(seeded):
 def test_bad_model_path_is_refused(browser_client, team):
     response = browser_client.post("/models/new/", {"name": "x", "source": "local", "name_or_path": "/nope/model"})
     assert response.status_code == 400
-    assert "/nope/model is not a directory" in response.content.decode()
+    assert "not a model folder (with a config.json) inside this team&#x27;s model roots" in response.content.decode()
 
 
 def test_other_teams_objects_are_404(seeded, bob, client):

@@ -25,7 +25,7 @@ from refinery.api.schemas import (
     UploadErrorOut,
 )
 from refinery.basemodels.selectors import base_model_list
-from refinery.basemodels.services import BaseModelError, base_model_create
+from refinery.basemodels.services import BaseModelError, base_model_create, base_model_upload
 from refinery.data.models import Dataset
 from refinery.data.selectors import dataset_get, dataset_list
 from refinery.data.services import DatasetUploadError, dataset_version_create
@@ -182,6 +182,18 @@ def create_base_model(request, payload: BaseModelIn):
         return 201, base_model_create(team=request.team, user=request.user, **payload.dict())
     except BaseModelError as exc:
         return 400, {"detail": str(exc), "errors": exc.errors}
+
+
+@models.post("/upload", response={201: BaseModelOut, 400: ErrorOut, 413: ErrorOut})
+def upload_base_model(request, name: Form[str], file: File[UploadedFile], description: Form[str] = ""):
+    """Upload a model folder as a .zip, .tar or .tar.gz (config.json, *.safetensors weights, tokenizer files;
+    no pickle files) into the team's own model root, and register it as a local base model."""
+    _require_write(request)
+    try:
+        return 201, base_model_upload(team=request.team, user=request.user, name=name, filename=file.name,
+                                      fileobj=file, description=description)
+    except BaseModelError as exc:
+        return (413 if exc.too_large else 400), {"detail": str(exc), "errors": exc.errors}
 
 
 pipelines = Router(tags=["pipelines"])

@@ -1,12 +1,13 @@
+from django.conf import settings
 from django.contrib import messages
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from refinery.basemodels.forms import BaseModelForm
+from refinery.basemodels.forms import BaseModelForm, BaseModelUploadForm
 from refinery.basemodels.models import BaseModel
 from refinery.basemodels.selectors import base_model_get, base_model_list, base_model_runs
-from refinery.basemodels.services import BaseModelError, base_model_create
+from refinery.basemodels.services import BaseModelError, base_model_create, base_model_upload
 from refinery.core.auth import team_required
 
 
@@ -53,3 +54,29 @@ def base_model_create_view(request):
             return redirect("basemodels:list")
     return render(request, "basemodels/form.html", {"form": form, "nav": "models"},
                   status=400 if form.errors else 200)
+
+
+@require_http_methods(["GET", "POST"])
+@team_required(write=True)
+def base_model_upload_view(request):
+    """Upload a model folder as an archive into the team's own model root and register it."""
+    form = BaseModelUploadForm(request.POST or None, request.FILES or None)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            upload = form.cleaned_data["file"]
+            try:
+                model = base_model_upload(team=request.team, user=request.user, name=form.cleaned_data["name"],
+                                          filename=upload.name, fileobj=upload,
+                                          description=form.cleaned_data["description"])
+            except BaseModelError as exc:
+                for field, message in exc.errors.items():
+                    form.add_error(field if field in form.fields else None, message.split(": ", 1)[-1])
+                status = 413 if exc.too_large else 400
+            else:
+                messages.success(request, f"Uploaded and registered base model {model.name}.")
+                return redirect("basemodels:detail", pk=model.pk)
+        else:
+            status = 400
+    return render(request, "basemodels/upload.html",
+                  {"form": form, "nav": "models", "max_bytes": settings.REFINERY_MAX_MODEL_UPLOAD_BYTES}, status=status)

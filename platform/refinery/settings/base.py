@@ -354,3 +354,17 @@ AXES_VERBOSE = False
 # real client address instead of per proxy.
 REFINERY_TRUSTED_PROXY_COUNT = int(os.environ.get("REFINERY_TRUSTED_PROXY_COUNT", 0))
 AXES_CLIENT_IP_CALLABLE = "refinery.core.auth_backends.client_ip"
+
+# --- models ---
+# Local base models are read only from these folders (checked after resolving symlinks and ".."):
+# REFINERY_MODEL_ROOTS lists absolute folders (separated by os.pathsep or commas); "{team}" in one
+# becomes the team's id, giving each team a folder of its own. Unset: VAR_DIR/models/{team}.
+# Uploaded models go to the first root that names "{team}".
+REFINERY_MODEL_ROOTS = [p.strip() for p in os.environ.get("REFINERY_MODEL_ROOTS", "").replace(",", os.pathsep)
+                        .split(os.pathsep) if p.strip()]
+# Checkpoints a retry of a stage resumes from: CHECKPOINT_DIR/<team id>/<opaque token per stage>/
+# (outside every model root; removed when the stage ends). Unset: VAR_DIR/checkpoints.
+REFINERY_CHECKPOINT_DIR = Path(os.environ.get("REFINERY_CHECKPOINT_DIR") or VAR_DIR / "checkpoints")
+# Model archives (.zip, .tar, .tar.gz): at most this many bytes once extracted, and this many members.
+REFINERY_MAX_MODEL_UPLOAD_BYTES = int(os.environ.get("REFINERY_MAX_MODEL_UPLOAD_BYTES", 20 * 1024**3))
+REFINERY_MAX_MODEL_UPLOAD_MEMBERS = int(os.environ.get("REFINERY_MAX_MODEL_UPLOAD_MEMBERS", 1000))

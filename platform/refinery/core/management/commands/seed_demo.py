@@ -90,7 +90,11 @@ class Command(BaseCommand):
             self.stdout.write("demo already seeded")
             return
 
-        kit = build_demo_kit(Path(kit_dir) if kit_dir else settings.VAR_DIR / "demo")
+        # The demo model lives in the team's own model root (local models are read from nowhere else).
+        from refinery.basemodels.paths import team_upload_root
+
+        kit = build_demo_kit(Path(kit_dir) if kit_dir else (team_upload_root(team.pk) or settings.VAR_DIR / "demo")
+                             / "demo-kit")
         with transaction.atomic():
             model = BaseModel.objects.filter(team=team, name=DEMO_MODEL).first() or base_model_create(
                 team=team, user=user, name=DEMO_MODEL, source=BaseModel.Source.LOCAL, name_or_path=kit["model"],
