@@ -234,3 +234,19 @@ def test_api_upload_over_the_limit_is_413(api, team, kit_files, settings):
     response = api.post("/api/v1/base-models/upload", {"name": "big"}, files={"file": big})
     assert response.status_code == 413 and "REFINERY_MAX_MODEL_UPLOAD_BYTES" in response.json()["detail"]
     assert leftovers(team) == []
+
+
+def test_model_archives_get_the_model_upload_limit_not_the_dataset_one(api, team, kit_files, settings):
+    """The request-size guard lets a model archive past REFINERY_MAX_UPLOAD_BYTES (datasets) up to
+    REFINERY_MAX_MODEL_UPLOAD_BYTES; the same body to the dataset route is refused while it streams."""
+    archive = make_zip(kit_files)
+    settings.REFINERY_MAX_UPLOAD_BYTES = len(archive) // 2
+    settings.REFINERY_MAX_MODEL_UPLOAD_BYTES = len(archive) * 100
+    model_file = io.BytesIO(archive)
+    model_file.name = "tiny.zip"
+    response = api.post("/api/v1/base-models/upload", {"name": "roomy"}, files={"file": model_file})
+    assert response.status_code == 201, response.content
+    data_file = io.BytesIO(archive)
+    data_file.name = "rows.jsonl"
+    response = api.post("/api/v1/datasets", {"name": "big", "kind": "prompt_completion"}, files={"file": data_file})
+    assert response.status_code == 413 and "nothing was stored" in response.json()["detail"]

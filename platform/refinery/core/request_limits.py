@@ -52,6 +52,18 @@ def _content_length(request: HttpRequest) -> int:
         return 0
 
 
+# Model archives (basemodels upload page and API) may be far larger than datasets: they get
+# REFINERY_MAX_MODEL_UPLOAD_BYTES instead, counted again (extracted) by refinery.basemodels.uploads.
+MODEL_UPLOAD_PATHS = ("/models/upload/", "/api/v1/base-models/upload")
+
+
+def upload_limit(request: HttpRequest | None) -> int:
+    """The most file bytes this request may upload."""
+    if request is not None and request.path_info in MODEL_UPLOAD_PATHS:
+        return max(settings.REFINERY_MAX_UPLOAD_BYTES, settings.REFINERY_MAX_MODEL_UPLOAD_BYTES)
+    return settings.REFINERY_MAX_UPLOAD_BYTES
+
+
 def _is_multipart(request: HttpRequest) -> bool:
     return request.content_type == "multipart/form-data"
 
@@ -61,8 +73,9 @@ def _refusal_by_length(request: HttpRequest) -> str | None:
     length = _content_length(request)
     fields_limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     if _is_multipart(request):
-        if length > settings.REFINERY_MAX_UPLOAD_BYTES + (fields_limit or 0):
-            return upload_too_large_message(settings.REFINERY_MAX_UPLOAD_BYTES)
+        limit = upload_limit(request)
+        if length > limit + (fields_limit or 0):
+            return upload_too_large_message(limit)
         return None
     if fields_limit is not None and length > fields_limit:
         return body_too_large_message(fields_limit)
@@ -73,7 +86,7 @@ class UploadLimitHandler(FileUploadHandler):
     """Stops an upload whose files pass REFINERY_MAX_UPLOAD_BYTES, while it streams in."""
 
     def handle_raw_input(self, input_data, META, content_length, boundary, encoding=None):
-        self.limit = settings.REFINERY_MAX_UPLOAD_BYTES
+        self.limit = upload_limit(self.request)
         self.received = 0
         if content_length > self.limit + (settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0):
             # Declared too large: take over the parsing and read nothing at all.
