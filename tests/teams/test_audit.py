@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 from django.test import Client
 
-from refinery.data.services import dataset_version_create
+from refinery.data.services import dataset_delete, dataset_version_create
 from refinery.pipelines.services import pipeline_create, pipeline_update
 from refinery.registry.services import alias_remove, alias_rollback, alias_set, model_promote
 from refinery.runs.models import Status
@@ -135,6 +135,9 @@ CASES = [
      {"role": "member"}),
     ("member.left", lambda w: membership_leave(team=w.team, user=w.member.user), "mia", {"role": "member"}),
     ("dataset.version_created", _upload, "sums v1", {}),
+    ("dataset.deleted", lambda w: dataset_delete(dataset=DatasetVersionFactory(dataset__team=w.team,
+                                                                             dataset__name="old").dataset,
+                                                 user=w.owner), "old", {"versions": 1}),
     ("pipeline.created", _pipeline, "adder", {}),
     ("pipeline.updated", lambda w: pipeline_update(pipeline=(p := _pipeline(w)), user=w.owner, name="adder",
                                                    base_model_id=p.base_model_id, spec=_spec(w.team)), "adder", {}),

@@ -28,7 +28,7 @@ from refinery.basemodels.selectors import base_model_list
 from refinery.basemodels.services import BaseModelError, base_model_create, base_model_upload
 from refinery.data.models import Dataset
 from refinery.data.selectors import dataset_get, dataset_list
-from refinery.data.services import DatasetUploadError, dataset_version_create
+from refinery.data.services import DatasetInUse, DatasetUploadError, dataset_delete, dataset_version_create
 from refinery.pipelines.models import Pipeline
 from refinery.pipelines.selectors import pipeline_get, pipeline_list
 from refinery.pipelines.services import pipeline_create, pipeline_current_version, pipeline_update
@@ -152,6 +152,21 @@ def get_dataset(request, dataset_id: int):
         return _dataset_out(dataset_get(team=request.team, pk=dataset_id))
     except Dataset.DoesNotExist:
         return 404, {"detail": f"dataset #{dataset_id} not found in this team"}
+
+
+@datasets.delete("/{int:dataset_id}", response={204: None, 404: ErrorOut, 409: ErrorOut})
+def delete_dataset(request, dataset_id: int):
+    """Delete a dataset and its versions; 409 while a pipeline or an unfinished run reads it."""
+    _require_write(request)
+    try:
+        dataset = dataset_get(team=request.team, pk=dataset_id)
+    except Dataset.DoesNotExist:
+        return 404, {"detail": f"dataset #{dataset_id} not found in this team"}
+    try:
+        dataset_delete(dataset=dataset, user=request.user)
+    except DatasetInUse as exc:
+        return 409, {"detail": str(exc)}
+    return 204, None
 
 
 @datasets.post("", response={201: DatasetVersionOut, 200: DatasetVersionOut, 400: UploadErrorOut})

@@ -153,3 +153,72 @@ def _version_record(*, team, user, name, kind, description, fmt, filename, relat
     audit(team=team, user=user, action="dataset.version_created", target=f"{name} v{number}",
           sha256=report.sha256, rows=report.row_count)
     return UploadResult(version=version, created=True)
+
+
+class DatasetInUse(Exception):
+    """The dataset cannot be deleted now; the message says what still needs it."""
+
+
+def _pipelines_reading(dataset: Dataset) -> list[str]:
+    """Names of the team's pipelines whose current version reads `dataset` (train, eval or retention data)."""
+    from refinery.pipelines.models import Pipeline
+
+    names = []
+    for pipeline in Pipeline.objects.filter(team=dataset.team_id).only("name", "spec"):
+        spec = pipeline.spec or {}
+        ids = {spec.get("retention_dataset_id")}
+        for stage in spec.get("stages", []):
+            ids.update({stage.get("dataset_id"), stage.get("eval_dataset_id")})
+        if dataset.pk in ids:
+            names.append(pipeline.name)
+    return sorted(names)
+
+
+def _active_runs_reading(dataset: Dataset, version_ids: set[int]) -> list[int]:
+    """Numbers of the team's unfinished runs whose snapshot reads one of `version_ids`."""
+    from refinery.runs.models import ACTIVE_STATES, Run
+
+    numbers = []
+    for run in Run.objects.filter(team=dataset.team_id, status__in=ACTIVE_STATES).only("number", "snapshot"):
+        for stage in (run.snapshot or {}).get("stages", []):
+            used = {(stage.get(key) or {}).get("version_id") for key in ("train_data", "eval_data", "retention_data")}
+            if used & version_ids:
+                numbers.append(run.number)
+                break
+    return sorted(numbers)
+
+
+@transaction.atomic
+def dataset_delete(*, dataset: Dataset, user) -> int:
+    """Delete a dataset and all its versions; returns how many versions went.
+
+    Refused while a pipeline's current version reads it (edit the pipeline first) or an unfinished run
+    does (it would fail while loading it). Finished runs keep their snapshot (names and sha256), and
+    re-running them exactly is then refused with a clear message. A stored file is removed once no
+    dataset version (of any team: files are content-addressed) points at it, after the commit.
+    """
+    dataset = Dataset.objects.select_for_update().get(pk=dataset.pk)
+    versions = list(dataset.versions.all())
+    version_ids = {v.pk for v in versions}
+    pipelines = _pipelines_reading(dataset)
+    if pipelines:
+        raise DatasetInUse(f"dataset {dataset.name!r} is read by pipeline{'s' if len(pipelines) > 1 else ''} "
+                           f"{', '.join(repr(p) for p in pipelines)}: change {'them' if len(pipelines) > 1 else 'it'} "
+                           "to read another dataset first")
+    runs = _active_runs_reading(dataset, version_ids)
+    if runs:
+        raise DatasetInUse(f"dataset {dataset.name!r} is being read by unfinished run"
+                           f"{'s' if len(runs) > 1 else ''} {', '.join(f'#{n}' for n in runs)}: "
+                           "wait for them to end or cancel them first")
+    paths = {v.storage_path for v in versions}
+    name, count = dataset.name, len(versions)
+    dataset.delete()
+    audit(team=dataset.team, user=user, action="dataset.deleted", target=name, versions=count)
+
+    def remove_unreferenced_files() -> None:
+        for relative in paths:
+            if not DatasetVersion.objects.filter(storage_path=relative).exists():
+                (settings.REFINERY_DATASET_DIR / relative).unlink(missing_ok=True)
+
+    transaction.on_commit(remove_unreferenced_files)
+    return count

@@ -4,7 +4,7 @@ from django.contrib import messages
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from refinery.basemodels.selectors import base_model_list
 from refinery.data.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplateError, render_chat_template, row_to_messages
@@ -18,7 +18,7 @@ from refinery.data.selectors import (
     dataset_version_runs,
     dataset_versions,
 )
-from refinery.data.services import DatasetUploadError, dataset_version_create
+from refinery.data.services import DatasetInUse, DatasetUploadError, dataset_delete, dataset_version_create
 from refinery.data.validation import DatasetError, iter_rows
 from refinery.core.auth import team_required
 
@@ -134,3 +134,16 @@ def dataset_version_diff_view(request, pk: int, version: int):
     new, old = pair
     context = {"row": {"v": new, "previous": old, "diff": dataset_version_diff(old=old, new=new)}, "dataset": dataset}
     return render(request, "data/detail_version_diff.html", context)
+
+
+@require_POST
+@team_required(write=True)
+def dataset_delete_view(request, pk: int):
+    dataset = _dataset_or_404(request, pk)
+    try:
+        count = dataset_delete(dataset=dataset, user=request.user)
+    except DatasetInUse as exc:
+        messages.error(request, f"Not deleted: {exc}.")
+        return redirect("data:detail", pk=dataset.pk)
+    messages.success(request, f"Deleted dataset {dataset.name!r} ({count} version{'s' if count != 1 else ''}).")
+    return redirect("data:list")

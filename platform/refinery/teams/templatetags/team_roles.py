@@ -17,3 +17,13 @@ def is_team_owner(request) -> bool:
         return False
     membership = membership_get(team=team, user=user)
     return membership is not None and membership.role == Membership.Role.OWNER
+
+
+@register.filter
+def can_write_team(request) -> bool:
+    """Whether the user may change things in the current team (owner or member, not viewer)."""
+    user, team = getattr(request, "user", None), getattr(request, "team", None)
+    if user is None or not user.is_authenticated or not team:
+        return False
+    membership = membership_get(team=team, user=user)
+    return membership is not None and membership.can_write
