@@ -488,3 +488,56 @@ def test_admin_is_for_staff_only(world, db):
     """Django admin is not in the matrix (its own patterns): a team owner who is not staff gets its login."""
     response = _client(world, "owner").get("/admin/")
     assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+
+
+# The API validates a body against its schema before the operation runs, so a malformed body gets 422 before
+# the object lookup. That must not tell an outsider whether team A's object exists: the answer for team A's
+# id and for an id that exists nowhere is the same. An anonymous caller gets 401 before any validation.
+MALFORMED = {"name": 5, "seed": "not a number", "latest_data": "maybe", "spec": "nope", "version": []}
+UNKNOWN_IDS = {"pipeline_id": 987654, "number": 987654}
+
+
+@pytest.mark.parametrize("key", [key for key in API_ROUTES if "{" in key and not key.startswith("GET ")])
+def test_api_validation_does_not_reveal_other_teams_objects(world, db, key):
+    route = API_ROUTES[key]
+    method, template = key.split(" ", 1)
+    client = Client()
+    headers = {"Authorization": f"Bearer {world.tokens['outsider']}"}
+
+    def send(url: str, **extra):
+        return client.generic(method, url, json.dumps(MALFORMED), content_type="application/json", **extra)
+
+    def answer(response, ids) -> tuple[int, str]:
+        body = response.content.decode()
+        for value in ids:  # a 404 names the id it was asked for ("pipeline #12 not found in this team")
+            body = body.replace(f"#{value}", "#<id>")
+        return response.status_code, body
+
+    ours = route.kwargs(world)
+    unknown = {name: UNKNOWN_IDS[name] for name in ours}
+    theirs = answer(send(template.format(**ours), headers=headers), ours.values())
+    nowhere = answer(send(template.format(**unknown), headers=headers), unknown.values())
+    assert theirs[0] in (404, 422), f"{key}: {theirs}"
+    assert theirs == nowhere, f"{key}: team A's object and no object answer differently: {theirs} vs {nowhere}"
+    assert send(template.format(**ours)).status_code == 401, f"{key}: authentication comes first"
+
+
+LISTS = ["runs:list", "pipelines:list", "sweeps:list", "registry:list", "data:list", "basemodels:list",
+         "pipelines:stage-form", "GET /api/v1/datasets", "GET /api/v1/base-models", "GET /api/v1/pipelines",
+         "GET /api/v1/runs"]
+
+
+@pytest.mark.parametrize("key", LISTS)
+def test_lists_show_team_a_to_its_member_and_nothing_of_it_to_the_outsider(world, db, key):
+    """The outsider check of the matrix (no MARKER in its answers) is not vacuous: the same lists show team A's
+    objects to a member."""
+    def body(who: str) -> bytes:
+        if key.startswith("GET "):
+            response = Client().get(key[4:], headers={"Authorization": f"Bearer {world.tokens[who]}"})
+        else:
+            response = _client(world, who).get(reverse(key), WEB_ROUTES[key].methods["GET"].query(world))
+        assert response.status_code == 200, (key, who, response.status_code)
+        return response.content
+
+    assert MARKER.encode() in body("member")
+    assert MARKER.encode() not in body("outsider")
