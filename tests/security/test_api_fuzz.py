@@ -14,6 +14,8 @@ client would switch off its end-of-request connection handling).
 """
 from __future__ import annotations
 
+import io
+import json
 import os
 from dataclasses import dataclass
 
@@ -41,6 +43,11 @@ MAX_EXAMPLES = int(os.environ.get("REFINERY_FUZZ_EXAMPLES", "25"))
 class FuzzTeam:
     token: str
     path_ids: dict[str, int]  # a real object for each path parameter name of the API
+    base_model_id: int
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
 
 
 def _build_team() -> FuzzTeam:
@@ -57,7 +64,7 @@ def _build_team() -> FuzzTeam:
     run = run_create(pipeline=pipeline, user=owner)
     _, token = api_token_create(user=member, team=team)
     return FuzzTeam(token=token, path_ids={"dataset_id": version.dataset_id, "pipeline_id": pipeline.pk,
-                                           "number": run.number})
+                                           "number": run.number}, base_model_id=base_model.pk)
 
 
 @pytest.fixture
@@ -72,10 +79,71 @@ def fuzz_team(transactional_db, sent_stages) -> FuzzTeam:
 @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None, print_blob=True,
           phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
 def test_api_fuzz(case, fuzz_team):
-    headers = {"Authorization": f"Bearer {fuzz_team.token}"}
+    headers = fuzz_team.headers
     case.call_and_validate(headers=headers, checks=[not_a_server_error])
     if case.path_parameters:
         missing = set(case.path_parameters) - set(fuzz_team.path_ids)
         assert not missing, f"fuzz_team has no real object for the path parameters {sorted(missing)}: add one"
         case.path_parameters = {name: fuzz_team.path_ids[name] for name in case.path_parameters}
         case.call_and_validate(headers=headers, checks=[not_a_server_error])
+
+
+# --- what the fuzzer found, pinned -------------------------------------------------------------------------
+
+def _pipeline_body(team: FuzzTeam, **changes) -> dict:
+    body = {"name": "renamed", "base_model_id": team.base_model_id, "spec": {"stages": [
+        {"name": "sft", "method": "sft", "dataset_id": team.path_ids["dataset_id"], "config": {"max_steps": 2},
+         "adapter": {"type": "none"}}]}}
+    body.update(changes)
+    return body
+
+
+NUL_BODIES = {
+    "pipeline name": lambda t: ("put", f"/api/v1/pipelines/{t.path_ids['pipeline_id']}",
+                                _pipeline_body(t, name="a\x00b"), "name"),
+    "stage config value": lambda t: ("post", "/api/v1/pipelines", _pipeline_body(t, spec={"stages": [
+        {"name": "sft", "method": "sft", "config": {"learning_rate": "\x00"}}]}), "learning_rate"),
+    "stage config key": lambda t: ("post", "/api/v1/pipelines", _pipeline_body(t, spec={"stages": [
+        {"name": "sft", "method": "sft", "config": {"a\x00": 1}}]}), "a\\u0000"),
+    "base model path": lambda t: ("post", "/api/v1/base-models",
+                                  {"name": "m", "source": "hub", "name_or_path": "org/m\x00"}, "name_or_path"),
+    "run name": lambda t: ("post", f"/api/v1/pipelines/{t.path_ids['pipeline_id']}/runs", {"name": "\x00"}, "name"),
+}
+
+
+@pytest.mark.parametrize("case", NUL_BODIES)
+def test_a_nul_character_in_a_json_body_is_refused_by_name_not_a_500(client, fuzz_team, case):
+    """Found by the fuzzer: PUT /api/v1/pipelines/{id} with a NUL in the name answered 500 (PostgreSQL stores
+    no NUL in text or jsonb). Any NUL in a body now gets 422 naming the field, and nothing is written."""
+    method, url, body, where = NUL_BODIES[case](fuzz_team)
+    before = _counts()
+    response = getattr(client, method)(url, json.dumps(body), content_type="application/json",
+                                       headers=fuzz_team.headers)
+    assert response.status_code == 422, response.content[:500]
+    messages = " ".join(error["msg"] for error in response.json()["detail"])
+    assert f"{where}: text must not contain NUL characters" in messages, messages
+    assert _counts() == before
+
+
+def test_a_nul_character_in_a_query_or_form_string_is_refused_not_a_500(client, fuzz_team):
+    """Found by the fuzzer with the JSON bodies; the same NUL in the runs filter or an upload's form fields."""
+    response = client.get("/api/v1/runs", {"status": "queued\x00"}, headers=fuzz_team.headers)
+    assert response.status_code == 422 and "NUL" in response.content.decode(), response.content[:500]
+    before = _counts()
+    for field in ("name", "kind", "description"):
+        upload = io.BytesIO(b'{"prompt": "1+1=", "completion": "2"}\n')
+        upload.name = "rows.jsonl"
+        fields = {"name": "d", "kind": "prompt_completion", "description": "", field: "x\x00"}
+        response = client.post("/api/v1/datasets", {**fields, "file": upload}, headers=fuzz_team.headers)
+        assert response.status_code == 400, response.content[:500]
+        assert response.json()["detail"] == f"{field}: text must not contain NUL characters (\\u0000)"
+    assert _counts() == before
+
+
+def _counts() -> tuple[int, ...]:
+    from refinery.basemodels.models import BaseModel
+    from refinery.data.models import DatasetVersion
+    from refinery.pipelines.models import Pipeline, PipelineVersion
+    from refinery.runs.models import Run
+
+    return tuple(m.objects.count() for m in (BaseModel, DatasetVersion, Pipeline, PipelineVersion, Run))
