@@ -119,11 +119,10 @@ def _build_world() -> World:
 
 
 @pytest.fixture(scope="module")
-def world(django_db_setup, django_db_blocker, tmp_path_factory):
+def world(django_db_setup, django_db_blocker):
     """Team A's objects, in a transaction kept open for the module and rolled back at its end; each test's
     `db` fixture runs inside it (a savepoint) and is rolled back after the test."""
-    saved = {k: getattr(django_settings, k) for k in ("REFINERY_DATASET_DIR", "MLFLOW_TRACKING_URI")}
-    django_settings.REFINERY_DATASET_DIR = tmp_path_factory.mktemp("matrix-datasets")
+    saved = django_settings.MLFLOW_TRACKING_URI
     # Nobody listens here: a route that talks to MLflow fails fast (and only after checking the team).
     django_settings.MLFLOW_TRACKING_URI = "http://127.0.0.1:9"
     with django_db_blocker.unblock():
@@ -134,8 +133,7 @@ def world(django_db_setup, django_db_blocker, tmp_path_factory):
         finally:
             transaction.set_rollback(True)
             atomic.__exit__(None, None, None)
-    for key, value in saved.items():
-        setattr(django_settings, key, value)
+    django_settings.MLFLOW_TRACKING_URI = saved
 
 
 @pytest.fixture(autouse=True)
