@@ -169,6 +169,11 @@ def object_write(ok: int = 302) -> dict[str, Any]:
     return {"anonymous": LOGIN, "outsider": 404, "viewer": 403, "member": ok, "owner": ok}
 
 
+def owner_only(ok: int = 200, *, outsider: int = 404) -> dict[str, Any]:
+    """An owner's page or action (team administration): members and viewers are refused (403)."""
+    return {"anonymous": LOGIN, "outsider": outsider, "viewer": 403, "member": 403, "owner": ok}
+
+
 def api_read(ok: int = 200, *, obj: bool = True) -> dict[str, Any]:
     return {"anonymous": 401, "outsider": 404 if obj else ok, "viewer": ok, "member": ok, "owner": ok}
 
@@ -220,8 +225,11 @@ GET_ONLY_POST = Case(anyone(405))  # a POST-only view answers GET with 405, befo
 # One entry per URL pattern, keyed by its name ("namespace:name"), or by its route when it has none.
 # To add a route: add `"ns:name": Route(kwargs=<World -> URL kwargs>, methods={"GET": Case(...), ...})`.
 # Build kwargs with run_kw / pk("<World attribute>") (add the object to World and _build_world if it is
-# new); pick the expectation with team_read / object_read / team_write / object_write / anyone, or spell
-# out {principal: status}; give `query` for GET parameters and `data` for the POST body.
+# new); pick the expectation with team_read / object_read / team_write / object_write / owner_only /
+# anyone, or spell out {principal: status}; give `query` for GET parameters and `data` for the POST body.
+# Try every method the view accepts (a POST-only view: "GET": GET_ONLY_POST too). For example:
+#     "teams:member-remove": Route(lambda w: {"pk": w.member_membership.pk},
+#                                  {"GET": GET_ONLY_POST, "POST": Case(owner_only(302))}),
 WEB_ROUTES: dict[str, Route] = {
     "/": Route(methods={"GET": Case(anyone(302))}),
     "login": Route(methods={
@@ -323,8 +331,12 @@ def pipeline_id(w: World) -> dict:
     return {"pipeline_id": w.pipeline.pk}
 
 
-# One entry per API operation, keyed "METHOD /api/v1/path{param}" as in the OpenAPI schema. `kwargs` fill
-# the path parameters; `data` is the JSON body (or a dict with a file, sent as multipart).
+# One entry per API operation, keyed "METHOD /api/v1/path{param}" as in the OpenAPI schema, with exactly that
+# method. `kwargs` fill the path parameters; `data` is the JSON body (or a dict with a file, sent as multipart):
+# send a body that passes validation, so that the answer is about authorization. For example:
+#     "DELETE /api/v1/team/tokens/{token_id}": Route(lambda w: {"token_id": w.member_token.pk},
+#                                                    {"DELETE": Case(api_write(204))}),
+# (a new path parameter of an object also needs an entry in tests/security/test_api_fuzz.py's path_ids).
 API_ROUTES: dict[str, Route] = {
     "GET /api/v1/methods": Route(methods={"GET": Case(api_read(obj=False))}),
     "GET /api/v1/datasets": Route(methods={"GET": Case(api_read(obj=False))}),
