@@ -142,6 +142,21 @@ def test_a_nul_character_in_a_query_or_form_string_is_refused_not_a_500(client, 
     assert _counts() == before
 
 
+@pytest.mark.parametrize("seed", [-1, 2**31, 2**63, 10**30])
+def test_a_run_seed_out_of_range_is_refused_not_a_500(client, fuzz_team, seed):
+    """POST /api/v1/pipelines/{id}/runs with {"seed": 10**30} answered 500 ("bigint out of range"): the seed
+    now has the bounds of a pipeline's seed (0 <= seed < 2**31), and no run is created."""
+    before = _counts()
+    response = client.post(f"/api/v1/pipelines/{fuzz_team.path_ids['pipeline_id']}/runs", json.dumps({"seed": seed}),
+                           content_type="application/json", headers=fuzz_team.headers)
+    assert response.status_code == 422, response.content[:500]
+    assert response.json()["detail"][0]["loc"][-1] == "seed"
+    assert _counts() == before
+    ok = client.post(f"/api/v1/pipelines/{fuzz_team.path_ids['pipeline_id']}/runs", json.dumps({"seed": 2**31 - 1}),
+                     content_type="application/json", headers=fuzz_team.headers)
+    assert ok.status_code == 201 and ok.json()["seed"] == 2**31 - 1, ok.content[:500]
+
+
 def _counts() -> tuple[int, ...]:
     from refinery.basemodels.models import BaseModel
     from refinery.data.models import DatasetVersion

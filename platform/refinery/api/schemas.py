@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from ninja import Schema
-from pydantic import AfterValidator, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 NUL_MESSAGE = "text must not contain NUL characters (\\u0000)"
 
@@ -154,7 +154,7 @@ class RerunIn(In):
 
 
 class RunStartIn(In):
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**31)  # as a pipeline's seed; the column is a bigint
     name: str = ""
     version: int | None = None  # a pipeline version number; the current one when left out
 
