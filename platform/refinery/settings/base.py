@@ -215,3 +215,7 @@ WHITENOISE_USE_FINDERS = DEBUG
 # trainer is importing, downloading and loading the model: REFINERY_STARTUP_SECONDS applies then.
 REFINERY_STALL_SECONDS = float(os.environ.get("REFINERY_STALL_SECONDS", 900))
 REFINERY_STARTUP_SECONDS = float(os.environ.get("REFINERY_STARTUP_SECONDS", 3600))
+
+# --- proof ---
+# Input the database cannot store (a NUL character; a number out of range) gets 400, not a 500.
+MIDDLEWARE += ["refinery.core.middleware.RejectUnstorableInputMiddleware"]
