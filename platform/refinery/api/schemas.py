@@ -1,9 +1,49 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from ninja import Schema
+from pydantic import AfterValidator, Field, model_validator
+
+NUL_MESSAGE = "text must not contain NUL characters (\\u0000)"
+
+
+def nul_path(value: Any, path: str = "") -> str | None:
+    """Where a NUL character hides in JSON-like input (a string, a key, at any depth), or None. PostgreSQL
+    stores no NUL in text or jsonb: without this check such input fails deep in a query, as a 500."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and "\x00" in key:
+            return where
+        found = nul_path(item, where)
+        if found is not None:
+            return found
+    return None
+
+
+def _text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError(NUL_MESSAGE)
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]  # a query string parameter (JSON bodies are checked by In)
+
+
+class In(Schema):
+    """Base of the request bodies: refuses NUL characters anywhere in the body, naming where (422)."""
+
+    @model_validator(mode="after")
+    def _no_nul(self):
+        where = nul_path(self.model_dump())
+        if where is not None:
+            where = where.replace("\x00", "\\u0000")
+            raise ValueError(f"{where}: {NUL_MESSAGE}")
+        return self
 
 
 class ErrorOut(Schema):
@@ -47,7 +87,7 @@ class DatasetOut(Schema):
     versions: list[dict[str, Any]]
 
 
-class BaseModelIn(Schema):
+class BaseModelIn(In):
     name: str
     source: str
     name_or_path: str
@@ -65,7 +105,7 @@ class BaseModelOut(Schema):
     parameter_count: int | None
 
 
-class StageIn(Schema):
+class StageIn(In):
     name: str
     method: str
     dataset_id: int | None = None
@@ -76,14 +116,14 @@ class StageIn(Schema):
     adapter: dict[str, Any] | None = None
 
 
-class SpecIn(Schema):
+class SpecIn(In):
     seed: int = 42
     stages: list[StageIn]
     retention_dataset_id: int | None = None
     auto_evaluate: bool = True
 
 
-class PipelineIn(Schema):
+class PipelineIn(In):
     name: str
     base_model_id: int
     description: str = ""
@@ -109,12 +149,12 @@ class PipelineVersionOut(Schema):
     created_at: datetime
 
 
-class RerunIn(Schema):
+class RerunIn(In):
     latest_data: bool = False  # False: the same snapshot; True: the same pipeline version with the newest data
 
 
-class RunStartIn(Schema):
-    seed: int | None = None
+class RunStartIn(In):
+    seed: int | None = Field(None, ge=0, lt=2**31)  # as a pipeline's seed; the column is a bigint
     name: str = ""
     version: int | None = None  # a pipeline version number; the current one when left out
 

@@ -11,6 +11,7 @@ from refinery.api import secret_routes
 from refinery.api.auth import READ_ONLY_TOKEN, TokenAuth
 from refinery.api.docs import VendoredSwagger
 from refinery.api.schemas import (
+    NUL_MESSAGE,
     BaseModelIn,
     BaseModelOut,
     DatasetOut,
@@ -22,7 +23,9 @@ from refinery.api.schemas import (
     RerunIn,
     RunOut,
     RunStartIn,
+    Text,
     UploadErrorOut,
+    nul_path,
 )
 from refinery.basemodels.selectors import base_model_list
 from refinery.basemodels.services import BaseModelError, base_model_create, base_model_upload
@@ -173,6 +176,10 @@ def delete_dataset(request, dataset_id: int):
 def upload_dataset(request, name: Form[str], kind: Form[str], file: File[UploadedFile], description: Form[str] = ""):
     """Upload JSONL, CSV or Parquet. The file is validated streaming; any problem stores nothing."""
     _require_write(request)
+    where = nul_path({"name": name, "kind": kind, "description": description})  # Django cleans file names
+    if where is not None:
+        return 400, {"detail": f"{where}: {NUL_MESSAGE}", "error_count": 1,
+                     "issues": [{"row": None, "field": where, "message": NUL_MESSAGE}]}
     try:
         result = dataset_version_create(team=request.team, user=request.user, name=name, kind=kind,
                                         filename=file.name, chunks=file.chunks(), description=description)
@@ -291,7 +298,7 @@ runs = Router(tags=["runs"])
 
 
 @runs.get("", response=list[RunOut])
-def list_runs(request, status: str | None = None, limit: int = 50):
+def list_runs(request, status: Text | None = None, limit: int = 50):
     return [_run_out(r) for r in run_list(team=request.team, status=status)[: max(1, min(limit, 200))]]
 
 

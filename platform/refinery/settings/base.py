@@ -368,3 +368,7 @@ REFINERY_CHECKPOINT_DIR = Path(os.environ.get("REFINERY_CHECKPOINT_DIR") or VAR_
 # Model archives (.zip, .tar, .tar.gz): at most this many bytes once extracted, and this many members.
 REFINERY_MAX_MODEL_UPLOAD_BYTES = int(os.environ.get("REFINERY_MAX_MODEL_UPLOAD_BYTES", 20 * 1024**3))
 REFINERY_MAX_MODEL_UPLOAD_MEMBERS = int(os.environ.get("REFINERY_MAX_MODEL_UPLOAD_MEMBERS", 1000))
+
+# --- proof ---
+# Input the database cannot store (a NUL character; a number out of range) gets 400, not a 500.
+MIDDLEWARE += ["refinery.core.middleware.RejectUnstorableInputMiddleware"]

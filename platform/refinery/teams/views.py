@@ -18,7 +18,8 @@ from refinery.teams.services import TeamError, team_create
 def team_switch_view(request):
     if not request.user.is_authenticated:
         return redirect("login")
-    team = team_list(user=request.user).filter(pk=request.POST.get("team")).first()
+    raw = request.POST.get("team", "")
+    team = team_list(user=request.user).filter(pk=raw).first() if raw.isdigit() else None  # "abc" was a 500
     if team is None:
         raise Http404("no such team")
     request.session[SESSION_KEY] = team.pk
