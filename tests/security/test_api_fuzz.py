@@ -1,6 +1,7 @@
 """Schema fuzzing of /api/v1: Schemathesis generates requests from the API's own OpenAPI schema (valid and
 invalid bodies, query strings and path parameters) and sends them in-process to the Django WSGI app,
-authenticated as a member of a team that owns a dataset, a base model, a pipeline and runs. No generated
+authenticated as the owner of a team that owns a dataset, a base model, a pipeline, runs, a second member
+with a token, an invitation and a hub-token secret. No generated
 request may answer 5xx.
 
 Each operation is one test item (`test_api_fuzz[POST /api/v1/pipelines]`...), with a bounded, derandomized
@@ -27,8 +28,10 @@ from schemathesis.checks import not_a_server_error
 from refinery.api.views import api
 from refinery.pipelines.services import pipeline_create
 from refinery.runs.services import run_create
+from refinery.teams.invitations import invitation_create
 from refinery.teams.models import Membership
 from refinery.teams.services import api_token_create, membership_add
+from refinery.teams.team_secrets import team_secret_set
 from refinery.wsgi import application
 from tests.factories import BaseModelFactory, DatasetVersionFactory, TeamFactory, UserFactory
 
@@ -44,7 +47,7 @@ DERANDOMIZE = not os.environ.get("REFINERY_FUZZ_RANDOM")
 @dataclass
 class FuzzTeam:
     token: str
-    path_ids: dict[str, int]  # a real object for each path parameter name of the API
+    path_ids: dict[str, int | str]  # a real object for each path parameter name of the API
     base_model_id: int
 
     @property
@@ -64,9 +67,16 @@ def _build_team() -> FuzzTeam:
     ]}
     pipeline = pipeline_create(team=team, user=owner, name="fuzzed", base_model_id=base_model.pk, spec=spec)
     run = run_create(pipeline=pipeline, user=owner)
-    _, token = api_token_create(user=member, team=team)
+    # The owner fuzzes, so that team administration is reached beyond its 403; path ids name objects other
+    # than the fuzzing token itself (revoking it would turn the rest of the examples into 401s).
+    _, token = api_token_create(user=owner, team=team)
+    spare_token, _ = api_token_create(user=member, team=team, name="spare")
+    invitation, _ = invitation_create(team=team, actor=owner, role=Membership.Role.VIEWER)
+    team_secret_set(team=team, user=owner, name="hf_token", value="hf_FuzzTokenValue0123456")
     return FuzzTeam(token=token, path_ids={"dataset_id": version.dataset_id, "pipeline_id": pipeline.pk,
-                                           "number": run.number}, base_model_id=base_model.pk)
+                                           "number": run.number, "user_id": member.pk,
+                                           "invitation_id": invitation.pk, "token_id": spare_token.pk,
+                                           "name": "hf_token"}, base_model_id=base_model.pk)
 
 
 @pytest.fixture

@@ -41,8 +41,10 @@ from refinery.registry.models import AliasEvent, ModelAlias, ModelVersion, Regis
 from refinery.runs.models import RunNote, RunTag, Status
 from refinery.runs.services import run_create
 from refinery.sweeps.services import sweep_create
-from refinery.teams.models import Membership
+from refinery.teams.invitations import invitation_create
+from refinery.teams.models import ApiToken, Membership
 from refinery.teams.services import api_token_create, membership_add
+from refinery.teams.team_secrets import team_secret_set
 from tests.factories import BaseModelFactory, DatasetVersionFactory, TeamFactory, UserFactory
 
 PRINCIPALS = ("anonymous", "outsider", "viewer", "member", "owner")
@@ -69,6 +71,10 @@ class World:
     note: Any
     sweep: Any
     model: Any  # a registered model with versions 1 and 2, "production" -> v1, "staging" -> v2
+    member_membership: Any  # the member's Membership row in team A
+    member_token: Any  # the member's ApiToken in team A (the one `tokens["member"]` holds)
+    invitation: Any  # a pending invitation to team A
+    invitation_key: str  # its plain key (the link's last part)
 
 
 def _build_world() -> World:
@@ -113,9 +119,15 @@ def _build_world() -> World:
                                                   "headline": []})
         ModelAlias.objects.create(registered_model=model, alias=alias, version=mv)
         AliasEvent.objects.create(registered_model=model, alias=alias, version=mv, action="set", user=owner)
+    invitation, invitation_key = invitation_create(team=team, actor=owner, role=Membership.Role.MEMBER,
+                                                   email=f"{MARKER}@example.com")
+    team_secret_set(team=team, user=owner, name="hf_token", value="hf_" + MARKER + "TokenValue0123")
     return World(team=team, other_team=other_team, users=users, tokens=tokens, dataset=first.dataset,
                  version=version, base_model=base_model, pipeline=pipeline, run=run, run2=run2, stage=stage,
-                 note=note, sweep=sweep, model=model)
+                 note=note, sweep=sweep, model=model,
+                 member_membership=Membership.objects.get(team=team, user=member),
+                 member_token=ApiToken.objects.get(team=team, user=member), invitation=invitation,
+                 invitation_key=invitation_key)
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +201,7 @@ class Case:
     expect: dict[str, Any]
     query: Callable[[World], dict] = lambda w: {}
     data: Callable[[World], Any] = lambda w: {}
+    names_team: bool = False  # the outsider's answer may name team A (only where a secret link was given)
 
 
 @dataclass(frozen=True)
@@ -302,6 +315,43 @@ WEB_ROUTES: dict[str, Route] = {
     "basemodels:create": Route(methods={"GET": Case(team_write(200)),
                                         "POST": Case(team_write(400), data=lambda w: {"source": "nowhere"})}),
     "basemodels:detail": Route(pk("base_model"), {"GET": Case(object_read())}),
+    "basemodels:upload": Route(methods={"GET": Case(team_write(200)), "POST": Case(team_write(400))}),
+    # datasets: team A's dataset is read by its pipeline, so a member's delete is refused back to the page
+    "data:delete": Route(pk("dataset"), {"GET": GET_ONLY_POST, "POST": Case(object_write())}),
+    # team administration: any signed-in user manages their own teams and tokens; owners manage members
+    "teams:list": Route(methods={"GET": Case(team_read())}),
+    "teams:create": Route(methods={"GET": GET_ONLY_POST,
+                                   "POST": Case(team_read(302), data=lambda w: {"name": "a new team"})}),
+    "teams:tokens": Route(methods={"GET": Case(team_read())}),
+    "teams:token-create": Route(methods={"GET": GET_ONLY_POST, "POST": Case(
+        team_read(200), data=lambda w: {"name": "ci", "scope": "read", "expires_days": "30"})}),
+    # The member's own token: the member and the team's owner may revoke it, nobody else can name it.
+    "teams:token-revoke": Route(lambda w: {"token_id": w.member_token.pk}, {"GET": GET_ONLY_POST, "POST": Case(
+        {"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 302, "owner": 302})}),
+    # An invitation link answers whoever holds it (signing in or up is part of accepting it), and names the
+    # team it invites to: the key is the credential.
+    "teams:invitation": Route(lambda w: {"key": w.invitation_key}, {"GET": Case(anyone(200), names_team=True)}),
+    "teams:members": Route(lambda w: {"team_id": w.team.pk}, {"GET": Case(object_read())}),
+    "teams:member-role": Route(lambda w: {"team_id": w.team.pk, "membership_id": w.member_membership.pk}, {
+        "GET": GET_ONLY_POST, "POST": Case(owner_only(302), data=lambda w: {"role": "viewer"})}),
+    "teams:member-remove": Route(lambda w: {"team_id": w.team.pk, "membership_id": w.member_membership.pk},
+                                 {"GET": GET_ONLY_POST, "POST": Case(owner_only(302))}),
+    # Anyone in the team may leave it, except its last owner (refused back to the members page).
+    "teams:leave": Route(lambda w: {"team_id": w.team.pk}, {"GET": GET_ONLY_POST, "POST": Case(object_write(302) | {
+        "viewer": 302})}),
+    "teams:invitation-create": Route(lambda w: {"team_id": w.team.pk}, {"GET": GET_ONLY_POST, "POST": Case(
+        owner_only(200), data=lambda w: {"role": "member", "email": "new@example.com"})}),
+    "teams:invitation-revoke": Route(lambda w: {"team_id": w.team.pk, "invitation_id": w.invitation.pk},
+                                     {"GET": GET_ONLY_POST, "POST": Case(owner_only(302))}),
+    # The audit log is the owners' alone: to anyone else it does not exist.
+    "teams:audit": Route(lambda w: {"team_id": w.team.pk}, {"GET": Case(
+        {"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 200})}),
+    # The current team's secrets: owners only (the outsider owns team B and sees B's, which hold nothing).
+    "team-secrets": Route(methods={"GET": Case(
+        {"anonymous": LOGIN, "outsider": 200, "viewer": 404, "member": 404, "owner": 200})}),
+    "team-secret-delete": Route(lambda w: {"name": "hf_token"}, {"GET": GET_ONLY_POST, "POST": Case(
+        {"anonymous": LOGIN, "outsider": 302, "viewer": 404, "member": 404, "owner": 302})}),
+    "team-quota": Route(methods={"GET": Case(team_read())}),
     # The API's own pages (its operations are in API_ROUTES): the schema and docs are public, the root is 404.
     "api:openapi-json": Route(methods={"GET": Case(anyone(200))}),
     "api:openapi-view": Route(methods={"GET": Case(anyone(200))}),
@@ -358,6 +408,44 @@ API_ROUTES: dict[str, Route] = {
     "GET /api/v1/runs/{number}": Route(run_kw, {"GET": Case(api_read())}),
     "POST /api/v1/runs/{number}/cancel": Route(lambda w: {"number": w.run2.number}, {"POST": Case(api_write(200))}),
     "POST /api/v1/runs/{number}/rerun": Route(run_kw, {"POST": Case(api_write(201))}),
+    # team A's dataset is read by its pipeline: a member's delete is refused with 409
+    "DELETE /api/v1/datasets/{dataset_id}": Route(lambda w: {"dataset_id": w.dataset.pk},
+                                                  {"DELETE": Case(api_write(409))}),
+    "POST /api/v1/base-models/upload": Route(methods={"POST": Case(
+        {"anonymous": 401, "outsider": 400, "viewer": 403, "member": 400, "owner": 400},
+        data=lambda w: {"name": "uploaded-model", "file": _named_file(b"not a zip", "model.zip")})}),
+    # team administration (/api/v1/team is the token's team: the outsider's is team B)
+    "GET /api/v1/team/members": Route(methods={"GET": Case(api_read(obj=False))}),
+    "PATCH /api/v1/team/members/{user_id}": Route(lambda w: {"user_id": w.users["member"].pk}, {"PATCH": Case(
+        {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 200},
+        data=lambda w: {"role": "viewer"})}),
+    "DELETE /api/v1/team/members/{user_id}": Route(lambda w: {"user_id": w.users["member"].pk}, {"DELETE": Case(
+        {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 204})}),
+    # Each leaves its own team; the last owner of a team may not (the owner of A, and the outsider of B).
+    "POST /api/v1/team/leave": Route(methods={"POST": Case(
+        {"anonymous": 401, "outsider": 400, "viewer": 204, "member": 204, "owner": 400})}),
+    "GET /api/v1/team/invitations": Route(methods={"GET": Case(
+        {"anonymous": 401, "outsider": 200, "viewer": 403, "member": 403, "owner": 200})}),
+    "POST /api/v1/team/invitations": Route(methods={"POST": Case(
+        {"anonymous": 401, "outsider": 201, "viewer": 403, "member": 403, "owner": 201},
+        data=lambda w: {"role": "member", "email": "new@example.com"})}),
+    "DELETE /api/v1/team/invitations/{invitation_id}": Route(lambda w: {"invitation_id": w.invitation.pk}, {
+        "DELETE": Case({"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 200})}),
+    "GET /api/v1/team/tokens": Route(methods={"GET": Case(api_read(obj=False))}),
+    "POST /api/v1/team/tokens": Route(methods={"POST": Case(
+        {"anonymous": 401, "outsider": 201, "viewer": 201, "member": 201, "owner": 201},
+        data=lambda w: {"name": "ci", "scope": "read"})}),
+    "DELETE /api/v1/team/tokens/{token_id}": Route(lambda w: {"token_id": w.member_token.pk}, {"DELETE": Case(
+        {"anonymous": 401, "outsider": 404, "viewer": 404, "member": 200, "owner": 200})}),
+    "GET /api/v1/team/audit": Route(methods={"GET": Case(
+        {"anonymous": 401, "outsider": 200, "viewer": 403, "member": 403, "owner": 200})}),
+    "GET /api/v1/team/secrets": Route(methods={"GET": Case(
+        {"anonymous": 401, "outsider": 200, "viewer": 403, "member": 403, "owner": 200})}),
+    "PUT /api/v1/team/secrets/{name}": Route(lambda w: {"name": "hf_token"}, {"PUT": Case(
+        {"anonymous": 401, "outsider": 200, "viewer": 403, "member": 403, "owner": 200},
+        data=lambda w: {"value": "hf_AnotherTokenValue0123"})}),
+    "DELETE /api/v1/team/secrets/{name}": Route(lambda w: {"name": "hf_token"}, {"DELETE": Case(
+        {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 204})}),
 }
 
 
@@ -448,7 +536,7 @@ def _client(w: World, who: str) -> Client:
     return client
 
 
-def _check(response, expected, *, who: str, label: str) -> None:
+def _check(response, expected, *, who: str, label: str, names_team: bool = False) -> None:
     body = b"" if getattr(response, "streaming", False) else response.content
     detail = f"{label} as {who}: got {response.status_code}, expected {expected}\n{body[:400]!r}"
     if expected == LOGIN:
@@ -458,7 +546,7 @@ def _check(response, expected, *, who: str, label: str) -> None:
     assert response.status_code == expected, detail
     if response.status_code == 302 and who != "anonymous" and not label.startswith("POST /logout/"):
         assert not response["Location"].startswith(reverse(django_settings.LOGIN_URL)), detail
-    if who == "outsider":
+    if who == "outsider" and not names_team:
         assert MARKER.encode() not in body, f"{label}: the outsider's answer shows team A's objects\n{body[:400]!r}"
 
 
@@ -472,7 +560,7 @@ def test_web_route(world, db, key, method, who):
         response = client.get(url, case.query(world))
     else:
         response = client.generic(method, url) if not case.data(world) else client.post(url, case.data(world))
-    _check(response, case.expect[who], who=who, label=f"{method} {url}")
+    _check(response, case.expect[who], who=who, label=f"{method} {url}", names_team=case.names_team)
 
 
 @pytest.mark.parametrize(("key", "method", "who"), _cases(API_ROUTES))
@@ -489,7 +577,7 @@ def test_api_route(world, db, key, method, who):
         response = client.post(url, data, headers=headers)  # multipart
     else:
         response = client.generic(method, url, json.dumps(data), content_type="application/json", headers=headers)
-    _check(response, case.expect[who], who=who, label=f"{method} {url}")
+    _check(response, case.expect[who], who=who, label=f"{method} {url}", names_team=case.names_team)
     if response["Content-Type"].startswith("application/json") and response.status_code >= 400:
         assert "detail" in response.json(), f"{method} {url} as {who}: errors have the API's shape"
 
@@ -504,7 +592,8 @@ def test_admin_is_for_staff_only(world, db):
 # the object lookup. That must not tell an outsider whether team A's object exists: the answer for team A's
 # id and for an id that exists nowhere is the same. An anonymous caller gets 401 before any validation.
 MALFORMED = {"name": 5, "seed": "not a number", "latest_data": "maybe", "spec": "nope", "version": []}
-UNKNOWN_IDS = {"pipeline_id": 987654, "number": 987654}
+UNKNOWN_IDS = {"pipeline_id": 987654, "number": 987654, "dataset_id": 987654, "user_id": 987654,
+               "invitation_id": 987654, "token_id": 987654, "name": "hf_token"}
 
 
 @pytest.mark.parametrize("key", [key for key in API_ROUTES if "{" in key and not key.startswith("GET ")])
