@@ -20,7 +20,8 @@ def test_owner_sets_replaces_and_deletes_the_hub_token(page, screenshot, live_se
     team = user.teams.get()
     login(page, live_server)
 
-    page.click("nav >> text=Team secrets")
+    page.click("nav >> text=Team")
+    page.click("nav.tabs >> text=Secrets")
     page.wait_for_url("**/teams/secrets/")
     assert "not set" in page.inner_text("[data-testid=secret-hf_token]")
     page.fill("#secret-hf_token-value", TOKEN)

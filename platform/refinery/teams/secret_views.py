@@ -44,8 +44,9 @@ def team_secrets_view(request):
         else:
             messages.success(request, f"Saved the team's {secret.get_name_display()} (ends with …{secret.last4}).")
             return redirect("team-secrets")
-    return render(request, "teams/secrets.html", {"rows": _rows(request.team), "error": error, "nav": "secrets"},
-                  status=status)
+    return render(request, "teams/secrets.html", {
+        "rows": _rows(request.team), "error": error, "team": request.team, "is_owner": True,
+        "nav": "teams", "tab": "secrets"}, status=status)
 
 
 @require_POST
