@@ -17,10 +17,9 @@ from refinery.runs.models import Run, StageRun, Status
 from refinery.runs.services import RunError, run_cancel, run_create, run_rerun
 from refinery.sweeps.models import Sweep
 from refinery.sweeps.services import SweepError, sweep_create
+from refinery.core.units import format_bytes, format_duration
 from refinery.teams.models import TeamQuota
 from refinery.teams.quotas import (
-    format_bytes,
-    format_duration,
     parse_duration,
     parse_size,
     stage_budget_exceeded,

@@ -332,7 +332,7 @@ def test_a_form_over_the_limit_gets_a_plain_413_page(browser_client, settings):
     assert response.status_code == 413
     page = response.content.decode()
     assert "Too large to accept" in page
-    assert "the request body is larger than the limit of 1,000 bytes (1,000 bytes)" in page
+    assert "the request body is larger than the limit of 1000 B (1,000 bytes)" in page
     assert "Traceback" not in page
 
 

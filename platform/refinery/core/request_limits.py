@@ -24,25 +24,18 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.template.loader import render_to_string
 from django.utils.datastructures import MultiValueDict
 
+from refinery.core.units import format_bytes
+
 REFUSED_ATTR = "refinery_body_refused"  # set on the request, with the message, when a body is refused
 BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
-def _size(size: int) -> str:
-    value, unit = float(size), "bytes"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{value:.4g} {unit}" if unit != "bytes" else f"{size:,} bytes"
-
-
 def upload_too_large_message(limit: int) -> str:
-    return f"the upload is larger than the limit of {_size(limit)} ({limit:,} bytes); nothing was stored"
+    return f"the upload is larger than the limit of {format_bytes(limit)} ({limit:,} bytes); nothing was stored"
 
 
 def body_too_large_message(limit: int) -> str:
-    return f"the request body is larger than the limit of {_size(limit)} ({limit:,} bytes)"
+    return f"the request body is larger than the limit of {format_bytes(limit)} ({limit:,} bytes)"
 
 
 def _content_length(request: HttpRequest) -> int:

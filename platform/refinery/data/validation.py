@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
+from refinery.core.units import format_bytes
 from refinery.data.inspect import PREVIEW_ROWS, DatasetStats, preview_row
 
 if TYPE_CHECKING:
@@ -92,16 +93,7 @@ class DecodeLimits:
 
 
 def decoded_size_message(limit: int) -> str:
-    return f"the file decompresses to more than {limit:,} bytes ({_human(limit)}), the limit per file"
-
-
-def _human(size: int) -> str:
-    value, unit = float(size), "bytes"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{value:.4g} {unit}"
+    return f"the file decompresses to more than {limit:,} bytes ({format_bytes(limit)}), the limit per file"
 
 
 class DatasetError(ValueError):
@@ -470,7 +462,7 @@ def _parquet_batch_rows(metadata: Any, limits: DecodeLimits) -> int:
         if declared > limits.max_row_group_bytes:
             message = (
                 f"row group {index + 1} decompresses to {declared:,} bytes, more than the limit of "
-                f"{limits.max_row_group_bytes:,} bytes ({_human(limits.max_row_group_bytes)}) per row group; "
+                f"{limits.max_row_group_bytes:,} bytes ({format_bytes(limits.max_row_group_bytes)}) per row group; "
                 f"write the file with smaller row groups"
             )
             raise DatasetError(ValidationIssue(None, None, message))

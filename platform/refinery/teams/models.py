@@ -9,6 +9,20 @@ from django.db import models
 from django.utils import timezone
 
 
+class ShownOnceKey:
+    """A random key handed out once (an API token, an invitation link) and stored only as its sha256."""
+
+    PREFIX = ""
+
+    @staticmethod
+    def hash_key(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    @classmethod
+    def generate_key(cls) -> str:
+        return cls.PREFIX + secrets.token_urlsafe(32)
+
+
 class Team(models.Model):
     name = models.CharField(max_length=100, unique=True)
     slug = models.SlugField(max_length=100, unique=True)
@@ -43,7 +57,7 @@ class Membership(models.Model):
         return self.role in (self.Role.OWNER, self.Role.MEMBER)
 
 
-class ApiToken(models.Model):
+class ApiToken(ShownOnceKey, models.Model):
     """A bearer token for scripts. Only its sha256 is stored; the plain token is shown once."""
 
     PREFIX = "rfy_"
@@ -71,14 +85,6 @@ class ApiToken(models.Model):
     def is_active(self) -> bool:
         return self.revoked_at is None and not self.is_expired
 
-    @staticmethod
-    def hash_key(key: str) -> str:
-        return hashlib.sha256(key.encode()).hexdigest()
-
-    @classmethod
-    def generate_key(cls) -> str:
-        return cls.PREFIX + secrets.token_urlsafe(32)
-
 
 class AuditEvent(models.Model):
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="audit_events")
@@ -92,7 +98,7 @@ class AuditEvent(models.Model):
         ordering = ["-created_at"]
 
 
-class Invitation(models.Model):
+class Invitation(ShownOnceKey, models.Model):
     """An expiring, single-use link that adds its holder to `team` with `role`. Only the key's sha256 is stored;
     the link is shown once, to the owner who made it."""
 
@@ -132,14 +138,6 @@ class Invitation(models.Model):
     @property
     def is_pending(self) -> bool:
         return self.state == self.State.PENDING
-
-    @staticmethod
-    def hash_key(key: str) -> str:
-        return hashlib.sha256(key.encode()).hexdigest()
-
-    @classmethod
-    def generate_key(cls) -> str:
-        return cls.PREFIX + secrets.token_urlsafe(32)
 
 class TeamSecret(models.Model):
     """A team's credential (its Hugging Face hub token), encrypted with Fernet under REFINERY_SECRETS_KEY

@@ -20,6 +20,7 @@ from datetime import datetime
 from django.conf import settings
 from django.db import transaction
 
+from refinery.core.units import format_bytes, format_duration
 from refinery.teams.models import Team, TeamQuota
 
 
@@ -89,29 +90,8 @@ RUNNING_STATES = ("running", "canceling")
 UNFINISHED_RUN_STATES = ("queued", "running", "canceling")
 
 
-# --- formatting and parsing (messages, the command) -------------------------------------------------
+# --- parsing (the command) ---------------------------------------------------------------------------
 
-def format_bytes(n: int) -> str:
-    """1288490189 -> "1.2 GiB"; whole numbers lose their ".0" ("50 GiB")."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            break
-        value /= 1024
-    text = f"{value:.1f}".removesuffix(".0") if unit != "B" else str(int(value))
-    return f"{text} {unit}"
-
-
-def format_duration(seconds: float, *, full: bool = False) -> str:
-    """7200 -> "2h"; with full, from the largest unit down to seconds: 7203 -> "2h 0m 3s"."""
-    total = int(seconds)
-    parts = [(total // 3600, "h"), (total % 3600 // 60, "m"), (total % 60, "s")]
-    if full:
-        while len(parts) > 1 and parts[0][0] == 0:
-            parts.pop(0)
-        return " ".join(f"{n}{u}" for n, u in parts)
-    shown = [f"{n}{u}" for n, u in parts if n]
-    return " ".join(shown) or "0s"
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,

@@ -1,6 +1,7 @@
 from django import template
 
-from refinery.teams.quotas import format_bytes, team_limits, team_usage
+from refinery.core.units import format_bytes
+from refinery.teams.quotas import team_limits, team_usage
 
 register = template.Library()
 

@@ -1,5 +1,5 @@
-"""`{% load team_roles %}{% if request|is_team_owner %}`: whether the user owns the current team (for links
-to owner-only pages; the views check again)."""
+"""`{% load team_roles %}{% if request|is_team_owner %}`: the user's role in the current team, for links and
+buttons only (the views check again)."""
 from __future__ import annotations
 
 from django import template
@@ -10,20 +10,21 @@ from refinery.teams.selectors import membership_get
 register = template.Library()
 
 
-@register.filter
-def is_team_owner(request) -> bool:
+def _membership(request) -> Membership | None:
     user, team = getattr(request, "user", None), getattr(request, "team", None)
     if user is None or not user.is_authenticated or not team:
-        return False
-    membership = membership_get(team=team, user=user)
+        return None
+    return membership_get(team=team, user=user)
+
+
+@register.filter
+def is_team_owner(request) -> bool:
+    membership = _membership(request)
     return membership is not None and membership.role == Membership.Role.OWNER
 
 
 @register.filter
 def can_write_team(request) -> bool:
     """Whether the user may change things in the current team (owner or member, not viewer)."""
-    user, team = getattr(request, "user", None), getattr(request, "team", None)
-    if user is None or not user.is_authenticated or not team:
-        return False
-    membership = membership_get(team=team, user=user)
+    membership = _membership(request)
     return membership is not None and membership.can_write

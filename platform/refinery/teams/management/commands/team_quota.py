@@ -1,10 +1,9 @@
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Q
 
+from refinery.core.units import format_bytes, format_duration
 from refinery.teams.models import Team, TeamQuota
 from refinery.teams.quotas import (
-    format_bytes,
-    format_duration,
     parse_duration,
     parse_size,
     team_limits,
