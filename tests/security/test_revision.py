@@ -46,6 +46,8 @@ def test_service_form_and_api_apply_the_same_rule():
             assert response.status_code == 201, (revision, response.content)
             assert response.json()["revision"] == revision
             assert base_model_create(team=team, user=alice, **{**fields, "name": f"svc-{i}"}).revision == revision
+        elif "\x00" in revision:  # refused by the API's body schema before the service (refinery.api.schemas.In)
+            assert response.status_code == 422 and "revision" in response.content.decode(), revision
         else:
             assert response.status_code == 400 and "revision" in response.json()["errors"], revision
             with pytest.raises(BaseModelError) as caught:

@@ -466,8 +466,14 @@ def test_make_run_banner_says_which_mode_is_on(settings):
 
 
 def test_make_run_turns_on_development_mode_only_when_asked():
-    dry = subprocess.run(["make", "-n", "run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60).stdout
+    # Under `make test` the parent make's flags would make this one print "Entering/Leaving directory".
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
+    def dry_run(*args: str) -> str:
+        return subprocess.run(["make", "--no-print-directory", "-n", "run", *args], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, timeout=60).stdout
+
+    dry = dry_run()
     assert "DJANGO_DEBUG" not in dry.strip().split("\n")[-1]
-    dev = subprocess.run(["make", "-n", "run", "DEV=1"], cwd=REPO_ROOT, capture_output=True, text=True,
-                         timeout=60).stdout
+    dev = dry_run("DEV=1")
     assert dev.strip().split("\n")[-1].startswith("DJANGO_DEBUG=true ")

@@ -230,7 +230,7 @@ def test_declared_row_group_size_is_checked_before_any_page_is_read(tmp_path):
     assert report.error_count == 1 and report.row_count == 0
     message = report.issues[0].message
     assert message.startswith("row group 1 decompresses to ")
-    assert message.endswith("bytes, more than the limit of 10,000 bytes (9.766 KiB) per row group; "
+    assert message.endswith("bytes, more than the limit of 10,000 bytes (9.8 KiB) per row group; "
                             "write the file with smaller row groups")
 
 

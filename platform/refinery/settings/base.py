@@ -371,4 +371,5 @@ REFINERY_MAX_MODEL_UPLOAD_MEMBERS = int(os.environ.get("REFINERY_MAX_MODEL_UPLOA
 
 # --- proof ---
 # Input the database cannot store (a NUL character; a number out of range) gets 400, not a 500.
-MIDDLEWARE += ["refinery.core.middleware.RejectUnstorableInputMiddleware"]
+# Before AxesMiddleware, which must stay last (django-axes).
+MIDDLEWARE.insert(MIDDLEWARE.index("axes.middleware.AxesMiddleware"), "refinery.core.middleware.RejectUnstorableInputMiddleware")
