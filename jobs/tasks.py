@@ -38,3 +38,12 @@ def reap_stages() -> list[int]:
     handled = stage_reap_expired() + stage_redispatch_stale()
     pipeline_runs_end_pending()
     return handled
+
+
+@app.task(name=TaskName.DELIVER_NOTIFICATIONS.value, ignore_result=True)
+def deliver_notifications() -> list[int]:
+    """Send the due webhook and email attempts (new events, retries after their backoff, redeliveries).
+    Safe to run twice and in parallel: each attempt is claimed with FOR UPDATE SKIP LOCKED."""
+    from refinery.notifications.services import deliveries_send_due
+
+    return deliveries_send_due()
