@@ -344,3 +344,21 @@ def test_a_canceled_run_notifies_nothing(make_pipeline, sent_stages, sent_notifi
     run.refresh_from_db()
     assert run.status == Status.CANCELED and run.finished_at is not None
     assert not NotificationEvent.objects.exists()
+
+
+def test_the_verifier_in_the_docs_accepts_a_real_delivery(team_owner, webhook_receiver, sent_notifications):
+    """docs/notifications.md's Python snippet, run as written against a request the receiver got."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "notifications.md").read_text()
+    snippet = text.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(snippet, "docs/notifications.md", "exec"), namespace)  # noqa: S102 - our own docs
+    team, user = team_owner
+    _, secret = webhook(team, user, webhook_receiver.url)
+    notify(team=team, kind=EventKind.RUN_FAILED, payload={})
+    deliveries_send_due()
+    (request,) = webhook_receiver.requests
+    assert namespace["verify"](secret, request.headers, request.body)
+    assert not namespace["verify"](secret, request.headers, request.body + b" ")
+    assert not namespace["verify"]("whsec_wrong", request.headers, request.body)
