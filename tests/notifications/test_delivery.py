@@ -18,6 +18,7 @@ from refinery.notifications.services import (
     NotificationError,
     deliveries_send_due,
     delivery_redeliver,
+    endpoint_active_set,
     endpoint_create,
     endpoint_send_test,
     notify,
@@ -362,3 +363,49 @@ def test_the_verifier_in_the_docs_accepts_a_real_delivery(team_owner, webhook_re
     assert namespace["verify"](secret, request.headers, request.body)
     assert not namespace["verify"](secret, request.headers, request.body + b" ")
     assert not namespace["verify"]("whsec_wrong", request.headers, request.body)
+
+
+def test_a_paused_endpoint_keeps_its_pending_attempts_until_resumed(team_owner, webhook_receiver,
+                                                                     sent_notifications):
+    team, user = team_owner
+    endpoint, _ = webhook(team, user, webhook_receiver.url)
+    notify(team=team, kind=EventKind.RUN_FAILED, payload={})
+    endpoint_active_set(endpoint=endpoint, user=user, active=False)
+    notify(team=team, kind=EventKind.RUN_FAILED, payload={})  # none for a paused endpoint
+    assert deliveries_send_due() == [] and webhook_receiver.requests == []
+    assert Delivery.objects.filter(status="pending").count() == 1
+    endpoint_active_set(endpoint=endpoint, user=user, active=True)
+    assert len(deliveries_send_due()) == 1 and len(webhook_receiver.requests) == 1
+
+
+def test_an_error_answer_is_logged_without_reading_a_huge_body(team_owner, sent_notifications, fast_backoff):
+    """A receiver answering 500 with 50 MB: the log keeps the status and the body's first 200 characters."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Huge(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(500)
+            self.send_header("Content-Length", str(50 * 1024 * 1024))
+            self.end_headers()
+            try:
+                for _ in range(50):
+                    self.wfile.write(b"x" * 1024 * 1024)
+            except OSError:
+                pass  # the sender hung up after its first kilobyte
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Huge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        team, user = team_owner
+        webhook(team, user, f"http://127.0.0.1:{server.server_address[1]}/")
+        notify(team=team, kind=EventKind.RUN_FAILED, payload={})
+        deliveries_send_due()
+    finally:
+        server.shutdown()
+        server.server_close()
+    failed = Delivery.objects.get(attempt=1)
+    assert failed.status_code == 500 and failed.error == "HTTP 500: " + "x" * 200

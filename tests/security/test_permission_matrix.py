@@ -369,6 +369,9 @@ WEB_ROUTES: dict[str, Route] = {
         {"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 200})}),
     "notifications:test": Route(pk("endpoint"), {"GET": GET_ONLY_POST, "POST": Case(
         {"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 302})}),
+    "notifications:active": Route(pk("endpoint"), {"GET": GET_ONLY_POST, "POST": Case(
+        {"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 302},
+        data=lambda w: {"active": "0"})}),
     "notifications:delete": Route(pk("endpoint"), {"GET": GET_ONLY_POST, "POST": Case(
         {"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 302})}),
     "notifications:redeliver": Route(lambda w: {"pk": w.endpoint.pk, "delivery_id": w.delivery.pk}, {

@@ -53,6 +53,9 @@ def test_owner_creates_a_webhook_and_sees_its_secret_once(browser_client, team, 
     assert len(webhook_receiver.requests) == 2
     assert list(Delivery.objects.order_by("attempt").values_list("attempt", "status_code")) == [(1, 200), (2, 200)]
 
+    assert browser_client.post(reverse("notifications:active", args=[endpoint.pk]), {"active": "0"}).status_code == 302
+    assert not Endpoint.objects.get(pk=endpoint.pk).active
+    assert b'data-testid="paused"' in browser_client.get(reverse("notifications:detail", args=[endpoint.pk])).content
     assert browser_client.post(reverse("notifications:delete", args=[endpoint.pk])).status_code == 302
     assert not Endpoint.objects.exists() and not Delivery.objects.exists()
 
@@ -78,7 +81,7 @@ def test_another_teams_endpoint_and_delivery_are_404(browser_client, bob, webhoo
     theirs, _ = endpoint_create(team=bob.teams.get(), user=bob, url=webhook_receiver.url)
     delivery = notify(team=bob.teams.get(), kind=EventKind.RUN_FAILED, payload={}).deliveries.get()
     assert browser_client.get(reverse("notifications:detail", args=[theirs.pk])).status_code == 404
-    for name, args in (("test", [theirs.pk]), ("delete", [theirs.pk]), ("redeliver", [theirs.pk, delivery.pk])):
+    for name, args in (("test", [theirs.pk]), ("delete", [theirs.pk]), ("active", [theirs.pk]), ("redeliver", [theirs.pk, delivery.pk])):
         assert browser_client.post(reverse(f"notifications:{name}", args=args)).status_code == 404, name
     assert Endpoint.objects.filter(pk=theirs.pk).exists() and Delivery.objects.count() == 1
 

@@ -34,6 +34,7 @@ from refinery.teams.team_secrets import secrets_cipher
 log = logging.getLogger(__name__)
 MAX_ADDRESSES = 20
 MAX_ENDPOINTS_PER_TEAM = 50
+RESPONSE_BYTES_KEPT = 1024
 
 
 class NotificationError(Exception):
@@ -144,6 +145,19 @@ def endpoint_secret(endpoint: Endpoint) -> str:
 
 
 @transaction.atomic
+def endpoint_active_set(*, endpoint: Endpoint, user, active: bool) -> Endpoint:
+    """Pause or resume an endpoint: a paused one gets no new deliveries, and its pending attempts wait."""
+    if endpoint.active != active:
+        endpoint.active = active
+        endpoint.save(update_fields=["active"])
+        audit(team=endpoint.team, user=user, action="webhook.resumed" if active else "webhook.paused",
+              target=endpoint.target[:200])
+        if active and endpoint.deliveries.filter(status=Delivery.Status.PENDING).exists():
+            enqueue_delivery_on_commit()
+    return endpoint
+
+
+@transaction.atomic
 def endpoint_send_test(*, endpoint: Endpoint, user) -> Delivery:
     """A test event, to this endpoint only (whatever it subscribes to)."""
     event = NotificationEvent.objects.create(team=endpoint.team, kind=EventKind.TEST, payload={
@@ -181,11 +195,12 @@ def _post(endpoint: Endpoint, event: NotificationEvent, delivery: Delivery) -> t
         "X-Refinery-Timestamp": str(timestamp),
         "X-Refinery-Signature": signature_compute(secret=endpoint_secret(endpoint), timestamp=timestamp, body=body),
     }
-    response = requests.post(url, data=body, headers=headers, timeout=settings.REFINERY_WEBHOOK_TIMEOUT_SECONDS,
-                             allow_redirects=False)
-    if 200 <= response.status_code < 300:
-        return response.status_code, ""
-    return response.status_code, f"HTTP {response.status_code}: {response.text[:200]}"
+    with requests.post(url, data=body, headers=headers, timeout=settings.REFINERY_WEBHOOK_TIMEOUT_SECONDS,
+                       allow_redirects=False, stream=True) as response:
+        if 200 <= response.status_code < 300:
+            return response.status_code, ""
+        head = response.raw.read(RESPONSE_BYTES_KEPT, decode_content=True)  # never the whole body
+    return response.status_code, f"HTTP {response.status_code}: {head.decode('utf-8', 'replace')[:200]}"
 
 
 def _email(endpoint: Endpoint, event: NotificationEvent) -> None:
@@ -219,7 +234,7 @@ def delivery_attempt(delivery: Delivery) -> Delivery:
     delivery.save(update_fields=["status", "status_code", "response_ms", "error", "delivered_at", "next_attempt_at"])
     if error and not delivery.manual:
         wait = _backoff(delivery.attempt)
-        if wait is not None and endpoint.active:
+        if wait is not None:
             Delivery.objects.create(event=event, endpoint=endpoint, attempt=delivery.attempt + 1,
                                     next_attempt_at=now + timedelta(seconds=wait))
     return delivery
@@ -233,7 +248,8 @@ def deliveries_send_due(*, limit: int = 100) -> list[int]:
         with transaction.atomic():
             delivery = (Delivery.objects.select_for_update(skip_locked=True, of=("self",))
                         .select_related("endpoint", "event", "event__team")
-                        .filter(status=Delivery.Status.PENDING, next_attempt_at__lte=timezone.now())
+                        .filter(status=Delivery.Status.PENDING, next_attempt_at__lte=timezone.now(),
+                                endpoint__active=True)
                         .order_by("next_attempt_at", "id").first())
             if delivery is None:
                 break

@@ -16,6 +16,7 @@ from refinery.notifications.selectors import delivery_get, delivery_list, endpoi
 from refinery.notifications.services import (
     NotificationError,
     delivery_redeliver,
+    endpoint_active_set,
     endpoint_create,
     endpoint_delete,
     endpoint_send_test,
@@ -81,6 +82,18 @@ def webhook_test_view(request, pk: int):
     endpoint = _endpoint(request, pk)
     endpoint_send_test(endpoint=endpoint, user=request.user)
     messages.success(request, "Test event queued: it appears in the delivery log below once sent.")
+    return redirect("notifications:detail", pk=endpoint.pk)
+
+
+@require_POST
+@team_required
+def webhook_active_view(request, pk: int):
+    """Pause (active=0) or resume (active=1) the endpoint."""
+    endpoint = _endpoint(request, pk)
+    active = request.POST.get("active") == "1"
+    endpoint_active_set(endpoint=endpoint, user=request.user, active=active)
+    messages.success(request, "Endpoint resumed: pending attempts are sent again." if active else
+                     "Endpoint paused: it gets no new events; pending attempts wait until it is resumed.")
     return redirect("notifications:detail", pk=endpoint.pk)
 
 
