@@ -1,20 +1,30 @@
 """Issue 12 in a real browser: an owner opens the Webhooks tab, creates a webhook to a receiver on
-127.0.0.1, copies the secret (shown once), sends a test event and redelivers it from the delivery log."""
+127.0.0.1, copies the secret (shown once), sends a test event, redelivers it from the delivery log,
+pauses the endpoint and deletes it (htmx confirmation), all with the Content Security Policy enforced."""
 from __future__ import annotations
 
 import pytest
 
-from refinery.notifications.models import Delivery
+from refinery.notifications.models import Delivery, Endpoint
 from refinery.notifications.services import deliveries_send_due
 from refinery.teams.services import user_create
 
+from .conftest import SCREENSHOTS
 from .test_golden_path import login
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 
-def test_owner_creates_a_webhook_tests_and_redelivers(page, screenshot, live_server, transactional_db,
+def test_owner_creates_a_webhook_tests_and_redelivers(csp_page, live_server, transactional_db,
                                                       webhook_receiver, sent_notifications):
+    page = csp_page
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text) if message.type == "error" else None)
+
+    def screenshot(name: str) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
     user_create(username="ada", password="pw-ada-12345", team_name="Lab")
     login(page, live_server)
     page.click("nav >> text=Team")
@@ -46,3 +56,12 @@ def test_owner_creates_a_webhook_tests_and_redelivers(page, screenshot, live_ser
     assert list(Delivery.objects.order_by("attempt").values_list("attempt", "status")) == [
         (1, "succeeded"), (2, "succeeded")]
     screenshot("96-webhook-delivery-log")
+
+    page.click("[data-testid=toggle-active]")
+    page.wait_for_selector("[data-testid=paused]")
+    page.on("dialog", lambda dialog: dialog.accept())  # hx-confirm
+    page.click("button >> text=Delete")
+    page.wait_for_url("**/teams/webhooks/")
+    page.wait_for_selector("[data-testid=no-endpoints]")
+    assert not Endpoint.objects.exists()
+    assert not console, console  # no CSP violation, no script error

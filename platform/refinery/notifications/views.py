@@ -6,8 +6,10 @@ from __future__ import annotations
 from django.contrib import messages
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
 
 from refinery.core.auth import team_required
 from refinery.notifications.forms import EndpointForm
@@ -104,6 +106,8 @@ def webhook_delete_view(request, pk: int):
     target = endpoint.target
     endpoint_delete(endpoint=endpoint, user=request.user)
     messages.success(request, f"Deleted the endpoint {target}.")
+    if request.htmx:  # the confirmed htmx form: load the list as a page
+        return HttpResponseClientRedirect(reverse("notifications:list"))
     return redirect("notifications:list")
 
 
