@@ -41,3 +41,18 @@ def test_the_task_sends_due_attempts(webhook_receiver, sent_notifications):
     assert deliver_notifications() == [Delivery.objects.get().pk]
     assert deliver_notifications() == []  # twice: nothing left to send
     assert len(webhook_receiver.requests) == 1
+
+
+def test_a_full_batch_hands_the_rest_to_another_task(webhook_receiver, sent_notifications, monkeypatch):
+    from refinery.notifications import services
+
+    monkeypatch.setattr(services, "DELIVERY_BATCH", 2)
+    user = UserFactory()
+    team = TeamFactory(members=[user])
+    endpoint_create(team=team, user=user, url=webhook_receiver.url)
+    for _ in range(3):
+        notify(team=team, kind=EventKind.RUN_FAILED, payload={})
+    assert sent_notifications == []  # db test: the on-commit wake-ups never ran
+    assert len(deliver_notifications()) == 2 and sent_notifications == [True]
+    assert len(deliver_notifications()) == 1 and sent_notifications == [True]
+    assert len(webhook_receiver.requests) == 3

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 MAX_ADDRESSES = 20
 MAX_ENDPOINTS_PER_TEAM = 50
 RESPONSE_BYTES_KEPT = 1024
+DELIVERY_BATCH = 100  # attempts one task sends before it hands over to a fresh task
 
 
 class NotificationError(Exception):
@@ -240,7 +241,7 @@ def delivery_attempt(delivery: Delivery) -> Delivery:
     return delivery
 
 
-def deliveries_send_due(*, limit: int = 100) -> list[int]:
+def deliveries_send_due(*, limit: int = DELIVERY_BATCH) -> list[int]:
     """Send every due attempt (at most `limit`), one row per transaction. Two workers never send the same
     attempt: each claims its row with FOR UPDATE SKIP LOCKED and marks it done before releasing it."""
     sent: list[int] = []
