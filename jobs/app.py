@@ -15,6 +15,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "refinery.settings.base")
 from jobs.queues import Queue, TaskName  # noqa: E402
 
 REAPER_SCHEDULE_NAME = "refinery: reap lost stages"
+NOTIFY_SCHEDULE_NAME = "refinery: deliver notifications"
 
 app = Celery("refinery")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -29,7 +30,8 @@ def _ensure_filesystem_broker_dirs() -> None:
 
 _ensure_filesystem_broker_dirs()
 app.conf.task_default_queue = Queue.CPU
-app.conf.task_routes = {TaskName.RUN_STAGE: {"queue": Queue.GPU}, TaskName.REAP_STAGES: {"queue": Queue.CPU}}
+app.conf.task_routes = {TaskName.RUN_STAGE: {"queue": Queue.GPU}, TaskName.REAP_STAGES: {"queue": Queue.CPU},
+                        TaskName.DELIVER_NOTIFICATIONS: {"queue": Queue.CPU}}
 app.conf.imports = ("jobs.tasks",)
 
 
@@ -54,6 +56,12 @@ def register_periodic_tasks(celery_app: Celery) -> None:
         queue=Queue.CPU.value,
         expire_seconds=int(max(1, interval)),  # django-celery-beat's name for `expires`: a stale reaper call is useless
     )
+    from django.conf import settings
+
+    notify_every = max(1, int(settings.REFINERY_NOTIFY_POLL_SECONDS))  # due webhook retries survive restarts
+    celery_app.add_periodic_task(
+        notify_every, celery_app.signature(TaskName.DELIVER_NOTIFICATIONS.value), name=NOTIFY_SCHEDULE_NAME,
+        queue=Queue.CPU.value, expire_seconds=notify_every)
 
 
 register_periodic_tasks(app)

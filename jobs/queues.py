@@ -9,3 +9,4 @@ class Queue(StrEnum):
 class TaskName(StrEnum):
     RUN_STAGE = "jobs.run_stage"
     REAP_STAGES = "jobs.reap_stages"
+    DELIVER_NOTIFICATIONS = "jobs.deliver_notifications"

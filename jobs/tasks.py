@@ -38,3 +38,16 @@ def reap_stages() -> list[int]:
     handled = stage_reap_expired() + stage_redispatch_stale()
     pipeline_runs_end_pending()
     return handled
+
+
+@app.task(name=TaskName.DELIVER_NOTIFICATIONS.value, ignore_result=True)
+def deliver_notifications() -> list[int]:
+    """Send the due webhook and email attempts (new events, retries after their backoff, redeliveries).
+    Safe to run twice and in parallel: each attempt is claimed with FOR UPDATE SKIP LOCKED."""
+    from refinery.notifications.dispatch import send_deliver_notifications
+    from refinery.notifications.services import DELIVERY_BATCH, deliveries_send_due
+
+    sent = deliveries_send_due(limit=DELIVERY_BATCH)
+    if len(sent) == DELIVERY_BATCH:  # more may be due: hand them to the next free worker now, not at the next tick
+        send_deliver_notifications()
+    return sent

@@ -414,3 +414,24 @@ def sent_stages(monkeypatch) -> list[int]:
     sent: list[int] = []
     monkeypatch.setattr(dispatch, "send_run_stage", sent.append)
     return sent
+
+
+@pytest.fixture
+def sent_notifications(monkeypatch) -> list[bool]:
+    """`jobs.deliver_notifications` wake-ups, recorded instead of sent to the broker (a worker of this
+    session must not send a test's webhooks anywhere)."""
+    from refinery.notifications import dispatch
+
+    sent: list[bool] = []
+    monkeypatch.setattr(dispatch, "send_deliver_notifications", lambda: sent.append(True))
+    return sent
+
+
+@pytest.fixture
+def webhook_receiver():
+    """A real HTTP server on 127.0.0.1 that records webhook POSTs (tests.notifications.receiver)."""
+    from tests.notifications.receiver import Receiver
+
+    receiver = Receiver().start()
+    yield receiver
+    receiver.stop()

@@ -16,6 +16,7 @@ urlpatterns = [
     path("teams/secrets/", secret_views.team_secrets_view, name="team-secrets"),
     path("teams/secrets/<str:name>/delete/", secret_views.team_secret_delete_view, name="team-secret-delete"),
     path("teams/quota/", team_quota_view, name="team-quota"),
+    path("teams/webhooks/", include("refinery.notifications.urls")),
     path("teams/", include("refinery.teams.urls")),
     path("runs/", include("refinery.runs.urls")),
     path("pipelines/", include("refinery.pipelines.urls")),

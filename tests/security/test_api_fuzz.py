@@ -26,6 +26,8 @@ from hypothesis import HealthCheck, Phase, settings
 from schemathesis.checks import not_a_server_error
 
 from refinery.api.views import api
+from refinery.notifications.kinds import EventKind
+from refinery.notifications.services import endpoint_create, notify
 from refinery.pipelines.services import pipeline_create
 from refinery.runs.services import run_create
 from refinery.teams.invitations import invitation_create
@@ -73,17 +75,21 @@ def _build_team() -> FuzzTeam:
     spare_token, _ = api_token_create(user=member, team=team, name="spare")
     invitation, _ = invitation_create(team=team, actor=owner, role=Membership.Role.VIEWER)
     team_secret_set(team=team, user=owner, name="hf_token", value="hf_FuzzTokenValue0123456")
+    endpoint, _ = endpoint_create(team=team, user=owner, url="http://127.0.0.1:9/fuzz-hook")
+    delivery = notify(team=team, kind=EventKind.RUN_FAILED, payload={}).deliveries.get()
     return FuzzTeam(token=token, path_ids={"dataset_id": version.dataset_id, "pipeline_id": pipeline.pk,
                                            "number": run.number, "user_id": member.pk,
                                            "invitation_id": invitation.pk, "token_id": spare_token.pk,
-                                           "name": "hf_token"}, base_model_id=base_model.pk)
+                                           "name": "hf_token", "webhook_id": endpoint.pk,
+                                           "delivery_id": delivery.pk}, base_model_id=base_model.pk)
 
 
 @pytest.fixture
-def fuzz_team(transactional_db, sent_stages) -> FuzzTeam:
+def fuzz_team(transactional_db, sent_stages, sent_notifications) -> FuzzTeam:
     """The team, committed: each request autocommits, as in production, so one failing request cannot poison
     the next. (A module-scoped team would save the flush per operation, but pytest-django creates the test
-    database only for tests that ask for `db`/`transactional_db`.) Run wake-ups are recorded, not sent."""
+    database only for tests that ask for `db`/`transactional_db`.) Run and webhook wake-ups are recorded,
+    not sent (no worker may POST a generated webhook URL anywhere)."""
     return _build_team()
 
 

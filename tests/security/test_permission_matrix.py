@@ -35,6 +35,8 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from refinery.api.views import api
+from refinery.notifications.kinds import EventKind
+from refinery.notifications.services import endpoint_create, notify
 from refinery.pipelines.services import pipeline_create
 from refinery.registry.lineage import stage_lineage
 from refinery.registry.models import AliasEvent, ModelAlias, ModelVersion, RegisteredModel
@@ -75,6 +77,8 @@ class World:
     member_token: Any  # the member's ApiToken in team A (the one `tokens["member"]` holds)
     invitation: Any  # a pending invitation to team A
     invitation_key: str  # its plain key (the link's last part)
+    endpoint: Any = None  # a webhook endpoint of team A (owners manage it)
+    delivery: Any = None  # a delivery of a run.failed event to `endpoint`
 
 
 def _build_world() -> World:
@@ -122,7 +126,10 @@ def _build_world() -> World:
     invitation, invitation_key = invitation_create(team=team, actor=owner, role=Membership.Role.MEMBER,
                                                    email=f"{MARKER}@example.com")
     team_secret_set(team=team, user=owner, name="hf_token", value="hf_" + MARKER + "TokenValue0123")
-    return World(team=team, other_team=other_team, users=users, tokens=tokens, dataset=first.dataset,
+    endpoint, _ = endpoint_create(team=team, user=owner, url=f"http://127.0.0.1:9/{MARKER}-hook")
+    event = notify(team=team, kind=EventKind.RUN_FAILED, payload={"summary": f"{MARKER} run failed"})
+    return World(endpoint=endpoint, delivery=event.deliveries.get(),
+                 team=team, other_team=other_team, users=users, tokens=tokens, dataset=first.dataset,
                  version=version, base_model=base_model, pipeline=pipeline, run=run, run2=run2, stage=stage,
                  note=note, sweep=sweep, model=model,
                  member_membership=Membership.objects.get(team=team, user=member),
@@ -352,6 +359,24 @@ WEB_ROUTES: dict[str, Route] = {
     "team-secret-delete": Route(lambda w: {"name": "hf_token"}, {"GET": GET_ONLY_POST, "POST": Case(
         {"anonymous": LOGIN, "outsider": 302, "viewer": 404, "member": 404, "owner": 302})}),
     "team-quota": Route(methods={"GET": Case(team_read())}),
+    # The current team's webhooks: owners only, a 404 to anyone else (the outsider owns team B: its own list).
+    "notifications:list": Route(methods={
+        "GET": Case({"anonymous": LOGIN, "outsider": 200, "viewer": 404, "member": 404, "owner": 200}),
+        "POST": Case({"anonymous": LOGIN, "outsider": 200, "viewer": 404, "member": 404, "owner": 200},
+                     data=lambda w: {"type": "webhook", "url": "http://127.0.0.1:9/new", "kinds": ["run.failed"]}),
+    }),
+    "notifications:detail": Route(pk("endpoint"), {"GET": Case(
+        {"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 200})}),
+    "notifications:test": Route(pk("endpoint"), {"GET": GET_ONLY_POST, "POST": Case(
+        {"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 302})}),
+    "notifications:active": Route(pk("endpoint"), {"GET": GET_ONLY_POST, "POST": Case(
+        {"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 302},
+        data=lambda w: {"active": "0"})}),
+    "notifications:delete": Route(pk("endpoint"), {"GET": GET_ONLY_POST, "POST": Case(
+        {"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 302})}),
+    "notifications:redeliver": Route(lambda w: {"pk": w.endpoint.pk, "delivery_id": w.delivery.pk}, {
+        "GET": GET_ONLY_POST,
+        "POST": Case({"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 302})}),
     # The API's own pages (its operations are in API_ROUTES): the schema and docs are public, the root is 404.
     "api:openapi-json": Route(methods={"GET": Case(anyone(200))}),
     "api:openapi-view": Route(methods={"GET": Case(anyone(200))}),
@@ -379,6 +404,10 @@ def pipeline_body(w: World) -> dict:
 
 def pipeline_id(w: World) -> dict:
     return {"pipeline_id": w.pipeline.pk}
+
+
+def webhook_id(w: World) -> dict:
+    return {"webhook_id": w.endpoint.pk}
 
 
 # One entry per API operation, keyed "METHOD /api/v1/path{param}" as in the OpenAPI schema, with exactly that
@@ -446,6 +475,21 @@ API_ROUTES: dict[str, Route] = {
         data=lambda w: {"value": "hf_AnotherTokenValue0123"})}),
     "DELETE /api/v1/team/secrets/{name}": Route(lambda w: {"name": "hf_token"}, {"DELETE": Case(
         {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 204})}),
+    # webhooks: the token's team's, owners only (403 for members and viewers, 404 for team A's to the outsider)
+    "GET /api/v1/webhooks": Route(methods={"GET": Case(
+        {"anonymous": 401, "outsider": 200, "viewer": 403, "member": 403, "owner": 200})}),
+    "POST /api/v1/webhooks": Route(methods={"POST": Case(
+        {"anonymous": 401, "outsider": 201, "viewer": 403, "member": 403, "owner": 201},
+        data=lambda w: {"url": "http://127.0.0.1:9/new", "kinds": ["run.failed"]})}),
+    "DELETE /api/v1/webhooks/{webhook_id}": Route(webhook_id, {"DELETE": Case(
+        {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 204})}),
+    "POST /api/v1/webhooks/{webhook_id}/test": Route(webhook_id, {"POST": Case(
+        {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 202})}),
+    "GET /api/v1/webhooks/{webhook_id}/deliveries": Route(webhook_id, {"GET": Case(
+        {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 200})}),
+    "POST /api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver": Route(
+        lambda w: {"webhook_id": w.endpoint.pk, "delivery_id": w.delivery.pk}, {"POST": Case(
+            {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 202})}),
 }
 
 
@@ -593,7 +637,8 @@ def test_admin_is_for_staff_only(world, db):
 # id and for an id that exists nowhere is the same. An anonymous caller gets 401 before any validation.
 MALFORMED = {"name": 5, "seed": "not a number", "latest_data": "maybe", "spec": "nope", "version": []}
 UNKNOWN_IDS = {"pipeline_id": 987654, "number": 987654, "dataset_id": 987654, "user_id": 987654,
-               "invitation_id": 987654, "token_id": 987654, "name": "hf_token"}
+               "invitation_id": 987654, "token_id": 987654, "name": "hf_token",
+               "webhook_id": 987654, "delivery_id": 987654}
 
 
 @pytest.mark.parametrize("key", [key for key in API_ROUTES if "{" in key and not key.startswith("GET ")])

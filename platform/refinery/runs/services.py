@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from refinery.data.models import Dataset, DatasetVersion
 from refinery.pipelines.models import Pipeline
+from refinery.notifications.run_events import run_finished_notify
 from refinery.runs.dispatch import enqueue_stage_on_commit
 from refinery.runs.listing import run_summary_refresh
 from refinery.teams.quotas import QuotaExceeded, team_runs_check
@@ -219,6 +220,8 @@ def _run_refresh_status(run: Run) -> None:
             run.started_at = now
             fields.append("started_at")
     run.save(update_fields=fields)
+    if "finished_at" in fields and new in (Status.FAILED, Status.SUCCEEDED):
+        run_finished_notify(run=run)  # the outbox row commits (or rolls back) with this transition
 
 
 # --- Execution side (called by the supervisor in jobs/) -----------------------

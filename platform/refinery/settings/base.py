@@ -373,3 +373,19 @@ REFINERY_MAX_MODEL_UPLOAD_MEMBERS = int(os.environ.get("REFINERY_MAX_MODEL_UPLOA
 # Input the database cannot store (a NUL character; a number out of range) gets 400, not a 500.
 # Before AxesMiddleware, which must stay last (django-axes).
 MIDDLEWARE.insert(MIDDLEWARE.index("axes.middleware.AxesMiddleware"), "refinery.core.middleware.RejectUnstorableInputMiddleware")
+
+# --- notify ---
+# Notifications (refinery.notifications): signed webhooks and email, delivered by the cpu worker.
+INSTALLED_APPS.append("refinery.notifications")
+# A webhook URL whose host resolves to a loopback, private or link-local address is refused (SSRF) unless
+# this is on (a receiver on the operator's own network).
+REFINERY_WEBHOOK_ALLOW_PRIVATE = env_bool("REFINERY_WEBHOOK_ALLOW_PRIVATE", False)
+REFINERY_WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("REFINERY_WEBHOOK_TIMEOUT_SECONDS", 5))
+# Attempts per event and endpoint, and the waits between them (seconds; the last one repeats).
+REFINERY_WEBHOOK_MAX_ATTEMPTS = int(os.environ.get("REFINERY_WEBHOOK_MAX_ATTEMPTS", 6))
+REFINERY_WEBHOOK_BACKOFF_SECONDS = [float(s) for s in os.environ.get(
+    "REFINERY_WEBHOOK_BACKOFF_SECONDS", "10,30,90,270,810").split(",") if s.strip()]
+# How often beat sends due attempts (retries, and any wake-up a lost message left behind).
+REFINERY_NOTIFY_POLL_SECONDS = int(os.environ.get("REFINERY_NOTIFY_POLL_SECONDS", 10))
+EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "refinery@localhost")
