@@ -372,3 +372,9 @@ REFINERY_MAX_MODEL_UPLOAD_MEMBERS = int(os.environ.get("REFINERY_MAX_MODEL_UPLOA
 # --- proof ---
 # Input the database cannot store (a NUL character; a number out of range) gets 400, not a 500.
 MIDDLEWARE += ["refinery.core.middleware.RejectUnstorableInputMiddleware"]
+
+# --- schedules ---
+# Schedules (docs/schedules.md): beat runs jobs.schedules_tick this often (seconds); a window fires at most
+# this late, so the period is the worst-case delay of a scheduled run.
+INSTALLED_APPS.append("refinery.schedules")
+REFINERY_SCHEDULE_TICK_SECONDS = float(os.environ.get("REFINERY_SCHEDULE_TICK_SECONDS", 5))
