@@ -15,6 +15,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "refinery.settings.base")
 from jobs.queues import Queue, TaskName  # noqa: E402
 
 REAPER_SCHEDULE_NAME = "refinery: reap lost stages"
+SCHEDULES_SCHEDULE_NAME = "refinery: fire schedules"
 
 app = Celery("refinery")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -29,7 +30,8 @@ def _ensure_filesystem_broker_dirs() -> None:
 
 _ensure_filesystem_broker_dirs()
 app.conf.task_default_queue = Queue.CPU
-app.conf.task_routes = {TaskName.RUN_STAGE: {"queue": Queue.GPU}, TaskName.REAP_STAGES: {"queue": Queue.CPU}}
+app.conf.task_routes = {TaskName.RUN_STAGE: {"queue": Queue.GPU}, TaskName.REAP_STAGES: {"queue": Queue.CPU},
+                       TaskName.SCHEDULES_TICK: {"queue": Queue.CPU}}
 app.conf.imports = ("jobs.tasks",)
 
 
@@ -42,7 +44,7 @@ def reaper_interval_seconds() -> int:
 
 
 def register_periodic_tasks(celery_app: Celery) -> None:
-    """Put the reaper in the beat schedule.
+    """Put the reaper and the schedules' tick in the beat schedule.
 
     beat's DatabaseScheduler (django-celery-beat) writes app.conf.beat_schedule into its
     PeriodicTask/IntervalSchedule tables each time beat starts, creating or updating the
@@ -54,6 +56,11 @@ def register_periodic_tasks(celery_app: Celery) -> None:
         queue=Queue.CPU.value,
         expire_seconds=int(max(1, interval)),  # django-celery-beat's name for `expires`: a stale reaper call is useless
     )
+    from django.conf import settings
+
+    tick = settings.REFINERY_SCHEDULE_TICK_SECONDS  # schedules: each window is fired once (unique key)
+    celery_app.add_periodic_task(tick, celery_app.signature(TaskName.SCHEDULES_TICK.value),
+                                 name=SCHEDULES_SCHEDULE_NAME, queue=Queue.CPU.value, expire_seconds=tick)
 
 
 register_periodic_tasks(app)

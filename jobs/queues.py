@@ -9,3 +9,4 @@ class Queue(StrEnum):
 class TaskName(StrEnum):
     RUN_STAGE = "jobs.run_stage"
     REAP_STAGES = "jobs.reap_stages"
+    SCHEDULES_TICK = "jobs.schedules_tick"

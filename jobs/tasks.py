@@ -38,3 +38,12 @@ def reap_stages() -> list[int]:
     handled = stage_reap_expired() + stage_redispatch_stale()
     pipeline_runs_end_pending()
     return handled
+
+
+@app.task(name=TaskName.SCHEDULES_TICK.value, ignore_result=True)
+def schedules_tick() -> int:
+    """Fire every schedule's due windows (each at most once: the (schedule, window) key decides). Safe to
+    run twice at once, from two beats or a retry."""
+    from refinery.schedules.services import schedule_tick_all
+
+    return len(schedule_tick_all())

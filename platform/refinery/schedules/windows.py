@@ -192,7 +192,7 @@ def decide(policy: str, active_run, *, waiting: bool = False) -> Decision:
     if policy == "queue":
         if waiting:
             return Decision("skip", f"{running} and a window is already waiting")
-        return Decision("queue", f"waiting for {running.replace(' is still', ',')} to finish")
+        return Decision("queue", f"waiting for run #{active_run.number} ({active_run.status}) to finish")
     if policy == "replace":
         return Decision("replace", f"canceled run #{active_run.number}")
     return Decision("skip", running)

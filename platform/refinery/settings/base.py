@@ -377,4 +377,4 @@ MIDDLEWARE += ["refinery.core.middleware.RejectUnstorableInputMiddleware"]
 # Schedules (docs/schedules.md): beat runs jobs.schedules_tick this often (seconds); a window fires at most
 # this late, so the period is the worst-case delay of a scheduled run.
 INSTALLED_APPS.append("refinery.schedules")
-REFINERY_SCHEDULE_TICK_SECONDS = float(os.environ.get("REFINERY_SCHEDULE_TICK_SECONDS", 5))
+REFINERY_SCHEDULE_TICK_SECONDS = max(1, int(os.environ.get("REFINERY_SCHEDULE_TICK_SECONDS", 5)))  # whole seconds
