@@ -28,6 +28,7 @@ from schemathesis.checks import not_a_server_error
 from refinery.api.views import api
 from refinery.pipelines.services import pipeline_create
 from refinery.runs.services import run_create
+from refinery.schedules.services import schedule_create
 from refinery.teams.invitations import invitation_create
 from refinery.teams.models import Membership
 from refinery.teams.services import api_token_create, membership_add
@@ -73,10 +74,13 @@ def _build_team() -> FuzzTeam:
     spare_token, _ = api_token_create(user=member, team=team, name="spare")
     invitation, _ = invitation_create(team=team, actor=owner, role=Membership.Role.VIEWER)
     team_secret_set(team=team, user=owner, name="hf_token", value="hf_FuzzTokenValue0123456")
+    schedule = schedule_create(team=team, user=owner, name="fuzzed-nightly", pipeline_id=pipeline.pk,
+                               trigger="interval", interval_seconds=86400, paused=True)
     return FuzzTeam(token=token, path_ids={"dataset_id": version.dataset_id, "pipeline_id": pipeline.pk,
                                            "number": run.number, "user_id": member.pk,
                                            "invitation_id": invitation.pk, "token_id": spare_token.pk,
-                                           "name": "hf_token"}, base_model_id=base_model.pk)
+                                           "name": "hf_token", "schedule_id": schedule.pk},
+                    base_model_id=base_model.pk)
 
 
 @pytest.fixture

@@ -65,6 +65,31 @@ class Schedule(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def local_label(self, moment) -> str:
+        """An instant in the schedule's time zone: "2026-12-05 02:00 Europe/Paris" (seconds when not 0)."""
+        from refinery.schedules.windows import zone
+
+        try:
+            local = moment.astimezone(zone(self.timezone))
+        except ValueError:
+            local = moment
+        return local.strftime("%Y-%m-%d %H:%M:%S" if local.second else "%Y-%m-%d %H:%M") + f" {self.timezone}"
+
+    @property
+    def trigger_label(self) -> str:
+        if self.trigger == Trigger.CRON:
+            return f"cron {self.cron} ({self.timezone})"
+        if self.trigger == Trigger.INTERVAL:
+            return f"every {_seconds_label(self.interval_seconds or 0)}"
+        return f"new dataset version, after {_seconds_label(self.debounce_seconds)}"
+
+
+def _seconds_label(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
 
 class TickOutcome(models.TextChoices):
     FIRED = "fired", "Fired"
@@ -89,3 +114,7 @@ class ScheduleTick(models.Model):
 
     def __str__(self) -> str:
         return f"{self.schedule} @ {self.window:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def window_label(self) -> str:
+        return self.schedule.local_label(self.window)

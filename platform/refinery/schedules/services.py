@@ -38,6 +38,14 @@ class ScheduleError(Exception):
         super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
 
 
+def _db_id(value) -> int:
+    """A primary key the database can hold, or ValueError."""
+    number = int(value)
+    if not 0 < number < 2**63:
+        raise ValueError(value)
+    return number
+
+
 def version_dataset_ids(version: PipelineVersion) -> list[int]:
     """Every dataset a pipeline version reads (training, held-out and retention data), in order."""
     spec = version.spec or {}
@@ -62,7 +70,7 @@ def _bindings_clean(*, team, version: PipelineVersion, bindings, errors: dict) -
     clean: dict[str, object] = {}
     for key, value in given.items():
         try:
-            dataset_id = int(key)
+            dataset_id = _db_id(key)
         except (TypeError, ValueError):
             errors["bindings"] = f"{key!r} is not a dataset id"
             return {}
@@ -73,7 +81,7 @@ def _bindings_clean(*, team, version: PipelineVersion, bindings, errors: dict) -
             clean[str(dataset_id)] = LATEST
             continue
         try:
-            version_id = int(value)
+            version_id = _db_id(value)
         except (TypeError, ValueError):
             errors["bindings"] = f'dataset #{dataset_id}: {value!r} is neither "latest" nor a version id'
             return {}
@@ -117,7 +125,7 @@ def _validated(*, team, fields: dict, instance: Schedule | None = None) -> dict:
     pipeline = version = None
     pipeline_id = fields.get("pipeline_id")
     try:
-        pipeline = Pipeline.objects.get(team=team, pk=int(pipeline_id))
+        pipeline = Pipeline.objects.get(team=team, pk=_db_id(pipeline_id))
     except (TypeError, ValueError, Pipeline.DoesNotExist):
         errors["pipeline_id"] = f"pipeline {pipeline_id!r} does not exist in this team"
     if pipeline is not None:
@@ -128,7 +136,7 @@ def _validated(*, team, fields: dict, instance: Schedule | None = None) -> dict:
             version = pipeline_current_version(pipeline)
         else:
             try:
-                version = pipeline.versions.get(number=int(number))
+                version = pipeline.versions.get(number=_db_id(number))
             except (TypeError, ValueError, PipelineVersion.DoesNotExist):
                 errors["version"] = f"pipeline {pipeline.name!r} has no version {number!r}"
     clean["pipeline"], clean["pipeline_version"] = pipeline, version
