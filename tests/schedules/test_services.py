@@ -71,6 +71,20 @@ class TestFiring:
         assert _window_handle(schedule_id=schedule.pk, window=T0) is None
         assert runs_of(schedule) == []
 
+    def test_a_pass_that_computed_before_the_lock_rechecks_under_it(self, make_pipeline, sent_stages):
+        """A second pass computed its windows before the first committed: under the schedule's lock it finds
+        a later window handled, max_runs used up, or the schedule paused, and fires nothing."""
+        from refinery.schedules.services import _window_handle
+
+        schedule = make_schedule(make_pipeline(("a", "base")), overlap="replace", max_runs=2)
+        assert _window_handle(schedule_id=schedule.pk, window=T0 + timedelta(minutes=2)).run is not None
+        assert _window_handle(schedule_id=schedule.pk, window=T0 + timedelta(minutes=1)) is None  # older
+        assert _window_handle(schedule_id=schedule.pk, window=T0 + timedelta(minutes=3)).run is not None
+        assert _window_handle(schedule_id=schedule.pk, window=T0 + timedelta(minutes=4)) is None  # max_runs
+        Schedule.objects.filter(pk=schedule.pk).update(max_runs=None, paused=True)
+        assert _window_handle(schedule_id=schedule.pk, window=T0 + timedelta(minutes=5)) is None  # paused
+        assert len(runs_of(schedule)) == 2
+
     def test_pause_stops_firing_and_resume_does_not_catch_up(self, make_pipeline, sent_stages, monkeypatch):
         schedule = make_schedule(make_pipeline(("a", "base")), catch_up="all")
         schedule_tick_all(T0)

@@ -34,7 +34,8 @@ class Schedule(models.Model):
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="schedules")
     name = models.CharField(max_length=100)
     pipeline = models.ForeignKey(Pipeline, on_delete=models.CASCADE, related_name="schedules")
-    pipeline_version = models.ForeignKey(PipelineVersion, on_delete=models.PROTECT, related_name="schedules")
+    # RESTRICT: a version cannot go while a schedule runs it, but deleting the team or pipeline takes both.
+    pipeline_version = models.ForeignKey(PipelineVersion, on_delete=models.RESTRICT, related_name="schedules")
     trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.INTERVAL)
     cron = models.CharField(max_length=100, blank=True, help_text="five-field cron expression")
     timezone = models.CharField(max_length=64, default="UTC", help_text="IANA time zone of the cron expression")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from refinery.schedules.models import Schedule, ScheduleTick
+from refinery.schedules.models import Schedule, ScheduleTick, TickOutcome
 from refinery.schedules.windows import WindowError, next_fire_times
 from refinery.teams.models import Team
 
@@ -23,7 +23,10 @@ def schedule_ticks(*, schedule: Schedule, limit: int = 50) -> list[ScheduleTick]
 
 
 def schedule_next_fires(*, schedule: Schedule, count: int = 3) -> list:
-    """The next `count` windows from now (none for a dataset trigger); a broken expression has none."""
+    """The next `count` windows from now (none for a dataset trigger, or once max_runs is used up)."""
+    if schedule.max_runs is not None and schedule.ticks.filter(
+            manual=False, outcome__in=[TickOutcome.FIRED, TickOutcome.QUEUED]).count() >= schedule.max_runs:
+        return []
     try:
         return next_fire_times(schedule, after=timezone.now(), count=count)
     except WindowError:

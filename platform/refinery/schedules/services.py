@@ -264,11 +264,27 @@ def _fire(tick: ScheduleTick, *, user=None) -> ScheduleTick:
     return tick
 
 
+def _window_handle_count(schedule: Schedule) -> int:
+    return schedule.ticks.filter(manual=False, outcome__in=[TickOutcome.FIRED, TickOutcome.QUEUED]).count()
+
+
+def _window_stale(schedule: Schedule, window: datetime) -> bool:
+    """Checked again under the schedule's lock: what a pass computed before it may be out of date (another
+    pass handled a later window, used the last of max_runs, or someone paused the schedule meanwhile)."""
+    if schedule.paused:
+        return True
+    if schedule.ticks.filter(manual=False, window__gt=window).exists():
+        return True
+    return schedule.max_runs is not None and _window_handle_count(schedule) >= schedule.max_runs
+
+
 def _window_handle(*, schedule_id: int, window: datetime, manual: bool = False, user=None) -> ScheduleTick | None:
     """Handle one window: insert its tick (or do nothing if it exists), then fire, queue or skip it."""
     with transaction.atomic():
         schedule = Schedule.objects.select_for_update().select_related("pipeline", "pipeline_version").get(
             pk=schedule_id)
+        if not manual and _window_stale(schedule, window):
+            return None
         active = _active_run(schedule)
         waiting = schedule.ticks.filter(outcome=TickOutcome.QUEUED).exists()
         decision = decide(schedule.overlap, active, waiting=waiting) if not manual else decide("skip", None)
@@ -330,7 +346,7 @@ def schedule_tick(*, schedule: Schedule, now: datetime) -> list[ScheduleTick]:
     _queued_promote(schedule.pk)
     scheduled = schedule.ticks.filter(manual=False)
     last = scheduled.aggregate(w=Max("window"))["w"]
-    fired = scheduled.filter(outcome__in=[TickOutcome.FIRED, TickOutcome.QUEUED]).count()
+    fired = _window_handle_count(schedule)
     newest = None
     if schedule.trigger == Trigger.DATASET:
         latest_ids = [int(k) for k, v in (schedule.bindings or {}).items() if v == LATEST]
