@@ -1,13 +1,17 @@
 """A schedule through a real beat and a real worker: an interval schedule of a few seconds fires runs, and
-with two beat processes sending the tick at once every window still fires once."""
+with two beat processes sending the tick at once every window still fires once; after the beat was
+stopped, a restarted beat fires only the latest missed window."""
 from __future__ import annotations
 
 import sys
+import time
 from datetime import timedelta
 
 import pytest
 
-from refinery.runs.models import Run, Status
+from django.utils import timezone
+
+from refinery.runs.models import ACTIVE_STATES, Run, Status
 from refinery.schedules.models import TickOutcome
 from refinery.schedules.services import schedule_create
 from tests.conftest import REPO_ROOT, ServiceProcess, _start
@@ -36,7 +40,7 @@ def start_beat(name: str, *, env: dict, root) -> ServiceProcess:
     return beat
 
 
-def test_an_interval_schedule_fires_runs_through_two_beats_without_duplicates(
+def test_an_interval_schedule_fires_runs_through_two_beats_without_duplicates_and_catches_up_once(
         demo_pipeline, celery_worker_process, tmp_path):
     pipeline = demo_pipeline({"name": "sft", "method": "sft", "config": {"max_steps": 2}})
     schedule = schedule_create(team=pipeline.team, user=pipeline.created_by, name="every-3s",
@@ -71,3 +75,21 @@ def test_an_interval_schedule_fires_runs_through_two_beats_without_duplicates(
     # Windows that came while a run was going were skipped (the default policy), saying which run.
     assert all("is still" in t.reason for t in ticks if t.outcome == TickOutcome.SKIPPED)
     assert {t.outcome for t in ticks} <= {TickOutcome.FIRED, TickOutcome.SKIPPED}
+
+    # Catch-up after a stopped beat: the beats are down for four windows; one restarted beat fires the
+    # latest missed window only (catch-up "latest", the default), none of the three before it.
+    wait_until(lambda: not Run.objects.filter(schedule_tick__schedule=schedule, status__in=ACTIVE_STATES).exists(),
+               timeout=120, interval=0.5)
+    last = schedule.ticks.order_by("-window").first().window
+    time.sleep(max(0.0, (last + 4 * step - timezone.now()).total_seconds()) + 0.5)
+    restarted_at = timezone.now()
+    beat = start_beat("beat-again", env=env, root=tmp_path)
+    try:
+        new = wait_until(lambda: list(schedule.ticks.filter(window__gt=last).order_by("window")), timeout=60,
+                         interval=0.3)
+    finally:
+        beat.stop()
+    first = new[0]
+    assert first.outcome == TickOutcome.FIRED and first.run is not None
+    assert restarted_at - step < first.window <= restarted_at + step  # the latest missed window, or the next
+    assert first.window - last >= 4 * step  # the three missed before it were not caught up
