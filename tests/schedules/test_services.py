@@ -211,6 +211,29 @@ class TestDatasetTrigger:
         finish(tick.run)
         assert len(schedule_tick_all(T0 + timedelta(hours=4, minutes=5))) == 1
 
+    def test_uploads_through_the_upload_service_start_exactly_one_run(self, make_pipeline, sent_stages):
+        """The real upload path (validated in a child process): two uploads in a row, one run after the
+        debounce, reading the second upload."""
+        import json
+
+        from refinery.data.services import dataset_version_create
+
+        pipeline = make_pipeline(("a", "base"))
+        dataset = pipeline.team.datasets.get()
+        schedule = make_schedule(pipeline, trigger="dataset", debounce_seconds=30, created_at=timezone.now())
+        for n in (1, 2):
+            rows = "".join(json.dumps({"prompt": f"{i}+{n}=", "completion": str(i + n)}) + "\n" for i in range(5))
+            dataset_version_create(team=pipeline.team, user=pipeline.created_by, name=dataset.name,
+                                   kind=dataset.kind, filename="more.jsonl", chunks=[rows.encode()])
+        newest = dataset.latest_version
+        assert newest.version == 3
+        assert schedule_tick_all(timezone.now()) == []  # inside the debounce
+        later = newest.created_at + timedelta(seconds=31)
+        [tick] = schedule_tick_all(later)
+        assert tick.run.snapshot["stages"][0]["train_data"]["version_id"] == newest.pk
+        assert schedule_tick_all(later + timedelta(minutes=5)) == []
+        assert len(runs_of(schedule)) == 1
+
     def test_a_pinned_dataset_stays_pinned_and_needs_a_latest_binding_to_trigger(self, make_pipeline, sent_stages):
         pipeline = make_pipeline(("a", "base"))
         dataset = pipeline.team.datasets.get()

@@ -38,7 +38,7 @@ def schedule_list_rows(*, team: Team, recent: int = 5) -> list[Schedule]:
     schedules = list(schedule_list(team=team))
     for schedule in schedules:
         fires = schedule_next_fires(schedule=schedule, count=1)
-        schedule.next_fire = fires[0] if fires else None
+        schedule.next_fire = schedule.local_label(fires[0]) if fires else None
         schedule.recent = list(reversed(schedule.ticks.select_related("run").order_by("-window")[:recent]))
     return schedules
 
