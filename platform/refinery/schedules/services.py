@@ -14,12 +14,12 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from refinery.data.models import Dataset, DatasetVersion
+from refinery.data.models import DatasetVersion
 from refinery.pipelines.models import Pipeline, PipelineVersion
 from refinery.runs.models import ACTIVE_STATES, Run, Status
 from refinery.runs.services import RunError, run_cancel, run_create
 from refinery.schedules.models import CatchUp, Overlap, Schedule, ScheduleTick, TickOutcome, Trigger
-from refinery.schedules.windows import WindowError, cron_check, decide, due_windows, zone
+from refinery.schedules.windows import Decision, WindowError, cron_check, decide, due_windows, zone
 from refinery.teams.services import audit
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ def _window_handle(*, schedule_id: int, window: datetime, manual: bool = False, 
             return None
         active = _active_run(schedule)
         waiting = schedule.ticks.filter(outcome=TickOutcome.QUEUED).exists()
-        decision = decide(schedule.overlap, active, waiting=waiting) if not manual else decide("skip", None)
+        decision = Decision("fire") if manual else decide(schedule.overlap, active, waiting=waiting)
         outcome = {"fire": TickOutcome.FIRED, "replace": TickOutcome.FIRED, "queue": TickOutcome.QUEUED,
                    "skip": TickOutcome.SKIPPED}[decision.action]
         try:
@@ -343,7 +343,8 @@ def schedule_tick(*, schedule: Schedule, now: datetime) -> list[ScheduleTick]:
     has come, then handle every due window. Safe to run any number of times at once."""
     if _failure_check(schedule):
         return []
-    _queued_promote(schedule.pk)
+    if schedule.ticks.filter(outcome=TickOutcome.QUEUED).exists():  # cheap check before taking the lock
+        _queued_promote(schedule.pk)
     scheduled = schedule.ticks.filter(manual=False)
     last = scheduled.aggregate(w=Max("window"))["w"]
     fired = _window_handle_count(schedule)
@@ -360,6 +361,10 @@ def schedule_tick(*, schedule: Schedule, now: datetime) -> list[ScheduleTick]:
     return handled
 
 
+# A schedule whose end passed still gets passes for a day: its waiting window and its failure check.
+_GRACE = timedelta(days=1)
+
+
 def schedule_tick_all(now: datetime | None = None) -> list[ScheduleTick]:
     """Beat's pass over every active schedule (jobs.schedules_tick). A broken schedule is logged and does not
     stop the others."""
@@ -372,10 +377,6 @@ def schedule_tick_all(now: datetime | None = None) -> list[ScheduleTick]:
         except Exception:  # noqa: BLE001 - one schedule must not stop the beat for every team
             log.exception("schedule %s (%s): tick failed", schedule.pk, schedule.name)
     return handled
-
-
-# A schedule whose end passed still finishes its last run's queue and failure check for a day.
-_GRACE = timedelta(days=1)
 
 
 def schedule_run_now(*, schedule: Schedule, user) -> ScheduleTick:
