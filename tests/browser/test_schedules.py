@@ -12,6 +12,7 @@ from refinery.schedules.services import schedule_tick_all
 from refinery.teams.services import user_create
 from tests.factories import BaseModelFactory, DatasetVersionFactory, PipelineFactory
 
+from .test_csp import watched  # noqa: F401 - the CSP-enforcing page fixture
 from .test_golden_path import login
 
 
@@ -75,3 +76,35 @@ def test_create_a_schedule_run_it_now_and_read_its_history(page, screenshot, liv
     page.click("[data-testid=schedule-pause]")
     page.wait_for_selector("[data-testid=schedule-resume]")
     assert ScheduleTick.objects.count() == 3
+
+
+def test_schedule_pages_work_under_the_csp(watched, live_server, transactional_db, sent_stages):
+    """The schedule pages and their buttons with the Content Security Policy enforced: no violation, no
+    console error, nothing fetched from another host."""
+    page = watched
+    user = user_create(username="ada", password="pw-ada-12345", team_name="Lab")
+    team = user.teams.get()
+    data = DatasetVersionFactory(dataset__team=team, dataset__name="sums")
+    pipeline = PipelineFactory(team=team, name="adder", base_model=BaseModelFactory(team=team, name="tiny"),
+                               created_by=user, stages=[{"name": "sft", "method": "sft", "config": {"max_steps": 4},
+                                                         "adapter": {"type": "none"},
+                                                         "dataset_id": data.dataset_id, "input": "base"}])
+    login(page, live_server)
+    for path in ("/schedules/", "/schedules/new/", f"/schedules/new/?pipeline={pipeline.pk}"):
+        response = page.goto(f"{live_server.url}{path}")
+        assert response.status == 200 and "script-src 'self' 'nonce-" in response.headers["content-security-policy"]
+        page.check_clean(path)
+    page.fill("#id_name", "hourly")
+    page.fill("#id_interval_seconds", "3600")
+    page.click("[data-testid=schedule-save]")
+    schedule = Schedule.objects.get()
+    page.wait_for_url(f"{live_server.url}/schedules/{schedule.pk}/")
+    page.check_clean("schedule page")
+    page.click("[data-testid=schedule-run-now]")
+    page.wait_for_selector("[data-testid=schedule-ticks]")
+    page.click("[data-testid=schedule-pause]")
+    page.wait_for_selector("[data-testid=schedule-resume]")
+    page.check_clean("schedule page after its buttons")
+    page.goto(f"{live_server.url}/schedules/{schedule.pk}/edit/")
+    page.check_clean("edit form")
+    assert schedule.ticks.get().run is not None
