@@ -85,6 +85,21 @@ class TestPages:
         actions = set(schedule.team.audit_events.values_list("action", flat=True))
         assert {"schedule.created", "schedule.run_now", "schedule.paused", "schedule.resumed"} <= actions
 
+    def test_start_and_end_are_read_and_shown_in_the_schedules_time_zone(self, browser_client, pipeline):
+        from datetime import UTC, datetime
+
+        response = browser_client.post("/schedules/new/", form(pipeline, start_at="2026-12-05T02:00",
+                                                               end_at="2027-01-01T00:00"))
+        assert response.status_code == 302  # version "1" of a pipeline whose version row was never written yet
+        schedule = Schedule.objects.get()
+        assert schedule.start_at == datetime(2026, 12, 5, 1, 0, tzinfo=UTC)  # 02:00 in Paris is 01:00 UTC
+        page = browser_client.get(f"/schedules/{schedule.pk}/edit/").content.decode()
+        assert 'value="2026-12-05T02:00"' in page and 'value="2027-01-01T00:00"' in page
+        browser_client.post(f"/schedules/{schedule.pk}/edit/", form(pipeline, start_at="2026-12-05T02:00",
+                                                                     end_at="2027-01-01T00:00"))
+        schedule.refresh_from_db()
+        assert schedule.start_at == datetime(2026, 12, 5, 1, 0, tzinfo=UTC)  # saving it again moves nothing
+
     def test_edit(self, browser_client, schedule, pipeline):
         page = browser_client.get(f"/schedules/{schedule.pk}/edit/").content.decode()
         assert 'value="0 2 * * *"' in page and 'value="Europe/Paris"' in page

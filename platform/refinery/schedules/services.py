@@ -129,12 +129,11 @@ def _validated(*, team, fields: dict, instance: Schedule | None = None) -> dict:
     except (TypeError, ValueError, Pipeline.DoesNotExist):
         errors["pipeline_id"] = f"pipeline {pipeline_id!r} does not exist in this team"
     if pipeline is not None:
-        number = fields.get("version")
-        if number in (None, ""):
-            from refinery.pipelines.services import pipeline_current_version
+        from refinery.pipelines.services import pipeline_current_version
 
-            version = pipeline_current_version(pipeline)
-        else:
+        number = fields.get("version")
+        version = pipeline_current_version(pipeline)  # written now for a pipeline saved before versions existed
+        if number not in (None, "") and str(number) != str(version.number):
             try:
                 version = pipeline.versions.get(number=_db_id(number))
             except (TypeError, ValueError, PipelineVersion.DoesNotExist):

@@ -24,6 +24,7 @@ from refinery.schedules.services import (
     schedule_update,
     version_dataset_ids,
 )
+from refinery.schedules.windows import zone
 from refinery.teams.selectors import membership_get
 
 FIELDS = ("name", "version", "trigger", "cron", "timezone", "interval_seconds", "debounce_seconds", "start_at",
@@ -100,8 +101,9 @@ def _form(request, *, pipeline, schedule=None, values=None, errors=None, status=
         if schedule is not None:
             values = {name: getattr(schedule, name) for name in FIELDS if name != "version"}
             values["version"] = schedule.pipeline_version.number
-            for name in ("start_at", "end_at"):
-                values[name] = values[name].strftime("%Y-%m-%dT%H:%M") if values[name] else ""
+            for name in ("start_at", "end_at"):  # shown, and read back, in the schedule's time zone
+                values[name] = (values[name].astimezone(zone(schedule.timezone)).strftime("%Y-%m-%dT%H:%M")
+                                if values[name] else "")
     for name in ("start_at", "end_at"):
         if values.get(name) and not isinstance(values[name], str):
             values[name] = values[name].strftime("%Y-%m-%dT%H:%M")
