@@ -16,6 +16,7 @@ from jobs.queues import Queue, TaskName  # noqa: E402
 
 REAPER_SCHEDULE_NAME = "refinery: reap lost stages"
 NOTIFY_SCHEDULE_NAME = "refinery: deliver notifications"
+SCHEDULES_SCHEDULE_NAME = "refinery: fire schedules"
 
 app = Celery("refinery")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -31,7 +32,8 @@ def _ensure_filesystem_broker_dirs() -> None:
 _ensure_filesystem_broker_dirs()
 app.conf.task_default_queue = Queue.CPU
 app.conf.task_routes = {TaskName.RUN_STAGE: {"queue": Queue.GPU}, TaskName.REAP_STAGES: {"queue": Queue.CPU},
-                        TaskName.DELIVER_NOTIFICATIONS: {"queue": Queue.CPU}}
+                        TaskName.DELIVER_NOTIFICATIONS: {"queue": Queue.CPU},
+                        TaskName.SCHEDULES_TICK: {"queue": Queue.CPU}}
 app.conf.imports = ("jobs.tasks",)
 
 
@@ -44,7 +46,7 @@ def reaper_interval_seconds() -> int:
 
 
 def register_periodic_tasks(celery_app: Celery) -> None:
-    """Put the reaper in the beat schedule.
+    """Put the reaper and the schedules' tick in the beat schedule.
 
     beat's DatabaseScheduler (django-celery-beat) writes app.conf.beat_schedule into its
     PeriodicTask/IntervalSchedule tables each time beat starts, creating or updating the
@@ -62,6 +64,9 @@ def register_periodic_tasks(celery_app: Celery) -> None:
     celery_app.add_periodic_task(
         notify_every, celery_app.signature(TaskName.DELIVER_NOTIFICATIONS.value), name=NOTIFY_SCHEDULE_NAME,
         queue=Queue.CPU.value, expire_seconds=notify_every)
+    tick = settings.REFINERY_SCHEDULE_TICK_SECONDS  # schedules: each window is fired once (unique key)
+    celery_app.add_periodic_task(tick, celery_app.signature(TaskName.SCHEDULES_TICK.value),
+                                 name=SCHEDULES_SCHEDULE_NAME, queue=Queue.CPU.value, expire_seconds=tick)
 
 
 register_periodic_tasks(app)

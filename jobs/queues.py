@@ -10,3 +10,4 @@ class TaskName(StrEnum):
     RUN_STAGE = "jobs.run_stage"
     REAP_STAGES = "jobs.reap_stages"
     DELIVER_NOTIFICATIONS = "jobs.deliver_notifications"
+    SCHEDULES_TICK = "jobs.schedules_tick"

@@ -51,3 +51,12 @@ def deliver_notifications() -> list[int]:
     if len(sent) == DELIVERY_BATCH:  # more may be due: hand them to the next free worker now, not at the next tick
         send_deliver_notifications()
     return sent
+
+
+@app.task(name=TaskName.SCHEDULES_TICK.value, ignore_result=True)
+def schedules_tick() -> int:
+    """Fire every schedule's due windows (each at most once: the (schedule, window) key decides). Safe to
+    run twice at once, from two beats or a retry."""
+    from refinery.schedules.services import schedule_tick_all
+
+    return len(schedule_tick_all())

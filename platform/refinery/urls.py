@@ -21,6 +21,7 @@ urlpatterns = [
     path("runs/", include("refinery.runs.urls")),
     path("pipelines/", include("refinery.pipelines.urls")),
     path("sweeps/", include("refinery.sweeps.urls")),
+    path("schedules/", include("refinery.schedules.urls")),
     path("registry/", include("refinery.registry.urls")),
     path("datasets/", include("refinery.data.urls")),
     path("models/", include("refinery.basemodels.urls")),

@@ -30,6 +30,7 @@ from refinery.notifications.kinds import EventKind
 from refinery.notifications.services import endpoint_create, notify
 from refinery.pipelines.services import pipeline_create
 from refinery.runs.services import run_create
+from refinery.schedules.services import schedule_create
 from refinery.teams.invitations import invitation_create
 from refinery.teams.models import Membership
 from refinery.teams.services import api_token_create, membership_add
@@ -77,11 +78,14 @@ def _build_team() -> FuzzTeam:
     team_secret_set(team=team, user=owner, name="hf_token", value="hf_FuzzTokenValue0123456")
     endpoint, _ = endpoint_create(team=team, user=owner, url="http://127.0.0.1:9/fuzz-hook")
     delivery = notify(team=team, kind=EventKind.RUN_FAILED, payload={}).deliveries.get()
+    schedule = schedule_create(team=team, user=owner, name="fuzzed-nightly", pipeline_id=pipeline.pk,
+                               trigger="interval", interval_seconds=86400, paused=True)
     return FuzzTeam(token=token, path_ids={"dataset_id": version.dataset_id, "pipeline_id": pipeline.pk,
                                            "number": run.number, "user_id": member.pk,
                                            "invitation_id": invitation.pk, "token_id": spare_token.pk,
                                            "name": "hf_token", "webhook_id": endpoint.pk,
-                                           "delivery_id": delivery.pk}, base_model_id=base_model.pk)
+                                           "delivery_id": delivery.pk, "schedule_id": schedule.pk},
+                    base_model_id=base_model.pk)
 
 
 @pytest.fixture

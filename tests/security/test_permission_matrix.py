@@ -42,6 +42,7 @@ from refinery.registry.lineage import stage_lineage
 from refinery.registry.models import AliasEvent, ModelAlias, ModelVersion, RegisteredModel
 from refinery.runs.models import RunNote, RunTag, Status
 from refinery.runs.services import run_create
+from refinery.schedules.services import schedule_create
 from refinery.sweeps.services import sweep_create
 from refinery.teams.invitations import invitation_create
 from refinery.teams.models import ApiToken, Membership
@@ -79,6 +80,7 @@ class World:
     invitation_key: str  # its plain key (the link's last part)
     endpoint: Any = None  # a webhook endpoint of team A (owners manage it)
     delivery: Any = None  # a delivery of a run.failed event to `endpoint`
+    schedule: Any = None  # an interval schedule of `pipeline` (paused)
 
 
 def _build_world() -> World:
@@ -128,13 +130,15 @@ def _build_world() -> World:
     team_secret_set(team=team, user=owner, name="hf_token", value="hf_" + MARKER + "TokenValue0123")
     endpoint, _ = endpoint_create(team=team, user=owner, url=f"http://127.0.0.1:9/{MARKER}-hook")
     event = notify(team=team, kind=EventKind.RUN_FAILED, payload={"summary": f"{MARKER} run failed"})
+    schedule = schedule_create(team=team, user=owner, name=f"{MARKER}-nightly", pipeline_id=pipeline.pk,
+                               trigger="interval", interval_seconds=86400, paused=True)
     return World(endpoint=endpoint, delivery=event.deliveries.get(),
                  team=team, other_team=other_team, users=users, tokens=tokens, dataset=first.dataset,
                  version=version, base_model=base_model, pipeline=pipeline, run=run, run2=run2, stage=stage,
                  note=note, sweep=sweep, model=model,
                  member_membership=Membership.objects.get(team=team, user=member),
                  member_token=ApiToken.objects.get(team=team, user=member), invitation=invitation,
-                 invitation_key=invitation_key)
+                 invitation_key=invitation_key, schedule=schedule)
 
 
 @pytest.fixture(scope="module")
@@ -297,6 +301,17 @@ WEB_ROUTES: dict[str, Route] = {
         "POST": Case(object_write(400), data=lambda w: {"pipeline": w.pipeline.pk}),
     }),
     "sweeps:detail": Route(pk("sweep"), {"GET": Case(object_read())}),
+    # schedules: the create form names a pipeline of team A (the outsider's 404); an empty form is a 400
+    "schedules:list": Route(methods={"GET": Case(team_read())}),
+    "schedules:create": Route(methods={
+        "GET": Case(object_write(200), query=lambda w: {"pipeline": w.pipeline.pk}),
+        "POST": Case(object_write(400), data=lambda w: {"pipeline": w.pipeline.pk}),
+    }),
+    "schedules:detail": Route(pk("schedule"), {"GET": Case(object_read())}),
+    "schedules:edit": Route(pk("schedule"), {"GET": Case(object_write(200)), "POST": Case(object_write(400))}),
+    "schedules:pause": Route(pk("schedule"), {"GET": GET_ONLY_POST, "POST": Case(object_write())}),
+    "schedules:resume": Route(pk("schedule"), {"GET": GET_ONLY_POST, "POST": Case(object_write())}),
+    "schedules:run-now": Route(pk("schedule"), {"GET": GET_ONLY_POST, "POST": Case(object_write())}),
     # registry
     "registry:list": Route(methods={"GET": Case(team_read())}),
     "registry:promote": Route(methods={
@@ -410,6 +425,15 @@ def webhook_id(w: World) -> dict:
     return {"webhook_id": w.endpoint.pk}
 
 
+def schedule_id(w: World) -> dict:
+    return {"schedule_id": w.schedule.pk}
+
+
+def schedule_body(w: World) -> dict:
+    return {"name": "another-schedule", "pipeline_id": w.pipeline.pk, "trigger": "cron", "cron": "0 2 * * *",
+            "timezone": "Europe/Paris"}
+
+
 # One entry per API operation, keyed "METHOD /api/v1/path{param}" as in the OpenAPI schema, with exactly that
 # method. `kwargs` fill the path parameters; `data` is the JSON body (or a dict with a file, sent as multipart):
 # send a body that passes validation, so that the answer is about authorization. For example:
@@ -443,6 +467,16 @@ API_ROUTES: dict[str, Route] = {
     "POST /api/v1/base-models/upload": Route(methods={"POST": Case(
         {"anonymous": 401, "outsider": 400, "viewer": 403, "member": 400, "owner": 400},
         data=lambda w: {"name": "uploaded-model", "file": _named_file(b"not a zip", "model.zip")})}),
+    # schedules: the outsider names team A's pipeline in a new schedule: unknown in its own team (400)
+    "GET /api/v1/schedules": Route(methods={"GET": Case(api_read(obj=False))}),
+    "POST /api/v1/schedules": Route(methods={"POST": Case(
+        {"anonymous": 401, "outsider": 400, "viewer": 403, "member": 201, "owner": 201}, data=schedule_body)}),
+    "GET /api/v1/schedules/{schedule_id}": Route(schedule_id, {"GET": Case(api_read())}),
+    "PUT /api/v1/schedules/{schedule_id}": Route(schedule_id, {"PUT": Case(api_write(200), data=schedule_body)}),
+    "POST /api/v1/schedules/{schedule_id}/pause": Route(schedule_id, {"POST": Case(api_write(200))}),
+    "POST /api/v1/schedules/{schedule_id}/resume": Route(schedule_id, {"POST": Case(api_write(200))}),
+    "POST /api/v1/schedules/{schedule_id}/run-now": Route(schedule_id, {"POST": Case(api_write(201))}),
+    "GET /api/v1/schedules/{schedule_id}/ticks": Route(schedule_id, {"GET": Case(api_read())}),
     # team administration (/api/v1/team is the token's team: the outsider's is team B)
     "GET /api/v1/team/members": Route(methods={"GET": Case(api_read(obj=False))}),
     "PATCH /api/v1/team/members/{user_id}": Route(lambda w: {"user_id": w.users["member"].pk}, {"PATCH": Case(
@@ -638,7 +672,7 @@ def test_admin_is_for_staff_only(world, db):
 MALFORMED = {"name": 5, "seed": "not a number", "latest_data": "maybe", "spec": "nope", "version": []}
 UNKNOWN_IDS = {"pipeline_id": 987654, "number": 987654, "dataset_id": 987654, "user_id": 987654,
                "invitation_id": 987654, "token_id": 987654, "name": "hf_token",
-               "webhook_id": 987654, "delivery_id": 987654}
+               "webhook_id": 987654, "delivery_id": 987654, "schedule_id": 987654}
 
 
 @pytest.mark.parametrize("key", [key for key in API_ROUTES if "{" in key and not key.startswith("GET ")])
@@ -668,7 +702,7 @@ def test_api_validation_does_not_reveal_other_teams_objects(world, db, key):
 
 LISTS = ["runs:list", "pipelines:list", "sweeps:list", "registry:list", "data:list", "basemodels:list",
          "pipelines:stage-form", "GET /api/v1/datasets", "GET /api/v1/base-models", "GET /api/v1/pipelines",
-         "GET /api/v1/runs"]
+         "GET /api/v1/runs", "schedules:list", "GET /api/v1/schedules"]
 
 
 @pytest.mark.parametrize("key", LISTS)

@@ -240,9 +240,10 @@ def _page_columns(qs: QuerySet[Run], filters: RunFilters) -> QuerySet[Run]:
     notes = RunNote.objects.filter(run=OuterRef("pk")).order_by().values("run").annotate(n=Count("pk")).values("n")
     stages = StageRun.objects.only("id", "run_id", "index", "status", "step", "total_steps").order_by("index")
     tags = RunTag.objects.only("id", "run_id", "name")
-    qs = (qs.select_related("pipeline", "created_by")
+    qs = (qs.select_related("pipeline", "created_by", "schedule_tick__schedule")
           .only("id", "number", "name", "status", "created_at", "started_at", "finished_at", "team",
-                "pipeline__id", "pipeline__name", "created_by__id", "created_by__username")
+                "pipeline__id", "pipeline__name", "created_by__id", "created_by__username",
+                "schedule_tick__window", "schedule_tick__schedule__name", "schedule_tick__schedule__timezone")
           .annotate(base_model_name=KT("snapshot__base_model__name"), live_metric=Subquery(live),
                     note_count=Coalesce(Subquery(notes), Value(0)))
           .prefetch_related(Prefetch("stages", queryset=stages, to_attr="stage_list"),

@@ -36,13 +36,18 @@ class RunError(Exception):
     """A run cannot be started as asked; the message says why."""
 
 
-def _dataset_snapshot(*, team, dataset_id: int | None) -> dict | None:
+def _dataset_snapshot(*, team, dataset_id: int | None, pins: dict[int, int] | None = None) -> dict | None:
     if dataset_id is None:
         return None
     dataset = Dataset.objects.filter(team=team, pk=dataset_id).first()
     if dataset is None:
         raise RunError(f"dataset #{dataset_id} does not exist in this team")
-    version = dataset.latest_version
+    if pins and int(dataset_id) in pins:
+        version = dataset.versions.filter(pk=pins[int(dataset_id)]).first()
+        if version is None:
+            raise RunError(f"the pinned version #{pins[int(dataset_id)]} of dataset {dataset.name!r} no longer exists")
+    else:
+        version = dataset.latest_version
     if version is None:
         raise RunError(f"dataset {dataset.name!r} has no version yet")
     return {
@@ -59,22 +64,25 @@ def _dataset_snapshot(*, team, dataset_id: int | None) -> dict | None:
 
 
 def run_snapshot(*, pipeline: Pipeline, seed: int, stages: list[dict] | None = None, version=None,
-                 retention_dataset_id: int | None = None) -> dict:
+                 retention_dataset_id: int | None = None, dataset_versions: dict[int, int] | None = None) -> dict:
     """Everything a run depends on, frozen: spec, dataset versions by hash, base model, code, seed.
 
     `stages` are the version's stages with every config resolved (defaults filled in) plus the automatic
     evaluate stages, so that a later change of a default does not change what a re-run of this run trains.
-    Every evaluate stage gets the pipeline's retention set (`retention_data`).
+    Every evaluate stage gets the pipeline's retention set (`retention_data`). `dataset_versions`
+    ({dataset id: version id}) pins datasets to a version instead of their latest.
     """
     base = version.base_model if version is not None else pipeline.base_model
     resolved_stages = stages if stages is not None else pipeline.stages
-    retention = _dataset_snapshot(team=pipeline.team, dataset_id=retention_dataset_id)
+    retention = _dataset_snapshot(team=pipeline.team, dataset_id=retention_dataset_id, pins=dataset_versions)
     stages = []
     for stage in resolved_stages:
         item = {
             **stage,
-            "train_data": _dataset_snapshot(team=pipeline.team, dataset_id=stage.get("dataset_id")),
-            "eval_data": _dataset_snapshot(team=pipeline.team, dataset_id=stage.get("eval_dataset_id")),
+            "train_data": _dataset_snapshot(team=pipeline.team, dataset_id=stage.get("dataset_id"),
+                                            pins=dataset_versions),
+            "eval_data": _dataset_snapshot(team=pipeline.team, dataset_id=stage.get("eval_dataset_id"),
+                                           pins=dataset_versions),
         }
         if stage["method"] == "evaluate":
             item["retention_data"] = retention
@@ -104,11 +112,13 @@ def _stage_ready(stage: StageRun, by_name: dict[str, StageRun]) -> bool:
 
 @transaction.atomic
 def run_create(*, pipeline: Pipeline, user, seed: int | None = None, name: str = "", version=None,
-               rerun_of: Run | None = None, overrides: dict[str, Any] | None = None) -> Run:
+               rerun_of: Run | None = None, overrides: dict[str, Any] | None = None,
+               dataset_versions: dict[int, int] | None = None) -> Run:
     """Start a run of a pipeline version (the current one by default), resolving each dataset to its
     latest version now. `overrides` ({"<stage>.config.<field>" or "<stage>.adapter.<field>": value}, as a
     sweep sets them) change the version's settings for this run only; they are validated like an edit and
-    recorded in the snapshot."""
+    recorded in the snapshot. `dataset_versions` ({dataset id: version id}, as a schedule binds them) pins
+    those datasets to a version instead."""
     from refinery.pipelines.services import pipeline_current_version
     from refinery.pipelines.specs import SpecError, apply_overrides, auto_evaluate_stages, pipeline_spec_normalize
 
@@ -123,7 +133,8 @@ def run_create(*, pipeline: Pipeline, user, seed: int | None = None, name: str =
     seed = seed if seed is not None else int(spec.get("seed", secrets.randbelow(2**31)))
     snapshot = run_snapshot(pipeline=pipeline, seed=seed, version=version,
                             stages=normalized["stages"] + auto_evaluate_stages(normalized),
-                            retention_dataset_id=normalized.get("retention_dataset_id"))
+                            retention_dataset_id=normalized.get("retention_dataset_id"),
+                            dataset_versions=dataset_versions)
     if overrides:
         snapshot["overrides"] = dict(overrides)
     return _run_from_snapshot(pipeline=pipeline, version=version, user=user, snapshot=snapshot, seed=seed,

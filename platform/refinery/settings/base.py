@@ -389,3 +389,9 @@ REFINERY_WEBHOOK_BACKOFF_SECONDS = [float(s) for s in os.environ.get(
 REFINERY_NOTIFY_POLL_SECONDS = int(os.environ.get("REFINERY_NOTIFY_POLL_SECONDS", 10))
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "refinery@localhost")
+
+# --- schedules ---
+# Schedules (docs/schedules.md): beat runs jobs.schedules_tick this often (seconds); a window fires at most
+# this late, so the period is the worst-case delay of a scheduled run.
+INSTALLED_APPS.append("refinery.schedules")
+REFINERY_SCHEDULE_TICK_SECONDS = max(1, int(os.environ.get("REFINERY_SCHEDULE_TICK_SECONDS", 5)))  # whole seconds

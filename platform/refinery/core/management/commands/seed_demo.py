@@ -123,6 +123,11 @@ class Command(BaseCommand):
                     ],
                 },
             )
+            # A schedule to look at: nightly, paused until someone resumes it (docs/schedules.md).
+            from refinery.schedules.services import schedule_create
+
+            schedule_create(team=team, user=user, name="nightly-addition", pipeline_id=pipeline.pk,
+                            trigger="interval", interval_seconds=86400, paused=True)
             if not no_run:
                 run = run_create(pipeline=pipeline, user=user)
         self.stdout.write(f"seeded team {DEMO_TEAM}: model {DEMO_MODEL}, {len(DATASETS)} datasets, pipeline {pipeline.name!r}")
