@@ -180,6 +180,10 @@ def test_auto_pause_after_n_failed_runs_in_a_row(make_pipeline, sent_stages, mon
     assert schedule.paused_reason == (f"paused itself after 2 failed runs in a row "
                                       f"(run #{c.run.number}, run #{d.run.number})")
     assert schedule.team.audit_events.filter(action="schedule.auto_paused").exists()
+    from refinery.notifications.models import NotificationEvent
+
+    [event] = NotificationEvent.objects.filter(team=schedule.team, kind="schedule.paused")
+    assert event.payload["schedule"]["name"] == schedule.name and "2 failed runs" in event.payload["reason"]
     # Resumed: the old failures no longer count, it fires again.
     monkeypatch.setattr(timezone, "now", lambda: T0 + timedelta(minutes=4, seconds=30))
     schedule_resume(schedule=schedule, user=schedule.created_by)

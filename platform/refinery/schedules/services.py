@@ -15,6 +15,8 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from refinery.data.models import DatasetVersion
+from refinery.notifications.kinds import EventKind
+from refinery.notifications.services import notify
 from refinery.pipelines.models import Pipeline, PipelineVersion
 from refinery.runs.models import ACTIVE_STATES, Run, Status
 from refinery.runs.services import RunError, run_cancel, run_create
@@ -225,6 +227,10 @@ def schedule_pause(*, schedule: Schedule, user, reason: str = "") -> Schedule:
     schedule.save(update_fields=["paused", "paused_reason", "updated_at"])
     audit(team=schedule.team, user=user, action="schedule.paused" if user else "schedule.auto_paused",
           target=f"schedule {schedule.name}", reason=schedule.paused_reason)
+    if user is None:  # paused itself (after failures): tell the team's webhooks and mail, in this transaction
+        notify(team=schedule.team_id, kind=EventKind.SCHEDULE_PAUSED, payload={
+            "schedule": {"id": schedule.pk, "name": schedule.name}, "reason": schedule.paused_reason,
+            "summary": f"schedule {schedule.name} paused itself: {schedule.paused_reason}"})
     return schedule
 
 
