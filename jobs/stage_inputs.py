@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import re
 import secrets
@@ -109,8 +110,6 @@ def redact(text: str, redactions: list[tuple[str, str]]) -> str:
 
 def redacted_spec(spec: dict, redactions: list[tuple[str, str]]) -> str:
     """The spec as published next to the stage's outputs: host paths replaced, the global ids left out."""
-    import json
-
     stage = {k: v for k, v in (spec.get("stage") or {}).items() if k not in ("run_id", "stage_run_id")}
     return redact(json.dumps({**spec, "stage": stage}, indent=2), redactions)
 

@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -43,11 +44,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
+from django.db.models import Q
 from django.utils import timezone
 
 from jobs.stage_inputs import (
@@ -71,7 +74,7 @@ from jobs.stage_inputs import (
 )
 from jobs.trainer_env import hub_model_used, trainer_environment
 from refinery.runs import selectors, services
-from refinery.runs.models import IllegalTransition, StageRun, Status
+from refinery.runs.models import TERMINAL_STATES, IllegalTransition, StageRun, Status
 from refinery.teams import quotas
 from refinery.teams.models import TeamSecret
 from refinery.teams.team_secrets import team_secret_reveal
@@ -426,7 +429,7 @@ class StageSupervisor:
         """HF_TOKEN for a stage that loads its team's hub base model, if the team set a hub token: decrypted
         here, just before the trainer starts, and handed over only in its environment (never in spec.json,
         the logs or MLflow). Any other stage, and every stage of another team, gets none."""
-        spec = json.loads(self.spec_path.read_text())
+        spec = self.spec if self.spec is not None else json.loads(self.spec_path.read_text())
         run = self.stage.run
         if not hub_model_used(spec, base_model=run.snapshot.get("base_model") or {}):
             return {}
@@ -802,10 +805,6 @@ class StageSupervisor:
 def sweep_ended_stage_dirs() -> int:
     """Remove the work dirs (and checkpoint areas) of stages that ended without their supervisor: a queued
     retry that was canceled, or a stage the reaper failed after its last attempt. Returns how many went."""
-    import re
-
-    from refinery.runs.models import TERMINAL_STATES
-
     found: dict[tuple[int, int], Path] = {}
     root = Path(settings.REFINERY_WORK_DIR)
     for run_dir in root.glob("run-*") if root.is_dir() else ():
@@ -815,11 +814,6 @@ def sweep_ended_stage_dirs() -> int:
                 found[(int(match[1]), int(match[2]))] = stage_dir
     if not found:
         return 0
-    from datetime import timedelta
-
-    from django.db.models import Q
-    from django.utils import timezone
-
     # A supervisor that just ended its stage is still publishing the log: leave recent ones to it.
     settled = timezone.now() - timedelta(seconds=SWEEP_AFTER_SECONDS)
     removed = 0

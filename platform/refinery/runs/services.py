@@ -13,12 +13,10 @@ from django.db.models import Max
 from django.utils import timezone
 
 from refinery.data.models import Dataset, DatasetVersion
-from refinery.pipelines.models import Pipeline
 from refinery.notifications.run_events import run_finished_notify
+from refinery.pipelines.models import Pipeline
 from refinery.runs.dispatch import enqueue_stage_on_commit
 from refinery.runs.listing import run_summary_refresh
-from refinery.teams.quotas import QuotaExceeded, team_runs_check
-from refinery.teams.services import audit
 from refinery.runs.models import (
     ACTIVE_STATES,
     TERMINAL_STATES,
@@ -28,6 +26,8 @@ from refinery.runs.models import (
     StageRun,
     Status,
 )
+from refinery.teams.quotas import QuotaExceeded, team_runs_check
+from refinery.teams.services import audit
 
 log = logging.getLogger(__name__)
 
