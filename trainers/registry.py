@@ -15,6 +15,7 @@ from .configs import (
     DPOConfig,
     EvaluateConfig,
     ExportConfig,
+    GateConfig,
     GRPOConfig,
     KTOConfig,
     MergeConfig,
@@ -59,6 +60,9 @@ class AuxModel:
     stage_methods: tuple[str, ...] = ()  # the methods that stage may use (empty: any)
     not_methods: tuple[str, ...] = ()  # methods that stage may not use (their output is another kind of model)
     base_when_empty: bool = False  # an empty stage_field means the run's base model (else: not used)
+    # Given by the platform from elsewhere than a stage (a gate's champion from the model registry, the run's
+    # base model): optional in the spec, never named by a config field (stage_field is empty).
+    platform: bool = False
 
     def accepts(self, method: str) -> bool:
         """Whether the output of a stage of ``method`` can serve as this model."""
@@ -67,6 +71,8 @@ class AuxModel:
     def source(self, config: Any) -> str | None:
         """Where this model comes from for a config (a dataclass instance or a dict of field values): the
         earlier stage's name, ``"base"``, or None when the stage does not use it."""
+        if self.platform:
+            return None
         value = config.get(self.stage_field, "") if isinstance(config, dict) else getattr(config, self.stage_field)
         value = str(value or "").strip()
         if value:
@@ -250,6 +256,24 @@ METHODS: dict[str, Method] = {
             ),
         ),
         Method(
+            name="gate",
+            label="Promotion gate",
+            description="Evaluate the input model (the candidate) and the current holder of a registered model's "
+            "alias (the champion) on the same held-out and retention data; promote the candidate to the alias only "
+            "if it beats the champion by the set margin and forgot no more than allowed.",
+            config_class=GateConfig,
+            dataset_kinds=("prompt_completion", "chat", "reference", "preference"),
+            runner="trainers.methods.gate:run",
+            uses_adapter=False,
+            trains=False,
+            dataset_required=True,
+            output="report",
+            aux_models=(
+                AuxModel("champion", "", platform=True),
+                AuxModel("base", "", platform=True),
+            ),
+        ),
+        Method(
             name="export",
             label="Export and quantize",
             description="Merge an adapter into its base and save a standalone model (safetensors, tokenizer, "
@@ -322,6 +346,9 @@ def validate_stage(
 
     # Rules that join the method's settings and the adapter: an optional check_adapter(adapter) on the config,
     # returning {"config.<field>" or "adapter.<field>": message}.
+    check_dataset_kind = getattr(method_cfg, "check_dataset_kind", None)
+    if method_cfg is not None and dataset_kind is not None and callable(check_dataset_kind):
+        errors.update(check_dataset_kind(dataset_kind) or {})
     check_adapter = getattr(method_cfg, "check_adapter", None)
     if method_cfg is not None and adapter_cfg is not None and callable(check_adapter):
         errors.update(check_adapter(adapter_cfg) or {})

@@ -149,7 +149,7 @@ def _aux_models(raw: Any, method: str, config: Any, errors: dict[str, str]) -> d
             errors[f"aux_models.{key}"] = (
                 f"aux_models.{key}: {method} uses no such model (it uses: {', '.join(known) or 'none'})"
             )
-        elif key in needed:
+        elif key in needed or known[key].platform:
             ref = _model_ref(value, f"aux_models.{key}", errors)
             if ref is not None:
                 models[key] = ref

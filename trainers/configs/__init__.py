@@ -5,6 +5,7 @@ from .distill import DistillConfig
 from .dpo import DPOConfig
 from .evaluate import EvaluateConfig
 from .export import ExportConfig
+from .gate import GateConfig
 from .grpo import GRPOConfig
 from .kto import KTOConfig
 from .merge import MergeConfig
@@ -19,6 +20,7 @@ __all__ = [
     "DPOConfig",
     "EvaluateConfig",
     "ExportConfig",
+    "GateConfig",
     "GRPOConfig",
     "KTOConfig",
     "MergeConfig",
