@@ -171,6 +171,22 @@ def aux_model_references(stage: StageRun) -> dict[str, dict[str, Any]]:
     return refs
 
 
+def gate_references(stage: StageRun) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """A gate stage's extra models: `champion`, the holder of its registered model's alias now (None and left
+    out when there is none yet: refinery.registry.gates.gate_champion), and `base`, the run's base model (the
+    comparison when there is no champion). Returns (champion facts, {aux key: reference})."""
+    from refinery.registry.gates import gate_champion
+
+    refs = {"base": _reference(stage, "base", role="base model", purpose="to compare with")}
+    champion = gate_champion(stage=stage)
+    if champion is not None:
+        base = champion["ref"].get("base")
+        if base and base.get("source") == "base":
+            _check_base_model(stage, base)  # an adapter's base model: inside the team's model roots
+        refs["champion"] = champion["ref"]
+    return champion, refs
+
+
 def materialize_aux_models(refs: dict[str, dict[str, Any]], dst: Path, *, client=None) -> dict[str, dict]:
     """The spec's `aux_models` block: each reference downloaded from MLflow like the input model."""
     return {key: materialize_model(ref, dst, client=client) for key, ref in refs.items()}

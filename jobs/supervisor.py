@@ -56,6 +56,7 @@ from django.utils import timezone
 from jobs.stage_inputs import (
     StageSetupError,
     aux_model_references,
+    gate_references,
     build_stage_spec,
     input_references,
     materialize_aux_models,
@@ -277,6 +278,7 @@ class StageSupervisor:
         self.replayed: dict[str, int] = {}  # per metric, the last step earlier attempts sent to MLflow
         self.skipped_points = 0
         self.spec: dict | None = None
+        self.champion: dict | None = None  # a gate stage's champion (refinery.registry.gates.gate_champion)
 
     # -- entry point ----------------------------------------------------------------
     def run(self) -> str:
@@ -351,7 +353,11 @@ class StageSupervisor:
             client=self.client,
         )
         model = materialize_model(self.input_ref, self.work_dir / "inputs", client=self.client)
-        aux_models = materialize_aux_models(aux_model_references(stage), self.work_dir / "inputs", client=self.client)
+        aux_refs = aux_model_references(stage)
+        if stage.method == "gate":
+            self.champion, gate_refs = gate_references(stage)
+            aux_refs.update(gate_refs)
+        aux_models = materialize_aux_models(aux_refs, self.work_dir / "inputs", client=self.client)
         inputs = materialize_inputs(input_refs, self.work_dir / "inputs", client=self.client)
         card = model_card_facts(stage) if stage.method == "export" else None
         spec = build_stage_spec(stage=stage, model=model, config=config, adapter=adapter, work_dir=self.work_dir,
@@ -653,7 +659,14 @@ class StageSupervisor:
                 log.exception("stage %s: uploading outputs failed", self.stage.pk)
                 return self._finish(Status.FAILED, error=one_line(f"could not upload the outputs to MLflow: {exc}"),
                                     tail=tail)
-            return self._finish(Status.SUCCEEDED, outputs=outputs, summary=terminal.get("summary") or {})
+            summary = terminal.get("summary") or {}
+            if self.stage.method == "gate":
+                try:
+                    summary = self._gate_apply(outputs, summary)
+                except Exception as exc:  # noqa: BLE001 - a decision that could not be applied fails the stage
+                    log.exception("stage %s: applying the gate decision failed", self.stage.pk)
+                    return self._finish(Status.FAILED, error=one_line(str(exc)), tail=tail)
+            return self._finish(Status.SUCCEEDED, outputs=outputs, summary=summary)
         if self.stalled is not None and not self.cancel_requested.is_set():
             return self._finish(Status.FAILED, error=self.stalled, tail=tail)
         if self.over_budget is not None and not self.cancel_requested.is_set():
@@ -707,6 +720,18 @@ class StageSupervisor:
         if len(uploads) > 1:
             outputs["extra"] = [artifact_path for _, artifact_path in uploads[1:]]
         return outputs
+
+    def _gate_apply(self, outputs: dict, summary: dict) -> dict:
+        """Record a gate stage's decision and move (or keep) the alias, before the stage is marked succeeded
+        (refinery.registry.gates.gate_apply; a retried stage gets the decision recorded the first time)."""
+        from refinery.registry.gates import gate_apply
+
+        champion = self.champion
+        outputs["champion"] = {k: v for k, v in champion.items() if k != "ref"} if champion else None
+        decision = db_retrying(lambda: gate_apply(stage_run_id=self.stage.pk, summary=summary, champion=champion),
+                               what=f"stage {self.stage.pk}: applying the gate decision")
+        self._append_log(f"[supervisor] gate: {decision.message}")
+        return {**summary, "decision": {"id": decision.pk, "outcome": decision.outcome, "message": decision.message}}
 
     def _retry(self, reason: str) -> str:
         """The trainer was stopped from outside: queue the next attempt, which resumes from the newest

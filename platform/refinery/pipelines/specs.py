@@ -264,6 +264,9 @@ def pipeline_spec_normalize(*, team, spec: Any, base_model=None) -> dict:
         if config is not None:
             for key, message in _aux_stage_errors(method, config, methods, name).items():
                 errors.setdefault(f"{where}.config.{key}", f"{label}: {message}")
+        if config is not None and method == "gate":
+            for key, message in _gate_errors(config, source=source, retention=retention).items():
+                errors.setdefault(f"{where}.{key}", f"{label}: {message}")
         if adapter is not None:
             for key, message in _adapter_fit_errors(adapter, base_model, source, adapters).items():
                 errors[f"{where}.adapter.{key}"] = f"{label}: {message}"
@@ -294,6 +297,29 @@ def pipeline_spec_normalize(*, team, spec: Any, base_model=None) -> dict:
     if auto_evaluate is False:
         normalized["auto_evaluate"] = False
     return normalized
+
+
+def _gate_errors(config, *, source: str, retention) -> dict[str, str]:
+    """A gate promotes its input stage's model into the registry: the input must be a stage (the base model
+    cannot be registered), the model and alias names must be ones the registry takes, and a retention
+    condition needs the pipeline's retention set."""
+    from refinery.registry.services import RegistryError, alias_clean, model_name_clean
+
+    errors: dict[str, str] = {}
+    if source == "base":
+        errors["input"] = ("a gate's input is the stage whose model it may promote (the candidate); name a stage "
+                           "of this pipeline (the base model itself cannot be registered)")
+    for field, clean in (("registered_model", model_name_clean), ("alias", alias_clean)):
+        try:
+            clean(getattr(config, field))
+        except RegistryError as exc:
+            errors[f"config.{field}"] = str(exc)
+    if retention is None:
+        for field in ("max_forgetting", "retention_threshold"):
+            if getattr(config, field).strip():
+                errors[f"config.{field}"] = (f"{field} needs the pipeline's retention set (choose one, or leave "
+                                             f"{field} empty)")
+    return errors
 
 
 def _aux_stage_errors(method: str, config, methods: dict[str, str], own: str) -> dict[str, str]:

@@ -100,6 +100,7 @@ class AliasEvent(models.Model):
         SET = "set", "Set"
         REMOVED = "removed", "Removed"
         ROLLED_BACK = "rolled_back", "Rolled back"
+        KEPT = "kept", "Kept by a gate"  # a gate (or its reviewer) kept the holder: history only, no change
 
     registered_model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="alias_events")
     alias = models.CharField(max_length=64)
@@ -109,6 +110,9 @@ class AliasEvent(models.Model):
     action = models.CharField(max_length=16, choices=Action.choices)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     at = models.DateTimeField(default=timezone.now)
+    gate = models.ForeignKey("GateDecision", null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="alias_events", help_text="the gate decision that made this change")
+    note = models.CharField(max_length=500, blank=True, help_text="why, in words (a gate's decision)")
 
     class Meta:
         ordering = ["-at", "-id"]
@@ -126,6 +130,8 @@ def rollback_target(events: list[AliasEvent]) -> tuple[bool, ModelVersion | None
     is no change left to undo, or when the alias was not set before that change (demote it instead)."""
     stack: list[ModelVersion | None] = []
     for event in events:
+        if event.action == AliasEvent.Action.KEPT:
+            continue  # nothing changed
         if event.action == AliasEvent.Action.ROLLED_BACK:
             if stack:
                 stack.pop()
@@ -134,3 +140,50 @@ def rollback_target(events: list[AliasEvent]) -> tuple[bool, ModelVersion | None
     if not stack or stack[-1] is None:
         return False, None
     return True, stack[-1]
+
+
+class GateDecision(models.Model):
+    """What a gate stage decided about its candidate (the output of the stage it takes as input) against the
+    alias's holder when it ran (the champion), with the numbers, and what became of it.
+
+    One per gate stage (a retried stage finds its decision and does not decide twice). `numbers` is the
+    trainer's decision (trainers.gates.gate_decide: metric, candidate, champion, gain, forgetting, checks, ...);
+    `message` the one line shown everywhere ("kept champion v7: exact match 0.81 vs 0.83; ...")."""
+
+    class Outcome(models.TextChoices):
+        PROMOTED = "promoted", "Promoted"
+        KEPT = "kept", "Kept the champion"
+        AWAITING_APPROVAL = "awaiting_approval", "Awaiting approval"
+        APPROVED = "approved", "Approved and promoted"
+        REJECTED = "rejected", "Rejected by a reviewer"
+        STALE = "stale", "Not promoted: the alias moved"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="gate_decisions")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="gate_decisions")
+    stage_run = models.OneToOneField(StageRun, on_delete=models.CASCADE, related_name="gate_decision")
+    candidate_stage = models.CharField(max_length=64)
+    model_name = models.CharField(max_length=100)
+    alias = models.CharField(max_length=64)
+    registered_model = models.ForeignKey(RegisteredModel, null=True, blank=True, on_delete=models.SET_NULL,
+                                         related_name="gate_decisions")
+    champion = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                                 help_text="the holder the candidate was compared with (none: the first)")
+    candidate = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="gate_decisions", help_text="the version registered for the candidate")
+    passed = models.BooleanField()
+    outcome = models.CharField(max_length=24, choices=Outcome.choices)
+    numbers = models.JSONField(default=dict, blank=True)
+    message = models.CharField(max_length=1000)
+    require_approval = models.BooleanField(default=False)
+    decided_at = models.DateTimeField(default=timezone.now)
+    reviewed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    review_note = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-decided_at", "-id"]
+        indexes = [models.Index(fields=["team", "outcome"], name="gatedecision_team_outcome")]
+
+    def __str__(self) -> str:
+        return f"gate of run #{self.run.number}: {self.outcome}"

@@ -106,7 +106,7 @@ def _locked(model: RegisteredModel) -> RegisteredModel:
 
 
 def _alias_write(*, model: RegisteredModel, alias: str, version: ModelVersion | None,
-                 previous: ModelVersion | None, action: str, user) -> AliasEvent:
+                 previous: ModelVersion | None, action: str, user, note: str = "", gate=None) -> AliasEvent:
     """The mirror row and the history row of one alias change (MLflow already changed)."""
     now = timezone.now()
     if version is None:
@@ -116,7 +116,7 @@ def _alias_write(*, model: RegisteredModel, alias: str, version: ModelVersion | 
                                             defaults={"version": version, "updated_at": now})
     return AliasEvent.objects.create(registered_model=model, alias=alias, version=version, previous_version=previous,
                                      action=action, user=user if user is not None and user.is_authenticated else None,
-                                     at=now)
+                                     at=now, note=note[:500], gate=gate)
 
 
 def _current(model: RegisteredModel, alias: str) -> ModelVersion | None:
@@ -125,7 +125,7 @@ def _current(model: RegisteredModel, alias: str) -> ModelVersion | None:
 
 
 def model_promote(*, team: Team, user, stage_run: StageRun, model_name: str, description: str = "",
-                  alias: str | None = None) -> ModelVersion:
+                  alias: str | None = None, note: str = "", gate=None) -> ModelVersion:
     """Register a succeeded stage's model or adapter as the next version of the team's model `model_name`
     (created on first use, with `description`), optionally pointing `alias` at it.
 
@@ -181,7 +181,7 @@ def model_promote(*, team: Team, user, stage_run: StageRun, model_name: str, des
                 else None)
             if alias:
                 _alias_write(model=model, alias=alias, version=version, previous=previous, action=AliasEvent.Action.SET,
-                             user=user)
+                             user=user, note=note, gate=gate)
             audit(team=team, user=user, action="registry.promoted", target=f"{name} v{number}", run=run.number,
                   stage=stage_run.name, alias=alias or "")
     except BaseException:
@@ -191,8 +191,8 @@ def model_promote(*, team: Team, user, stage_run: StageRun, model_name: str, des
 
 
 def _alias_change(*, team: Team, user, registered_model: RegisteredModel, alias: str,
-                  target: Callable[[RegisteredModel, ModelVersion | None], ModelVersion | None], action: str
-                  ) -> AliasEvent:
+                  target: Callable[[RegisteredModel, ModelVersion | None], ModelVersion | None], action: str,
+                  note: str = "", gate=None) -> AliasEvent:
     """Move one alias: lock the model, decide the target from the current state (`target(model, current)`,
     None = remove), change MLflow, then the mirror and the history."""
     if registered_model.team_id != team.pk:
@@ -212,7 +212,8 @@ def _alias_change(*, team: Team, user, registered_model: RegisteredModel, alias:
                 raise RegistryError(str(exc)) from exc
             undo.append((f"alias {alias} of {model.mlflow_name}", lambda: mlflow_registry.alias_restore(
                 mlflow_name=model.mlflow_name, alias=alias, version=current.version if current else None)))
-            event = _alias_write(model=model, alias=alias, version=new, previous=current, action=action, user=user)
+            event = _alias_write(model=model, alias=alias, version=new, previous=current, action=action, user=user,
+                                 note=note, gate=gate)
             audit(team=team, user=user, action=f"registry.alias_{action}", target=f"{model.name}@{alias}",
                   version=new.version if new else None, previous=current.version if current else None)
     except BaseException:
@@ -221,7 +222,8 @@ def _alias_change(*, team: Team, user, registered_model: RegisteredModel, alias:
     return event
 
 
-def alias_set(*, team: Team, user, registered_model: RegisteredModel, alias: str, version: ModelVersion) -> AliasEvent:
+def alias_set(*, team: Team, user, registered_model: RegisteredModel, alias: str, version: ModelVersion,
+              note: str = "", gate=None) -> AliasEvent:
     """Point `alias` (e.g. staging, production) at `version`, moving it from where it pointed."""
     alias = alias_clean(alias)
     if version.registered_model_id != registered_model.pk:
@@ -233,7 +235,7 @@ def alias_set(*, team: Team, user, registered_model: RegisteredModel, alias: str
         return version
 
     return _alias_change(team=team, user=user, registered_model=registered_model, alias=alias, target=target,
-                         action=AliasEvent.Action.SET)
+                         action=AliasEvent.Action.SET, note=note, gate=gate)
 
 
 def alias_remove(*, team: Team, user, registered_model: RegisteredModel, alias: str) -> AliasEvent:

@@ -32,6 +32,9 @@ from refinery.teams.services import audit
 log = logging.getLogger(__name__)
 
 
+RETENTION_METHODS = ("evaluate", "gate")  # stages that get the pipeline's retention set
+
+
 class RunError(Exception):
     """A run cannot be started as asked; the message says why."""
 
@@ -84,7 +87,7 @@ def run_snapshot(*, pipeline: Pipeline, seed: int, stages: list[dict] | None = N
             "eval_data": _dataset_snapshot(team=pipeline.team, dataset_id=stage.get("eval_dataset_id"),
                                            pins=dataset_versions),
         }
-        if stage["method"] == "evaluate":
+        if stage["method"] in RETENTION_METHODS:
             item["retention_data"] = retention
         stages.append(item)
     if not stages:

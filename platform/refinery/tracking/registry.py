@@ -153,3 +153,11 @@ __all__ = [
     "RegistryBackendError", "model_name", "registered_model_ensure", "model_version_create", "model_version_delete",
     "alias_set", "alias_delete", "alias_restore", "aliases_get", "model_version_get",
 ]
+
+
+def model_version_tags_set(*, mlflow_name: str, version: int, tags: Mapping[str, object], client=None) -> None:
+    """Add tags to a version (a gate's decision on the version it registered)."""
+    client = client or tracking_client()
+    with _mlflow_errors("tag the model version"):
+        for key, value in _tags(tags).items():
+            client.set_model_version_tag(mlflow_name, str(version), key, value)

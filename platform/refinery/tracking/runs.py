@@ -208,3 +208,9 @@ __all__ = [
     "flatten", "run_tags", "pipeline_run_ensure", "stage_run_ensure", "mlflow_run_end", "pipeline_run_end",
     "runs_for_stage", "MLFLOW_STATUS", "pipeline_runs_end_pending",
 ]
+
+
+def run_tags_set(*, mlflow_run_id: str, tags: Mapping[str, object], client=None) -> None:
+    """Set tags on an MLflow run (a gate's decision on its stage's run and on the pipeline run)."""
+    client = client or tracking_client()
+    _log_params_and_tags(client, mlflow_run_id, {}, {k: str(v) for k, v in tags.items() if v not in (None, "")})
