@@ -352,6 +352,7 @@ api.add_router("/base-models", models)
 api.add_router("/pipelines", pipelines)
 api.add_router("/runs", runs)
 api.add_router("/team", "refinery.api.team_views.router")
+api.add_router("/gates", "refinery.api.gate_views.router")
 api.add_router("/webhooks", "refinery.api.webhook_views.router")
 api.add_router("/schedules", "refinery.api.schedule_views.router")
 

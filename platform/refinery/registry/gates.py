@@ -214,7 +214,7 @@ def gate_approve(*, decision: GateDecision, user, note: str = "") -> GateDecisio
     """An owner approves a candidate awaiting approval: the alias moves to it, unless the alias moved since
     the gate compared the candidate with its holder (then it is refused: run the gate again)."""
     with transaction.atomic():
-        decision = GateDecision.objects.select_for_update().select_related("candidate", "champion", "run").get(
+        decision = GateDecision.objects.select_for_update(of=("self",)).select_related("candidate", "champion", "run").get(
             pk=decision.pk)
         _owner_check(decision, user)
         model = RegisteredModel.objects.select_for_update().get(pk=decision.registered_model_id)
@@ -244,7 +244,7 @@ def gate_reject(*, decision: GateDecision, user, note: str = "") -> GateDecision
     """An owner rejects a candidate awaiting approval: the holder stays (a "kept" history entry); the
     candidate's version stays registered, without the alias."""
     with transaction.atomic():
-        decision = GateDecision.objects.select_for_update().select_related("candidate", "champion", "run").get(
+        decision = GateDecision.objects.select_for_update(of=("self",)).select_related("candidate", "champion", "run").get(
             pk=decision.pk)
         _owner_check(decision, user)
         decision.outcome = Outcome.REJECTED

@@ -92,7 +92,9 @@ def model_page(*, registered_model: RegisteredModel) -> ModelPage:
         current[alias] = by_pk.get(version_id)
     for version in versions:
         version.alias_names = sorted(a for a, v in current.items() if v is not None and v.pk == version.pk)
-    events = list(AliasEvent.objects.filter(registered_model=model).select_related("user").order_by("at", "id"))
+    events = list(AliasEvent.objects.filter(registered_model=model).select_related("user", "gate__run", "gate__stage_run")
+                  .defer("gate__numbers", "gate__run__snapshot", "gate__stage_run__spec", "gate__stage_run__log_tail",
+                         "gate__stage_run__summary", "gate__stage_run__outputs").order_by("at", "id"))
     for event in events:  # versions from the list above: no join, no extra query
         event.version_row = by_pk.get(event.version_id)
         event.previous_row = by_pk.get(event.previous_version_id)

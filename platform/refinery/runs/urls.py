@@ -34,3 +34,11 @@ urlpatterns += [
     path("<int:number>/tags/", annotation_views.run_tag_add_view, name="tag-add"),
     path("<int:number>/tags/remove/", annotation_views.run_tag_remove_view, name="tag-remove"),
 ]
+
+# Promotion gates (issue 12): an owner approves or rejects a candidate awaiting approval.
+from refinery.registry import gate_views  # noqa: E402
+
+urlpatterns += [
+    path("<int:number>/gates/<str:stage>/approve/", gate_views.gate_approve_view, name="gate-approve"),
+    path("<int:number>/gates/<str:stage>/reject/", gate_views.gate_reject_view, name="gate-reject"),
+]

@@ -36,7 +36,7 @@ from refinery.runs.selectors import (
 from refinery.runs.services import RunError, run_cancel, run_rerun
 
 LOSS_KEYS = ["train/loss", "eval/loss"]
-ONE_OFF_METHODS = ("merge", "evaluate", "export")
+ONE_OFF_METHODS = ("merge", "evaluate", "export", "gate")
 # Method metrics worth seeing first (DPO rewards and margins, GRPO reward and KL, accuracies).
 METRIC_PRIORITY = ("reward", "margin", "accurac", "kl", "exact_match", "log_odds", "nll", "agreement", "entropy")
 # Optimiser and bookkeeping series: charted, but folded away under "More metrics".
@@ -100,6 +100,26 @@ def _evaluation(stage) -> dict:
     baseline = (stage.spec.get("config") or {}).get("baseline_stage") or "the base model"
     return {"stage": stage, "target": summary.get("target"), "retention": summary.get("retention"),
             "metrics": rows, "samples": summary.get("samples") or [], "baseline": baseline}
+
+
+def run_gate_cards(*, run: Run, stages) -> list[dict]:
+    """Each gate stage of the run with its decision (one query for all of them) and, while it runs, its
+    settings: what the candidate must do to replace the holder."""
+    from refinery.registry.models import GateDecision
+
+    gate_stages = [s for s in stages if s.method == "gate"]
+    if not gate_stages:
+        return []
+    decisions = {d.stage_run_id: d for d in GateDecision.objects.filter(run=run).select_related(
+        "candidate", "champion", "registered_model", "reviewed_by")}
+    cards = []
+    for stage in gate_stages:
+        decision = decisions.get(stage.pk)
+        summary = stage.summary or {}
+        cards.append({"stage": stage, "config": stage.spec.get("config") or {}, "decision": decision,
+                      "numbers": decision.numbers if decision else summary.get("gate"),
+                      "samples": summary.get("samples") or []})
+    return cards
 
 
 def _export(stage) -> dict:
@@ -219,6 +239,7 @@ def _run_context(request, run: Run) -> dict:
                                 links={s.name: f"#stage-{s.name}" for s in stages}),
         "evaluations": [_evaluation(s) for s in stages if s.method == "evaluate"],
         "exports": [_export(s) for s in stages if s.method == "export"],
+        "gates": run_gate_cards(run=run, stages=stages),
         "artifact_stages": [s for s in stages if s.mlflow_run_id],
         "nav": "runs",
     }
