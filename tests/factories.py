@@ -156,3 +156,24 @@ class PipelineFactory(factory.django.DjangoModelFactory):
     seed = 42
     auto_evaluate = False
     spec = factory.LazyAttribute(lambda o: {"seed": o.seed, "stages": o.stages, "auto_evaluate": o.auto_evaluate})
+
+
+def gate_decision_make(run, *, model=None, champion=None, candidate=None, outcome: str = "awaiting_approval"):
+    """A gate stage row added to `run` (after its stages) and its decision, as refinery.registry.gates records
+    one: for tests that need a decision without running a gate (permission matrix, fuzzing)."""
+    from refinery.registry.models import GateDecision
+    from refinery.runs.models import StageRun, Status
+
+    index = run.stages.count()
+    stage = StageRun.objects.create(run=run, index=index, name=f"gate-{index}", method="gate", status=Status.SUCCEEDED,
+                                    spec={"name": f"gate-{index}", "method": "gate", "input": "sft",
+                                          "config": {"registered_model": model.name if model else "bot",
+                                                     "alias": "production", "require_approval": True}})
+    numbers = {"passed": True, "metric": "loss", "higher_is_better": False, "candidate": 0.4, "champion": 0.5,
+               "gain": 0.1, "checks": [{"check": "gain", "passed": True, "text": "loss 0.4 vs 0.5 (+0.1; needs > 0)"}],
+               "reasons": ["loss 0.4 vs 0.5 (+0.1; needs > 0)"], "has_champion": True}
+    return GateDecision.objects.create(
+        team=run.team, run=run, stage_run=stage, candidate_stage="sft", model_name=model.name if model else "bot",
+        alias="production", registered_model=model, champion=champion, candidate=candidate, passed=True,
+        outcome=outcome, numbers=numbers, require_approval=True,
+        message="v2 awaits approval for production (holder: v1): loss 0.4 vs 0.5 (+0.1; needs > 0)")

@@ -36,7 +36,7 @@ from refinery.teams.models import Membership
 from refinery.teams.services import api_token_create, membership_add
 from refinery.teams.team_secrets import team_secret_set
 from refinery.wsgi import application
-from tests.factories import BaseModelFactory, DatasetVersionFactory, TeamFactory, UserFactory
+from tests.factories import BaseModelFactory, DatasetVersionFactory, TeamFactory, UserFactory, gate_decision_make
 
 schema = schemathesis.openapi.from_dict(api.get_openapi_schema())
 schema.app = application  # calls go in-process through the WSGI handler
@@ -80,11 +80,13 @@ def _build_team() -> FuzzTeam:
     delivery = notify(team=team, kind=EventKind.RUN_FAILED, payload={}).deliveries.get()
     schedule = schedule_create(team=team, user=owner, name="fuzzed-nightly", pipeline_id=pipeline.pk,
                                trigger="interval", interval_seconds=86400, paused=True)
+    gate = gate_decision_make(run)  # awaiting approval, its model gone: approving is refused with a 400
     return FuzzTeam(token=token, path_ids={"dataset_id": version.dataset_id, "pipeline_id": pipeline.pk,
                                            "number": run.number, "user_id": member.pk,
                                            "invitation_id": invitation.pk, "token_id": spare_token.pk,
                                            "name": "hf_token", "webhook_id": endpoint.pk,
-                                           "delivery_id": delivery.pk, "schedule_id": schedule.pk},
+                                           "delivery_id": delivery.pk, "schedule_id": schedule.pk,
+                                           "gate_id": gate.pk},
                     base_model_id=base_model.pk)
 
 

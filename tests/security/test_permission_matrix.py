@@ -48,7 +48,7 @@ from refinery.teams.invitations import invitation_create
 from refinery.teams.models import ApiToken, Membership
 from refinery.teams.services import api_token_create, membership_add
 from refinery.teams.team_secrets import team_secret_set
-from tests.factories import BaseModelFactory, DatasetVersionFactory, TeamFactory, UserFactory
+from tests.factories import BaseModelFactory, DatasetVersionFactory, TeamFactory, UserFactory, gate_decision_make
 
 PRINCIPALS = ("anonymous", "outsider", "viewer", "member", "owner")
 MARKER = "alphasecret"  # in the name of every object of team A: an outsider's 200 must never contain it
@@ -81,6 +81,7 @@ class World:
     endpoint: Any = None  # a webhook endpoint of team A (owners manage it)
     delivery: Any = None  # a delivery of a run.failed event to `endpoint`
     schedule: Any = None  # an interval schedule of `pipeline` (paused)
+    gate: Any = None  # a gate decision on run #1 awaiting approval: `model` v2 over v1
 
 
 def _build_world() -> World:
@@ -132,7 +133,9 @@ def _build_world() -> World:
     event = notify(team=team, kind=EventKind.RUN_FAILED, payload={"summary": f"{MARKER} run failed"})
     schedule = schedule_create(team=team, user=owner, name=f"{MARKER}-nightly", pipeline_id=pipeline.pk,
                                trigger="interval", interval_seconds=86400, paused=True)
-    return World(endpoint=endpoint, delivery=event.deliveries.get(),
+    versions = {v.version: v for v in model.versions.all()}
+    gate = gate_decision_make(run, model=model, champion=versions[1], candidate=versions[2])
+    return World(endpoint=endpoint, delivery=event.deliveries.get(), gate=gate,
                  team=team, other_team=other_team, users=users, tokens=tokens, dataset=first.dataset,
                  version=version, base_model=base_model, pipeline=pipeline, run=run, run2=run2, stage=stage,
                  note=note, sweep=sweep, model=model,
@@ -314,6 +317,12 @@ WEB_ROUTES: dict[str, Route] = {
     "schedules:run-now": Route(pk("schedule"), {"GET": GET_ONLY_POST, "POST": Case(object_write())}),
     # registry
     "registry:list": Route(methods={"GET": Case(team_read())}),
+    # gates: an owner approves or rejects (members 403); MLflow is down here, so approving ends in an error
+    # message on the run page (302) after every check passed
+    "runs:gate-approve": Route(lambda w: {"number": w.run.number, "stage": w.gate.stage_run.name}, {
+        "GET": GET_ONLY_POST, "POST": Case(owner_only(302))}),
+    "runs:gate-reject": Route(lambda w: {"number": w.run.number, "stage": w.gate.stage_run.name}, {
+        "GET": GET_ONLY_POST, "POST": Case(owner_only(302))}),
     "registry:promote": Route(methods={
         "GET": Case(object_write(200), query=promote_q),
         "POST": Case(object_write(400), data=lambda w: {**promote_q(w), "model": "__new__", "new_name": ""}),
@@ -425,6 +434,10 @@ def webhook_id(w: World) -> dict:
     return {"webhook_id": w.endpoint.pk}
 
 
+def gate_id(w: World) -> dict:
+    return {"gate_id": w.gate.pk}
+
+
 def schedule_id(w: World) -> dict:
     return {"schedule_id": w.schedule.pk}
 
@@ -469,6 +482,13 @@ API_ROUTES: dict[str, Route] = {
         data=lambda w: {"name": "uploaded-model", "file": _named_file(b"not a zip", "model.zip")})}),
     # schedules: the outsider names team A's pipeline in a new schedule: unknown in its own team (400)
     "GET /api/v1/schedules": Route(methods={"GET": Case(api_read(obj=False))}),
+    # gates: reads for the team; approve/reject for owners (MLflow is down: approving is a 400 naming it)
+    "GET /api/v1/gates": Route(methods={"GET": Case(api_read(obj=False))}),
+    "GET /api/v1/gates/{gate_id}": Route(gate_id, {"GET": Case(api_read())}),
+    "POST /api/v1/gates/{gate_id}/approve": Route(gate_id, {"POST": Case(
+        {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 400})}),
+    "POST /api/v1/gates/{gate_id}/reject": Route(gate_id, {"POST": Case(
+        {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 200})}),
     "POST /api/v1/schedules": Route(methods={"POST": Case(
         {"anonymous": 401, "outsider": 400, "viewer": 403, "member": 201, "owner": 201}, data=schedule_body)}),
     "GET /api/v1/schedules/{schedule_id}": Route(schedule_id, {"GET": Case(api_read())}),
@@ -672,7 +692,7 @@ def test_admin_is_for_staff_only(world, db):
 MALFORMED = {"name": 5, "seed": "not a number", "latest_data": "maybe", "spec": "nope", "version": []}
 UNKNOWN_IDS = {"pipeline_id": 987654, "number": 987654, "dataset_id": 987654, "user_id": 987654,
                "invitation_id": 987654, "token_id": 987654, "name": "hf_token",
-               "webhook_id": 987654, "delivery_id": 987654, "schedule_id": 987654}
+               "webhook_id": 987654, "delivery_id": 987654, "schedule_id": 987654, "gate_id": 987654}
 
 
 @pytest.mark.parametrize("key", [key for key in API_ROUTES if "{" in key and not key.startswith("GET ")])

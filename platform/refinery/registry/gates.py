@@ -217,6 +217,8 @@ def gate_approve(*, decision: GateDecision, user, note: str = "") -> GateDecisio
         decision = GateDecision.objects.select_for_update(of=("self",)).select_related("candidate", "champion", "run").get(
             pk=decision.pk)
         _owner_check(decision, user)
+        if decision.registered_model_id is None or decision.candidate is None:
+            raise GateError(f"the candidate's version of {decision.model_name} was deleted: nothing to approve")
         model = RegisteredModel.objects.select_for_update().get(pk=decision.registered_model_id)
         current = ModelAlias.objects.filter(registered_model=model, alias=decision.alias).first()
         current_id = current.version_id if current else None
