@@ -123,7 +123,7 @@ class Method:
             "adapter_types": list(self.adapter_types) if self.uses_adapter else [],
             "aux_models": [
                 {"key": a.key, "stage_field": a.stage_field, "stage_methods": list(a.stage_methods),
-                 "not_methods": list(a.not_methods), "base_when_empty": a.base_when_empty}
+                 "not_methods": list(a.not_methods), "base_when_empty": a.base_when_empty, "platform": a.platform}
                 for a in self.aux_models
             ],
             "trains": self.trains,

@@ -40,41 +40,41 @@ class GateConfig:
     """
 
     registered_model: str = param(
-        "", group="gate", label="Registered model",
+        "", group="promotion", label="Registered model",
         help="The team's registered model the candidate becomes a version of (created on first promotion), "
         "e.g. support-bot.",
     )
-    alias: str = param("production", group="gate", help="The alias the gate moves to the candidate when it "
+    alias: str = param("production", group="promotion", help="The alias the gate moves to the candidate when it "
                        "passes, e.g. production or staging.")
     metric: str = param(
-        "", choices=("",) + _ALL_METRICS, group="gate", label="Target metric",
+        "", choices=("",) + _ALL_METRICS, group="promotion", label="Target metric",
         help="The held-out metric the candidate must improve. Empty: the primary metric of the held-out data "
         "(loss for prompt/completion and chat, accuracy for reference, preference accuracy for preference).",
     )
     min_gain: float = param(
-        0.0, min=0.0, group="gate", label="Minimum gain (D)",
+        0.0, min=0.0, group="promotion", label="Minimum gain (D)",
         help="The candidate must beat the champion on the target metric by more than 0 and at least this much "
         "(in the metric's units, or a fraction of the champion's value when gain mode is relative).",
     )
-    gain_mode: str = param("absolute", choices=("absolute", "relative"), group="gate",
+    gain_mode: str = param("absolute", choices=("absolute", "relative"), group="promotion",
                            help="absolute: D in the metric's units; relative: D as a fraction (0.02 = 2%).")
     max_forgetting: str = param(
-        "", group="gate", label="Maximum retention drop (R)",
+        "", group="promotion", label="Maximum retention drop (R)",
         help="The candidate may be at most this much worse than the champion on the retention set's primary "
         "metric (its forgetting, in the metric's units). Empty: no limit. Needs the pipeline's retention set.",
     )
     target_threshold: str = param(
-        "", group="gate", label="Absolute target threshold",
+        "", group="promotion", label="Absolute target threshold",
         help="Optional: the candidate's target metric must be at least this good (>= for accuracy-like "
         "metrics, <= for loss). Checked on every run, and the only target check when there is no holder yet.",
     )
     retention_threshold: str = param(
-        "", group="gate", label="Absolute retention threshold",
+        "", group="promotion", label="Absolute retention threshold",
         help="Optional: the candidate's retention primary metric must be at least this good (>= or <= as "
         "above). Needs the pipeline's retention set.",
     )
     require_approval: bool = param(
-        False, group="gate", label="Require approval",
+        False, group="promotion", label="Require approval",
         help="A passing candidate is registered as a version awaiting an owner's approval; the alias moves only "
         "when an owner approves it.",
     )

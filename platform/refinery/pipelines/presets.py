@@ -56,6 +56,17 @@ PRESETS: dict[str, dict] = {
              "config": {"quantization": "int8_dynamic"}},
         ],
     },
+    "sft-gate": {
+        "label": "SFT → promotion gate",
+        "description": "Fine-tune, then compare the result with the model in production on the same held-out "
+                       "data and promote it only if it is better and forgot no more than allowed (pick a "
+                       "retention set for the forgetting check). Bind it to a schedule to retrain nightly.",
+        "stages": [
+            {"name": "sft", "method": "sft", "dataset": "prompt_completion", "adapter": {"type": "none"}},
+            {"name": "gate", "method": "gate", "input": "sft", "dataset": "prompt_completion",
+             "config": {"registered_model": "my-model", "alias": "production"}},
+        ],
+    },
 }
 
 
