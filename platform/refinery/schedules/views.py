@@ -184,6 +184,6 @@ def schedule_delete_view(request, pk):
     """Delete the schedule and its tick history; the runs it started stay (and say which schedule it was)."""
     schedule = _schedule_or_404(request, pk)
     count = schedule_delete(schedule=schedule, user=request.user)
-    kept = f" The {count} run{'s' if count != 1 else ''} it started stay." if count else ""
+    kept = {0: "", 1: " The run it started stays."}.get(count, f" The {count} runs it started stay.")
     messages.success(request, f"Deleted schedule {schedule.name!r}.{kept}")
     return redirect("schedules:list")
