@@ -199,7 +199,7 @@ def _require_write(request) -> None:
     require(request)
 
 
-def _alias_change(request, model: RegisteredModel, event: AliasEvent) -> dict:
+def _alias_change(model: RegisteredModel, event: AliasEvent) -> dict:
     page = model_page(registered_model=model, history_limit=0)
     state = next(s for s in page.aliases if s.alias == event.alias)
     return {"event": _event_out(event), "alias": _state_out(state)}
@@ -221,12 +221,11 @@ def promote(request, payload: PromoteIn):
     optionally pointing `alias` at it. Its metrics and lineage are copied from the run now."""
     _require_write(request)
     errors: dict[str, str] = {}
-    for field, check, value in (("model", model_name_clean, payload.model),
-                                ("alias", alias_clean, payload.alias)):
-        if field == "alias" and not value:
-            continue
+    checks = [("model", model_name_clean, payload.model)] + ([("alias", alias_clean, payload.alias)]
+                                                             if payload.alias else [])
+    for field, clean, value in checks:  # the services' own checks, run first to name the field
         try:
-            check(value)
+            clean(value)
         except RegistryError as exc:
             errors[field] = str(exc)
     stage = _stage(request, payload, errors)
@@ -333,7 +332,7 @@ def set_model_alias(request, model_name: str, alias: str, payload: AliasSetIn):
         event = alias_set(team=request.team, user=request.user, registered_model=model, alias=alias, version=version)
     except RegistryError as exc:
         return _refused({"alias": str(exc)})
-    return 200, _alias_change(request, model, event)
+    return 200, _alias_change(model, event)
 
 
 @router.delete("/{model_name}/aliases/{alias}", response={200: AliasChangeOut, 400: ErrorOut, 404: ErrorOut})
@@ -347,7 +346,7 @@ def remove_model_alias(request, model_name: str, alias: str):
         event = alias_remove(team=request.team, user=request.user, registered_model=model, alias=alias)
     except RegistryError as exc:
         return _refused({"alias": str(exc)})
-    return 200, _alias_change(request, model, event)
+    return 200, _alias_change(model, event)
 
 
 @router.post("/{model_name}/aliases/{alias}/rollback",
@@ -363,4 +362,4 @@ def rollback_model_alias(request, model_name: str, alias: str):
         event = alias_rollback(team=request.team, user=request.user, registered_model=model, alias=alias)
     except RegistryError as exc:
         return _refused({"alias": str(exc)})
-    return 200, _alias_change(request, model, event)
+    return 200, _alias_change(model, event)

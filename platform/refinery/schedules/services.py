@@ -424,4 +424,5 @@ def schedule_run_now(*, schedule: Schedule, user) -> ScheduleTick:
 
 
 __all__ = ["ScheduleError", "schedule_create", "schedule_update", "schedule_delete", "schedule_pause",
-           "schedule_resume", "schedule_run_now", "scheduled_run_label", "schedule_tick", "schedule_tick_all", "version_dataset_ids"]
+           "schedule_resume", "schedule_run_now", "scheduled_run_label", "schedule_tick", "schedule_tick_all",
+           "version_dataset_ids"]
