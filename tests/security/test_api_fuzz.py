@@ -95,7 +95,7 @@ def _registered_model(team, owner, run):
     dead address in these tests, so an alias change that passes every check is refused with a 400)."""
     from refinery.registry.models import AliasEvent, ModelAlias, ModelVersion, RegisteredModel
 
-    stage = run.stages.get()
+    stage = run.stages.get(name="sft")
     model = RegisteredModel.objects.create(team=team, name="fuzzed-model", mlflow_name=f"test.team-{team.pk}.fuzzed",
                                            created_by=owner)
     for number in (1, 2):
