@@ -81,21 +81,45 @@ def _build_team() -> FuzzTeam:
     schedule = schedule_create(team=team, user=owner, name="fuzzed-nightly", pipeline_id=pipeline.pk,
                                trigger="interval", interval_seconds=86400, paused=True)
     gate = gate_decision_make(run)  # awaiting approval, its model gone: approving is refused with a 400
+    model = _registered_model(team, owner, run)
     return FuzzTeam(token=token, path_ids={"dataset_id": version.dataset_id, "pipeline_id": pipeline.pk,
                                            "number": run.number, "user_id": member.pk,
                                            "invitation_id": invitation.pk, "token_id": spare_token.pk,
                                            "name": "hf_token", "webhook_id": endpoint.pk,
                                            "delivery_id": delivery.pk, "schedule_id": schedule.pk,
-                                           "gate_id": gate.pk},
+                                           "gate_id": gate.pk, "model_name": model.name, "alias": "production",
+                                           "version": 1},
                     base_model_id=base_model.pk)
 
 
+def _registered_model(team, owner, run):
+    """A registered model with versions 1 and 2 of the run's stage, "production" -> v1 (rows only: MLflow is at a
+    dead address in these tests, so an alias change that passes every check is refused with a 400)."""
+    from refinery.registry.models import AliasEvent, ModelAlias, ModelVersion, RegisteredModel
+
+    stage = run.stages.get(name="sft")
+    model = RegisteredModel.objects.create(team=team, name="fuzzed-model", mlflow_name=f"test.team-{team.pk}.fuzzed",
+                                           created_by=owner)
+    for number in (1, 2):
+        version = ModelVersion.objects.create(registered_model=model, version=number, stage_run=stage, run=run,
+                                              mlflow_run_id="0" * 32, artifact_path="adapter", kind="adapter",
+                                              promoted_by=owner, metrics={"headline": []}, lineage={"stage": "sft"})
+        if number == 1:
+            ModelAlias.objects.create(registered_model=model, alias="production", version=version)
+            AliasEvent.objects.create(registered_model=model, alias="production", version=version, action="set",
+                                      user=owner)
+    return model
+
+
 @pytest.fixture
-def fuzz_team(transactional_db, sent_stages, sent_notifications) -> FuzzTeam:
+def fuzz_team(transactional_db, sent_stages, sent_notifications, settings, monkeypatch) -> FuzzTeam:
     """The team, committed: each request autocommits, as in production, so one failing request cannot poison
     the next. (A module-scoped team would save the flush per operation, but pytest-django creates the test
     database only for tests that ask for `db`/`transactional_db`.) Run and webhook wake-ups are recorded,
-    not sent (no worker may POST a generated webhook URL anywhere)."""
+    not sent (no worker may POST a generated webhook URL anywhere). MLflow is at an address where nobody listens
+    (registry writes are refused with a 400 at once: no retries), so no generated request reaches a real one."""
+    settings.MLFLOW_TRACKING_URI = "http://127.0.0.1:9"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     return _build_team()
 
 

@@ -315,6 +315,7 @@ WEB_ROUTES: dict[str, Route] = {
     "schedules:pause": Route(pk("schedule"), {"GET": GET_ONLY_POST, "POST": Case(object_write())}),
     "schedules:resume": Route(pk("schedule"), {"GET": GET_ONLY_POST, "POST": Case(object_write())}),
     "schedules:run-now": Route(pk("schedule"), {"GET": GET_ONLY_POST, "POST": Case(object_write())}),
+    "schedules:delete": Route(pk("schedule"), {"GET": GET_ONLY_POST, "POST": Case(object_write())}),
     # registry
     "registry:list": Route(methods={"GET": Case(team_read())}),
     # gates: an owner approves or rejects (members 403); MLflow is down here, so approving ends in an error
@@ -442,6 +443,10 @@ def schedule_id(w: World) -> dict:
     return {"schedule_id": w.schedule.pk}
 
 
+def model_kw(w: World) -> dict:
+    return {"model_name": w.model.name}
+
+
 def schedule_body(w: World) -> dict:
     return {"name": "another-schedule", "pipeline_id": w.pipeline.pk, "trigger": "cron", "cron": "0 2 * * *",
             "timezone": "Europe/Paris"}
@@ -497,6 +502,24 @@ API_ROUTES: dict[str, Route] = {
     "POST /api/v1/schedules/{schedule_id}/resume": Route(schedule_id, {"POST": Case(api_write(200))}),
     "POST /api/v1/schedules/{schedule_id}/run-now": Route(schedule_id, {"POST": Case(api_write(201))}),
     "GET /api/v1/schedules/{schedule_id}/ticks": Route(schedule_id, {"GET": Case(api_read())}),
+    "DELETE /api/v1/schedules/{schedule_id}": Route(schedule_id, {"DELETE": Case(api_write(204))}),
+    # registry: MLflow is down, so a member's or owner's change that passes every check is refused by the
+    # service with MLflow's reason (400); production has nothing to roll back to (400 before MLflow). The
+    # outsider names team A's run in a promotion: no such run in its own team (400).
+    "GET /api/v1/registered-models": Route(methods={"GET": Case(api_read(obj=False))}),
+    "POST /api/v1/registered-models/promote": Route(methods={"POST": Case(api_write(400, obj=False), data=lambda w: {
+        "run": w.run.number, "stage": w.stage.name, "model": "promoted-again", "alias": "canary"})}),
+    "GET /api/v1/registered-models/{model_name}": Route(model_kw, {"GET": Case(api_read())}),
+    "GET /api/v1/registered-models/{model_name}/versions": Route(model_kw, {"GET": Case(api_read())}),
+    "GET /api/v1/registered-models/{model_name}/versions/{version}": Route(
+        lambda w: {**model_kw(w), "version": 1}, {"GET": Case(api_read())}),
+    "GET /api/v1/registered-models/{model_name}/aliases": Route(model_kw, {"GET": Case(api_read())}),
+    "PUT /api/v1/registered-models/{model_name}/aliases/{alias}": Route(
+        lambda w: {**model_kw(w), "alias": "staging"}, {"PUT": Case(api_write(400), data=lambda w: {"version": 1})}),
+    "DELETE /api/v1/registered-models/{model_name}/aliases/{alias}": Route(
+        lambda w: {**model_kw(w), "alias": "staging"}, {"DELETE": Case(api_write(400))}),
+    "POST /api/v1/registered-models/{model_name}/aliases/{alias}/rollback": Route(
+        lambda w: {**model_kw(w), "alias": "production"}, {"POST": Case(api_write(400))}),
     # team administration (/api/v1/team is the token's team: the outsider's is team B)
     "GET /api/v1/team/members": Route(methods={"GET": Case(api_read(obj=False))}),
     "PATCH /api/v1/team/members/{user_id}": Route(lambda w: {"user_id": w.users["member"].pk}, {"PATCH": Case(
@@ -692,7 +715,8 @@ def test_admin_is_for_staff_only(world, db):
 MALFORMED = {"name": 5, "seed": "not a number", "latest_data": "maybe", "spec": "nope", "version": []}
 UNKNOWN_IDS = {"pipeline_id": 987654, "number": 987654, "dataset_id": 987654, "user_id": 987654,
                "invitation_id": 987654, "token_id": 987654, "name": "hf_token",
-               "webhook_id": 987654, "delivery_id": 987654, "schedule_id": 987654, "gate_id": 987654}
+               "webhook_id": 987654, "delivery_id": 987654, "schedule_id": 987654, "gate_id": 987654,
+               "model_name": "no-such-model", "alias": "staging", "version": 987654}
 
 
 @pytest.mark.parametrize("key", [key for key in API_ROUTES if "{" in key and not key.startswith("GET ")])
@@ -722,7 +746,7 @@ def test_api_validation_does_not_reveal_other_teams_objects(world, db, key):
 
 LISTS = ["runs:list", "pipelines:list", "sweeps:list", "registry:list", "data:list", "basemodels:list",
          "pipelines:stage-form", "GET /api/v1/datasets", "GET /api/v1/base-models", "GET /api/v1/pipelines",
-         "GET /api/v1/runs", "schedules:list", "GET /api/v1/schedules"]
+         "GET /api/v1/runs", "schedules:list", "GET /api/v1/schedules", "GET /api/v1/registered-models"]
 
 
 @pytest.mark.parametrize("key", LISTS)

@@ -1,4 +1,4 @@
-"""/api/v1/schedules: a team's schedules, their pause/resume/run-now buttons and their tick history.
+"""/api/v1/schedules: a team's schedules, their pause/resume/run-now buttons, their tick history, deletion.
 
 Every lookup is inside the token's team (another team's schedule answers 404); writes need a member
 or owner with a read-write token (403 otherwise)."""
@@ -15,6 +15,7 @@ from refinery.schedules.selectors import schedule_get, schedule_list, schedule_n
 from refinery.schedules.services import (
     ScheduleError,
     schedule_create,
+    schedule_delete,
     schedule_pause,
     schedule_resume,
     schedule_run_now,
@@ -154,6 +155,18 @@ def update_schedule(request, schedule_id: int, payload: ScheduleIn):
     except ScheduleError as exc:
         return 400, {"detail": str(exc), "errors": exc.errors}
     return 200, _out(schedule_get(team=request.team, pk=schedule.pk))
+
+
+@router.delete("/{int:schedule_id}", response={204: None, 404: ErrorOut})
+def delete_schedule(request, schedule_id: int):
+    """Delete a schedule and its tick history. The runs it started stay, and keep saying which schedule and
+    window started them; a running one keeps running."""
+    _require_write(request)
+    schedule = _get(request, schedule_id)
+    if schedule is None:
+        return _not_found(schedule_id)
+    schedule_delete(schedule=schedule, user=request.user)
+    return 204, None
 
 
 @router.post("/{int:schedule_id}/pause", response={200: ScheduleOut, 404: ErrorOut})

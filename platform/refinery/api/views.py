@@ -355,5 +355,6 @@ api.add_router("/team", "refinery.api.team_views.router")
 api.add_router("/gates", "refinery.api.gate_views.router")
 api.add_router("/webhooks", "refinery.api.webhook_views.router")
 api.add_router("/schedules", "refinery.api.schedule_views.router")
+api.add_router("/registered-models", "refinery.api.registry_views.router")
 
 api.add_router("/team/secrets", secret_routes.router)

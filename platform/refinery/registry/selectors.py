@@ -79,9 +79,10 @@ class ModelPage:
     alias_choices: list[str] = field(default_factory=list)  # known aliases, default ones first
 
 
-def model_page(*, registered_model: RegisteredModel) -> ModelPage:
+def model_page(*, registered_model: RegisteredModel, history_limit: int | None = HISTORY_SHOWN) -> ModelPage:
     """Everything the model page shows, in three queries: versions (with run and promoter), the alias mirror,
-    the alias history (with its versions and users)."""
+    the alias history (with its versions and users). `history` keeps the newest `history_limit` events
+    (None: all of them; the rollback states always read the whole history)."""
     model = registered_model
     versions = list(ModelVersion.objects.filter(registered_model=model)
                     .select_related("run", "promoted_by").defer("run__snapshot").order_by("-version"))
@@ -110,7 +111,7 @@ def model_page(*, registered_model: RegisteredModel) -> ModelPage:
         states.append(AliasState(alias=alias, version=current.get(alias), can_roll_back=possible,
                                  rollback_to=target))
     choices = names
-    return ModelPage(model=model, versions=versions, aliases=states, history=events[::-1][:HISTORY_SHOWN],
+    return ModelPage(model=model, versions=versions, aliases=states, history=events[::-1][:history_limit],
                      history_total=len(events), alias_choices=choices)
 
 

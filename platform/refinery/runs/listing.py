@@ -243,7 +243,8 @@ def _page_columns(qs: QuerySet[Run], filters: RunFilters) -> QuerySet[Run]:
     qs = (qs.select_related("pipeline", "created_by", "schedule_tick__schedule")
           .only("id", "number", "name", "status", "created_at", "started_at", "finished_at", "team",
                 "pipeline__id", "pipeline__name", "created_by__id", "created_by__username",
-                "schedule_tick__window", "schedule_tick__schedule__name", "schedule_tick__schedule__timezone")
+                "schedule_label", "schedule_tick__window", "schedule_tick__schedule__name",
+                "schedule_tick__schedule__timezone")
           .annotate(base_model_name=KT("snapshot__base_model__name"), live_metric=Subquery(live),
                     note_count=Coalesce(Subquery(notes), Value(0)))
           .prefetch_related(Prefetch("stages", queryset=stages, to_attr="stage_list"),

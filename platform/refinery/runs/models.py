@@ -61,6 +61,11 @@ class Run(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    schedule_label = models.CharField(
+        max_length=300, blank=True,
+        help_text="which schedule and window started the run, kept when that schedule is deleted (its tick, "
+                  "which the pages read otherwise, goes with it): \"schedule nightly-sft, window 2026-12-05 "
+                  "02:00 Europe/Paris\"")
 
     class Meta:
         ordering = ["-created_at"]

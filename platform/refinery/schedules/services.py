@@ -245,6 +245,33 @@ def schedule_resume(*, schedule: Schedule, user) -> Schedule:
     return schedule
 
 
+def scheduled_run_label(tick: ScheduleTick) -> str:
+    """What a run started by `tick` says about it: "schedule nightly-sft, window 2026-12-05 02:00 Europe/Paris"
+    (" (run now)" for a manual window)."""
+    return (f"schedule {tick.schedule.name}, window {tick.window_label}" + (" (run now)" if tick.manual else ""))[:300]
+
+
+@transaction.atomic
+def schedule_delete(*, schedule: Schedule, user) -> int:
+    """Delete a schedule and its tick history; returns how many runs it had started.
+
+    Those runs stay (a running one keeps running) and keep saying which schedule and window started them:
+    the pages read that from the run's tick, which goes with the schedule, so the label is written onto each
+    run first (Run.schedule_label). A window waiting to start (queued) goes with the rest."""
+    schedule = Schedule.objects.select_for_update().get(pk=schedule.pk)
+    runs = []
+    for tick in schedule.ticks.filter(run__isnull=False).select_related("run", "schedule"):
+        tick.run.schedule_label = scheduled_run_label(tick)
+        runs.append(tick.run)
+    Run.objects.bulk_update(runs, ["schedule_label"], batch_size=500)
+    tick_count = schedule.ticks.count()
+    name = schedule.name
+    schedule.delete()
+    audit(team=schedule.team, user=user, action="schedule.deleted", target=f"schedule {name}",
+          ticks=tick_count, runs=len(runs))
+    return len(runs)
+
+
 def _pins(schedule: Schedule) -> dict[int, int]:
     return {int(k): int(v) for k, v in (schedule.bindings or {}).items() if v != LATEST}
 
@@ -396,5 +423,6 @@ def schedule_run_now(*, schedule: Schedule, user) -> ScheduleTick:
     return tick
 
 
-__all__ = ["ScheduleError", "schedule_create", "schedule_update", "schedule_pause", "schedule_resume",
-           "schedule_run_now", "schedule_tick", "schedule_tick_all", "version_dataset_ids"]
+__all__ = ["ScheduleError", "schedule_create", "schedule_update", "schedule_delete", "schedule_pause",
+           "schedule_resume", "schedule_run_now", "scheduled_run_label", "schedule_tick", "schedule_tick_all",
+           "version_dataset_ids"]

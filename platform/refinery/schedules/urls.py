@@ -11,4 +11,5 @@ urlpatterns = [
     path("<int:pk>/pause/", views.schedule_pause_view, name="pause"),
     path("<int:pk>/resume/", views.schedule_resume_view, name="resume"),
     path("<int:pk>/run-now/", views.schedule_run_now_view, name="run-now"),
+    path("<int:pk>/delete/", views.schedule_delete_view, name="delete"),
 ]

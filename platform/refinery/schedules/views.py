@@ -18,6 +18,7 @@ from refinery.schedules.services import (
     LATEST,
     ScheduleError,
     schedule_create,
+    schedule_delete,
     schedule_pause,
     schedule_resume,
     schedule_run_now,
@@ -175,3 +176,14 @@ def schedule_run_now_view(request, pk):
     else:
         messages.error(request, tick.reason)
     return redirect("schedules:detail", pk)
+
+
+@require_POST
+@team_required(write=True)
+def schedule_delete_view(request, pk):
+    """Delete the schedule and its tick history; the runs it started stay (and say which schedule it was)."""
+    schedule = _schedule_or_404(request, pk)
+    count = schedule_delete(schedule=schedule, user=request.user)
+    kept = {0: "", 1: " The run it started stays."}.get(count, f" The {count} runs it started stay.")
+    messages.success(request, f"Deleted schedule {schedule.name!r}.{kept}")
+    return redirect("schedules:list")
