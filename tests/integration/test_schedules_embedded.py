@@ -274,3 +274,83 @@ def test_schedules_fire_once_per_window_on_sqlite_and_the_filesystem_broker(stac
         receiver.stop()
     print(f"schedules on the embedded default: {time.monotonic() - started:.0f}s, {len(runs)} runs, "
           f"{len(ticks)} interval ticks ({len(during)} skipped while a run trained), dataset window {late:.1f}s late")
+
+
+def _probe_slow_receiver() -> None:
+    """Run in a subprocess on the embedded settings (SQLite): one webhook to a receiver that answers after 3 s,
+    sent as the cpu worker sends it, while another connection writes. Prints what it measured as JSON."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+    from django.db import connection, transaction
+
+    from refinery.notifications.models import Delivery
+    from refinery.notifications.services import deliveries_send_due, endpoint_create, notify
+    from refinery.teams.models import Team
+    from refinery.teams.services import team_create
+
+    assert connection.vendor == "sqlite", connection.vendor
+    call_command("migrate", verbosity=0)
+    answering = threading.Event()
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            answering.set()
+            time.sleep(3)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    user = get_user_model().objects.create_user("owner", password="x")
+    team = team_create(name="T", owner=user)
+    endpoint_create(team=team, user=user, url=f"http://127.0.0.1:{server.server_address[1]}/hook")
+    with transaction.atomic():
+        notify(team=team.pk, kind="run.failed", payload={"summary": "a run failed"})
+    sender = threading.Thread(target=lambda: (deliveries_send_due(), connection.close()))
+    sender.start()
+    answering.wait(timeout=30)
+    result = {}
+
+    def write():  # what the web, a supervisor's lease renewal or a schedule pass does meanwhile
+        started = time.monotonic()
+        try:
+            with transaction.atomic():
+                Team.objects.filter(pk=team.pk).update(name="T2")
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            result["error"] = repr(exc)
+        result["write_s"] = time.monotonic() - started
+        connection.close()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    writer.join()
+    sender.join()
+    server.shutdown()
+    result["deliveries"] = list(Delivery.objects.values_list("status", "status_code"))
+    print(json.dumps(result))
+
+
+def test_a_slow_webhook_receiver_does_not_lock_the_sqlite_database(tmp_path):
+    """The worker sends a webhook outside any transaction: on SQLite a transaction holds the one write lock,
+    so a receiver taking its time (here 3 s, within the 5 s timeout) kept every other writer of the stack
+    waiting, and a few such deliveries in a row made them fail with "database is locked" (busy timeout 20 s)."""
+    env = {k: v for k, v in os.environ.items() if k not in SERVICE_ENV + ("REFINERY_MODEL_ROOTS",)}
+    env.update({"REFINERY_VAR_DIR": str(tmp_path / "var"), "DJANGO_SETTINGS_MODULE": "refinery.settings.base",
+                "REFINERY_WEBHOOK_ALLOW_PRIVATE": "true",
+                "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "platform"), str(REPO_ROOT)])})
+    (tmp_path / "var").mkdir()
+    code = ("import django; django.setup(); "
+            "from tests.integration.test_schedules_embedded import _probe_slow_receiver; _probe_slow_receiver()")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert measured["deliveries"] == [["succeeded", 200]], measured
+    assert "error" not in measured and measured["write_s"] < 1.5, measured  # it waited ~3 s for the receiver
