@@ -1,11 +1,12 @@
 """Schedules on the embedded default (`make run` on a bare laptop): SQLite (WAL), kombu's filesystem broker and
 an MLflow server with a SQLite store, all under a fresh var/ dir, driven as a user would, through the REST API.
 
-`manage.py runstack` starts MLflow, the web, the worker and a beat; the test starts a second `celery beat` on the
-same SQLite database. Then: an interval schedule of 3 s fires runs that succeed, one run per window and no window
-twice although both beats send the tick (SQLite has no row locks: the unique (schedule, window) key decides); two
-uploads of a bound dataset inside the debounce start exactly one run; and a local receiver gets the runs'
-`run.succeeded` webhooks, signed, from the embedded worker. Every process stops at the end, and on Ctrl-C."""
+`manage.py runstack` starts MLflow, the web, two workers (gpu, cpu) and a beat; the test starts a second `celery
+beat` on the same SQLite database. Then: an interval schedule of 3 s fires runs that succeed, one run per window
+and no window twice although both beats send the tick (SQLite has no row locks: the unique (schedule, window)
+key decides); two uploads of a bound dataset inside the debounce start exactly one run; windows that come while
+a run trains are handled then; and a local receiver gets the runs' `run.succeeded` webhooks, signed, from the
+embedded worker. Every process stops at the end, and on Ctrl-C."""
 from __future__ import annotations
 
 import json
