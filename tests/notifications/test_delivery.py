@@ -236,6 +236,71 @@ def test_two_workers_never_send_the_same_attempt(webhook_receiver, sent_notifica
     assert len(webhook_receiver.requests) == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_an_attempt_is_sent_outside_any_transaction_and_claimed_meanwhile(sent_notifications):
+    """While a receiver takes its time, the sending worker holds no transaction (on SQLite one would hold the
+    database's only write lock); the attempt is claimed, so another worker's pass does not send it too."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from django.db import connection
+    from django.utils import timezone
+
+    answering, release, seen = threading.Event(), threading.Event(), []
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append(self.headers["X-Refinery-Delivery"])
+            answering.set()
+            release.wait(10)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    in_transaction, sent = [], []
+    try:
+        user = UserFactory()
+        team = TeamFactory(members=[user])
+        webhook(team, user, f"http://127.0.0.1:{server.server_address[1]}/hook")
+        notify(team=team, kind=EventKind.RUN_FAILED, payload={})
+        delivery = Delivery.objects.get()
+
+        def first_worker():
+            import requests
+
+            real_post = requests.post
+
+            def post(*args, **kwargs):
+                in_transaction.append(connection.in_atomic_block)
+                return real_post(*args, **kwargs)
+
+            requests.post = post
+            try:
+                sent.extend(deliveries_send_due())
+            finally:
+                requests.post = real_post
+                connection.close()
+
+        thread = threading.Thread(target=first_worker)
+        thread.start()
+        assert answering.wait(10)
+        claimed = Delivery.objects.get(pk=delivery.pk)
+        assert claimed.status == Delivery.Status.PENDING and claimed.next_attempt_at > timezone.now()
+        assert deliveries_send_due() == []  # claimed by the first worker: not sent twice
+        release.set()
+        thread.join(10)
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    assert in_transaction == [False] and sent == [delivery.pk] and seen == [str(delivery.pk)]
+    assert Delivery.objects.get(pk=delivery.pk).status == Delivery.Status.SUCCEEDED
+
+
 # --- email ----------------------------------------------------------------------------------------
 
 def test_email_goes_through_djangos_backend(team_owner, settings, sent_notifications):

@@ -2,9 +2,9 @@
 
 `notify` inserts the event and one pending Delivery per subscribed endpoint inside the caller's
 transaction, and asks for a worker after commit. The worker (`deliveries_send_due`) claims due rows with
-SELECT ... FOR UPDATE SKIP LOCKED, one at a time, sends, and records the outcome; a failed attempt
-schedules the next one (a new row) after the backoff in REFINERY_WEBHOOK_BACKOFF_SECONDS, until
-REFINERY_WEBHOOK_MAX_ATTEMPTS."""
+SELECT ... FOR UPDATE SKIP LOCKED, one at a time, sends each outside any transaction, and records the
+outcome; a failed attempt schedules the next one (a new row) after the backoff in
+REFINERY_WEBHOOK_BACKOFF_SECONDS, until REFINERY_WEBHOOK_MAX_ATTEMPTS."""
 from __future__ import annotations
 
 import json
@@ -214,7 +214,8 @@ def _email(endpoint: Endpoint, event: NotificationEvent) -> None:
 
 
 def delivery_attempt(delivery: Delivery) -> Delivery:
-    """Send one claimed attempt and record the outcome (called with the row locked)."""
+    """Send one claimed attempt and record the outcome. Called outside any transaction: the request may take
+    REFINERY_WEBHOOK_TIMEOUT_SECONDS, and on SQLite an open transaction holds the database's one write lock."""
     endpoint, event = delivery.endpoint, delivery.event
     started = time.monotonic()
     status_code, error = None, ""
@@ -232,18 +233,29 @@ def delivery_attempt(delivery: Delivery) -> Delivery:
     delivery.status_code, delivery.error, delivery.delivered_at = status_code, error, now
     delivery.status = Delivery.Status.FAILED if error else Delivery.Status.SUCCEEDED
     delivery.next_attempt_at = None
-    delivery.save(update_fields=["status", "status_code", "response_ms", "error", "delivered_at", "next_attempt_at"])
-    if error and not delivery.manual:
-        wait = _backoff(delivery.attempt)
-        if wait is not None:
-            Delivery.objects.create(event=event, endpoint=endpoint, attempt=delivery.attempt + 1,
-                                    next_attempt_at=now + timedelta(seconds=wait))
+    with transaction.atomic():
+        delivery.save(update_fields=["status", "status_code", "response_ms", "error", "delivered_at",
+                                     "next_attempt_at"])
+        if error and not delivery.manual:
+            wait = _backoff(delivery.attempt)
+            if wait is not None:
+                Delivery.objects.create(event=event, endpoint=endpoint, attempt=delivery.attempt + 1,
+                                        next_attempt_at=now + timedelta(seconds=wait))
     return delivery
 
 
+def _claim_seconds() -> float:
+    """How long a claimed attempt is not due for anyone else: longer than the request can last (connect and
+    read timeouts), so that only a worker that died while sending leaves it to be sent again."""
+    return 2 * settings.REFINERY_WEBHOOK_TIMEOUT_SECONDS + 60
+
+
 def deliveries_send_due(*, limit: int = DELIVERY_BATCH) -> list[int]:
-    """Send every due attempt (at most `limit`), one row per transaction. Two workers never send the same
-    attempt: each claims its row with FOR UPDATE SKIP LOCKED and marks it done before releasing it."""
+    """Send every due attempt (at most `limit`). Two workers never send the same attempt: each claims a due
+    row (FOR UPDATE SKIP LOCKED) by moving its due time past the longest a request can take, commits, and
+    only then sends, outside any transaction (on SQLite a transaction would keep every other writer of the
+    stack waiting for the receiver: "database is locked"). A worker that dies while sending leaves the
+    attempt due again after the claim; the event id lets a receiver drop the duplicate."""
     sent: list[int] = []
     while len(sent) < limit:
         with transaction.atomic():
@@ -254,6 +266,10 @@ def deliveries_send_due(*, limit: int = DELIVERY_BATCH) -> list[int]:
                         .order_by("next_attempt_at", "id").first())
             if delivery is None:
                 break
+            claimed = Delivery.objects.filter(pk=delivery.pk, status=Delivery.Status.PENDING,
+                                              next_attempt_at=delivery.next_attempt_at).update(
+                next_attempt_at=timezone.now() + timedelta(seconds=_claim_seconds()))
+        if claimed:
             delivery_attempt(delivery)
             sent.append(delivery.pk)
     return sent

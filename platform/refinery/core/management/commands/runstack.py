@@ -6,7 +6,8 @@ CELERY_BROKER_URL or MLFLOW_TRACKING_URI set, the same command uses those
 instead (and starts no MLflow server when MLFLOW_TRACKING_URI is set).
 
 Steps: create the var/ folders, migrate, make sure the demo user exists; start
-MLflow and the web, wait for MLflow's /health, start the Celery worker and beat,
+MLflow and the web, wait for MLflow's /health, start the Celery workers (one for
+training stages on the `gpu` queue, one for the light `cpu` tasks) and beat,
 wait for the web's /login/, seed the demo (`manage.py seed_demo`, idempotent)
 and print a banner.
 
@@ -228,9 +229,17 @@ class Command(BaseCommand):
                 "--access-logfile", "-", "--error-logfile", "-",
                 "--no-control-socket",  # else every gunicorn shares ~/.gunicorn/gunicorn.ctl
             ]),
+            # Two workers, as in the compose file: training stages on `gpu` (one at a time), and the light
+            # tasks on `cpu` (schedule ticks, webhooks, the reaper), which would otherwise wait for
+            # the end of whatever stage is training.
             Child("worker", [
-                python, "-m", "celery", "-A", "jobs.app", "worker", "-Q", "gpu,cpu",
+                python, "-m", "celery", "-A", "jobs.app", "worker", "-Q", "gpu",
                 "--concurrency", "1", "--prefetch-multiplier", "1", "-n", "worker@%h",
+                "--without-mingle", "--without-gossip", "--loglevel", "INFO",
+            ]),
+            Child("cpu-worker", [
+                python, "-m", "celery", "-A", "jobs.app", "worker", "-Q", "cpu",
+                "--concurrency", "1", "--prefetch-multiplier", "1", "-n", "cpu@%h",
                 "--without-mingle", "--without-gossip", "--loglevel", "INFO",
             ]),
             Child("beat", [
@@ -248,7 +257,7 @@ class Command(BaseCommand):
                     self._start(by_name[name], env)
             if not external_mlflow:
                 self._wait_ready({"mlflow": f"{tracking_uri}/health"}, startup_timeout)
-            for name in ("worker", "beat"):
+            for name in ("worker", "cpu-worker", "beat"):
                 self._start(by_name[name], env)
             self._wait_ready({"web": f"http://127.0.0.1:{web_port}/login/"}, startup_timeout)
             if not no_demo:
