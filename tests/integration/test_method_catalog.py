@@ -37,6 +37,9 @@ STAGES = [
     {"name": "ship", "method": "export", "input": "soup", "data": "eval", "config": {"max_rows": 10}},
     {"name": "check", "method": "evaluate", "input": "ship", "data": "prefs_eval",
      "config": {"max_rows": 10, "reward_model_stage": "rm"}},
+    # A promotion gate: the export against catalog@production (no holder yet: the first candidate passes).
+    {"name": "promote", "method": "gate", "input": "ship", "data": "eval",
+     "config": {"registered_model": "catalog", "max_rows": 10, "sample_count": 0}},
 ]
 # What each method must have logged (to MLflow and to the run page), besides train/loss.
 METHOD_METRICS = {
@@ -50,8 +53,9 @@ METHOD_METRICS = {
     "merge": "merge/",
     "export": "export/",
     "evaluate": "eval/preference_accuracy",
+    "gate": "gate/passed",
 }
-ONE_OFF = {"merge", "export", "evaluate"}  # one-off numbers: shown in their cards, not as step charts
+ONE_OFF = {"merge", "export", "evaluate", "gate"}  # one-off numbers: shown in their cards, not as step charts
 
 
 def test_every_method_runs_through_the_worker(celery_worker_process, mlflow_server, demo_pipeline):
@@ -82,8 +86,8 @@ def test_every_method_runs_through_the_worker(celery_worker_process, mlflow_serv
             assert logged, (stage["name"], sorted(keys))
             # The same metric reached MLflow and the run page's charts.
             assert metric_history(row.mlflow_run_id, logged[0]), (stage["name"], logged[0])
-            assert logged[0] in page or stage["method"] in ("merge", "export"), logged[0]
-        card = {"evaluate": "evaluation", "export": "export"}.get(stage["method"])
+            assert logged[0] in page or stage["method"] in ("merge", "export", "gate"), logged[0]
+        card = {"evaluate": "evaluation", "export": "export", "gate": "gate"}.get(stage["method"])
         if card:
             assert f'data-testid="{card}-{stage["name"]}"' in page, stage["name"]
         if stage["method"] not in ONE_OFF:

@@ -30,6 +30,8 @@ DEMO_PASSWORD = "refinery-demo"
 DEMO_TEAM = "Demo"
 DEMO_MODEL = "tiny-llama-demo"
 DEMO_PIPELINE = "addition: full SFT, then LoRA"
+DEMO_GATED_PIPELINE = "addition: nightly retrain behind a gate"
+DEMO_REGISTERED_MODEL = "adder"
 
 DATASETS = [
     # (name, demo kit key, kind, description)
@@ -123,10 +125,27 @@ class Command(BaseCommand):
                     ],
                 },
             )
-            # A schedule to look at: nightly, paused until someone resumes it (docs/schedules.md).
+            # A schedule to look at: nightly, paused until someone resumes it, retraining a pipeline that ends in a
+            # promotion gate: the new model replaces adder@production only if it beats it on the held-out sums and
+            # forgot at most 0.5 nats/token of the training sums (docs/schedules.md).
             from refinery.schedules.services import schedule_create
 
-            schedule_create(team=team, user=user, name="nightly-addition", pipeline_id=pipeline.pk,
+            gated = pipeline_create(
+                team=team, user=user, name=DEMO_GATED_PIPELINE, base_model_id=model.pk,
+                description="Full SFT on the sums, then a promotion gate against adder@production.",
+                spec={
+                    "seed": 42,
+                    "retention_dataset_id": ids["train"],
+                    "stages": [
+                        {"name": "sft", "method": "sft", "dataset_id": ids["train"], "input": "base", "config": {},
+                         "adapter": {"type": "none"}},
+                        {"name": "gate", "method": "gate", "dataset_id": ids["eval"], "input": "sft",
+                         "config": {"registered_model": DEMO_REGISTERED_MODEL, "alias": "production",
+                                    "max_forgetting": "0.5"}},
+                    ],
+                },
+            )
+            schedule_create(team=team, user=user, name="nightly-addition", pipeline_id=gated.pk,
                             trigger="interval", interval_seconds=86400, paused=True)
             if not no_run:
                 run = run_create(pipeline=pipeline, user=user)
