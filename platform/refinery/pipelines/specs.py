@@ -322,6 +322,23 @@ def _gate_errors(config, *, source: str, retention) -> dict[str, str]:
     return errors
 
 
+GATE_FIELDS = {"candidate", "dataset_id", "config"}
+
+
+def spec_with_gate(spec: dict, gate: dict | None) -> tuple[dict, str | None]:
+    """A copy of a (raw) pipeline spec with a schedule's gate appended as one more stage, and that stage's name
+    ("gate", or "schedule-gate" when the pipeline already has a stage called "gate"). `gate` is
+    {"candidate": <stage name>, "dataset_id": <held-out dataset id>, "config": {<gate config fields>}}; it is
+    validated with the rest by pipeline_spec_normalize. No gate: the spec as it is, and None."""
+    if not gate:
+        return spec, None
+    names = {s.get("name") for s in spec.get("stages") or [] if isinstance(s, dict)}
+    name = next(n for n in ("gate", "schedule-gate", "schedule-gate-2", "schedule-gate-3") if n not in names)
+    stage = {"name": name, "method": "gate", "input": gate.get("candidate") or "base",
+             "dataset_id": gate.get("dataset_id"), "config": dict(gate.get("config") or {}), "adapter": None}
+    return {**spec, "stages": [*(spec.get("stages") or []), stage]}, name
+
+
 def _aux_stage_errors(method: str, config, methods: dict[str, str], own: str) -> dict[str, str]:
     """Config fields that name another stage (grpo's reward_model_stage, distill's teacher_stage, evaluate's
     baseline_stage) must name a stage of this pipeline whose method produces that kind of model."""

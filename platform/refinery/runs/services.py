@@ -116,20 +116,28 @@ def _stage_ready(stage: StageRun, by_name: dict[str, StageRun]) -> bool:
 @transaction.atomic
 def run_create(*, pipeline: Pipeline, user, seed: int | None = None, name: str = "", version=None,
                rerun_of: Run | None = None, overrides: dict[str, Any] | None = None,
-               dataset_versions: dict[int, int] | None = None) -> Run:
+               dataset_versions: dict[int, int] | None = None, gate: dict | None = None) -> Run:
     """Start a run of a pipeline version (the current one by default), resolving each dataset to its
     latest version now. `overrides` ({"<stage>.config.<field>" or "<stage>.adapter.<field>": value}, as a
     sweep sets them) change the version's settings for this run only; they are validated like an edit and
     recorded in the snapshot. `dataset_versions` ({dataset id: version id}, as a schedule binds them) pins
-    those datasets to a version instead."""
+    those datasets to a version instead. `gate` (a schedule's promotion gate: pipelines.specs.spec_with_gate)
+    adds a gate stage to this run."""
     from refinery.pipelines.services import pipeline_current_version
-    from refinery.pipelines.specs import SpecError, apply_overrides, auto_evaluate_stages, pipeline_spec_normalize
+    from refinery.pipelines.specs import (
+        SpecError,
+        apply_overrides,
+        auto_evaluate_stages,
+        pipeline_spec_normalize,
+        spec_with_gate,
+    )
 
     version = version or pipeline_current_version(pipeline)
     spec = version.spec
     try:
         if overrides:
             spec = apply_overrides(spec, overrides)
+        spec, _ = spec_with_gate(spec, gate)
         normalized = pipeline_spec_normalize(team=pipeline.team, spec=spec, base_model=version.base_model)
     except SpecError as exc:
         raise RunError("; ".join(exc.errors.values())) from None
