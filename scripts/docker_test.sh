@@ -92,7 +92,9 @@ else
     is_root || die "no Docker daemon is running, and starting one needs root: run as root, or start it: sudo dockerd --iptables=false --bridge=none"
     command -v dockerd >/dev/null 2>&1 || die "dockerd is missing: apt-get install -y docker.io"
     say "starting dockerd --iptables=false --bridge=none"
-    dockerd --iptables=false --bridge=none >"$WORK/dockerd.log" 2>&1 &
+    # In a session of its own: a Ctrl-C (or CI's timeout) that reaches this script's process group
+    # must not stop the daemon before the cleanup has removed the stack through it.
+    setsid dockerd --iptables=false --bridge=none >"$WORK/dockerd.log" 2>&1 &
     DOCKERD_PID=$!
     for _ in $(seq 1 120); do
         docker info >/dev/null 2>&1 && break
