@@ -48,8 +48,8 @@ venv: ## create .venv and install the project (torch 2.13.0 CPU first, then -c r
 	rm -f $(STAMP); \
 	echo "venv: installing $(TORCH_PIN) (first, so that nothing pulls a CUDA build)"; \
 	$(PIP) install -q $(TORCH_PIN); \
-	echo "venv: installing -c requirements.lock -e '.[train,test]'"; \
-	$(PIP) install -q -c requirements.lock -e '.[train,test]'; \
+	echo "venv: installing -c requirements.lock -e '.[train,test,server]'"; \
+	$(PIP) install -q -c requirements.lock -e '.[train,test,server]'; \
 	echo "$(LOCK_HASH)" > $(STAMP); \
 	echo "venv: ready"
 

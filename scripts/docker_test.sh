@@ -163,7 +163,7 @@ export REFINERY_CODE_VERSION="$(git rev-parse --short=12 HEAD 2>/dev/null || ech
 "${COMPOSE[@]}" --profile gpu down -v --remove-orphans --timeout 10 >/dev/null 2>&1 || true
 
 # --- 4. build ----------------------------------------------------------------------------------------
-for service in postgres redis web worker-cpu; do
+for service in postgres redis mlflow web worker-cpu; do
     t=$SECONDS
     say "building $service"
     if ! "${COMPOSE[@]}" build "$service" >"$OUT/build-$service.log" 2>&1; then
@@ -173,11 +173,12 @@ for service in postgres redis web worker-cpu; do
     TIMES[build_${service//-/_}_s]=$((SECONDS - t))
 done
 size_mb() { docker image inspect -f '{{.Size}}' "$1" | awk '{printf "%d", $1 / 1e6}'; }
-for image in refinery-test-web refinery-test-worker refinery-test-postgres refinery-test-redis; do
+for image in refinery-test-web refinery-test-worker refinery-test-mlflow refinery-test-postgres refinery-test-redis; do
     TIMES[size_${image//-/_}_mb]=$(size_mb "$image:latest")
 done
-say "built in $((TIMES[build_postgres_s] + TIMES[build_redis_s] + TIMES[build_web_s] + TIMES[build_worker_cpu_s])) s;" \
-    "web $(size_mb refinery-test-web:latest) MB, worker $(size_mb refinery-test-worker:latest) MB"
+say "built in $((TIMES[build_postgres_s] + TIMES[build_redis_s] + TIMES[build_mlflow_s] + TIMES[build_web_s] + TIMES[build_worker_cpu_s])) s;" \
+    "web $(size_mb refinery-test-web:latest) MB, worker $(size_mb refinery-test-worker:latest) MB," \
+    "mlflow $(size_mb refinery-test-mlflow:latest) MB"
 
 # --- 5. up and check ---------------------------------------------------------------------------------
 t=$SECONDS
