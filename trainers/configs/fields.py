@@ -91,14 +91,17 @@ def gradient_accumulation_steps() -> Any:
     )
 
 
-def max_length(default: int) -> Any:
+def max_length(
+    default: int, help: str = "Longest tokenized prompt + answer, in tokens; longer examples are truncated at the end."
+) -> Any:
     return param(
         default,
         min=8,
         max=131072,
         label="Max sequence length",
         group="data",
-        help="Longest tokenized prompt + answer, in tokens; longer examples are truncated at the end.",
+        after="gradient_accumulation_steps",
+        help=help,
     )
 
 
