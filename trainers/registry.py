@@ -25,6 +25,7 @@ from .configs import (
     SimPOConfig,
 )
 from .configs.adapters import ADAPTER_TYPES
+from .dataset_kinds import DATASET_KINDS
 from .schema import config_schema, json_schema, validate_config
 
 __all__ = [
@@ -36,16 +37,6 @@ __all__ = [
     "validate_stage",
     "describe_methods",
 ]
-
-# Shapes of data a stage can read (see docs/stage-spec.md).
-DATASET_KINDS = {
-    "prompt_completion": "Prompt and completion columns (prompt, completion)",
-    "chat": "Conversations: a messages column of {role, content} turns",
-    "preference": "Prompt with a chosen and a rejected answer (prompt, chosen, rejected)",
-    "reference": "Prompt and expected answer (prompt, answer)",
-    "feedback": "Prompt with one answer marked desirable or not (prompt, completion, label: true/false)",
-}
-
 
 _NO_PROMPT_TUNING = tuple(t for t in ADAPTER_TYPES if t != "prompt_tuning")
 
