@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 from ..schema import param
 from . import fields
-from .training import TrainingConfig
 from .grpo import STAGE_NAME
+from .training import TrainingConfig
 
 
 @dataclass(frozen=True)
