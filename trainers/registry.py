@@ -92,6 +92,9 @@ class Method:
     inputs: str = "one"
     # What the stage outputs: "model" (a model or an adapter a later stage can take) or "report" (evaluate).
     output: str = "model"
+    # With output "model": True when that model scores text (a sequence classifier, as a reward stage makes)
+    # rather than generating it.
+    scorer: bool = False
 
     def aux_sources(self, config: Any) -> dict[str, str]:
         """``{aux_models key: earlier stage name or "base"}`` for the models this config uses."""
@@ -189,6 +192,7 @@ METHODS: dict[str, Method] = {
             runner="trainers.methods.reward:run",
             # A prompt-tuning adapter cannot be merged, so the scorer could not load it.
             adapter_types=_NO_PROMPT_TUNING,
+            scorer=True,
         ),
         Method(
             name="grpo",

@@ -5,14 +5,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db.models import Count, Prefetch, Q, QuerySet
+from trainers.metrics import metric_goal
 
 from refinery.runs.models import ACTIVE_STATES, Run, StageRun, Status
 from refinery.sweeps.models import Sweep, SweepTrial
 from refinery.sweeps.parameters import value_label
 from refinery.teams.models import Team
-
-# Words in a metric key that mean "lower is better"; any other metric is taken as "higher is better".
-LOWER_IS_BETTER = ("loss", "perplexity", "forgetting", "nll", "runtime", "error")
 
 
 def sweep_list(*, team: Team) -> QuerySet[Sweep]:
@@ -88,8 +86,7 @@ def run_summary_metrics(run: Run) -> dict[str, float]:
 
 def default_goal(metric: str) -> str:
     """"min" for losses, perplexity, forgetting and the like, "max" otherwise (gains, accuracies, rewards)."""
-    key = metric.rsplit("/", 1)[-1].lower()
-    return "min" if any(word in key for word in LOWER_IS_BETTER) else "max"
+    return metric_goal(metric)
 
 
 @dataclass
