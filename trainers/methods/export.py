@@ -46,8 +46,9 @@ from ..cancel import cancel_requested
 from ..configs.evaluate import EvaluateConfig
 from ..evaluate import LOSS_KINDS, measure
 from ..events import Events
-from ..metrics import PRIMARY_METRICS
+from ..metrics import PRIMARY_METRICS, flatten_keys
 from ..spec import StageSpec
+from .adapters import bitsandbytes_unavailable_reason
 from .common import count_parameters, load_model_and_tokenizer, publish_dir, quiet_progress_bars, seed_everything
 from .merge import Heartbeat, dir_size, save_model_dir, stored_dtype
 
@@ -90,19 +91,7 @@ def quantization_unavailable_reason(quantization: str) -> str | None:
             return "int8_dynamic needs a quantized CPU engine (fbgemm, x86, onednn or qnnpack); this torch has none"
         return None
     if quantization in ("bnb_8bit", "bnb_4bit"):
-        import importlib.util
-
-        has_cuda = torch.cuda.is_available()
-        has_bnb = importlib.util.find_spec("bitsandbytes") is not None
-        if has_cuda and has_bnb:
-            return None
-        if not has_cuda and not has_bnb:
-            missing = "neither"
-        elif not has_cuda:
-            missing = "no CUDA GPU"
-        else:
-            missing = "no bitsandbytes (pip install bitsandbytes)"
-        return f"{quantization} needs a CUDA GPU and bitsandbytes; this worker has {missing}"
+        return bitsandbytes_unavailable_reason(quantization)
     return None
 
 
@@ -248,15 +237,6 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
-def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(value, dict):
-        out = []
-        for key, item in value.items():
-            out += _flatten(item, f"{prefix}/{key}" if prefix else str(key))
-        return out
-    return [(prefix, value)]
-
-
 def _name_of(value: Any) -> str | None:
     if isinstance(value, dict):
         value = value.get("name_or_path") or value.get("name")
@@ -393,7 +373,7 @@ def model_card(card: dict[str, Any] | None, export: dict[str, Any]) -> str:
     if metrics:
         lines += ["## Metrics", ""]
         if isinstance(metrics, dict):
-            lines += _table(["metric", "value"], [[k, v] for k, v in _flatten(metrics)])
+            lines += _table(["metric", "value"], [[k, v] for k, v in flatten_keys(metrics).items()])
         else:
             lines += _bullets(metrics)
         lines.append("")

@@ -31,7 +31,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET
-from trainers.metrics import metric_goal
+from trainers.metrics import metric_goal, summary_numbers
 
 from refinery.core.auth import team_required
 from refinery.runs.models import Run, StageMetric, StageRun
@@ -501,31 +501,6 @@ def item_flat_config(item: Item) -> dict[str, Any]:
 
 
 # --- Final numbers --------------------------------------------------------------------------------------------
-
-def summary_numbers(summary: dict | None) -> dict[str, float]:
-    """A stage summary's final numbers, flat: a training stage's as they are ("train/loss"), an evaluate
-    stage's report metrics plus its headline "gain" (on its target) and "forgetting" (on its retention set)."""
-    summary = summary or {}
-    if isinstance(summary.get("metrics"), dict):
-        items = dict(summary["metrics"])
-        for part, key in (("target", "gain"), ("retention", "forgetting")):
-            block = summary.get(part)
-            if isinstance(block, dict) and key in block:
-                items.setdefault(key, block[key])
-    else:
-        items = {}
-        _flatten_slash(summary, "", items)
-    return {key: float(value) for key, value in items.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
-
-
-def _flatten_slash(data: dict, prefix: str, out: dict) -> None:
-    for key, value in data.items():
-        if isinstance(value, dict):
-            _flatten_slash(value, f"{prefix}{key}/", out)
-        else:
-            out[f"{prefix}{key}"] = value
-
 
 def item_numbers(item: Item) -> dict[str, float]:
     """An item's final numbers: a run's as "<stage>/<key>" over all its stages, a stage's as "<key>"."""
