@@ -31,7 +31,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET
-from trainers.metrics import metric_goal, summary_numbers
+from trainers.metrics import higher_is_better, summary_numbers
 
 from refinery.core.auth import team_required
 from refinery.runs.models import Run, StageMetric, StageRun
@@ -45,7 +45,7 @@ CACHE_SECONDS = 3600  # a finished stage's thinned series
 PALETTE = ("#5046e5", "#f97316", "#10b981", "#e11d48", "#0ea5e9", "#a855f7", "#eab308", "#14b8a6", "#64748b",
            "#ec4899")
 # Bookkeeping numbers where neither direction is better (no highlight); for the others
-# trainers.metrics.metric_goal says whether lower or higher is better.
+# trainers.metrics.higher_is_better says which direction is better.
 NEUTRAL_METRICS = ("learning_rate", "epoch", "num_tokens", "total_flos", "global_step", "grad_norm", "size_bytes")
 # Snapshot keys left out of the config diff: row ids and timestamps that differ without meaning anything, and
 # the overrides a sweep applied (already visible in the stage configs they changed).
@@ -515,7 +515,7 @@ def metric_goal(key: str) -> str | None:
     last = key.rsplit("/", 1)[-1].lower()
     if any(word in last for word in NEUTRAL_METRICS):
         return None
-    return metric_goal(last)
+    return "max" if higher_is_better(last) else "min"
 
 
 def metric_table(numbers: Sequence[dict[str, float]]) -> list[dict]:
