@@ -26,6 +26,7 @@ from .configs import (
 )
 from .configs.adapters import ADAPTER_TYPES
 from .dataset_kinds import DATASET_KINDS
+from .metrics import EVAL_KINDS
 from .schema import config_schema, json_schema, validate_config
 
 __all__ = [
@@ -95,6 +96,8 @@ class Method:
     # With output "model": True when that model scores text (a sequence classifier, as a reward stage makes)
     # rather than generating it.
     scorer: bool = False
+    # True: the stage also measures forgetting on the pipeline's retention set (spec `data.retention`).
+    retention: bool = False
 
     def aux_sources(self, config: Any) -> dict[str, str]:
         """``{aux_models key: earlier stage name or "base"}`` for the models this config uses."""
@@ -239,10 +242,11 @@ METHODS: dict[str, Method] = {
             "generated answers, preference accuracy, reward-model score) against a baseline, its forgetting on "
             "the retention set, and sample generations for a fixed prompt list.",
             config_class=EvaluateConfig,
-            dataset_kinds=("prompt_completion", "chat", "reference", "preference"),
+            dataset_kinds=EVAL_KINDS,
             runner="trainers.methods.evaluate:run",
             uses_adapter=False,
             trains=False,
+            retention=True,
             dataset_required=False,
             output="report",
             aux_models=(
@@ -257,10 +261,11 @@ METHODS: dict[str, Method] = {
             "alias (the champion) on the same held-out and retention data; promote the candidate to the alias only "
             "if it beats the champion by the set margin and forgot no more than allowed.",
             config_class=GateConfig,
-            dataset_kinds=("prompt_completion", "chat", "reference", "preference"),
+            dataset_kinds=EVAL_KINDS,
             runner="trainers.methods.gate:run",
             uses_adapter=False,
             trains=False,
+            retention=True,
             dataset_required=True,
             output="report",
             aux_models=(

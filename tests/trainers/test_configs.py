@@ -216,3 +216,29 @@ def test_a_field_placed_after_a_missing_field_is_a_declaration_error():
 
     with pytest.raises(TypeError, match="after='nope' names no field"):
         config_schema(Broken)
+
+
+def test_metric_facts_are_one_rule():
+    from trainers.configs.gate import GATE_METRICS
+    from trainers.metrics import EVAL_KINDS, PRIMARY_METRICS, higher_is_better, metric_goal, summary_numbers
+
+    assert PRIMARY_METRICS == {"prompt_completion": ("loss", False), "chat": ("loss", False),
+                               "reference": ("accuracy", True), "preference": ("preference_accuracy", True)}
+    assert all(GATE_METRICS[kind][0] == PRIMARY_METRICS[kind][0] for kind in EVAL_KINDS)
+    assert METHODS["evaluate"].dataset_kinds == METHODS["gate"].dataset_kinds == EVAL_KINDS
+    for key, goal in (("eval/loss", "min"), ("retention/perplexity", "min"), ("forgetting", "min"),
+                      ("train/runtime", "min"), ("eval/accuracy", "max"), ("gain", "max"), ("Eval/NLL_loss", "min"),
+                      ("loss/accuracy", "max")):  # the last path segment decides
+        assert metric_goal(key) == goal, key
+        assert higher_is_better(key) is (goal == "max")
+    assert summary_numbers({"train": {"loss": 0.5, "ok": True}, "note": "x", "nan": float("nan")}) == {
+        "train/loss": 0.5}
+
+
+def test_method_facts_the_web_side_reads():
+    from trainers.configs.adapters import FULL_MODEL_TYPES
+
+    assert [m.name for m in METHODS.values() if not m.trains] == ["merge", "evaluate", "gate", "export"]
+    assert [m.name for m in METHODS.values() if m.scorer] == ["reward"]
+    assert [m.name for m in METHODS.values() if m.retention] == ["evaluate", "gate"]
+    assert FULL_MODEL_TYPES == ("none", "bitfit", "freeze")

@@ -44,9 +44,10 @@ from torch import nn
 
 from ..cancel import cancel_requested
 from ..configs.evaluate import EvaluateConfig
-from ..evaluate import LOSS_KINDS, measure
+from ..evaluate import measure
 from ..events import Events
 from ..metrics import PRIMARY_METRICS, flatten_keys
+from ..registry import get_method
 from ..spec import StageSpec
 from .adapters import bitsandbytes_unavailable_reason
 from .common import count_parameters, load_model_and_tokenizer, publish_dir, quiet_progress_bars, seed_everything
@@ -63,7 +64,7 @@ __all__ = [
 
 QUANTIZED_WEIGHTS = "quantized_state_dict.pt"  # int8_dynamic: the quantized model's state dict
 CARD = "README.md"
-EXPORT_KINDS = (*LOSS_KINDS, "reference")  # the held-out data export measures
+EXPORT_KINDS = get_method("export").dataset_kinds  # the held-out data export measures
 ACCURACY_REWARD = EvaluateConfig().accuracy_reward
 
 
@@ -452,7 +453,7 @@ def run(spec: StageSpec, events: Events) -> dict[str, Any]:
         raise ExportError(reason)  # before any data or model is loaded
     kind = spec.eval.kind if spec.eval else None
     if kind is not None and kind not in EXPORT_KINDS:
-        raise ExportError(f"export evaluates prompt_completion, chat or reference data, not {kind!r}")
+        raise ExportError(f"export evaluates {', '.join(EXPORT_KINDS[:-1])} or {EXPORT_KINDS[-1]} data, not {kind!r}")
     rows = _read_eval_rows(spec, cfg.max_rows) if spec.eval else None  # data first: a bad row fails fast
     if cancel_requested():
         return {"status": "canceled", "step": 0}
