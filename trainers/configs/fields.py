@@ -4,7 +4,9 @@ Each function returns a fresh :func:`~trainers.schema.param`, so a method config
 
     learning_rate: float = fields.learning_rate(5e-4, "... method-specific advice ...")
 
-and every method's form, API schema and validation describe these settings identically.
+and every method's form, API schema and validation describe these settings identically. The shared
+training settings are declared once with these in :mod:`trainers.configs.training`; a method's config
+calls them only to override a default or the advice.
 Standard library only (the web process imports config modules).
 """
 
