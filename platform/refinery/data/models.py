@@ -2,10 +2,9 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-
-from refinery.teams.models import Team
 from trainers.dataset_kinds import DATASET_KIND_SPECS
 
+from refinery.teams.models import Team
 
 # The kinds are defined in trainers.dataset_kinds (the trainer reads the same ones); members are named by
 # their value in capitals: DatasetKind.PROMPT_COMPLETION == "prompt_completion".

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
+from trainers.dataset_kinds import BOOL, DATASET_KIND_SPECS, MESSAGES, TEXT
+
 from refinery.core.units import format_bytes
 from refinery.data.inspect import PREVIEW_ROWS, DatasetStats, preview_row
-from trainers.dataset_kinds import BOOL, DATASET_KIND_SPECS, MESSAGES, TEXT
 
 if TYPE_CHECKING:
     import pyarrow as pa
