@@ -9,17 +9,13 @@ import re
 from dataclasses import asdict
 from typing import Any
 
-from trainers.configs.adapters import MERGEABLE_TYPES, adapter_model_errors
+from trainers.configs.adapters import FULL_MODEL_TYPES, MERGEABLE_TYPES, adapter_model_errors
 from trainers.registry import METHODS, validate_stage
 
 from refinery.basemodels.services import local_model_layout
 from refinery.data.models import Dataset
 
-FULL_MODEL_TYPES = ("none", "bitfit", "freeze")  # adapter types whose stage outputs a whole model
 ADAPTER_LABELS = {"lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA", "ia3": "IA3", "layernorm": "LayerNorm"}
-
-# Methods whose stage outputs a scoring model (a sequence classifier), not a model that generates text.
-SCORING_METHODS = ("reward",)
 
 STAGE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 MAX_STAGES = 32
@@ -53,10 +49,10 @@ MAX_MERGE_INPUTS = 8
 def _output_of(method: str) -> str:
     """What a stage of `method` hands on: "model" (a model that generates text, or an adapter for one),
     "scorer" (a reward model) or "report" (an evaluation)."""
-    if method in SCORING_METHODS:
-        return "scorer"
     spec = METHODS.get(method)
-    return spec.output if spec is not None else "model"
+    if spec is None:
+        return "model"
+    return "scorer" if spec.scorer else spec.output
 
 
 def _stage_refs(stage: dict) -> list[tuple[str, str]]:

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
+from trainers.registry import METHODS
 
 from refinery.data.models import Dataset, DatasetVersion
 from refinery.notifications.run_events import run_finished_notify
@@ -32,7 +33,7 @@ from refinery.teams.services import audit
 log = logging.getLogger(__name__)
 
 
-RETENTION_METHODS = ("evaluate", "gate")  # stages that get the pipeline's retention set
+RETENTION_METHODS = tuple(name for name, m in METHODS.items() if m.retention)  # stages that get the retention set
 
 
 class RunError(Exception):

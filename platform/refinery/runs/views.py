@@ -11,6 +11,7 @@ from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseStopPolling
+from trainers.registry import METHODS
 
 from refinery.basemodels.selectors import base_model_exists
 from refinery.core.auth import team_required
@@ -36,7 +37,8 @@ from refinery.runs.selectors import (
 from refinery.runs.services import RunError, run_cancel, run_rerun
 
 LOSS_KEYS = ["train/loss", "eval/loss"]
-ONE_OFF_METHODS = ("merge", "evaluate", "export", "gate")
+# Stages that train on nothing (merge, evaluate, export, gate): no loss curve of their own.
+ONE_OFF_METHODS = tuple(name for name, method in METHODS.items() if not method.trains)
 # Method metrics worth seeing first (DPO rewards and margins, GRPO reward and KL, accuracies).
 METRIC_PRIORITY = ("reward", "margin", "accurac", "kl", "exact_match", "log_odds", "nll", "agreement", "entropy")
 # Optimiser and bookkeeping series: charted, but folded away under "More metrics".
