@@ -98,20 +98,19 @@ def _gate_values(post) -> dict | None:
 
 
 def _gate_choices(request, version) -> dict:
-    """What the gate fieldset offers: the version's stages whose output is a model (candidates), and the
-    team's datasets a gate can read (held-out sets)."""
+    """What the gate fieldset offers: the version's stages whose output is a model that generates text
+    (candidates), the team's datasets a gate can read (held-out sets) and the metrics it can compare."""
+    from trainers.metrics import COMPARABLE_METRICS
     from trainers.registry import METHODS
 
-    from refinery.pipelines.specs import SCORING_METHODS
+    def candidate(method: str) -> bool:
+        spec = METHODS.get(method)
+        return spec is not None and spec.output == "model" and not spec.scorer
 
-    stages = [s.get("name") for s in (version.spec or {}).get("stages", [])
-              if s.get("method") not in SCORING_METHODS and METHODS.get(s.get("method", "sft")) is not None
-              and METHODS[s.get("method", "sft")].output == "model"]
+    stages = [s.get("name") for s in (version.spec or {}).get("stages", []) if candidate(s.get("method", "sft"))]
     datasets = Dataset.objects.filter(team=request.team, kind__in=METHODS["gate"].dataset_kinds,
                                       versions__isnull=False).distinct().order_by("name")
-    from trainers.configs.gate import GATE_METRICS
-
-    metrics = [""] + list(dict.fromkeys(m for names in GATE_METRICS.values() for m in names))
+    metrics = [""] + list(dict.fromkeys(m for names in COMPARABLE_METRICS.values() for m in names))
     return {"gate_candidates": stages, "gate_datasets": datasets, "gate_metrics": metrics}
 
 
