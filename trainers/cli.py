@@ -35,14 +35,14 @@ def _json_answer():
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.parent_pid is not None:  # first of all: the supervisor may already be gone
+        from .deathsig import die_with_parent
+
+        die_with_parent(args.parent_pid)
     from .cancel import install_sigterm_handler
     from .events import EventWriter
     from .stage import EXIT_FAILED, execute, one_line_error
 
-    if args.parent_pid is not None:  # first: the supervisor may already be gone
-        from .deathsig import die_with_parent
-
-        die_with_parent(args.parent_pid)
     install_sigterm_handler()
     events = EventWriter.take_stdout()
     if int(os.environ.get("RANK", "0")) != 0:
