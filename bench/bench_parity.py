@@ -176,7 +176,10 @@ class Stack:
     def __init__(self, root: Path, env: dict):
         self.var = root / "var"
         self.web_port, self.mlflow_port = free_port(), free_port()
-        self.env = {**env, "REFINERY_VAR_DIR": str(self.var), "PYTHONPATH": str(REPO / "platform")}
+        # The demo kit's model (built in root/kit) is registered from a model root: the team's own, and the kit.
+        roots = os.pathsep.join([str(self.var / "models" / "{team}"), str(root / "kit")])
+        self.env = {**env, "REFINERY_VAR_DIR": str(self.var), "PYTHONPATH": str(REPO / "platform"),
+                    "REFINERY_MODEL_ROOTS": roots}
         self.log_path = root / "runstack.log"
         self.proc: subprocess.Popen | None = None
         self.base = f"http://127.0.0.1:{self.web_port}"

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from jobs import supervisor as supervisor_module
+from jobs.supervisor import sinks as supervisor_sinks
 from jobs.stage_inputs import stage_checkpoint_dir, stage_work_dir
 from jobs.tasks import run_stage
 from refinery.runs.models import Run, StageMetric, StageRun, Status
@@ -260,7 +261,7 @@ def test_an_mlflow_outage_delays_metrics_but_loses_none(demo_pipeline, launch, m
                 self.client = self.real_client  # MLflow is back
             return ok
 
-    monkeypatch.setattr(supervisor_module, "MetricBuffer", OutageBuffer)
+    monkeypatch.setattr(supervisor_sinks, "MetricBuffer", OutageBuffer)
     run, stage = launch(demo_pipeline({"name": "sft", "method": "sft"}))
 
     assert run_stage(stage.pk) == Status.SUCCEEDED  # training was never disturbed

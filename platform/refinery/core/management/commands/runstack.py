@@ -40,6 +40,7 @@ from django.db import transaction
 
 from refinery.teams.models import Membership, Team
 from refinery.teams.services import membership_add, team_create
+from trainers import deathsig
 
 # The same values as seed_demo, which also creates them when it runs first.
 DEMO_USER = "demo"
@@ -51,25 +52,10 @@ COLORS = ["\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[31m"
 RESET = "\033[0m"
 
 
-# Children start through this shim: it asks Linux to SIGTERM the child if runstack
-# itself dies without cleaning up (kill -9), then execs the real command. (A shim,
-# not preexec_fn, because preexec_fn is unsafe once reader threads exist.)
-_PDEATHSIG_SHIM = """
-import ctypes, os, signal, sys
-try:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-except OSError:
-    pass
-if os.getppid() != int(sys.argv[1]):
-    sys.exit("runstack: parent gone before start")
-os.execv(sys.argv[2], sys.argv[2:])
-"""
-
-
 def _with_death_signal(argv: list[str]) -> list[str]:
-    if not sys.platform.startswith("linux"):
-        return argv
-    return [sys.executable, "-c", _PDEATHSIG_SHIM, str(os.getpid()), *argv]
+    """Children start through trainers.deathsig: Linux SIGTERMs the child if runstack itself dies without
+    cleaning up (kill -9); then it execs the real command."""
+    return deathsig.command(argv, sig=signal.SIGTERM)
 
 
 def _port_free(port: int) -> bool:
