@@ -46,7 +46,8 @@ def test_methods_json_lists_schemas_without_importing_torch():
     assert json.loads(result.stdout)["methods"][0]["name"] == "sft"
 
 
-WEB_READABLE = {"registry", "schema", "configs", "dataset_kinds", "metrics", "rewards"}
+# deathsig: a standard-library process helper (runstack starts its children through it).
+WEB_READABLE = {"registry", "schema", "configs", "dataset_kinds", "metrics", "rewards", "deathsig"}
 
 
 def test_the_import_contract_names_every_trainers_module_the_web_side_may_not_import():
@@ -72,7 +73,7 @@ def test_light_modules_import_no_heavy_library():
         "import sys, json\n"
         "import trainers, trainers.schema, trainers.configs, trainers.registry, trainers.spec, trainers.events, "
         "trainers.stage, trainers.cancel, trainers.cli, trainers.data, trainers.dataset_kinds, trainers.metrics, "
-        "trainers.rewards\n"
+        "trainers.rewards, trainers.deathsig\n"
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
