@@ -13,7 +13,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from refinery.runs.compare import (
+from refinery.runs.models import Run, Status
+from refinery.runs.selectors.compare import (
     ABSENT,
     MAX_POINTS,
     Grid,
@@ -30,7 +31,6 @@ from refinery.runs.compare import (
     stage_grid,
     summary_numbers,
 )
-from refinery.runs.models import Run, Status
 from refinery.runs.services import run_create, stage_metrics_record
 from tests.factories import BaseModelFactory, DatasetVersionFactory, PipelineFactory
 
