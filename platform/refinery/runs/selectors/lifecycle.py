@@ -1,7 +1,8 @@
 """Reads of a run for the team that owns it: the runs, one run with its stages, its metrics, learning vs forgetting."""
 from __future__ import annotations
 
-from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import Count, Min, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import Max as MaxAgg
 
 from refinery.runs.models import Run, StageMetric, StageRun
 from refinery.teams.models import Team
@@ -55,10 +56,6 @@ def run_metric_series(*, run: Run, keys: list[str] | None = None) -> dict[str, l
 
 def stage_metric_summary(*, stage_run: StageRun) -> dict[str, dict[str, float | int | None]]:
     """Per metric key: first, last, min, max value and the number of points."""
-    from django.db.models import Count
-    from django.db.models import Max as MaxAgg
-    from django.db.models import Min
-
     summary: dict[str, dict[str, float | int | None]] = {}
     rows = (
         StageMetric.objects.filter(stage_run=stage_run).values("key")

@@ -29,7 +29,7 @@ from refinery.basemodels.models import BaseModel
 from refinery.data.models import Dataset
 from refinery.pipelines.models import Pipeline
 from refinery.runs.models import ACTIVE_STATES, Run, RunMetric, RunNote, RunTag, StageMetric, StageRun, Status
-from refinery.sweeps.selectors import default_goal
+from refinery.runs.selectors.summaries import default_goal
 from refinery.teams.models import Team
 
 LIVE_METRIC = "train/loss"  # the column every row shows while it trains: the last logged point

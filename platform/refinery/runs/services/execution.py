@@ -7,10 +7,11 @@ import logging
 from collections.abc import Iterable
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Max
+from django.db import DatabaseError, transaction
+from django.db.models import Count, Max
 from django.utils import timezone
 
+from refinery.pipelines.specs import stage_dependencies
 from refinery.runs.models import (
     TERMINAL_STATES,
     IllegalTransition,
@@ -19,9 +20,20 @@ from refinery.runs.models import (
     StageRun,
     Status,
 )
+from refinery.runs.services import dispatch
 from refinery.runs.services.dispatch import enqueue_stage_on_commit
 from refinery.runs.services.lifecycle import run_status_refresh, stages_queue_ready
 from refinery.runs.services.listing import run_summary_refresh
+from refinery.teams.models import Team
+from refinery.teams.quotas import (
+    RUNNING_STATES,
+    QueuedStage,
+    TeamLoad,
+    fair_pick,
+    team_limits,
+    team_limits_many,
+    waiting_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +115,6 @@ def _claim_fairest(*, named: int, worker: str, wait: bool, blocked: dict[int, in
                    ) -> tuple[StageRun | None, bool, bool]:
     """One pass of stage_claim. Returns (claimed stage, some candidate was locked, there were candidates).
     Without `wait`, locked rows are skipped; with it, only the fairest candidate is tried, waiting."""
-    from django.db.models import Count
-
-    from refinery.teams.models import Team
-    from refinery.teams.quotas import RUNNING_STATES, QueuedStage, TeamLoad, fair_pick, team_limits_many
-
     epoch = timezone.now() - timezone.timedelta(days=36500)
     queued = [QueuedStage(pk=pk, team_id=team_id, queued_at=queued_at or epoch) for pk, team_id, queued_at in
               StageRun.objects.filter(status=Status.QUEUED).values_list("pk", "run__team_id", "queued_at")]
@@ -164,10 +171,6 @@ def _claim_fairest(*, named: int, worker: str, wait: bool, blocked: dict[int, in
 def _stages_mark_waiting(blocked: dict[int, int]) -> None:
     """Say on the queued stages of teams at their running-stage limit why they wait (best effort, after
     the claim: a failure here must not cost the claim)."""
-    from django.db import DatabaseError
-
-    from refinery.teams.quotas import waiting_message
-
     for team_id, limit in blocked.items():
         message = waiting_message(limit)
         try:
@@ -181,8 +184,6 @@ def _stages_mark_waiting(blocked: dict[int, int]) -> None:
 def _team_slot_freed(team_id: int) -> None:
     """A stage of the team stopped holding a worker. Its queued stages may have had their wake-ups consumed
     while the team was at its running-stage limit: send one wake-up (after commit) for the slot now free."""
-    from refinery.teams.quotas import team_limits
-
     if team_limits(team=team_id).running_stages is None:
         return
     pk = (StageRun.objects.filter(run__team_id=team_id, status=Status.QUEUED).order_by("queued_at", "pk")
@@ -271,8 +272,6 @@ def stage_finish(*, stage_run_id: int, status: str, error: str = "", outputs: di
 
 
 def _cancel_dependents(run: Run, *, reason: str) -> None:
-    from refinery.pipelines.specs import stage_dependencies
-
     stages = list(run.stages.select_for_update().order_by("index"))
     by_name = {s.name: s for s in stages}
     changed = True
@@ -321,8 +320,6 @@ def stage_redispatch_stale() -> list[int]:
     worker killed after taking the message and before claiming). A duplicate costs one no-op
     claim; the interval keeps a long but healthy queue from filling with them.
     """
-    from refinery.runs.services.dispatch import send_run_stage
-
     cutoff = timezone.now() - timezone.timedelta(seconds=float(settings.REFINERY_REDISPATCH_SECONDS))
     stale = list(StageRun.objects.filter(status=Status.QUEUED, dispatched_at__lt=cutoff).values_list("pk", flat=True))
     sent = []
@@ -330,7 +327,7 @@ def stage_redispatch_stale() -> list[int]:
         # Claim the re-send first, so that two reapers (or beat catching up) send it once.
         if StageRun.objects.filter(pk=pk, status=Status.QUEUED, dispatched_at__lt=cutoff).update(
                 dispatched_at=timezone.now()):
-            send_run_stage(pk)
+            dispatch.send_run_stage(pk)  # through the module: tests record the wake-ups
             sent.append(pk)
     if sent:
         log.info("re-sent the wake-up of %d stage(s) queued for over %.0fs: %s", len(sent),

@@ -16,6 +16,14 @@ from django.utils import timezone
 from refinery.data.models import Dataset, DatasetVersion
 from refinery.notifications.run_events import run_finished_notify
 from refinery.pipelines.models import Pipeline
+from refinery.pipelines.services import pipeline_current_version
+from refinery.pipelines.specs import (
+    SpecError,
+    apply_overrides,
+    auto_evaluate_stages,
+    pipeline_spec_normalize,
+    stage_dependencies,
+)
 from refinery.runs.models import (
     ACTIVE_STATES,
     TERMINAL_STATES,
@@ -107,8 +115,6 @@ def run_snapshot(*, pipeline: Pipeline, seed: int, stages: list[dict] | None = N
 
 def _stage_ready(stage: StageRun, by_name: dict[str, StageRun]) -> bool:
     """Every stage it needs (its input, and the stages its config names for extra models) has succeeded."""
-    from refinery.pipelines.specs import stage_dependencies
-
     return all(by_name[name].status == Status.SUCCEEDED for name in stage_dependencies(stage.spec))
 
 
@@ -121,9 +127,6 @@ def run_create(*, pipeline: Pipeline, user, seed: int | None = None, name: str =
     sweep sets them) change the version's settings for this run only; they are validated like an edit and
     recorded in the snapshot. `dataset_versions` ({dataset id: version id}, as a schedule binds them) pins
     those datasets to a version instead."""
-    from refinery.pipelines.services import pipeline_current_version
-    from refinery.pipelines.specs import SpecError, apply_overrides, auto_evaluate_stages, pipeline_spec_normalize
-
     version = version or pipeline_current_version(pipeline)
     spec = version.spec
     try:

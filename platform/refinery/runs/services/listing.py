@@ -6,7 +6,7 @@ from django.db import transaction
 from django.db.models import Prefetch
 
 from refinery.runs.models import Run, RunMetric, StageRun
-from refinery.sweeps.selectors import run_summary_metrics
+from refinery.runs.selectors.summaries import run_summary_metrics
 
 @transaction.atomic
 def run_summary_refresh(*, run_id: int) -> dict[str, float]:

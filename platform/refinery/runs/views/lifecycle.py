@@ -19,6 +19,7 @@ from refinery.core.templatetags.refinery import duration
 from refinery.data.selectors import dataset_versions_present
 from refinery.pipelines.graph import pipeline_graph
 from refinery.pipelines.specs import stage_dependencies
+from refinery.registry.selectors import run_gate_decisions
 from refinery.runs.charts import LOSS_KEYS, ONE_OFF_METHODS, chart_payload, metric_charts, scatter_layout
 from refinery.runs.models import IllegalTransition, Run, Status
 from refinery.runs.selectors.lifecycle import run_get, run_learning_forgetting
@@ -56,13 +57,10 @@ def _evaluation(stage) -> dict:
 def run_gate_cards(*, run: Run, stages) -> list[dict]:
     """Each gate stage of the run with its decision (one query for all of them) and, while it runs, its
     settings: what the candidate must do to replace the holder."""
-    from refinery.registry.models import GateDecision
-
     gate_stages = [s for s in stages if s.method == "gate"]
     if not gate_stages:
         return []
-    decisions = {d.stage_run_id: d for d in GateDecision.objects.filter(run=run).select_related(
-        "candidate", "champion", "registered_model", "reviewed_by")}
+    decisions = run_gate_decisions(run=run)
     cards = []
     for stage in gate_stages:
         decision = decisions.get(stage.pk)
