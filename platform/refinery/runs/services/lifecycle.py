@@ -4,7 +4,6 @@ Every write is atomic."""
 from __future__ import annotations
 
 import copy
-import logging
 import secrets
 from typing import Any
 
@@ -35,9 +34,6 @@ from refinery.runs.models import (
 from refinery.runs.services.dispatch import enqueue_stage_on_commit
 from refinery.teams.quotas import QuotaExceeded, team_runs_check
 from refinery.teams.services import audit
-
-log = logging.getLogger(__name__)
-
 
 RETENTION_METHODS = ("evaluate", "gate")  # stages that get the pipeline's retention set
 

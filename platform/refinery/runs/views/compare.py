@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from django.http import Http404, HttpResponse
 from django.shortcuts import render
