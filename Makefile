@@ -6,6 +6,7 @@
 #   make test                   lint-imports + pytest against real PostgreSQL/Redis/Chromium
 #   make test PYTEST_ARGS='-m "not browser" -x'
 #   make chaos                  tests/chaos only, on a private PostgreSQL and Redis they may restart
+#   make docker-test            the Docker deployment, built and started for real (root or a running dockerd)
 #
 # Every target is idempotent. `venv` reinstalls only when requirements.lock or
 # pyproject.toml changed (a hash of both is kept in .venv/.refinery-stamp).
@@ -30,7 +31,7 @@ CHROMIUM    ?= /usr/bin/chromium
 TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 \
             MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true
 
-.PHONY: help venv run test chaos lint migrate bench services chromium lock clean distclean
+.PHONY: help venv run test chaos lint migrate bench services chromium lock clean distclean docker-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,8 +48,8 @@ venv: ## create .venv and install the project (torch 2.13.0 CPU first, then -c r
 	rm -f $(STAMP); \
 	echo "venv: installing $(TORCH_PIN) (first, so that nothing pulls a CUDA build)"; \
 	$(PIP) install -q $(TORCH_PIN); \
-	echo "venv: installing -c requirements.lock -e '.[train,test]'"; \
-	$(PIP) install -q -c requirements.lock -e '.[train,test]'; \
+	echo "venv: installing -c requirements.lock -e '.[train,test,server]'"; \
+	$(PIP) install -q -c requirements.lock -e '.[train,test,server]'; \
 	echo "$(LOCK_HASH)" > $(STAMP); \
 	echo "venv: ready"
 
@@ -77,6 +78,9 @@ test: venv services chromium ## lint-imports, pytest $(PYTEST_ARGS) against real
 
 chaos: venv ## pytest tests/chaos on a private PostgreSQL and Redis (started and removed by tests.chaos.launch)
 	$(TEST_ENV) $(PY) -m tests.chaos.launch -p tests.plugins.fail_on_skip $(PYTEST_ARGS)
+
+docker-test: ## build the Docker images, start docker/docker-compose.yml for real and check it (scripts/docker_test.sh)
+	bash scripts/docker_test.sh
 
 migrate: venv ## apply database migrations (DATABASE_URL, or SQLite under var/)
 	@mkdir -p "$${REFINERY_VAR_DIR:-var}"

@@ -9,18 +9,12 @@ import csv
 import json
 from typing import Any
 
+from .dataset_kinds import BOOL, DATASET_KIND_SPECS, MESSAGES
 from .spec import DataFile
 
 __all__ = ["KIND_COLUMNS", "DataError", "read_raw_rows", "read_rows", "load_dataset"]
 
-KIND_COLUMNS = {
-    "prompt_completion": ("prompt", "completion"),
-    "chat": ("messages",),
-    "preference": ("prompt", "chosen", "rejected"),
-    "reference": ("prompt", "answer"),
-    "feedback": ("prompt", "completion", "label"),
-}
-BOOL_COLUMNS = ("label",)  # true/false; csv spells them as the words true or false
+KIND_COLUMNS = {spec.name: tuple(spec.columns) for spec in DATASET_KIND_SPECS.values()}
 
 
 class DataError(ValueError):
@@ -85,6 +79,7 @@ def read_rows(file: DataFile) -> list[dict[str, Any]]:
     """The file's rows, reduced to the kind's columns and checked; DataError names the first bad row."""
     if file.kind not in KIND_COLUMNS:
         raise DataError(f"{file.path}: unknown data kind {file.kind!r}")
+    types = DATASET_KIND_SPECS[file.kind].columns
     columns = KIND_COLUMNS[file.kind]
     rows = []
     for number, raw in enumerate(read_raw_rows(file), start=1):
@@ -94,9 +89,9 @@ def read_rows(file: DataFile) -> list[dict[str, Any]]:
             raise DataError(f"{where}: missing column {missing[0]!r} (a {file.kind} row needs {', '.join(columns)})")
         row = {}
         for column in columns:
-            if column == "messages":
+            if types[column] == MESSAGES:
                 row[column] = _check_messages(raw[column], where)
-            elif column in BOOL_COLUMNS:
+            elif types[column] == BOOL:  # true/false; csv spells them as the words true or false
                 row[column] = _check_bool(raw[column], column, where, from_csv=file.format == "csv")
             elif not isinstance(raw[column], str):
                 raise DataError(f"{where}: {column!r} must be a string, got {type(raw[column]).__name__}")

@@ -2,21 +2,26 @@
 
 - :func:`exact_match`: greedy exact-match accuracy (does the model's answer to each prompt equal the
   expected one?), for the ``eval-addition`` command.
-- The measures of the ``evaluate`` stage (trainers/methods/evaluate.py, docs/evaluation.md):
-  :func:`completion_sequence` and :func:`chat_sequence` tokenize rows exactly as the SFT stage trains on
-  them (TRL's SFTTrainer: the completion plus the end-of-sequence token, or the assistant turns, are the
-  scored tokens), :func:`sequence_logprobs` sums the log-probabilities of the scored tokens, and
-  :func:`generate_answers` decodes greedy answers to prompts (strings, or conversations rendered with the
-  chat template).
+- The measures of the ``evaluate``, ``gate`` and ``export`` stages (docs/evaluation.md): :func:`measure`
+  computes every number they report on held-out rows, so the same model on the same data gets the same
+  figures in every stage. Underneath, :func:`completion_sequence` and :func:`chat_sequence` tokenize rows
+  exactly as the SFT stage trains on them (TRL's SFTTrainer: the completion plus the end-of-sequence token,
+  or the assistant turns, are the scored tokens), :func:`sequence_logprobs` sums the log-probabilities of
+  the scored tokens, and :func:`generate_answers` decodes greedy answers to prompts (strings, or
+  conversations rendered with the chat template).
 
 Importing this module imports nothing heavy; torch and transformers are imported inside the functions.
 """
 
 import json
+import math
 import os
 import re
 from collections.abc import Callable
 from typing import Any
+
+from .metrics import EVAL_KINDS
+from .rewards import REWARDS
 
 __all__ = [
     "read_prompt_answers",
@@ -29,7 +34,11 @@ __all__ = [
     "sequence_logprobs",
     "generate_answers",
     "stop_token_ids",
+    "LOSS_KINDS",
+    "measure",
 ]
+
+LOSS_KINDS = ("prompt_completion", "chat")  # measured by the loss of their completions
 
 
 def read_prompt_answers(path: str) -> list[tuple[Any, str]]:
@@ -345,3 +354,84 @@ def generate_answers(
         model.train(was_training)
         tokenizer.padding_side = padding_side
     return answers
+
+
+def measure(
+    model,
+    tokenizer,
+    rows: list[dict[str, Any]],
+    kind: str,
+    *,
+    accuracy_reward: str,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    answer: Callable[[list[Any]], list[str]] | None = None,
+    on_batch: Callable[[], None] | None = None,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """``(metrics, details)`` of a model on checked rows of ``kind`` (one of
+    :data:`trainers.metrics.EVAL_KINDS`); ``details`` holds per-row results for reports.
+
+    - ``prompt_completion`` / ``chat``: ``loss`` (mean negative log-likelihood per scored token, over all rows,
+      each row cut at the model's context length) and ``perplexity``; details ``tokens`` (0: nothing scored,
+      loss and perplexity are NaN).
+    - ``reference``: the greedy answers (``answer(prompts)``, by default :func:`generate_answers`) scored by
+      the rewards: ``exact_match``, ``accuracy`` (the share ``accuracy_reward`` scores 1) and ``mean_reward``;
+      details ``predictions``.
+    - ``preference``: ``preference_accuracy`` (the share of pairs whose chosen answer is more likely; a tie is
+      not a win) and ``logp_margin``; details ``logp_margins``.
+    """
+    if kind not in EVAL_KINDS:
+        raise ValueError(f"cannot measure {kind!r} data (measurable kinds: {', '.join(EVAL_KINDS)})")
+    max_length = context_length(model, tokenizer)
+
+    def logprobs(sequences):
+        return sequence_logprobs(model, tokenizer, sequences, batch_size=batch_size, on_batch=on_batch)
+
+    if kind in LOSS_KINDS:
+        if kind == "chat":
+            sequences = [chat_sequence(tokenizer, row["messages"], max_length=max_length) for row in rows]
+        else:
+            sequences = [
+                completion_sequence(tokenizer, row["prompt"], row["completion"], max_length=max_length)
+                for row in rows
+            ]
+        scored = logprobs(sequences)
+        tokens = sum(n for _, n in scored)
+        if tokens == 0:
+            return {"loss": math.nan, "perplexity": math.nan}, {"tokens": 0}
+        loss = -sum(s for s, _ in scored) / tokens
+        return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf}, {"tokens": tokens}
+    if kind == "reference":
+        prompts = [row["prompt"] for row in rows]
+        answers = [row["answer"] for row in rows]
+        if answer is None:
+            predicted = generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                         batch_size=batch_size, on_batch=on_batch)
+        else:
+            predicted = answer(prompts)
+        exact = REWARDS["exact_match"].function(predicted, answer=answers)
+        scores = REWARDS[accuracy_reward].function(predicted, answer=answers)
+        n = len(prompts)
+        metrics = {
+            "exact_match": sum(exact) / n,
+            "accuracy": sum(1 for s in scores if s == 1.0) / n,
+            "mean_reward": sum(scores) / n,
+        }
+        details = {
+            "predictions": [
+                {"prompt": p, "answer": a, "predicted": g, "exact_match": e, "reward": s}
+                for p, a, g, e, s in zip(prompts, answers, predicted, exact, scores)
+            ]
+        }
+        return metrics, details
+    # preference
+    chosen = logprobs([completion_sequence(tokenizer, r["prompt"], r["chosen"], max_length=max_length) for r in rows])
+    rejected = logprobs(
+        [completion_sequence(tokenizer, r["prompt"], r["rejected"], max_length=max_length) for r in rows]
+    )
+    diffs = [c - r for (c, _), (r, _) in zip(chosen, rejected)]
+    metrics = {
+        "preference_accuracy": sum(1 for d in diffs if d > 0) / len(diffs),  # a tie is not a win
+        "logp_margin": sum(diffs) / len(diffs),
+    }
+    return metrics, {"logp_margins": diffs}

@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .configs.gate import LOWER_IS_BETTER_METRICS, GateConfig, optional_number
+from .configs.gate import GateConfig, optional_number
+from .metrics import higher_is_better
 
 __all__ = ["gate_decide", "metric_label", "GateDataError"]
 
@@ -46,9 +47,10 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
-def _better(candidate: float, reference: float, higher_is_better: bool) -> float:
-    """How much better `candidate` is than `reference` (positive: better), in the metric's units."""
-    return candidate - reference if higher_is_better else reference - candidate
+def _better(candidate: float, reference: float, higher: bool) -> float:
+    """How much better `candidate` is than `reference` (positive: better, `higher`: higher is better), in the
+    metric's units."""
+    return candidate - reference if higher else reference - candidate
 
 
 def _number(metrics: dict[str, Any], key: str) -> float:
@@ -66,7 +68,7 @@ def gate_decide(cfg: GateConfig, *, metrics: dict[str, Any], target_kind: str, r
     from .configs.gate import GATE_METRICS
 
     metric = cfg.metric or GATE_METRICS[target_kind][0]
-    higher = metric not in LOWER_IS_BETTER_METRICS
+    higher = higher_is_better(metric)
     candidate = _number(metrics, f"eval/{metric}")
     checks: list[dict[str, Any]] = []
     result: dict[str, Any] = {"metric": metric, "higher_is_better": higher, "candidate": candidate,
@@ -107,7 +109,7 @@ def gate_decide(cfg: GateConfig, *, metrics: dict[str, Any], target_kind: str, r
     if retention_kind is not None and (max_forgetting is not None or retention_threshold is not None
                                        or has_champion):
         retention_metric = GATE_METRICS[retention_kind][0]
-        r_higher = retention_metric not in LOWER_IS_BETTER_METRICS
+        r_higher = higher_is_better(retention_metric)
         r_candidate = _number(metrics, f"retention/{retention_metric}")
         result.update(retention_metric=retention_metric, retention_higher_is_better=r_higher,
                       retention_candidate=r_candidate, retention_champion=None, forgetting=None,

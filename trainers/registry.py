@@ -25,6 +25,8 @@ from .configs import (
     SimPOConfig,
 )
 from .configs.adapters import ADAPTER_TYPES
+from .dataset_kinds import DATASET_KINDS
+from .metrics import EVAL_KINDS
 from .schema import config_schema, json_schema, validate_config
 
 __all__ = [
@@ -36,16 +38,6 @@ __all__ = [
     "validate_stage",
     "describe_methods",
 ]
-
-# Shapes of data a stage can read (see docs/stage-spec.md).
-DATASET_KINDS = {
-    "prompt_completion": "Prompt and completion columns (prompt, completion)",
-    "chat": "Conversations: a messages column of {role, content} turns",
-    "preference": "Prompt with a chosen and a rejected answer (prompt, chosen, rejected)",
-    "reference": "Prompt and expected answer (prompt, answer)",
-    "feedback": "Prompt with one answer marked desirable or not (prompt, completion, label: true/false)",
-}
-
 
 _NO_PROMPT_TUNING = tuple(t for t in ADAPTER_TYPES if t != "prompt_tuning")
 
@@ -101,6 +93,11 @@ class Method:
     inputs: str = "one"
     # What the stage outputs: "model" (a model or an adapter a later stage can take) or "report" (evaluate).
     output: str = "model"
+    # With output "model": True when that model scores text (a sequence classifier, as a reward stage makes)
+    # rather than generating it.
+    scorer: bool = False
+    # True: the stage also measures forgetting on the pipeline's retention set (spec `data.retention`).
+    retention: bool = False
 
     def aux_sources(self, config: Any) -> dict[str, str]:
         """``{aux_models key: earlier stage name or "base"}`` for the models this config uses."""
@@ -198,6 +195,7 @@ METHODS: dict[str, Method] = {
             runner="trainers.methods.reward:run",
             # A prompt-tuning adapter cannot be merged, so the scorer could not load it.
             adapter_types=_NO_PROMPT_TUNING,
+            scorer=True,
         ),
         Method(
             name="grpo",
@@ -244,10 +242,11 @@ METHODS: dict[str, Method] = {
             "generated answers, preference accuracy, reward-model score) against a baseline, its forgetting on "
             "the retention set, and sample generations for a fixed prompt list.",
             config_class=EvaluateConfig,
-            dataset_kinds=("prompt_completion", "chat", "reference", "preference"),
+            dataset_kinds=EVAL_KINDS,
             runner="trainers.methods.evaluate:run",
             uses_adapter=False,
             trains=False,
+            retention=True,
             dataset_required=False,
             output="report",
             aux_models=(
@@ -262,10 +261,11 @@ METHODS: dict[str, Method] = {
             "alias (the champion) on the same held-out and retention data; promote the candidate to the alias only "
             "if it beats the champion by the set margin and forgot no more than allowed.",
             config_class=GateConfig,
-            dataset_kinds=("prompt_completion", "chat", "reference", "preference"),
+            dataset_kinds=EVAL_KINDS,
             runner="trainers.methods.gate:run",
             uses_adapter=False,
             trains=False,
+            retention=True,
             dataset_required=True,
             output="report",
             aux_models=(

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "param",
+    "config_fields",
     "config_schema",
     "json_schema",
     "validate_config",
@@ -49,8 +50,12 @@ def param(
     max_exclusive: bool = False,
     choices: tuple[str, ...] | list[str] | None = None,
     group: str | None = None,
+    after: str | None = None,
 ) -> Any:
-    """Declare one config field: its default plus what the form and the validator need to know."""
+    """Declare one config field: its default plus what the form and the validator need to know.
+
+    ``after`` names the field this one follows in the form (see :func:`config_fields`).
+    """
     metadata = {
         "help": help,
         "label": label,
@@ -60,16 +65,40 @@ def param(
         "max_exclusive": max_exclusive,
         "choices": tuple(choices) if choices is not None else None,
         "group": group,
+        "after": after,
     }
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def _fields(cls: type) -> list[tuple[dataclasses.Field, str]]:
+def config_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of a config dataclass in form order.
+
+    A config that extends another (a method's config extends the shared training settings of
+    :mod:`trainers.configs.training`) lists the fields it adds first, in declaration order, then the
+    inherited ones in their order; a field it overrides keeps its inherited place. A field declared with
+    ``param(..., after="name")`` goes right after that field.
+    """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
+    inherited = {f.name for base in cls.__mro__[1:] if dataclasses.is_dataclass(base) for f in dataclasses.fields(base)}
+    every = dataclasses.fields(cls)
+    order = [f for f in every if f.name not in inherited] + [f for f in every if f.name in inherited]
+    placed = [f for f in order if f.metadata.get("after")]
+    order = [f for f in order if not f.metadata.get("after")]
+    while placed:  # a field may follow one that is placed itself
+        names = [g.name for g in order]
+        ready = next((f for f in placed if f.metadata["after"] in names), None)
+        if ready is None:
+            raise TypeError(f"{cls.__name__}.{placed[0].name}: after={placed[0].metadata['after']!r} names no field")
+        placed.remove(ready)
+        order.insert(names.index(ready.metadata["after"]) + 1, ready)
+    return order
+
+
+def _fields(cls: type) -> list[tuple[dataclasses.Field, str]]:
     hints = typing.get_type_hints(cls)
     result = []
-    for f in dataclasses.fields(cls):
+    for f in config_fields(cls):
         py_type = hints[f.name]
         if py_type not in _PY_TYPES:
             raise TypeError(f"{cls.__name__}.{f.name}: unsupported type {py_type!r} (use int, float, bool or str)")
@@ -145,8 +174,8 @@ def config_defaults(cls: type) -> dict[str, Any]:
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    """A validated config instance as a plain JSON-ready dict."""
-    return dataclasses.asdict(config)
+    """A validated config instance as a plain JSON-ready dict, in form order."""
+    return {f.name: getattr(config, f.name) for f in config_fields(type(config))}
 
 
 def _fmt(value: Any) -> str:

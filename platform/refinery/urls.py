@@ -4,12 +4,15 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from refinery.api.views import api
+from refinery.core import health
 from refinery.teams import secret_views
 from refinery.teams.quota_views import team_quota_view
 from refinery.teams.views import team_switch_view
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="runs:list", permanent=False)),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("teams/switch/", team_switch_view, name="team-switch"),

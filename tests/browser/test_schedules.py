@@ -108,3 +108,39 @@ def test_schedule_pages_work_under_the_csp(watched, live_server, transactional_d
     page.goto(f"{live_server.url}/schedules/{schedule.pk}/edit/")
     page.check_clean("edit form")
     assert schedule.ticks.get().run is not None
+
+
+def test_a_schedule_with_its_own_promotion_gate(page, screenshot, live_server, transactional_db, sent_stages):
+    user = user_create(username="ada", password="pw-ada-12345", team_name="Lab")
+    team = user.teams.get()
+    data = DatasetVersionFactory(dataset__team=team, dataset__name="support-tickets")
+    DatasetVersionFactory(dataset__team=team, dataset__name="support-held-out")
+    PipelineFactory(team=team, name="support-sft", base_model=BaseModelFactory(team=team, name="tiny"),
+                    created_by=user, stages=[{"name": "sft", "method": "sft", "config": {"max_steps": 4},
+                                              "adapter": {"type": "none"}, "dataset_id": data.dataset_id,
+                                              "input": "base"}])
+    login(page, live_server)
+    page.goto(f"{live_server.url}/schedules/new/")
+    page.select_option("#id_pipeline", label="support-sft (v1)")
+    page.click("text=Continue")
+    page.fill("#id_name", "nightly-gated")
+    page.check("[data-testid=gate-enabled]")
+    page.select_option("#id_gate_dataset_id", label="support-held-out (prompt / completion)")
+    page.fill("#id_gate_registered_model", "Support Bot")  # refused: not a registry name
+    page.fill("#id_gate_min_gain", "0.01")
+    page.click("[data-testid=schedule-save]")
+    errors = page.locator("[data-testid=schedule-errors]").inner_text()
+    assert "gate.config.registered_model" in errors and "lowercase letters" in errors
+    assert page.locator("[data-testid=gate-enabled]").is_checked()  # what was typed is kept
+    page.fill("#id_gate_registered_model", "support-bot")
+    screenshot("schedule-gate-form")
+    page.click("[data-testid=schedule-save]")
+    schedule = Schedule.objects.get()
+    page.wait_for_url(f"{live_server.url}/schedules/{schedule.pk}/")
+    summary = page.locator("[data-testid=schedule-gate-summary]").inner_text()
+    assert "sft → support-bot@production" in summary and "≥ 0.01" in summary
+    screenshot("schedule-gate-detail")
+    page.click("[data-testid=schedule-run-now]")
+    page.wait_for_selector("[data-testid=schedule-ticks]")
+    run = Run.objects.get()
+    assert [s.name for s in run.stages.order_by("index")] == ["sft", "gate"]

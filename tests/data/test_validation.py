@@ -455,3 +455,15 @@ def test_validation_runs_in_constant_memory(tmp_path, fmt):
     assert report.ok and report.row_count == MEMORY_ROWS
     print(f"{fmt}: tracemalloc peak {peak / 1e6:.2f} MB validating a {path.stat().st_size / 1e6:.1f} MB file")
     assert peak < MEMORY_LIMIT_BYTES, f"{fmt}: peak {peak / 1e6:.2f} MB for a {path.stat().st_size / 1e6:.0f} MB file"
+
+
+def test_upload_validation_the_dataset_model_and_the_trainer_know_the_same_kinds():
+    from trainers.data import KIND_COLUMNS
+    from trainers.dataset_kinds import DATASET_KINDS
+
+    from refinery.data.models import DatasetKind
+    from refinery.data.validation import KINDS
+
+    assert DatasetKind.values == list(DATASET_KINDS) == list(KINDS) == list(KIND_COLUMNS)
+    assert {name: tuple(spec.fields) for name, spec in KINDS.items()} == KIND_COLUMNS
+    assert DatasetKind.PREFERENCE == "preference" and KINDS["preference"].must_differ == ("chosen", "rejected")

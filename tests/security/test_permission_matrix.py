@@ -264,6 +264,9 @@ WEB_ROUTES: dict[str, Route] = {
         "POST": Case({"anonymous": 200, "outsider": 302, "viewer": 302, "member": 302, "owner": 302}),
     }),
     "logout": Route(methods={"GET": Case(anyone(405)), "POST": Case(anyone(302))}),
+    # Liveness and readiness (refinery.core.health): public, GET/HEAD only. MLflow is down here: not ready.
+    "healthz": Route(methods={"GET": Case(anyone(200)), "POST": Case(anyone(405))}),
+    "readyz": Route(methods={"GET": Case(anyone(503)), "POST": Case(anyone(405))}),
     "team-switch": Route(methods={
         "GET": GET_ONLY_POST,
         "POST": Case({"anonymous": LOGIN, "outsider": 404, "viewer": 302, "member": 302, "owner": 302},

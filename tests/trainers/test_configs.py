@@ -183,3 +183,62 @@ def test_describe_methods_is_json_ready():
     assert sft["name"] == "sft" and sft["dataset_kinds"] == ["prompt_completion", "chat"]
     assert sft["config_json_schema"]["properties"]["learning_rate"]["default"] == SFTConfig().learning_rate
     assert described["adapter"]["config_fields"][0]["name"] == "type"
+
+
+def test_method_configs_extend_the_shared_training_settings_and_keep_their_form_order():
+    from trainers.configs.training import SequenceTrainingConfig, TrainingConfig
+    from trainers.schema import config_fields
+
+    shared = [f.name for f in config_fields(TrainingConfig)]
+    for method in METHODS.values():
+        if not method.trains:
+            continue
+        assert issubclass(method.config_class, TrainingConfig), method.name
+        names = [f.name for f in config_fields(method.config_class)]
+        assert [n for n in names if n in shared] == shared, method.name  # the shared ones, in their order
+        if issubclass(method.config_class, SequenceTrainingConfig):
+            assert names.index("max_length") == names.index("gradient_accumulation_steps") + 1
+    sft = [f.name for f in config_fields(METHODS["sft"].config_class)]
+    assert sft[sft.index("lr_scheduler_type") + 1 : sft.index("lr_scheduler_type") + 3] == [
+        "completion_only_loss", "packing"]
+    dpo = [f.name for f in config_fields(METHODS["dpo"].config_class)]
+    assert dpo[:3] == ["loss_type", "beta", "label_smoothing"]  # a method's own fields come first
+    # the shared rule still runs in every method: max_steps 0 is refused
+    for name in ("sft", "dpo", "grpo", "distill", "reward"):
+        _, errors = validate_config(METHODS[name].config_class, {"max_steps": 0})
+        assert "max_steps" in errors, name
+
+
+def test_a_field_placed_after_a_missing_field_is_a_declaration_error():
+    @dataclass(frozen=True)
+    class Broken:
+        a: int = param(1, help="a", after="nope")
+
+    with pytest.raises(TypeError, match="after='nope' names no field"):
+        config_schema(Broken)
+
+
+def test_metric_facts_are_one_rule():
+    from trainers.configs.gate import GATE_METRICS
+    from trainers.metrics import EVAL_KINDS, PRIMARY_METRICS, higher_is_better, metric_goal, summary_numbers
+
+    assert PRIMARY_METRICS == {"prompt_completion": ("loss", False), "chat": ("loss", False),
+                               "reference": ("accuracy", True), "preference": ("preference_accuracy", True)}
+    assert all(GATE_METRICS[kind][0] == PRIMARY_METRICS[kind][0] for kind in EVAL_KINDS)
+    assert METHODS["evaluate"].dataset_kinds == METHODS["gate"].dataset_kinds == EVAL_KINDS
+    for key, goal in (("eval/loss", "min"), ("retention/perplexity", "min"), ("forgetting", "min"),
+                      ("train/runtime", "min"), ("eval/accuracy", "max"), ("gain", "max"), ("Eval/NLL_loss", "min"),
+                      ("loss/accuracy", "max")):  # the last path segment decides
+        assert metric_goal(key) == goal, key
+        assert higher_is_better(key) is (goal == "max")
+    assert summary_numbers({"train": {"loss": 0.5, "ok": True}, "note": "x", "nan": float("nan")}) == {
+        "train/loss": 0.5}
+
+
+def test_method_facts_the_web_side_reads():
+    from trainers.configs.adapters import FULL_MODEL_TYPES
+
+    assert [m.name for m in METHODS.values() if not m.trains] == ["merge", "evaluate", "gate", "export"]
+    assert [m.name for m in METHODS.values() if m.scorer] == ["reward"]
+    assert [m.name for m in METHODS.values() if m.retention] == ["evaluate", "gate"]
+    assert FULL_MODEL_TYPES == ("none", "bitfit", "freeze")

@@ -214,8 +214,9 @@ def test_without_quantization_only_the_full_model_is_exported_and_measured(demo_
     assert summary["quantized_size_bytes"] is None and summary["quantization"] == "none"
     evaluation = summary["eval"]
     if eval_data == "reference":
-        assert evaluation["metric"] == "exact_match" and evaluation["higher_is_better"] is True
+        assert evaluation["metric"] == "accuracy" and evaluation["higher_is_better"] is True
         assert 0 <= evaluation["before"] <= 1
+        assert set(evaluation["before_metrics"]) == {"exact_match", "accuracy", "mean_reward"}
     else:
         assert evaluation["metric"] == "loss" and evaluation["before"] > 0
     assert evaluation["after"] is None and evaluation["rows"] == 4
@@ -224,6 +225,36 @@ def test_without_quantization_only_the_full_model_is_exported_and_measured(demo_
     # No platform facts: still a valid card, with the input as base model.
     assert card.startswith("---\nlibrary_name: transformers\nbase_model: ") and '- "refinery"' in card
     assert "| quantized copy | none |" in card and "# Refinery model export" in card
+
+
+@pytest.mark.parametrize("eval_data", ["eval", "chat_eval", "reference"])
+def test_export_reports_the_figures_the_evaluate_stage_reports_for_the_same_model_and_data(
+    demo_kit, lora_dir, tmp_path, eval_data
+):
+    """One library computes every number: export's "before" (and every before metric) equals the evaluate
+    stage's eval/<metric> for the exported model on the same rows."""
+    out = tmp_path / "export"
+    finished = _finished(_spec(demo_kit, lora_dir, out, eval_data=eval_data, quantization="none", max_rows=6,
+                               max_new_tokens=3)).of("finished")[0]
+    evaluation = finished["summary"]["eval"]
+    model = {"name_or_path": str(out / "model")}
+    path, kind = demo_kit["data"][eval_data], demo_kit["kinds"][eval_data]
+    log = _finished({
+        "method": "evaluate",
+        "config": {"max_rows": 6, "max_new_tokens": 3, "sample_count": 0},
+        "model": model,
+        "data": {"eval": {"path": path, "kind": kind}},
+        "aux_models": {"baseline": model},
+        "output_dir": str(tmp_path / "evaluate"),
+        "checkpoint_dir": str(tmp_path / "evaluate" / "checkpoints"),
+    })
+    measured = {k: v for e in log.of("metrics") for k, v in e["metrics"].items()}
+    target = log.of("finished")[0]["summary"]["target"]
+    assert evaluation["metric"] == target["metric"] and evaluation["higher_is_better"] == target["higher_is_better"]
+    assert evaluation["before"] == pytest.approx(measured[f"eval/{evaluation['metric']}"], rel=1e-6, abs=1e-9)
+    reported = {k: v for k, v in evaluation["before_metrics"].items() if k != "tokens"}
+    assert reported == pytest.approx({k: measured[f"eval/{k}"] for k in reported}, rel=1e-6, abs=1e-9)
+    assert len(reported) >= 2
 
 
 def test_the_card_tolerates_odd_facts():

@@ -46,11 +46,33 @@ def test_methods_json_lists_schemas_without_importing_torch():
     assert json.loads(result.stdout)["methods"][0]["name"] == "sft"
 
 
+WEB_READABLE = {"registry", "schema", "configs", "dataset_kinds", "metrics", "rewards"}
+
+
+def test_the_import_contract_names_every_trainers_module_the_web_side_may_not_import():
+    """pyproject's contract forbids the web side every trainers module but the light ones that hold facts; a new
+    module must be put on one side or the other."""
+    import pkgutil
+    import tomllib
+
+    import trainers
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as fh:
+        contracts = tomllib.load(fh)["tool"]["importlinter"]["contracts"]
+    contract = next(c for c in contracts if c["name"].startswith("the web side reads only trainers' facts"))
+    assert contract["source_modules"] == ["refinery"] and contract["type"] == "forbidden"
+    forbidden = {name.removeprefix("trainers.") for name in contract["forbidden_modules"]}
+    every = {info.name for info in pkgutil.iter_modules(trainers.__path__)}
+    assert not forbidden & WEB_READABLE
+    assert forbidden | WEB_READABLE == every, sorted(every ^ (forbidden | WEB_READABLE))
+
+
 def test_light_modules_import_no_heavy_library():
     probe = (
         "import sys, json\n"
         "import trainers, trainers.schema, trainers.configs, trainers.registry, trainers.spec, trainers.events, "
-        "trainers.stage, trainers.cancel, trainers.cli, trainers.data\n"
+        "trainers.stage, trainers.cancel, trainers.cli, trainers.data, trainers.dataset_kinds, trainers.metrics, "
+        "trainers.rewards\n"
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)

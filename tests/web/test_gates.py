@@ -141,6 +141,8 @@ def test_approval_by_an_owner_moves_the_alias_and_rejection_keeps_it(lab, alice,
     owner.force_login(alice)
     card = owner.get(f"/runs/{first.run.number}/").content.decode()
     assert 'data-testid="gate-approve"' in card and "Awaiting approval" in card
+    listed = owner.get("/registry/support-bot/").content.decode()
+    assert 'data-testid="awaiting-approval"' in listed and "v1 awaits approval" in listed
     response = owner.post(f"/runs/{first.run.number}/gates/gate/approve/", {"note": "looks good"})
     assert response.status_code == 302
     waiting.refresh_from_db()

@@ -13,6 +13,7 @@ __all__ = [
     "ADAPTER_TYPES",
     "ADAPTER_FIELD_TYPES",
     "PEFT_TYPES",
+    "FULL_MODEL_TYPES",
     "MERGEABLE_TYPES",
     "AdapterConfig",
     "adapter_model_errors",
@@ -21,6 +22,8 @@ __all__ = [
 ADAPTER_TYPES = ("none", "lora", "dora", "qlora", "ia3", "prompt_tuning", "layernorm", "bitfit", "freeze")
 # Types trained through PEFT: the stage outputs an adapter (PEFT files) instead of a full model.
 PEFT_TYPES = ("lora", "dora", "qlora", "ia3", "prompt_tuning", "layernorm")
+# The others train the model's own weights: the stage outputs a whole model.
+FULL_MODEL_TYPES = tuple(t for t in ADAPTER_TYPES if t not in PEFT_TYPES)
 # PEFT adapters whose weights can be folded into the base model (prompt tuning adds virtual tokens instead).
 MERGEABLE_TYPES = ("lora", "dora", "qlora", "ia3", "layernorm")
 _LORA_FAMILY = ("lora", "dora", "qlora")

@@ -5,10 +5,11 @@ from dataclasses import dataclass
 from ..schema import param
 from . import fields
 from .grpo import STAGE_NAME
+from .training import TrainingConfig
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(TrainingConfig):
     """Distillation: the model (the student) answers the prompts itself and learns to match, token by token, the
     next-token distribution a teacher model gives on those answers (on-policy distillation, Agarwal et al. 2024).
 
@@ -54,25 +55,16 @@ class DistillConfig:
         "or 1e-5 to 1e-4 (LoRA).",
     )
     num_train_epochs: float = fields.num_train_epochs(30.0, "Real models usually need 1.")
-    max_steps: int = fields.max_steps()
     per_device_train_batch_size: int = fields.per_device_train_batch_size(16, "Prompts")
-    gradient_accumulation_steps: int = fields.gradient_accumulation_steps()
-    warmup_ratio: float = fields.warmup_ratio()
-    weight_decay: float = fields.weight_decay()
-    lr_scheduler_type: str = fields.lr_scheduler_type()
     eval_fraction: float = fields.eval_fraction(
         "Evaluation reports eval/loss (the divergence on the student's answers to held-out prompts) and "
         "eval/teacher_agreement (the share of held-out prompts where the student's greedy answer equals the "
         "teacher's), before and after training."
     )
-    eval_steps: int = fields.eval_steps()
     logging_steps: int = fields.logging_steps("divergence loss, entropy, completion lengths")
-    save_steps: int = fields.save_steps()
-    save_total_limit: int = fields.save_total_limit()
-    gradient_checkpointing: bool = fields.gradient_checkpointing()
 
     def check(self) -> dict[str, str]:
-        errors = fields.check_max_steps(self.max_steps)
+        errors = super().check()
         if self.teacher_stage and not STAGE_NAME.match(self.teacher_stage):
             errors["teacher_stage"] = (
                 f"{self.teacher_stage!r} is not a stage name (lowercase letters, digits, '-' or '_')"

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from ..schema import param
 from . import fields
+from .training import SequenceTrainingConfig
 
 # TRL's DPO loss variants (trl.DPOConfig.loss_type), mirrored here because the web process cannot import
 # trl. tests/trainers/test_preference_methods.py checks this list against the installed TRL.
@@ -30,7 +31,7 @@ LABEL_SMOOTHING_LOSS_TYPES = ("robust", "exo_pair", "aot", "aot_unpaired")
 
 
 @dataclass(frozen=True)
-class DPOConfig:
+class DPOConfig(SequenceTrainingConfig):
     """Direct Preference Optimization: make the chosen answer more likely than the rejected one, relative to the
     starting model, without a reward model.
 
@@ -73,26 +74,15 @@ class DPOConfig:
         "The default suits the tiny demo model; for real models use about 5e-7 to 5e-6 (full fine-tuning) "
         "or 5e-6 to 5e-5 (LoRA).",
     )
-    num_train_epochs: float = fields.num_train_epochs(10.0)
-    max_steps: int = fields.max_steps()
     per_device_train_batch_size: int = fields.per_device_train_batch_size(16, "Preference pairs")
-    gradient_accumulation_steps: int = fields.gradient_accumulation_steps()
-    max_length: int = fields.max_length(512)
-    warmup_ratio: float = fields.warmup_ratio()
-    weight_decay: float = fields.weight_decay()
-    lr_scheduler_type: str = fields.lr_scheduler_type()
     eval_fraction: float = fields.eval_fraction(
         "Evaluation reports eval/loss, the reward metrics (eval/rewards/accuracies, eval/rewards/margins, ...) "
         "and eval/preference_accuracy."
     )
-    eval_steps: int = fields.eval_steps()
     logging_steps: int = fields.logging_steps("loss, rewards of chosen and rejected answers, reward accuracy")
-    save_steps: int = fields.save_steps()
-    save_total_limit: int = fields.save_total_limit()
-    gradient_checkpointing: bool = fields.gradient_checkpointing()
 
     def check(self) -> dict[str, str]:
-        errors = fields.check_max_steps(self.max_steps)
+        errors = super().check()
         if self.label_smoothing > 0 and self.loss_type not in LABEL_SMOOTHING_LOSS_TYPES:
             errors["label_smoothing"] = (
                 f"the {self.loss_type!r} loss does not use label smoothing; set it to 0 or pick one of "

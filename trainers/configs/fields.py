@@ -4,7 +4,9 @@ Each function returns a fresh :func:`~trainers.schema.param`, so a method config
 
     learning_rate: float = fields.learning_rate(5e-4, "... method-specific advice ...")
 
-and every method's form, API schema and validation describe these settings identically.
+and every method's form, API schema and validation describe these settings identically. The shared
+training settings are declared once with these in :mod:`trainers.configs.training`; a method's config
+calls them only to override a default or the advice.
 Standard library only (the web process imports config modules).
 """
 
@@ -91,14 +93,17 @@ def gradient_accumulation_steps() -> Any:
     )
 
 
-def max_length(default: int) -> Any:
+def max_length(
+    default: int, help: str = "Longest tokenized prompt + answer, in tokens; longer examples are truncated at the end."
+) -> Any:
     return param(
         default,
         min=8,
         max=131072,
         label="Max sequence length",
         group="data",
-        help="Longest tokenized prompt + answer, in tokens; longer examples are truncated at the end.",
+        after="gradient_accumulation_steps",
+        help=help,
     )
 
 

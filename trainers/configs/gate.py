@@ -3,18 +3,13 @@ must meet against the alias's current holder (the champion), and how both are ev
 
 from dataclasses import dataclass
 
+from ..metrics import COMPARABLE_METRICS
 from ..schema import param
 from .evaluate import ACCURACY_REWARDS
 
 # Metrics a gate can compare, by the kind of its held-out data; the first is the default (the primary metric
-# of the evaluate stage, docs/evaluation.md).
-GATE_METRICS = {
-    "prompt_completion": ("loss", "perplexity"),
-    "chat": ("loss", "perplexity"),
-    "reference": ("accuracy", "exact_match", "mean_reward"),
-    "preference": ("preference_accuracy", "logp_margin"),
-}
-LOWER_IS_BETTER_METRICS = ("loss", "perplexity")
+# of the evaluate stage).
+GATE_METRICS = COMPARABLE_METRICS
 _ALL_METRICS = tuple(dict.fromkeys(m for names in GATE_METRICS.values() for m in names))
 
 

@@ -8,6 +8,7 @@ import regex
 from ..rewards import NORMALIZATIONS, REGEX_TIMEOUT_SECONDS, REWARDS, weight_field
 from ..schema import param
 from . import fields
+from .training import TrainingConfig
 
 # TRL's GRPO loss formulations (trl.GRPOConfig.loss_type), mirrored because the web process cannot import
 # trl. tests/trainers/test_rewards.py checks this list against the installed TRL.
@@ -30,7 +31,7 @@ def _weight(name: str, label: str) -> float:
 
 
 @dataclass(frozen=True)
-class GRPOConfig:
+class GRPOConfig(TrainingConfig):
     """Group Relative Policy Optimization: the model answers each prompt several times, the answers are scored
     by the chosen rewards, and it learns to give the answers that score above their group's average.
 
@@ -173,7 +174,6 @@ class GRPOConfig:
         "or 1e-5 (LoRA).",
     )
     num_train_epochs: float = fields.num_train_epochs(30.0, "Real models usually need 1.")
-    max_steps: int = fields.max_steps()
     per_device_train_batch_size: int = param(
         32,
         min=2,
@@ -183,26 +183,18 @@ class GRPOConfig:
         help="Completions per forward pass on each GPU: a multiple of num_generations (32 with 8 generations "
         "is 4 prompts per step).",
     )
-    gradient_accumulation_steps: int = fields.gradient_accumulation_steps()
-    warmup_ratio: float = fields.warmup_ratio()
-    weight_decay: float = fields.weight_decay()
-    lr_scheduler_type: str = fields.lr_scheduler_type()
     eval_fraction: float = fields.eval_fraction(
         "Evaluation samples completions for the held-out prompts and reports their rewards (eval/reward, "
         "eval/rewards/<name>/mean)."
     )
-    eval_steps: int = fields.eval_steps()
     logging_steps: int = fields.logging_steps("reward, rewards per function, KL, loss, completion lengths")
-    save_steps: int = fields.save_steps()
-    save_total_limit: int = fields.save_total_limit()
-    gradient_checkpointing: bool = fields.gradient_checkpointing()
 
     def reward_weights(self) -> dict[str, float]:
         """The rewards in use (weight above 0), by name, in registry order."""
         return {name: getattr(self, weight_field(name)) for name in REWARDS if getattr(self, weight_field(name)) > 0}
 
     def check(self) -> dict[str, str]:
-        errors = fields.check_max_steps(self.max_steps)
+        errors = super().check()
         used = self.reward_weights()
         if not used:
             errors["__all__"] = "grpo needs at least one reward: set a weight above 0"

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from ..schema import param
 from . import fields
+from .training import SequenceTrainingConfig
 
 # TRL's KTO losses (the choices of trl.KTOConfig.loss_type), mirrored because the web process cannot import
 # trl. tests/trainers/test_preference_methods.py checks this list against the installed TRL.
@@ -11,7 +12,7 @@ KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
 
 
 @dataclass(frozen=True)
-class KTOConfig:
+class KTOConfig(SequenceTrainingConfig):
     """Kahneman-Tversky Optimization: learn from answers marked good or bad one at a time (no pairs needed).
 
     Trains on feedback data (prompt, completion, label: true for a desirable answer) or on preference pairs,
@@ -60,28 +61,17 @@ class KTOConfig:
         "The default suits the tiny demo model; for real models use about 5e-7 to 5e-6 (full fine-tuning) "
         "or 5e-6 to 5e-5 (LoRA).",
     )
-    num_train_epochs: float = fields.num_train_epochs(10.0)
-    max_steps: int = fields.max_steps()
     per_device_train_batch_size: int = fields.per_device_train_batch_size(
         16, "Examples (a preference pair counts as two)"
     )
-    gradient_accumulation_steps: int = fields.gradient_accumulation_steps()
-    max_length: int = fields.max_length(512)
-    warmup_ratio: float = fields.warmup_ratio()
-    weight_decay: float = fields.weight_decay()
-    lr_scheduler_type: str = fields.lr_scheduler_type()
     eval_fraction: float = fields.eval_fraction(
         "Evaluation reports eval/loss, the reward metrics (eval/rewards/chosen, eval/rewards/margins, eval/kl, "
         "...) and, for preference pairs, eval/preference_accuracy."
     )
-    eval_steps: int = fields.eval_steps()
     logging_steps: int = fields.logging_steps("loss, rewards of desirable and undesirable answers, KL estimate")
-    save_steps: int = fields.save_steps()
-    save_total_limit: int = fields.save_total_limit()
-    gradient_checkpointing: bool = fields.gradient_checkpointing()
 
     def check(self) -> dict[str, str]:
-        errors = fields.check_max_steps(self.max_steps)
+        errors = super().check()
         if self.loss_type == "kto" and self.per_device_train_batch_size < 2:
             errors["per_device_train_batch_size"] = (
                 "the 'kto' loss needs at least 2 examples per batch (it estimates its KL term from mismatched "

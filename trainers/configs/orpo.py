@@ -4,10 +4,11 @@ from dataclasses import dataclass
 
 from ..schema import param
 from . import fields
+from .training import SequenceTrainingConfig
 
 
 @dataclass(frozen=True)
-class ORPOConfig:
+class ORPOConfig(SequenceTrainingConfig):
     """Odds Ratio Preference Optimization: supervised fine-tuning on the chosen answers plus a penalty that
     makes them more likely than the rejected ones, in one stage and without a reference model.
 
@@ -31,23 +32,12 @@ class ORPOConfig:
         "The default suits the tiny demo model; for real models use about 5e-6 to 8e-6 (full fine-tuning) "
         "or 1e-5 to 1e-4 (LoRA).",
     )
-    num_train_epochs: float = fields.num_train_epochs(10.0)
-    max_steps: int = fields.max_steps()
     per_device_train_batch_size: int = fields.per_device_train_batch_size(16, "Preference pairs")
-    gradient_accumulation_steps: int = fields.gradient_accumulation_steps()
-    max_length: int = fields.max_length(512)
-    warmup_ratio: float = fields.warmup_ratio()
-    weight_decay: float = fields.weight_decay()
-    lr_scheduler_type: str = fields.lr_scheduler_type()
     eval_fraction: float = fields.eval_fraction(
         "Evaluation reports eval/loss, the reward metrics (eval/rewards/accuracies, eval/rewards/margins, "
         "eval/log_odds_ratio, ...) and eval/preference_accuracy."
     )
-    eval_steps: int = fields.eval_steps()
     logging_steps: int = fields.logging_steps("loss, NLL loss, log odds ratio, rewards, reward accuracy")
-    save_steps: int = fields.save_steps()
-    save_total_limit: int = fields.save_total_limit()
-    gradient_checkpointing: bool = fields.gradient_checkpointing()
 
     def check(self) -> dict[str, str]:
-        return fields.check_max_steps(self.max_steps)
+        return super().check()

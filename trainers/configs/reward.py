@@ -4,10 +4,11 @@ from dataclasses import dataclass
 
 from ..schema import param
 from . import fields
+from .training import SequenceTrainingConfig
 
 
 @dataclass(frozen=True)
-class RewardConfig:
+class RewardConfig(SequenceTrainingConfig):
     """Reward model: learn a score for prompt + answer such that chosen answers score higher than rejected ones.
 
     The input model gets a one-score head (a sequence classifier on the same weights); the stage outputs that
@@ -22,16 +23,10 @@ class RewardConfig:
         "or 5e-5 to 2e-4 (LoRA).",
     )
     num_train_epochs: float = fields.num_train_epochs(30.0, "Real models usually need 1 or 2.")
-    max_steps: int = fields.max_steps()
     per_device_train_batch_size: int = fields.per_device_train_batch_size(16, "Preference pairs")
-    gradient_accumulation_steps: int = fields.gradient_accumulation_steps()
-    max_length: int = param(
+    max_length: int = fields.max_length(
         512,
-        min=8,
-        max=131072,
-        label="Max sequence length",
-        group="data",
-        help="Longest tokenized prompt + answer, in tokens. Pairs with a longer chosen or rejected text are "
+        "Longest tokenized prompt + answer, in tokens. Pairs with a longer chosen or rejected text are "
         "left out of training (TRL's RewardTrainer filters them; it does not truncate).",
     )
     center_rewards_coefficient: float = param(
@@ -39,21 +34,15 @@ class RewardConfig:
         min=0,
         max=1,
         group="reward",
+        after="max_length",
         help="Pull the mean score towards 0 by adding this times the mean squared score to the loss, so scores "
         "from different runs are comparable; 0.01 is the usual value, 0 turns it off.",
     )
-    warmup_ratio: float = fields.warmup_ratio()
-    weight_decay: float = fields.weight_decay()
-    lr_scheduler_type: str = fields.lr_scheduler_type()
     eval_fraction: float = fields.eval_fraction(
         "Evaluation reports eval/accuracy (the share of held-out pairs whose chosen answer scores higher) "
         "and eval/margin."
     )
-    eval_steps: int = fields.eval_steps()
     logging_steps: int = fields.logging_steps("loss, pairwise accuracy, margin and scores")
-    save_steps: int = fields.save_steps()
-    save_total_limit: int = fields.save_total_limit()
-    gradient_checkpointing: bool = fields.gradient_checkpointing()
 
     def check(self) -> dict[str, str]:
-        return fields.check_max_steps(self.max_steps)
+        return super().check()

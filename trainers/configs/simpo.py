@@ -4,10 +4,11 @@ from dataclasses import dataclass
 
 from ..schema import param
 from . import fields
+from .training import SequenceTrainingConfig
 
 
 @dataclass(frozen=True)
-class SimPOConfig:
+class SimPOConfig(SequenceTrainingConfig):
     """Simple Preference Optimization: prefer the chosen answer by a target margin of length-normalized
     log-probability, without a reference model.
 
@@ -48,22 +49,12 @@ class SimPOConfig:
         "or 1e-5 to 1e-4 (LoRA).",
     )
     num_train_epochs: float = fields.num_train_epochs(10.0, "Real models usually need 1.")
-    max_steps: int = fields.max_steps()
     per_device_train_batch_size: int = fields.per_device_train_batch_size(16, "Preference pairs")
-    gradient_accumulation_steps: int = fields.gradient_accumulation_steps()
-    max_length: int = fields.max_length(512)
-    warmup_ratio: float = fields.warmup_ratio()
-    weight_decay: float = fields.weight_decay()
-    lr_scheduler_type: str = fields.lr_scheduler_type()
     eval_fraction: float = fields.eval_fraction(
         "Evaluation reports eval/loss, the reward metrics (eval/rewards/accuracies, eval/rewards/margins, ...) "
         "and eval/preference_accuracy."
     )
-    eval_steps: int = fields.eval_steps()
     logging_steps: int = fields.logging_steps("loss, rewards of chosen and rejected answers, reward accuracy")
-    save_steps: int = fields.save_steps()
-    save_total_limit: int = fields.save_total_limit()
-    gradient_checkpointing: bool = fields.gradient_checkpointing()
 
     def check(self) -> dict[str, str]:
-        return fields.check_max_steps(self.max_steps)
+        return super().check()

@@ -22,6 +22,7 @@ __all__ = [
     "AdapterError",
     "apply_adapter",
     "lora_config",
+    "bitsandbytes_unavailable_reason",
     "qlora_unavailable_reason",
     "require_adapter_runtime",
     "quantization_config",
@@ -37,8 +38,9 @@ class AdapterError(ValueError):
     """The chosen adapter cannot be used with this model or on this worker."""
 
 
-def qlora_unavailable_reason() -> str | None:
-    """Why QLoRA cannot run here, as one line, or None when a CUDA GPU and bitsandbytes are both present."""
+def bitsandbytes_unavailable_reason(what: str) -> str | None:
+    """Why ``what`` (qlora, an export's bnb_4bit, ...) cannot run here, as one line, or None when a CUDA GPU and
+    bitsandbytes are both present."""
     has_cuda = torch.cuda.is_available()
     has_bnb = importlib.util.find_spec("bitsandbytes") is not None
     if has_cuda and has_bnb:
@@ -49,7 +51,12 @@ def qlora_unavailable_reason() -> str | None:
         missing = "no CUDA GPU"
     else:
         missing = "no bitsandbytes (pip install bitsandbytes)"
-    return f"qlora needs a CUDA GPU and bitsandbytes; this worker has {missing}"
+    return f"{what} needs a CUDA GPU and bitsandbytes; this worker has {missing}"
+
+
+def qlora_unavailable_reason() -> str | None:
+    """Why QLoRA cannot run here, as one line, or None when it can."""
+    return bitsandbytes_unavailable_reason("qlora")
 
 
 def require_adapter_runtime(adapter: AdapterConfig | None) -> None:

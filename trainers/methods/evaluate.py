@@ -25,7 +25,6 @@ once a second inside one), one ``metrics`` event at step 0, ``artifact`` (the re
 
 import gc
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -33,29 +32,15 @@ from typing import Any
 
 from ..cancel import cancel_requested
 from ..data import read_rows
-from ..evaluate import (
-    chat_sequence,
-    completion_sequence,
-    context_length,
-    generate_answers,
-    load_model,
-    sequence_logprobs,
-)
+from ..evaluate import context_length, generate_answers, load_model, measure
 from ..events import Events
-from ..rewards import REWARDS, completion_text
+from ..metrics import EVAL_KINDS, PRIMARY_METRICS
+from ..rewards import completion_text
 from ..spec import DataFile, ModelRef, StageSpec
 from .common import publish_dir, quiet_progress_bars, seed_everything
 
 __all__ = ["run", "EVAL_KINDS", "PRIMARY_METRICS", "SAMPLE_TEXT_LIMIT", "SUMMARY_SAMPLES"]
 
-EVAL_KINDS = ("prompt_completion", "chat", "reference", "preference")
-# The metric that decides gain (held-out set) and forgetting (retention set), by data kind: (name, higher is better).
-PRIMARY_METRICS = {
-    "prompt_completion": ("loss", False),
-    "chat": ("loss", False),
-    "reference": ("accuracy", True),
-    "preference": ("preference_accuracy", True),
-}
 # The summary is stored on a database row: it keeps the first SUMMARY_SAMPLES samples, each text cut to
 # SAMPLE_TEXT_LIMIT characters (the report files keep them all, whole).
 SAMPLE_TEXT_LIMIT = 500
@@ -195,64 +180,19 @@ class _Measurer:
             self._answers.update((_key(p), a) for p, a in zip(missing, found))
         return [self._answers[_key(p)] for p in prompts]
 
-    def _logprobs(self, sequences) -> list[tuple[float, int]]:
-        return sequence_logprobs(
-            self.model, self.tokenizer, sequences, batch_size=self.cfg.batch_size, on_batch=self.progress.tick
-        )
-
     def measure(self, data: _Data) -> tuple[dict[str, float], dict[str, Any]]:
         """``(metrics, details)`` of this model on ``data`` (details: per-row results for the report)."""
-        tok, kind = self.tokenizer, data.kind
-        if kind in ("prompt_completion", "chat"):
-            if kind == "chat":
-                sequences = [chat_sequence(tok, row["messages"], max_length=self.max_length) for row in data.rows]
-            else:
-                sequences = [
-                    completion_sequence(tok, row["prompt"], row["completion"], max_length=self.max_length)
-                    for row in data.rows
-                ]
-            scored = self._logprobs(sequences)
-            tokens = sum(n for _, n in scored)
-            if tokens == 0:
-                raise ValueError(
-                    f"data.{data.role}: no completion tokens to score in {data.file.path} "
-                    f"(are the rows longer than the model's {self.max_length} tokens?)"
-                )
-            loss = -sum(s for s, _ in scored) / tokens
-            return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf}, {"tokens": tokens}
-        if kind == "reference":
-            prompts = [row["prompt"] for row in data.rows]
-            answers = [row["answer"] for row in data.rows]
-            predicted = self.answers(prompts)
-            exact = REWARDS["exact_match"].function(predicted, answer=answers)
-            scores = REWARDS[self.cfg.accuracy_reward].function(predicted, answer=answers)
-            n = len(prompts)
-            metrics = {
-                "exact_match": sum(exact) / n,
-                "accuracy": sum(1 for s in scores if s == 1.0) / n,
-                "mean_reward": sum(scores) / n,
-            }
-            details = {
-                "predictions": [
-                    {"prompt": p, "answer": a, "predicted": g, "exact_match": e, "reward": s}
-                    for p, a, g, e, s in zip(prompts, answers, predicted, exact, scores)
-                ]
-            }
-            return metrics, details
-        if kind == "preference":
-            chosen = self._logprobs(
-                [completion_sequence(tok, r["prompt"], r["chosen"], max_length=self.max_length) for r in data.rows]
+        metrics, details = measure(
+            self.model, self.tokenizer, data.rows, data.kind, accuracy_reward=self.cfg.accuracy_reward,
+            max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size, answer=self.answers,
+            on_batch=self.progress.tick,
+        )
+        if details.get("tokens") == 0:
+            raise ValueError(
+                f"data.{data.role}: no completion tokens to score in {data.file.path} "
+                f"(are the rows longer than the model's {self.max_length} tokens?)"
             )
-            rejected = self._logprobs(
-                [completion_sequence(tok, r["prompt"], r["rejected"], max_length=self.max_length) for r in data.rows]
-            )
-            diffs = [c - r for (c, _), (r, _) in zip(chosen, rejected)]
-            metrics = {
-                "preference_accuracy": sum(1 for d in diffs if d > 0) / len(diffs),  # a tie is not a win
-                "logp_margin": sum(diffs) / len(diffs),
-            }
-            return metrics, {"logp_margins": diffs}
-        raise ValueError(f"data.{data.role}: evaluate cannot measure {kind!r} data")
+        return metrics, details
 
 
 def _release_memory() -> None:

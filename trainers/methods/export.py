@@ -19,12 +19,15 @@ Quantizations (``config.quantization``):
   ``AutoModelForCausalLM.from_pretrained`` loads it). Needs a CUDA GPU and bitsandbytes: refused at start
   otherwise, before anything is loaded.
 
-Evaluation (``spec.eval``, at most ``config.max_rows`` rows, the first ones): ``prompt_completion`` and ``chat``
-data give the mean completion-token loss (the completion plus end-of-sequence, or the last assistant turn as the
-chat template renders it) and its perplexity; ``reference`` data gives greedy exact match
-(:func:`trainers.evaluate.exact_match`, up to ``config.max_new_tokens`` tokens). The full-precision model is
-measured on the device the quantized copy runs on (CPU for int8_dynamic, the GPU for bitsandbytes), so that
-before and after differ only by the quantization.
+Evaluation (``spec.eval``, at most ``config.max_rows`` rows, the first ones) computes what the evaluate stage
+computes on the same rows (:func:`trainers.evaluate.measure`), so the figures agree: ``prompt_completion`` and
+``chat`` data give ``loss`` (per scored token: the completion plus end-of-sequence, or the assistant turns as
+the SFT stage scores them) and ``perplexity``; ``reference`` data gives greedy answers (up to
+``config.max_new_tokens`` tokens) scored as ``accuracy`` (by the evaluate stage's default accuracy reward),
+``exact_match`` and ``mean_reward``. The headline is the evaluate stage's primary metric for the kind
+(:data:`trainers.metrics.PRIMARY_METRICS`). The full-precision model is measured on the device the quantized
+copy runs on (CPU for int8_dynamic, the GPU for bitsandbytes), so that before and after differ only by the
+quantization.
 """
 
 import contextlib
@@ -40,8 +43,13 @@ import torch
 from torch import nn
 
 from ..cancel import cancel_requested
+from ..configs.evaluate import EvaluateConfig
+from ..evaluate import measure
 from ..events import Events
+from ..metrics import PRIMARY_METRICS, flatten_keys
+from ..registry import get_method
 from ..spec import StageSpec
+from .adapters import bitsandbytes_unavailable_reason
 from .common import count_parameters, load_model_and_tokenizer, publish_dir, quiet_progress_bars, seed_everything
 from .merge import Heartbeat, dir_size, save_model_dir, stored_dtype
 
@@ -50,14 +58,14 @@ __all__ = [
     "ExportError",
     "quantization_unavailable_reason",
     "load_int8_dynamic",
-    "completion_loss",
     "model_card",
     "QUANTIZED_WEIGHTS",
 ]
 
 QUANTIZED_WEIGHTS = "quantized_state_dict.pt"  # int8_dynamic: the quantized model's state dict
 CARD = "README.md"
-LOSS_KINDS = ("prompt_completion", "chat")
+EXPORT_KINDS = get_method("export").dataset_kinds  # the held-out data export measures
+ACCURACY_REWARD = EvaluateConfig().accuracy_reward
 
 
 class ExportError(ValueError):
@@ -84,97 +92,11 @@ def quantization_unavailable_reason(quantization: str) -> str | None:
             return "int8_dynamic needs a quantized CPU engine (fbgemm, x86, onednn or qnnpack); this torch has none"
         return None
     if quantization in ("bnb_8bit", "bnb_4bit"):
-        import importlib.util
-
-        has_cuda = torch.cuda.is_available()
-        has_bnb = importlib.util.find_spec("bitsandbytes") is not None
-        if has_cuda and has_bnb:
-            return None
-        if not has_cuda and not has_bnb:
-            missing = "neither"
-        elif not has_cuda:
-            missing = "no CUDA GPU"
-        else:
-            missing = "no bitsandbytes (pip install bitsandbytes)"
-        return f"{quantization} needs a CUDA GPU and bitsandbytes; this worker has {missing}"
+        return bitsandbytes_unavailable_reason(quantization)
     return None
 
 
 # -- evaluation ----------------------------------------------------------------------------------------------
-
-
-def _common_prefix_length(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def _max_length(model, tokenizer) -> int:
-    limits = [4096, getattr(model.config, "max_position_embeddings", None) or 4096]
-    if isinstance(tokenizer.model_max_length, int) and tokenizer.model_max_length < 1_000_000:
-        limits.append(tokenizer.model_max_length)
-    return min(limits)
-
-
-def _loss_sequences(tokenizer, rows: list[dict[str, Any]], kind: str) -> list[tuple[list[int], int]]:
-    """(token ids, index of the first completion token) per row."""
-    out = []
-    for row in rows:
-        if kind == "chat":
-            messages = row["messages"]
-            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-            prompt = tokenizer.apply_chat_template(messages[:last], tokenize=False, add_generation_prompt=True)
-            full = tokenizer.apply_chat_template(messages[: last + 1], tokenize=False)
-            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-        else:
-            prompt_ids = tokenizer(row["prompt"])["input_ids"]
-            full_ids = tokenizer(row["prompt"] + row["completion"] + (tokenizer.eos_token or ""))["input_ids"]
-        # The completion starts where the two tokenizations diverge (as TRL's data preparation finds it).
-        out.append((full_ids, _common_prefix_length(prompt_ids, full_ids)))
-    return out
-
-
-@torch.no_grad()
-def completion_loss(model, tokenizer, rows: list[dict[str, Any]], kind: str, *, batch_size: int = 8,
-                    on_batch=None) -> dict[str, float]:
-    """``{"loss", "perplexity", "tokens"}``: mean negative log-likelihood per completion token (token-weighted
-    over all rows) of prompt_completion or chat rows, and its exponential."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    limit = _max_length(model, tokenizer)
-    total_nll, total_tokens = 0.0, 0
-    try:
-        sequences = _loss_sequences(tokenizer, rows, kind)
-        for begin in range(0, len(sequences), batch_size):
-            batch = [(ids[:limit], start) for ids, start in sequences[begin : begin + batch_size]]
-            width = max(len(ids) for ids, _ in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for i, (ids, _) in enumerate(batch):
-                input_ids[i, : len(ids)] = torch.tensor(ids)
-                attention[i, : len(ids)] = 1
-            input_ids, attention = input_ids.to(device), attention.to(device)
-            logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-            targets = input_ids[:, 1:]
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-            positions = torch.arange(1, width, device=device).unsqueeze(0)
-            starts = torch.tensor([start for _, start in batch], device=device).unsqueeze(1)
-            in_completion = (positions >= starts) & attention[:, 1:].bool()
-            total_nll += float((nll * in_completion).sum())
-            total_tokens += int(in_completion.sum())
-            if on_batch is not None:
-                on_batch()
-    finally:
-        model.train(was_training)
-    loss = total_nll / total_tokens if total_tokens else float("nan")
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)) if total_tokens else float("nan"),
-            "tokens": float(total_tokens)}
 
 
 def _read_eval_rows(spec: StageSpec, max_rows: int) -> list[dict[str, Any]]:
@@ -185,24 +107,13 @@ def _read_eval_rows(spec: StageSpec, max_rows: int) -> list[dict[str, Any]]:
 
 
 def _evaluate(model, tokenizer, rows: list[dict[str, Any]], kind: str, cfg, beat: Heartbeat) -> dict[str, float]:
-    """The stage's measures on ``rows``: loss and perplexity, or exact match for reference data."""
-    if kind in LOSS_KINDS:
-        return completion_loss(model, tokenizer, rows, kind, on_batch=beat)
-    from ..evaluate import exact_match
-
-    pairs = [(row["prompt"], row["answer"]) for row in rows]
-    correct, batch = 0, 16
-    for begin in range(0, len(pairs), batch):
-        found = exact_match(model, tokenizer, pairs[begin : begin + batch], max_new_tokens=cfg.max_new_tokens,
-                            batch_size=batch)
-        correct += int(found["correct"])
-        beat()
-    return {"exact_match": correct / len(pairs), "correct": float(correct)}
-
-
-def _headline(kind: str) -> tuple[str, bool]:
-    """(metric name, higher is better) of the measure the summary compares."""
-    return ("loss", False) if kind in LOSS_KINDS else ("exact_match", True)
+    """The evaluate stage's measures of ``rows`` (:func:`trainers.evaluate.measure`; reference answers are scored
+    with an evaluate stage's default accuracy reward), plus the number of scored tokens for loss kinds."""
+    metrics, details = measure(model, tokenizer, rows, kind, accuracy_reward=ACCURACY_REWARD,
+                               max_new_tokens=cfg.max_new_tokens, on_batch=beat)
+    if "tokens" in details:
+        metrics["tokens"] = float(details["tokens"])
+    return metrics
 
 
 # -- quantization --------------------------------------------------------------------------------------------
@@ -325,15 +236,6 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return lines
-
-
-def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(value, dict):
-        out = []
-        for key, item in value.items():
-            out += _flatten(item, f"{prefix}/{key}" if prefix else str(key))
-        return out
-    return [(prefix, value)]
 
 
 def _name_of(value: Any) -> str | None:
@@ -472,7 +374,7 @@ def model_card(card: dict[str, Any] | None, export: dict[str, Any]) -> str:
     if metrics:
         lines += ["## Metrics", ""]
         if isinstance(metrics, dict):
-            lines += _table(["metric", "value"], [[k, v] for k, v in _flatten(metrics)])
+            lines += _table(["metric", "value"], [[k, v] for k, v in flatten_keys(metrics).items()])
         else:
             lines += _bullets(metrics)
         lines.append("")
@@ -550,8 +452,8 @@ def run(spec: StageSpec, events: Events) -> dict[str, Any]:
     if reason:
         raise ExportError(reason)  # before any data or model is loaded
     kind = spec.eval.kind if spec.eval else None
-    if kind is not None and kind not in (*LOSS_KINDS, "reference"):
-        raise ExportError(f"export evaluates prompt_completion, chat or reference data, not {kind!r}")
+    if kind is not None and kind not in EXPORT_KINDS:
+        raise ExportError(f"export evaluates {', '.join(EXPORT_KINDS[:-1])} or {EXPORT_KINDS[-1]} data, not {kind!r}")
     rows = _read_eval_rows(spec, cfg.max_rows) if spec.eval else None  # data first: a bad row fails fast
     if cancel_requested():
         return {"status": "canceled", "step": 0}
@@ -602,7 +504,7 @@ def run(spec: StageSpec, events: Events) -> dict[str, Any]:
         return stop
 
     # 3. Evaluate the full-precision model where the quantized one will run.
-    metric, higher = _headline(kind) if kind else (None, None)
+    metric, higher = PRIMARY_METRICS[kind] if kind else (None, None)
     before = after = None
     if rows is not None:
         device = _cuda_device() if quantization.startswith("bnb_") or (

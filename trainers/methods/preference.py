@@ -19,6 +19,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..cancel import cancel_requested
+from ..evaluate import common_prefix_length
 from ..events import Events
 from ..spec import StageSpec
 from .common import (
@@ -113,15 +114,6 @@ def unpaired(dataset, *, seed: int):
     return dataset.shuffle(seed=seed).flatten_indices()
 
 
-def _common_prefix_length(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 @torch.no_grad()
 def _answer_logps(model, tokenizer, prompts: list[str], answers: list[str], max_length: int | None) -> list[float]:
     """Summed log-probability of each answer (plus the end-of-sequence token) given its prompt."""
@@ -130,7 +122,7 @@ def _answer_logps(model, tokenizer, prompts: list[str], answers: list[str], max_
         prompt_ids = tokenizer(prompt)["input_ids"]
         full_ids = tokenizer(prompt + answer + tokenizer.eos_token)["input_ids"]
         # The answer starts where the two tokenizations diverge (as in TRL's DPO/KTO data preparation).
-        starts.append(_common_prefix_length(prompt_ids, full_ids))
+        starts.append(common_prefix_length(prompt_ids, full_ids))
         sequences.append(full_ids[:max_length] if max_length else full_ids)
     device = next(model.parameters()).device
     width = max(len(s) for s in sequences)

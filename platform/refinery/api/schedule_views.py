@@ -5,7 +5,7 @@ or owner with a read-write token (403 otherwise)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from ninja import Router, Schema
 
@@ -25,6 +25,14 @@ from refinery.schedules.services import (
 router = Router(tags=["schedules"])
 
 
+class GateIn(In):
+    """A promotion gate added to every run of the schedule (docs/schedules.md, "Promotion gates")."""
+
+    candidate: str  # the stage whose model may be promoted
+    dataset_id: int  # the held-out dataset
+    config: dict[str, Any] = {}  # gate config: registered_model, alias, metric, min_gain, gain_mode, ...
+
+
 class ScheduleIn(In):
     name: str
     pipeline_id: int
@@ -42,6 +50,7 @@ class ScheduleIn(In):
     catch_up: Literal["latest", "all"] = "latest"
     catch_up_limit: int = 10
     failure_limit: int = 3  # pause after this many failed runs in a row; 0: never
+    gate: GateIn | None = None
 
 
 class ScheduleCreateIn(ScheduleIn):
@@ -68,6 +77,7 @@ class ScheduleOut(Schema):
     failure_limit: int
     paused: bool
     paused_reason: str
+    gate: dict[str, Any] | None
     next_fires: list[datetime]
     created_at: datetime
 
@@ -88,7 +98,7 @@ def _out(schedule: Schedule) -> dict:
         **{f: getattr(schedule, f) for f in ("id", "name", "pipeline_id", "trigger", "cron", "timezone",
                                              "interval_seconds", "debounce_seconds", "bindings", "start_at",
                                              "end_at", "max_runs", "overlap", "catch_up", "catch_up_limit",
-                                             "failure_limit", "paused", "paused_reason", "created_at")},
+                                             "failure_limit", "paused", "paused_reason", "created_at", "gate")},
         "version": schedule.pipeline_version.number,
         "next_fires": schedule_next_fires(schedule=schedule),
     }

@@ -2,16 +2,15 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from trainers.dataset_kinds import DATASET_KIND_SPECS
 
 from refinery.teams.models import Team
 
-
-class DatasetKind(models.TextChoices):
-    PROMPT_COMPLETION = "prompt_completion", "Prompt / completion"
-    CHAT = "chat", "Chat messages"
-    PREFERENCE = "preference", "Preference pairs (prompt, chosen, rejected)"
-    REFERENCE = "reference", "Prompts with reference answers"
-    FEEDBACK = "feedback", "Feedback (prompt, completion, label: desirable true/false)"
+# The kinds are defined in trainers.dataset_kinds (the trainer reads the same ones); members are named by
+# their value in capitals: DatasetKind.PROMPT_COMPLETION == "prompt_completion".
+DatasetKind = models.TextChoices(
+    "DatasetKind", [(kind.name.upper(), (kind.name, kind.label)) for kind in DATASET_KIND_SPECS.values()]
+)
 
 
 class Dataset(models.Model):

@@ -32,6 +32,7 @@ DEFAULT_MEMORY_BYTES = 1024**3
 DEFAULT_TIMEOUT_SECONDS = 600.0
 
 _PLATFORM_DIR = Path(__file__).resolve().parents[2]  # the folder that holds the `refinery` package
+_REPO_DIR = _PLATFORM_DIR.parent  # the folder that holds `trainers` (validation reads its dataset kinds)
 _MEMORY_EXIT = 3  # the child's exit status when it ran out of memory
 
 
@@ -119,7 +120,7 @@ def _child_environment() -> dict[str, str]:
     """What the child needs and nothing more: no database URL, secret key or tokens."""
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": str(_PLATFORM_DIR),
+        "PYTHONPATH": os.pathsep.join((str(_PLATFORM_DIR), str(_REPO_DIR))),
         "PYTHONDONTWRITEBYTECODE": "1",
         "LANG": "C.UTF-8",
         # Arrow's default allocators reserve large address ranges up front, which RLIMIT_AS counts;

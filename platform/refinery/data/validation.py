@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
+from trainers.dataset_kinds import BOOL, DATASET_KIND_SPECS, MESSAGES, TEXT
+
 from refinery.core.units import format_bytes
 from refinery.data.inspect import PREVIEW_ROWS, DatasetStats, preview_row
 
@@ -106,9 +108,8 @@ class DatasetError(ValueError):
 
 # --- dataset kinds -------------------------------------------------------------------------------
 
-TEXT = "text"  # a non-empty string
-MESSAGES = "messages"  # a conversation: a list of {"role", "content"} turns
-BOOL = "boolean"  # true or false (in CSV, the words true or false, in any case)
+# Column types (trainers.dataset_kinds): TEXT must also be non-empty here; BOOL in CSV is the word true or
+# false, in any case.
 
 Problem = tuple[str | None, str]  # (field, message)
 
@@ -187,14 +188,7 @@ _FIELD_CHECKS: dict[str, Callable[[str, Any], str | None]] = {
 }
 
 KINDS: dict[str, KindSpec] = {
-    spec.name: spec
-    for spec in (
-        KindSpec("prompt_completion", {"prompt": TEXT, "completion": TEXT}),
-        KindSpec("chat", {"messages": MESSAGES}),
-        KindSpec("preference", {"prompt": TEXT, "chosen": TEXT, "rejected": TEXT}, must_differ=("chosen", "rejected")),
-        KindSpec("reference", {"prompt": TEXT, "answer": TEXT}),
-        KindSpec("feedback", {"prompt": TEXT, "completion": TEXT, "label": BOOL}),
-    )
+    kind.name: KindSpec(kind.name, kind.columns, must_differ=kind.must_differ) for kind in DATASET_KIND_SPECS.values()
 }
 
 

@@ -59,3 +59,8 @@ class PipelineVersion(models.Model):
     @property
     def stages(self) -> list[dict]:
         return list(self.spec.get("stages", []))
+
+    @property
+    def gate_stages(self) -> list[str]:
+        """The names of the version's promotion gate stages (what a schedule of it promotes through)."""
+        return [s.get("name", "") for s in self.stages if s.get("method") == "gate"]

@@ -9,17 +9,13 @@ import re
 from dataclasses import asdict
 from typing import Any
 
-from trainers.configs.adapters import MERGEABLE_TYPES, adapter_model_errors
+from trainers.configs.adapters import FULL_MODEL_TYPES, MERGEABLE_TYPES, adapter_model_errors
 from trainers.registry import METHODS, validate_stage
 
 from refinery.data.models import Dataset
 from refinery.pipelines.spec_lookups import SpecLookups
 
-FULL_MODEL_TYPES = ("none", "bitfit", "freeze")  # adapter types whose stage outputs a whole model
 ADAPTER_LABELS = {"lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA", "ia3": "IA3", "layernorm": "LayerNorm"}
-
-# Methods whose stage outputs a scoring model (a sequence classifier), not a model that generates text.
-SCORING_METHODS = ("reward",)
 
 STAGE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 MAX_STAGES = 32
@@ -38,10 +34,10 @@ MAX_MERGE_INPUTS = 8
 def _output_of(method: str) -> str:
     """What a stage of `method` hands on: "model" (a model that generates text, or an adapter for one),
     "scorer" (a reward model) or "report" (an evaluation)."""
-    if method in SCORING_METHODS:
-        return "scorer"
     spec = METHODS.get(method)
-    return spec.output if spec is not None else "model"
+    if spec is None:
+        return "model"
+    return "scorer" if spec.scorer else spec.output
 
 
 def _stage_refs(stage: dict) -> list[tuple[str, str]]:
@@ -329,6 +325,23 @@ def _gate_errors(config, *, source: str, retention, lookups: SpecLookups) -> dic
                 errors[f"config.{field}"] = (f"{field} needs the pipeline's retention set (choose one, or leave "
                                              f"{field} empty)")
     return errors
+
+
+GATE_FIELDS = {"candidate", "dataset_id", "config"}
+
+
+def spec_with_gate(spec: dict, gate: dict | None) -> tuple[dict, str | None]:
+    """A copy of a (raw) pipeline spec with a schedule's gate appended as one more stage, and that stage's name
+    ("gate", or "schedule-gate" when the pipeline already has a stage called "gate"). `gate` is
+    {"candidate": <stage name>, "dataset_id": <held-out dataset id>, "config": {<gate config fields>}}; it is
+    validated with the rest by pipeline_spec_normalize. No gate: the spec as it is, and None."""
+    if not gate:
+        return spec, None
+    names = {s.get("name") for s in spec.get("stages") or [] if isinstance(s, dict)}
+    name = next(n for n in ("gate", "schedule-gate", "schedule-gate-2", "schedule-gate-3") if n not in names)
+    stage = {"name": name, "method": "gate", "input": gate.get("candidate") or "base",
+             "dataset_id": gate.get("dataset_id"), "config": dict(gate.get("config") or {}), "adapter": None}
+    return {**spec, "stages": [*(spec.get("stages") or []), stage]}, name
 
 
 def _aux_stage_errors(method: str, config, methods: dict[str, str], own: str) -> dict[str, str]:

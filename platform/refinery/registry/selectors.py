@@ -84,6 +84,7 @@ class ModelPage:
     history: list[AliasEvent]  # newest first, at most HISTORY_SHOWN
     history_total: int = 0
     alias_choices: list[str] = field(default_factory=list)  # known aliases, default ones first
+    awaiting: list = field(default_factory=list)  # GateDecisions whose candidate waits for an owner's approval
 
 
 def model_page(*, registered_model: RegisteredModel, history_limit: int | None = HISTORY_SHOWN) -> ModelPage:
@@ -118,7 +119,11 @@ def model_page(*, registered_model: RegisteredModel, history_limit: int | None =
         states.append(AliasState(alias=alias, version=current.get(alias), can_roll_back=possible,
                                  rollback_to=target))
     choices = names
-    return ModelPage(model=model, versions=versions, aliases=states, history=events[::-1][:history_limit],
+    awaiting = list(GateDecision.objects.filter(registered_model=model, outcome=GateDecision.Outcome.AWAITING_APPROVAL)
+                    .select_related("run", "stage_run", "candidate", "champion")
+                    .only("message", "alias", "decided_at", "run__number", "stage_run__name", "candidate__version",
+                          "champion__version", "registered_model_id").order_by("-decided_at"))
+    return ModelPage(model=model, versions=versions, aliases=states, awaiting=awaiting, history=events[::-1][:history_limit],
                      history_total=len(events), alias_choices=choices)
 
 

@@ -2,8 +2,11 @@
 run's charts show first."""
 from __future__ import annotations
 
+from trainers.registry import METHODS
+
 LOSS_KEYS = ["train/loss", "eval/loss"]
-ONE_OFF_METHODS = ("merge", "evaluate", "export", "gate")
+# Stages that train on nothing (merge, evaluate, export, gate): no loss curve of their own.
+ONE_OFF_METHODS = tuple(name for name, method in METHODS.items() if not method.trains)
 # Method metrics worth seeing first (DPO rewards and margins, GRPO reward and KL, accuracies).
 METRIC_PRIORITY = ("reward", "margin", "accurac", "kl", "exact_match", "log_odds", "nll", "agreement", "entropy")
 # Optimiser and bookkeeping series: charted, but folded away under "More metrics".

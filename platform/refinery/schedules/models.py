@@ -47,6 +47,9 @@ class Schedule(models.Model):
     start_at = models.DateTimeField(null=True, blank=True)
     end_at = models.DateTimeField(null=True, blank=True)
     max_runs = models.PositiveIntegerField(null=True, blank=True)
+    gate = models.JSONField(null=True, blank=True, default=None,
+                            help_text='a promotion gate added to every run: {"candidate": <stage>, "dataset_id": '
+                                      '<held-out dataset>, "config": {<gate config>}} (pipelines.specs.spec_with_gate)')
     overlap = models.CharField(max_length=16, choices=Overlap.choices, default=Overlap.SKIP)
     catch_up = models.CharField(max_length=16, choices=CatchUp.choices, default=CatchUp.LATEST)
     catch_up_limit = models.PositiveIntegerField(default=10)

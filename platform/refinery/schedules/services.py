@@ -48,10 +48,13 @@ def _db_id(value) -> int:
     return number
 
 
-def version_dataset_ids(version: PipelineVersion) -> list[int]:
-    """Every dataset a pipeline version reads (training, held-out and retention data), in order."""
+def version_dataset_ids(version: PipelineVersion, gate: dict | None = None) -> list[int]:
+    """Every dataset a pipeline version reads (training, held-out and retention data), in order, plus the
+    held-out set of a schedule's gate."""
     spec = version.spec or {}
     found: list[int] = []
+    if gate and gate.get("dataset_id") not in (None, ""):
+        spec = {**spec, "stages": [*spec.get("stages", []), {"dataset_id": gate["dataset_id"]}]}
     for stage in spec.get("stages", []):
         for key in ("dataset_id", "eval_dataset_id"):
             if stage.get(key) not in (None, ""):
@@ -61,10 +64,11 @@ def version_dataset_ids(version: PipelineVersion) -> list[int]:
     return list(dict.fromkeys(found))
 
 
-def _bindings_clean(*, team, version: PipelineVersion, bindings, errors: dict) -> dict[str, object]:
-    """{"<dataset id>": "latest" | <version id>} for exactly the datasets the version reads (missing ones
-    default to "latest")."""
-    read = version_dataset_ids(version)
+def _bindings_clean(*, team, version: PipelineVersion, bindings, errors: dict, gate: dict | None = None
+                    ) -> dict[str, object]:
+    """{"<dataset id>": "latest" | <version id>} for exactly the datasets the version (and the schedule's
+    gate) reads (missing ones default to "latest")."""
+    read = version_dataset_ids(version, gate)
     given = bindings or {}
     if not isinstance(given, dict):
         errors["bindings"] = 'bindings must map dataset ids to "latest" or a version id'
@@ -94,6 +98,37 @@ def _bindings_clean(*, team, version: PipelineVersion, bindings, errors: dict) -
     for dataset_id in read:
         clean.setdefault(str(dataset_id), LATEST)
     return {k: clean[k] for k in sorted(clean, key=int)}
+
+
+def _gate_clean(*, team, version: PipelineVersion | None, gate, errors: dict) -> dict | None:
+    """A schedule's gate, validated as the stage it adds to each run: {"candidate", "dataset_id", "config"}
+    with every config field filled in; None for no gate. Errors name `gate.<field>`."""
+    from refinery.pipelines.specs import GATE_FIELDS, SpecError, pipeline_spec_normalize, spec_with_gate
+
+    if gate in (None, {}, ""):
+        return None
+    if not isinstance(gate, dict) or set(gate) - GATE_FIELDS:
+        errors["gate"] = 'a gate is {"candidate": <stage>, "dataset_id": <held-out dataset id>, "config": {...}}'
+        return None
+    if version is None:
+        return None
+    spec, name = spec_with_gate(version.spec or {}, gate)
+    index = len(spec["stages"]) - 1
+    try:
+        normalized = pipeline_spec_normalize(team=team, spec=spec, base_model=version.base_model)
+    except SpecError as exc:
+        prefix = f"stages.{index}"
+        for key, message in exc.errors.items():
+            if key == prefix or key.startswith(prefix + "."):
+                field = key[len(prefix) + 1:] or "gate"
+                field = {"input": "candidate"}.get(field, field)
+                errors[f"gate.{field}" if field != "gate" else "gate"] = message.replace(
+                    f"stage {index + 1} ({name}): ", "")
+            else:
+                errors.setdefault("gate", f"the pipeline version with this gate is not valid: {message}")
+        return None
+    stage = normalized["stages"][index]
+    return {"candidate": stage["input"], "dataset_id": stage["dataset_id"], "config": stage["config"]}
 
 
 def _int_or_none(errors: dict, field: str, value, *, low: int, high: int, required: bool = False) -> int | None:
@@ -183,9 +218,10 @@ def _validated(*, team, fields: dict, instance: Schedule | None = None) -> dict:
         clean[field] = value
     if clean["start_at"] and clean["end_at"] and clean["end_at"] <= clean["start_at"]:
         errors["end_at"] = "must be after the start"
+    clean["gate"] = _gate_clean(team=team, version=version, gate=fields.get("gate"), errors=errors)
     if version is not None:
         clean["bindings"] = _bindings_clean(team=team, version=version, bindings=fields.get("bindings"),
-                                            errors=errors)
+                                            errors=errors, gate=clean["gate"])
         if trigger == Trigger.DATASET and "bindings" not in errors and LATEST not in clean["bindings"].values():
             errors["bindings"] = 'a dataset trigger needs at least one dataset bound to "latest"'
     if errors:
@@ -287,7 +323,7 @@ def _fire(tick: ScheduleTick, *, user=None) -> ScheduleTick:
     try:
         with transaction.atomic():
             run = run_create(pipeline=schedule.pipeline, user=user, version=schedule.pipeline_version,
-                             name=schedule.pipeline.name, dataset_versions=_pins(schedule))
+                             name=schedule.pipeline.name, dataset_versions=_pins(schedule), gate=schedule.gate)
             tick.run, tick.outcome = run, TickOutcome.FIRED
             tick.save(update_fields=["run", "outcome", "reason"])
     except RunError as exc:

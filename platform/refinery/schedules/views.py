@@ -81,8 +81,42 @@ def _binding_rows(request, version, bindings: dict) -> list[dict]:
     return rows
 
 
+GATE_FORM_FIELDS = ("registered_model", "alias", "metric", "min_gain", "gain_mode", "max_forgetting",
+                    "target_threshold", "retention_threshold")
+
+
+def _gate_values(post) -> dict | None:
+    """The gate fieldset as the service's {"candidate", "dataset_id", "config"}; None when "Add a gate" is off."""
+    if post.get("gate_enabled") != "on":
+        return None
+    config = {name: post.get(f"gate_{name}", "").strip() for name in GATE_FORM_FIELDS}
+    config = {k: v for k, v in config.items() if v != "" or k in ("max_forgetting", "target_threshold",
+                                                                  "retention_threshold", "metric")}
+    config["require_approval"] = post.get("gate_require_approval") == "on"
+    return {"candidate": post.get("gate_candidate", "").strip(), "dataset_id": post.get("gate_dataset_id") or None,
+            "config": config}
+
+
+def _gate_choices(request, version) -> dict:
+    """What the gate fieldset offers: the version's stages whose output is a model that generates text
+    (candidates), the team's datasets a gate can read (held-out sets) and the metrics it can compare."""
+    from trainers.metrics import COMPARABLE_METRICS
+    from trainers.registry import METHODS
+
+    def candidate(method: str) -> bool:
+        spec = METHODS.get(method)
+        return spec is not None and spec.output == "model" and not spec.scorer
+
+    stages = [s.get("name") for s in (version.spec or {}).get("stages", []) if candidate(s.get("method", "sft"))]
+    datasets = Dataset.objects.filter(team=request.team, kind__in=METHODS["gate"].dataset_kinds,
+                                      versions__isnull=False).distinct().order_by("name")
+    metrics = [""] + list(dict.fromkeys(m for names in COMPARABLE_METRICS.values() for m in names))
+    return {"gate_candidates": stages, "gate_datasets": datasets, "gate_metrics": metrics}
+
+
 def _form_values(post) -> dict:
     fields = {name: post.get(name, "").strip() for name in FIELDS}
+    fields["gate"] = _gate_values(post)
     for name in ("start_at", "end_at"):
         raw = fields[name]
         fields[name] = (parse_datetime(raw) or raw) if raw else None
@@ -101,6 +135,7 @@ def _form(request, *, pipeline, schedule=None, values=None, errors=None, status=
                   "catch_up": CatchUp.LATEST, "catch_up_limit": 10, "failure_limit": 3, "version": version.number}
         if schedule is not None:
             values = {name: getattr(schedule, name) for name in FIELDS if name != "version"}
+            values["gate"] = schedule.gate
             values["version"] = schedule.pipeline_version.number
             for name in ("start_at", "end_at"):  # shown, and read back, in the schedule's time zone
                 values[name] = (values[name].astimezone(zone(schedule.timezone)).strftime("%Y-%m-%dT%H:%M")
@@ -113,6 +148,8 @@ def _form(request, *, pipeline, schedule=None, values=None, errors=None, status=
         "pipeline": pipeline, "schedule": schedule, "values": values, "errors": errors or {},
         "versions": pipeline.versions.order_by("-number"), "bindings": _binding_rows(request, version, bindings),
         "triggers": Trigger.choices, "overlaps": Overlap.choices, "catch_ups": CatchUp.choices, "nav": "schedules",
+        "gate": values.get("gate") or {}, **_gate_choices(request, version),
+        "gate_error": any(key.startswith("gate") for key in (errors or {})),
     }, status=status)
 
 

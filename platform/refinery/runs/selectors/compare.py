@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db.models import Prefetch
+from trainers.metrics import higher_is_better, summary_numbers
 
 from refinery.runs.charts import LOSS_KEYS, METRIC_PRIORITY, ONE_OFF_METHODS, ROUTINE_METRICS
 from refinery.runs.models import Run, StageRun
@@ -32,9 +33,8 @@ MIN_ITEMS, MAX_ITEMS = 2, 10
 # One colour per compared item, the same in every chart and in the tables (app.js's palette, in its order).
 PALETTE = ("#5046e5", "#f97316", "#10b981", "#e11d48", "#0ea5e9", "#a855f7", "#eab308", "#14b8a6", "#64748b",
            "#ec4899")
-# Words in a metric's last path segment that mean "lower is better" (anything else: higher is better) ...
-LOWER_IS_BETTER = ("loss", "perplexity", "forgetting", "nll", "runtime", "error")
-# ... and bookkeeping numbers where neither is better (no highlight).
+# Bookkeeping numbers where neither direction is better (no highlight); for the others
+# trainers.metrics.higher_is_better says which direction is better.
 NEUTRAL_METRICS = ("learning_rate", "epoch", "num_tokens", "total_flos", "global_step", "grad_norm", "size_bytes")
 # Snapshot keys left out of the config diff: row ids and timestamps that differ without meaning anything, and
 # the overrides a sweep applied (already visible in the stage configs they changed).
@@ -366,31 +366,6 @@ def item_flat_config(item: Item) -> dict[str, Any]:
 
 # --- Final numbers --------------------------------------------------------------------------------------------
 
-def summary_numbers(summary: dict | None) -> dict[str, float]:
-    """A stage summary's final numbers, flat: a training stage's as they are ("train/loss"), an evaluate
-    stage's report metrics plus its headline "gain" (on its target) and "forgetting" (on its retention set)."""
-    summary = summary or {}
-    if isinstance(summary.get("metrics"), dict):
-        items = dict(summary["metrics"])
-        for part, key in (("target", "gain"), ("retention", "forgetting")):
-            block = summary.get(part)
-            if isinstance(block, dict) and key in block:
-                items.setdefault(key, block[key])
-    else:
-        items = {}
-        _flatten_slash(summary, "", items)
-    return {key: float(value) for key, value in items.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
-
-
-def _flatten_slash(data: dict, prefix: str, out: dict) -> None:
-    for key, value in data.items():
-        if isinstance(value, dict):
-            _flatten_slash(value, f"{prefix}{key}/", out)
-        else:
-            out[f"{prefix}{key}"] = value
-
-
 def item_numbers(item: Item) -> dict[str, float]:
     """An item's final numbers: a run's as "<stage>/<key>" over all its stages, a stage's as "<key>"."""
     if item.stage is not None:
@@ -404,7 +379,7 @@ def metric_goal(key: str) -> str | None:
     last = key.rsplit("/", 1)[-1].lower()
     if any(word in last for word in NEUTRAL_METRICS):
         return None
-    return "min" if any(word in last for word in LOWER_IS_BETTER) else "max"
+    return "max" if higher_is_better(last) else "min"
 
 
 def metric_table(numbers: Sequence[dict[str, float]]) -> list[dict]:

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
+from trainers.registry import METHODS
 
 from refinery.data.models import Dataset, DatasetVersion
 from refinery.notifications.run_events import run_finished_notify
@@ -21,6 +22,7 @@ from refinery.pipelines.specs import (
     apply_overrides,
     auto_evaluate_stages,
     pipeline_spec_normalize,
+    spec_with_gate,
     stage_dependencies,
 )
 from refinery.runs.models import (
@@ -35,7 +37,7 @@ from refinery.runs.services.dispatch import enqueue_stage_on_commit
 from refinery.teams.quotas import QuotaExceeded, team_runs_check
 from refinery.teams.services import audit
 
-RETENTION_METHODS = ("evaluate", "gate")  # stages that get the pipeline's retention set
+RETENTION_METHODS = tuple(name for name, m in METHODS.items() if m.retention)  # stages that get the retention set
 
 
 class RunError(Exception):
@@ -117,17 +119,19 @@ def _stage_ready(stage: StageRun, by_name: dict[str, StageRun]) -> bool:
 @transaction.atomic
 def run_create(*, pipeline: Pipeline, user, seed: int | None = None, name: str = "", version=None,
                rerun_of: Run | None = None, overrides: dict[str, Any] | None = None,
-               dataset_versions: dict[int, int] | None = None) -> Run:
+               dataset_versions: dict[int, int] | None = None, gate: dict | None = None) -> Run:
     """Start a run of a pipeline version (the current one by default), resolving each dataset to its
     latest version now. `overrides` ({"<stage>.config.<field>" or "<stage>.adapter.<field>": value}, as a
     sweep sets them) change the version's settings for this run only; they are validated like an edit and
     recorded in the snapshot. `dataset_versions` ({dataset id: version id}, as a schedule binds them) pins
-    those datasets to a version instead."""
+    those datasets to a version instead. `gate` (a schedule's promotion gate: pipelines.specs.spec_with_gate)
+    adds a gate stage to this run."""
     version = version or pipeline_current_version(pipeline)
     spec = version.spec
     try:
         if overrides:
             spec = apply_overrides(spec, overrides)
+        spec, _ = spec_with_gate(spec, gate)
         normalized = pipeline_spec_normalize(team=pipeline.team, spec=spec, base_model=version.base_model)
     except SpecError as exc:
         raise RunError("; ".join(exc.errors.values())) from None
