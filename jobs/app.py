@@ -13,23 +13,12 @@ if _platform.is_dir() and str(_platform) not in sys.path:
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "refinery.settings.base")
 
 from jobs.queues import Queue, TaskName  # noqa: E402
+from refinery.core.tasks import app  # noqa: E402  (the web side sends through the same app)
 
 REAPER_SCHEDULE_NAME = "refinery: reap lost stages"
 NOTIFY_SCHEDULE_NAME = "refinery: deliver notifications"
 SCHEDULES_SCHEDULE_NAME = "refinery: fire schedules"
 
-app = Celery("refinery")
-app.config_from_object("django.conf:settings", namespace="CELERY")
-
-
-def _ensure_filesystem_broker_dirs() -> None:
-    for key in ("data_folder_in", "data_folder_out", "control_folder"):
-        folder = (app.conf.broker_transport_options or {}).get(key)
-        if folder and str(app.conf.broker_url or "").startswith("filesystem://"):
-            Path(folder).mkdir(parents=True, exist_ok=True)
-
-
-_ensure_filesystem_broker_dirs()
 app.conf.task_default_queue = Queue.CPU
 app.conf.task_routes = {TaskName.RUN_STAGE: {"queue": Queue.GPU}, TaskName.REAP_STAGES: {"queue": Queue.CPU},
                         TaskName.DELIVER_NOTIFICATIONS: {"queue": Queue.CPU},

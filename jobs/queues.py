@@ -1,13 +1,5 @@
-from enum import StrEnum
+"""Queue and task names. They are the contract between the web side, which sends tasks, and the workers here;
+they live in refinery.core.tasks so that the apps never import jobs/."""
+from refinery.core.tasks import Queue, TaskName
 
-
-class Queue(StrEnum):
-    GPU = "gpu"  # training stages: concurrency 1 per GPU, prefetch 1
-    CPU = "cpu"  # light work: reaper, validation, schedule triggers
-
-
-class TaskName(StrEnum):
-    RUN_STAGE = "jobs.run_stage"
-    REAP_STAGES = "jobs.reap_stages"
-    DELIVER_NOTIFICATIONS = "jobs.deliver_notifications"
-    SCHEDULES_TICK = "jobs.schedules_tick"
+__all__ = ["Queue", "TaskName"]

@@ -409,7 +409,7 @@ def demo_pipeline(demo_kit):
 @pytest.fixture
 def sent_stages(monkeypatch) -> list[int]:
     """The stage ids `jobs.run_stage` was sent for, recorded instead of sent to the broker."""
-    from refinery.runs import dispatch
+    from refinery.runs.services import dispatch
 
     sent: list[int] = []
     monkeypatch.setattr(dispatch, "send_run_stage", sent.append)

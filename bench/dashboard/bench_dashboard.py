@@ -133,7 +133,7 @@ def seed(*, runs: int, points: int, rng: random.Random) -> dict:
     from refinery.data.models import Dataset
     from refinery.pipelines.models import Pipeline
     from refinery.runs.models import Run, RunMetric, RunNote, RunTag, StageMetric, StageRun
-    from refinery.sweeps.selectors import run_summary_metrics
+    from refinery.runs.selectors.summaries import run_summary_metrics
     from refinery.teams.models import Membership, Team
 
     t0 = time.perf_counter()

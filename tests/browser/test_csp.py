@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from refinery.runs.listing import run_summary_refresh
+from refinery.runs.services.listing import run_summary_refresh
 from refinery.runs.models import Run, Status
 from refinery.runs.services import run_create
 from refinery.sweeps.services import sweep_create

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from refinery.runs.annotations import run_note_add, run_tag_add
+from refinery.runs.services.annotations import run_note_add, run_tag_add
 from refinery.teams.services import user_create
 from tests.web.test_registry import finished_run
 

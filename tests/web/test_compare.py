@@ -13,24 +13,20 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from refinery.runs.compare import (
+from refinery.runs.models import Run, Status
+from refinery.runs.selectors.compare import (
     ABSENT,
-    MAX_POINTS,
-    Grid,
     Item,
-    compare_metric_points,
     config_diff,
-    downsample,
     flatten_snapshot,
     metric_goal,
     metric_table,
     config_csv_rows,
     metrics_csv_rows,
     overlay_charts,
-    stage_grid,
     summary_numbers,
 )
-from refinery.runs.models import Run, Status
+from refinery.runs.selectors.series import MAX_POINTS, Grid, compare_metric_points, downsample, stage_grid
 from refinery.runs.services import run_create, stage_metrics_record
 from tests.factories import BaseModelFactory, DatasetVersionFactory, PipelineFactory
 

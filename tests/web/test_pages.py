@@ -120,7 +120,7 @@ def test_importing_the_web_app_does_not_import_torch():
         "import sys, django, os; sys.path.insert(0, 'platform');"
         "os.environ['DJANGO_SETTINGS_MODULE'] = 'refinery.settings.test'; django.setup();"
         "from django.urls import get_resolver; get_resolver().url_patterns;"
-        "import refinery.api.views, refinery.pipelines.views, refinery.runs.views, refinery.data.views;"
+        "import refinery.api.views, refinery.pipelines.views, refinery.runs.urls, refinery.data.views;"
         "import refinery.wsgi;"
         "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'accelerate') if m in sys.modules];"
         "print(heavy); sys.exit(1 if heavy else 0)"

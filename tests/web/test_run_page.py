@@ -12,11 +12,11 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from refinery.runs import downsample
-from refinery.runs.artifacts import ArtifactPathError, artifact_path_clean
-from refinery.runs.downsample import MAX_POINTS
 from refinery.runs.models import StageMetric, StageRun, Status
+from refinery.runs.selectors import series as downsample
+from refinery.runs.selectors.series import MAX_POINTS
 from refinery.runs.services import run_create, stage_claim, stage_finish, stage_metrics_record, stage_update
+from refinery.tracking.stage_artifacts import ArtifactPathError, artifact_path_clean
 from tests.factories import TeamFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -282,7 +282,7 @@ def test_stages_without_an_mlflow_run_have_no_artifacts_yet(make_pipeline, start
 
 
 def test_timeline_spans_wall_time_with_parallel_branches(make_pipeline, start):
-    from refinery.runs.views import _timeline
+    from refinery.runs.views.lifecycle import _timeline
 
     pipeline = make_pipeline(("a", "base"), ("b", "base"), ("c", "a"))
     run = start(pipeline)

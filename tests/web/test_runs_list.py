@@ -18,9 +18,10 @@ from django.utils import timezone
 from refinery.basemodels.services import base_model_create
 from refinery.data.services import dataset_version_create
 from refinery.pipelines.services import pipeline_create
-from refinery.runs.listing import RunFilters, run_summary_refresh
 from refinery.runs.models import Run, RunMetric, RunNote, RunTag, StageRun, Status
+from refinery.runs.selectors.listing import RunFilters
 from refinery.runs.services import run_create
+from refinery.runs.services.listing import run_summary_refresh
 from refinery.teams.models import Membership
 from refinery.teams.services import membership_add, user_create
 

@@ -15,7 +15,7 @@ from refinery.data.services import dataset_version_create
 from refinery.pipelines.services import pipeline_create, pipeline_current_version
 from refinery.runs.models import Run, StageRun, Status
 from refinery.sweeps.models import Sweep, SweepTrial
-from refinery.sweeps.selectors import run_summary_metrics
+from refinery.runs.selectors.summaries import run_summary_metrics
 from refinery.sweeps.services import SweepError, sweep_create, sweep_plan
 from tests.factories import PipelineFactory, TeamFactory
 

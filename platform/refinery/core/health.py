@@ -18,6 +18,8 @@ from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
+from refinery.core.tasks import app  # the Celery app the workers use (jobs/app.py configures it)
+
 log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_SECONDS = 3
@@ -29,8 +31,6 @@ def _database() -> None:
 
 
 def _broker() -> None:
-    from jobs.app import app
-
     with app.connection_for_write(connect_timeout=CHECK_TIMEOUT_SECONDS) as conn:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=CHECK_TIMEOUT_SECONDS)
 

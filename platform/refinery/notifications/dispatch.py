@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from django.db import transaction
 
+from refinery.core.tasks import Queue, TaskName, task_send
+
 
 def enqueue_delivery_on_commit() -> None:
     transaction.on_commit(lambda: send_deliver_notifications())
 
 
 def send_deliver_notifications() -> None:
-    from jobs.app import app
-    from jobs.queues import Queue, TaskName
-
-    app.send_task(TaskName.DELIVER_NOTIFICATIONS.value, queue=Queue.CPU.value)
+    task_send(TaskName.DELIVER_NOTIFICATIONS, queue=Queue.CPU)

@@ -12,8 +12,8 @@ from typing import Any
 from trainers.configs.adapters import FULL_MODEL_TYPES, MERGEABLE_TYPES, adapter_model_errors
 from trainers.registry import METHODS, validate_stage
 
-from refinery.basemodels.services import local_model_layout
 from refinery.data.models import Dataset
+from refinery.pipelines.spec_lookups import SpecLookups
 
 ADAPTER_LABELS = {"lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA", "ia3": "IA3", "layernorm": "LayerNorm"}
 
@@ -25,21 +25,6 @@ class SpecError(Exception):
     def __init__(self, errors: dict[str, str]):
         self.errors = errors
         super().__init__("; ".join(errors.values()))
-
-
-def _dataset_kind(team, dataset_id) -> tuple[Dataset | None, str | None]:
-    if dataset_id in (None, ""):
-        return None, "choose a training dataset"
-    try:
-        pk = int(dataset_id)
-    except (TypeError, ValueError):
-        return None, f"dataset must be a dataset id, got {dataset_id!r}"
-    dataset = Dataset.objects.filter(team=team, pk=pk).first()
-    if dataset is None:
-        return None, f"dataset #{pk} does not exist in this team"
-    if not dataset.versions.exists():
-        return None, f"dataset {dataset.name!r} has no version yet"
-    return dataset, None
 
 
 STAGE_FIELDS = {"name", "method", "config", "adapter", "dataset_id", "eval_dataset_id", "input", "inputs"}
@@ -108,9 +93,49 @@ def pipeline_spec_normalize(*, team, spec: Any, base_model=None) -> dict:
     dangling references, cycles, and inputs of the wrong type (a reward model or an evaluation report
     where a model is needed) are all refused here, before anything is saved.
     """
+    return spec_validate(spec, lookups=SpecLookups(team=team, base_model=base_model))
+
+
+def spec_validate(spec: Any, *, lookups: SpecLookups) -> dict:
+    """pipeline_spec_normalize's work, reading the world only through `lookups` (the team's datasets, the base
+    model's layout, the registry's name rules): the spec's settings, then the stage graph in three passes."""
     errors: dict[str, str] = {}
     if not isinstance(spec, dict):
         raise SpecError({"spec": "spec must be an object with a 'stages' list"})
+    seed, retention, auto_evaluate = _spec_settings(spec, lookups, errors)
+    stages = spec.get("stages")
+    if not isinstance(stages, list) or not stages:
+        errors["stages"] = "a pipeline needs at least one stage"
+        raise SpecError(errors)
+    if len(stages) > MAX_STAGES:
+        errors["stages"] = f"a pipeline has at most {MAX_STAGES} stages, got {len(stages)}"
+        raise SpecError(errors)
+    names, methods, labels = _stage_names(stages, errors)
+    _graph_errors(stages, names, methods, labels, errors)
+    adapters = {
+        n: ((s.get("adapter") or {}).get("type") or "lora") if METHODS.get(s.get("method", ""), None) is not None
+        and METHODS[s["method"]].uses_adapter else "none"
+        for n, s in zip(names, stages) if isinstance(s, dict)
+    }
+    resolved = []
+    for i, stage in enumerate(stages):
+        if isinstance(stage, dict):
+            item = _stage_resolve(stage, where=f"stages.{i}", label=labels[i], name=names[i], methods=methods,
+                                  adapters=adapters, retention=retention, lookups=lookups, errors=errors)
+            if item is not None:
+                resolved.append(item)
+    if errors:
+        raise SpecError(errors)
+    normalized = {"seed": seed, "stages": resolved}
+    if retention is not None:
+        normalized["retention_dataset_id"] = retention.pk
+    if auto_evaluate is False:
+        normalized["auto_evaluate"] = False
+    return normalized
+
+
+def _spec_settings(spec: dict, lookups: SpecLookups, errors: dict[str, str]) -> tuple[Any, Any, Any]:
+    """The spec's own fields: (seed, retention dataset or None, auto_evaluate)."""
     unknown = set(spec) - {"stages", "seed", "retention_dataset_id", "auto_evaluate"}
     if unknown:
         errors["spec"] = f"unknown spec fields: {', '.join(sorted(unknown))}"
@@ -124,7 +149,7 @@ def pipeline_spec_normalize(*, team, spec: Any, base_model=None) -> dict:
             errors["seed"] = f"seed: must be an integer between 0 and 2147483647, got {spec.get('seed')!r}"
     retention = None
     if spec.get("retention_dataset_id") not in (None, ""):
-        retention, problem = _dataset_kind(team, spec.get("retention_dataset_id"))
+        retention, problem = lookups.dataset(spec.get("retention_dataset_id"))
         if problem:
             errors["retention_dataset_id"] = f"retention set: {problem}"
         elif retention.kind not in METHODS["evaluate"].dataset_kinds:
@@ -134,15 +159,12 @@ def pipeline_spec_normalize(*, team, spec: Any, base_model=None) -> dict:
     auto_evaluate = spec.get("auto_evaluate", True)
     if not isinstance(auto_evaluate, bool):
         errors["auto_evaluate"] = f"auto_evaluate: must be true or false, got {auto_evaluate!r}"
-    stages = spec.get("stages")
-    if not isinstance(stages, list) or not stages:
-        errors["stages"] = "a pipeline needs at least one stage"
-        raise SpecError(errors)
-    if len(stages) > MAX_STAGES:
-        errors["stages"] = f"a pipeline has at most {MAX_STAGES} stages, got {len(stages)}"
-        raise SpecError(errors)
+    return seed, retention, auto_evaluate
 
-    # Pass 1: names and methods, so that a stage may name any other stage, listed before or after it.
+
+def _stage_names(stages: list, errors: dict[str, str]) -> tuple[list[str], dict[str, str], list[str]]:
+    """Pass 1: names and methods, so that a stage may name any other stage, listed before or after it.
+    Returns (each stage's name, {valid name: method}, each stage's label for messages)."""
     names: list[str] = []
     methods: dict[str, str] = {}
     labels: list[str] = []
@@ -162,8 +184,12 @@ def pipeline_spec_normalize(*, team, spec: Any, base_model=None) -> dict:
             methods[name] = str(stage.get("method", ""))
         names.append(name)
         labels.append(f"stage {i + 1} ({name})")
+    return names, methods, labels
 
-    # Pass 2: the graph. Dangling references and type mismatches, then cycles.
+
+def _graph_errors(stages: list, names: list[str], methods: dict[str, str], labels: list[str],
+                  errors: dict[str, str]) -> None:
+    """Pass 2: the graph. Dangling references and type mismatches, then cycles."""
     graph: dict[str, list[str]] = {}
     for i, stage in enumerate(stages):
         if not isinstance(stage, dict) or names[i] not in methods:
@@ -213,103 +239,86 @@ def pipeline_spec_normalize(*, team, spec: Any, base_model=None) -> dict:
         errors[f"stages.{at}.input"] = (f"{labels[at]}: its inputs form a cycle ({' -> '.join(cycle)}); "
                                         "a stage can only use stages that finish before it")
 
-    # Pass 3: each stage's data, config and adapter.
-    adapters = {
-        n: ((s.get("adapter") or {}).get("type") or "lora") if METHODS.get(s.get("method", ""), None) is not None
-        and METHODS[s["method"]].uses_adapter else "none"
-        for n, s in zip(names, stages) if isinstance(s, dict)
+
+def _stage_resolve(stage: dict, *, where: str, label: str, name: str, methods: dict[str, str],
+                   adapters: dict[str, str], retention, lookups: SpecLookups, errors: dict[str, str]) -> dict | None:
+    """Pass 3, one stage: its data, config and adapter. The resolved stage, or None when its config is invalid."""
+    extra = set(stage) - STAGE_FIELDS
+    if extra:
+        errors[f"{where}"] = f"{label}: unknown fields {', '.join(sorted(extra))}"
+    method = stage.get("method", "")
+    method_spec = METHODS.get(method)
+    trains = method_spec.trains if method_spec else True
+    source = stage.get("input") or "base"
+    dataset = None
+    if trains or stage.get("dataset_id") not in (None, "") or (method_spec and method_spec.dataset_required):
+        dataset, problem = lookups.dataset(stage.get("dataset_id"))
+        if problem:
+            if not trains:
+                problem = problem.replace("a training dataset", "a held-out dataset")
+            errors[f"{where}.dataset_id"] = f"{label}: {problem}"
+    eval_id = stage.get("eval_dataset_id") or None
+    if eval_id is not None and not trains:
+        errors[f"{where}.eval_dataset_id"] = (f"{label}: a {method} stage reads its held-out data from its "
+                                              "dataset; leave eval data empty")
+    elif eval_id is not None:
+        eval_ds, problem = lookups.dataset(eval_id)
+        if problem:
+            errors[f"{where}.eval_dataset_id"] = f"{label}: eval {problem}"
+        elif dataset and eval_ds.kind != dataset.kind:
+            errors[f"{where}.eval_dataset_id"] = (
+                f"{label}: eval dataset is {eval_ds.kind!r} data but the training dataset is {dataset.kind!r}"
+            )
+    config, adapter, stage_errors = validate_stage(
+        method, stage.get("config") or {}, stage.get("adapter") or {}, dataset.kind if dataset else None
+    )
+    for key, message in stage_errors.items():
+        if key == "dataset_kind" and dataset is None:
+            continue  # already reported as a missing dataset
+        errors[f"{where}.{key}"] = f"{label}: {message}"
+    if config is not None:
+        for key, message in _aux_stage_errors(method, config, methods, name).items():
+            errors.setdefault(f"{where}.config.{key}", f"{label}: {message}")
+    if config is not None and method == "gate":
+        for key, message in _gate_errors(config, source=source, retention=retention, lookups=lookups).items():
+            errors.setdefault(f"{where}.{key}", f"{label}: {message}")
+    if adapter is not None:
+        for key, message in _adapter_fit_errors(adapter, source, adapters, lookups=lookups).items():
+            errors[f"{where}.adapter.{key}"] = f"{label}: {message}"
+    if method_spec is not None and method_spec.inputs == "many":
+        for ref in stage.get("inputs") or []:
+            if adapters.get(ref, "none") not in MERGEABLE_TYPES + FULL_MODEL_TYPES:
+                errors.setdefault(f"{where}.inputs", (
+                    f"{label}: input {ref!r} outputs a {adapters[ref]} adapter, which cannot be merged into "
+                    "weights; give it another adapter type"))
+    if config is None:
+        return None
+    item = {
+        "name": name,
+        "method": method,
+        "config": asdict(config),
+        "adapter": asdict(adapter) if adapter is not None else None,
+        "dataset_id": dataset.pk if dataset else None,
+        "eval_dataset_id": int(eval_id) if eval_id and trains else None,
+        "input": source if not (method_spec and method_spec.inputs == "many") else "base",
     }
-    resolved = []
-    for i, stage in enumerate(stages):
-        if not isinstance(stage, dict):
-            continue
-        where, label, name = f"stages.{i}", labels[i], names[i]
-        extra = set(stage) - STAGE_FIELDS
-        if extra:
-            errors[f"{where}"] = f"{label}: unknown fields {', '.join(sorted(extra))}"
-        method = stage.get("method", "")
-        method_spec = METHODS.get(method)
-        trains = method_spec.trains if method_spec else True
-        source = stage.get("input") or "base"
-        dataset = None
-        if trains or stage.get("dataset_id") not in (None, "") or (method_spec and method_spec.dataset_required):
-            dataset, problem = _dataset_kind(team, stage.get("dataset_id"))
-            if problem:
-                if not trains:
-                    problem = problem.replace("a training dataset", "a held-out dataset")
-                errors[f"{where}.dataset_id"] = f"{label}: {problem}"
-        eval_id = stage.get("eval_dataset_id") or None
-        if eval_id is not None and not trains:
-            errors[f"{where}.eval_dataset_id"] = (f"{label}: a {method} stage reads its held-out data from its "
-                                                  "dataset; leave eval data empty")
-        elif eval_id is not None:
-            eval_ds, problem = _dataset_kind(team, eval_id)
-            if problem:
-                errors[f"{where}.eval_dataset_id"] = f"{label}: eval {problem}"
-            elif dataset and eval_ds.kind != dataset.kind:
-                errors[f"{where}.eval_dataset_id"] = (
-                    f"{label}: eval dataset is {eval_ds.kind!r} data but the training dataset is {dataset.kind!r}"
-                )
-        config, adapter, stage_errors = validate_stage(
-            method, stage.get("config") or {}, stage.get("adapter") or {}, dataset.kind if dataset else None
-        )
-        for key, message in stage_errors.items():
-            if key == "dataset_kind" and dataset is None:
-                continue  # already reported as a missing dataset
-            errors[f"{where}.{key}"] = f"{label}: {message}"
-        if config is not None:
-            for key, message in _aux_stage_errors(method, config, methods, name).items():
-                errors.setdefault(f"{where}.config.{key}", f"{label}: {message}")
-        if config is not None and method == "gate":
-            for key, message in _gate_errors(config, source=source, retention=retention).items():
-                errors.setdefault(f"{where}.{key}", f"{label}: {message}")
-        if adapter is not None:
-            for key, message in _adapter_fit_errors(adapter, base_model, source, adapters).items():
-                errors[f"{where}.adapter.{key}"] = f"{label}: {message}"
-        if method_spec is not None and method_spec.inputs == "many":
-            for ref in stage.get("inputs") or []:
-                if adapters.get(ref, "none") not in MERGEABLE_TYPES + FULL_MODEL_TYPES:
-                    errors.setdefault(f"{where}.inputs", (
-                        f"{label}: input {ref!r} outputs a {adapters[ref]} adapter, which cannot be merged into "
-                        "weights; give it another adapter type"))
-        if config is not None:
-            item = {
-                "name": name,
-                "method": method,
-                "config": asdict(config),
-                "adapter": asdict(adapter) if adapter is not None else None,
-                "dataset_id": dataset.pk if dataset else None,
-                "eval_dataset_id": int(eval_id) if eval_id and trains else None,
-                "input": source if not (method_spec and method_spec.inputs == "many") else "base",
-            }
-            if method_spec is not None and method_spec.inputs == "many":
-                item["inputs"] = list(stage.get("inputs") or [])
-            resolved.append(item)
-    if errors:
-        raise SpecError(errors)
-    normalized = {"seed": seed, "stages": resolved}
-    if retention is not None:
-        normalized["retention_dataset_id"] = retention.pk
-    if auto_evaluate is False:
-        normalized["auto_evaluate"] = False
-    return normalized
+    if method_spec is not None and method_spec.inputs == "many":
+        item["inputs"] = list(stage.get("inputs") or [])
+    return item
 
 
-def _gate_errors(config, *, source: str, retention) -> dict[str, str]:
+def _gate_errors(config, *, source: str, retention, lookups: SpecLookups) -> dict[str, str]:
     """A gate promotes its input stage's model into the registry: the input must be a stage (the base model
     cannot be registered), the model and alias names must be ones the registry takes, and a retention
     condition needs the pipeline's retention set."""
-    from refinery.registry.services import RegistryError, alias_clean, model_name_clean
-
     errors: dict[str, str] = {}
     if source == "base":
         errors["input"] = ("a gate's input is the stage whose model it may promote (the candidate); name a stage "
                            "of this pipeline (the base model itself cannot be registered)")
-    for field, clean in (("registered_model", model_name_clean), ("alias", alias_clean)):
-        try:
-            clean(getattr(config, field))
-        except RegistryError as exc:
-            errors[f"config.{field}"] = str(exc)
+    for field in ("registered_model", "alias"):
+        problem = lookups.registry_name_problem(field, getattr(config, field))
+        if problem:
+            errors[f"config.{field}"] = problem
     if retention is None:
         for field in ("max_forgetting", "retention_threshold"):
             if getattr(config, field).strip():
@@ -451,7 +460,7 @@ def auto_evaluate_stages(normalized: dict) -> list[dict]:
     return added
 
 
-def _adapter_fit_errors(adapter, base_model, source: str, adapters: dict[str, str]) -> dict[str, str]:
+def _adapter_fit_errors(adapter, source: str, adapters: dict[str, str], *, lookups: SpecLookups) -> dict[str, str]:
     """What the trainer would refuse about this adapter on this model, found before any worker runs."""
     errors: dict[str, str] = {}
     if source != "base":
@@ -467,8 +476,7 @@ def _adapter_fit_errors(adapter, base_model, source: str, adapters: dict[str, st
                 f"adapter on top of it is not supported: train {source!r} with full fine-tuning (adapter type "
                 f"'none'), train this stage with full fine-tuning, or put an export stage (it merges the adapter "
                 f"into its base model) between them and take that stage as input")
-    if base_model is not None:
-        layout = local_model_layout(base_model)
-        if layout is not None:
-            errors.update(adapter_model_errors(adapter, parameter_names=layout[0], num_layers=layout[1]))
+    layout = lookups.model_layout()
+    if layout is not None:
+        errors.update(adapter_model_errors(adapter, parameter_names=layout[0], num_layers=layout[1]))
     return errors

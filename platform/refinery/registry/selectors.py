@@ -15,11 +15,17 @@ from refinery.registry.models import (
     RegisteredModel,
     rollback_target,
 )
-from refinery.runs.models import StageRun, Status
+from refinery.runs.models import Run, StageRun, Status
 from refinery.teams.models import Team
 
 DEFAULT_ALIASES = ("staging", "production")
 HISTORY_SHOWN = 50
+
+
+def run_gate_decisions(*, run: Run) -> dict[int, GateDecision]:
+    """The gate decisions of a run, by gate stage id (one query), with the models and reviewer they name."""
+    return {d.stage_run_id: d for d in GateDecision.objects.filter(run=run).select_related(
+        "candidate", "champion", "registered_model", "reviewed_by")}
 
 
 def registered_model_list(*, team: Team) -> list[RegisteredModel]:

@@ -1,5 +1,32 @@
-"""Shape metric series for app.js charts: one shared x axis, series aligned with nulls."""
+"""Shape metric series for app.js charts (one shared x axis, series aligned with nulls), and which metrics a
+run's charts show first."""
 from __future__ import annotations
+
+from trainers.registry import METHODS
+
+LOSS_KEYS = ["train/loss", "eval/loss"]
+# Stages that train on nothing (merge, evaluate, export, gate): no loss curve of their own.
+ONE_OFF_METHODS = tuple(name for name, method in METHODS.items() if not method.trains)
+# Method metrics worth seeing first (DPO rewards and margins, GRPO reward and KL, accuracies).
+METRIC_PRIORITY = ("reward", "margin", "accurac", "kl", "exact_match", "log_odds", "nll", "agreement", "entropy")
+# Optimiser and bookkeeping series: charted, but folded away under "More metrics".
+ROUTINE_METRICS = ("learning_rate", "grad_norm", "epoch", "num_tokens", "runtime", "per_second", "total_flos",
+                   "logits/", "logps/", "step_time", "clip_ratio", "completions/")
+
+
+def _metric_order(key: str) -> tuple[int, str]:
+    hits = [i for i, word in enumerate(METRIC_PRIORITY) if word in key]
+    return (min(hits) if hits else len(METRIC_PRIORITY), key)
+
+
+def metric_charts(table: dict) -> tuple[list[dict], list[dict]]:
+    """Small charts for every metric but the loss, stages side by side on the run's step axis:
+    (the method's own metrics, priority first; the routine optimiser/bookkeeping ones)."""
+    keys = sorted((k for k in table if k not in LOSS_KEYS), key=_metric_order)
+    charts = [{"key": key, "id": "metric-" + "".join(c if c.isalnum() else "-" for c in key),
+               "chart": chart_payload(table[key])} for key in keys]
+    routine = [c for c in charts if any(word in c["key"] for word in ROUTINE_METRICS)]
+    return [c for c in charts if c not in routine], routine
 
 
 def chart_payload(series: dict[str, list[tuple[int, float]]], *, x_label: str = "step") -> dict:

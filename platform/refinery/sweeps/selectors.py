@@ -4,13 +4,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db.models import Count, Prefetch, Q, QuerySet
-from trainers.metrics import metric_goal, summary_numbers
 
 from refinery.runs.models import ACTIVE_STATES, Run, StageRun, Status
+from refinery.runs.selectors.summaries import default_goal, run_summary_metrics
 from refinery.sweeps.models import Sweep, SweepTrial
 from refinery.sweeps.parameters import value_label
 from refinery.teams.models import Team
-
 
 def sweep_list(*, team: Team) -> QuerySet[Sweep]:
     """The team's sweeps with their number of trials and how many of those runs are active, succeeded, failed."""
@@ -47,24 +46,6 @@ def sweep_trials(*, sweep: Sweep) -> list[SweepTrial]:
         SweepTrial.objects.filter(sweep=sweep, run__team_id=sweep.team_id).select_related("run").defer("run__snapshot")
         .prefetch_related(Prefetch("run__stages", queryset=stages)).order_by("index")
     )
-
-
-def run_summary_metrics(run: Run) -> dict[str, float]:
-    """A run's final numbers, one flat dict: "<stage>/<key>" for every number of every stage's summary.
-
-    A training stage's summary is already flat ("sft/train/loss"); an evaluate stage contributes its
-    report's metrics ("evaluate-sft/eval/loss", "evaluate-sft/baseline/loss") and its headline numbers
-    "<stage>/gain" and "<stage>/forgetting". Reads `run.stages.all()`: prefetch them for many runs.
-    """
-    out: dict[str, float] = {}
-    for stage in run.stages.all():
-        out.update((f"{stage.name}/{key}", value) for key, value in summary_numbers(stage.summary).items())
-    return out
-
-
-def default_goal(metric: str) -> str:
-    """"min" for losses, perplexity, forgetting and the like, "max" otherwise (gains, accuracies, rewards)."""
-    return metric_goal(metric)
 
 
 @dataclass

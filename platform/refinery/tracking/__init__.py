@@ -6,7 +6,7 @@
 
 Import the submodules you need; this package imports nothing heavy on its own. MLflow is private to
 the platform: no page or API response hands the browser an MLflow address (artifacts are proxied by
-refinery.runs.artifacts).
+refinery.tracking.stage_artifacts).
 """
 from refinery.tracking.buffer import MetricBuffer
 from refinery.tracking.client import (

@@ -1,7 +1,7 @@
 """Read a run's MLflow artifacts for the web side: list a folder with sizes, stream one file.
 
 The browser never talks to MLflow: pages call these functions and Django passes the bytes on
-(refinery.runs.artifacts checks the team and the path first). A download is streamed in chunks,
+(refinery.tracking.stage_artifacts checks the team and the path first). A download is streamed in chunks,
 never held whole in memory:
 
 - proxied artifacts (`mlflow-artifacts:/`, the platform's setup: `mlflow server` serves them over

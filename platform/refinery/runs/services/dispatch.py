@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from django.db import transaction
 
+from refinery.core.tasks import Queue, TaskName, task_send
+
 
 def enqueue_stage_on_commit(stage_run_id: int) -> None:
     """Send `jobs.run_stage` only once the surrounding transaction commits."""
@@ -10,7 +12,4 @@ def enqueue_stage_on_commit(stage_run_id: int) -> None:
 
 
 def send_run_stage(stage_run_id: int) -> None:
-    from jobs.app import app
-    from jobs.queues import Queue, TaskName
-
-    app.send_task(TaskName.RUN_STAGE.value, args=[stage_run_id], queue=Queue.GPU.value)
+    task_send(TaskName.RUN_STAGE, queue=Queue.GPU, args=[stage_run_id])

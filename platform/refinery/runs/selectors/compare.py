@@ -9,38 +9,27 @@ diff of their frozen configs, their final numbers, and both as CSV.
         &part=config [&all=1]                   the config diff instead (differing keys; every key with all=1)
 
 The page costs the same few queries for 2 runs as for 10: the runs with their stages (two queries) and one
-metric query that thins every series in SQL on a fixed grid of steps per stage (PostgreSQL: one pass, one hash
-aggregate; SQLite: window functions, slower), so a stage with 100k points per key sends at most MAX_POINTS of
-them to Python and to the browser; a finished stage's thinned series are cached.
+metric query that thins every series in SQL (refinery.runs.selectors.series, "envelope" buckets), so a stage
+with 100k points per key sends at most MAX_POINTS of them to Python and to the browser; a finished stage's
+thinned series are cached.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from django.core.cache import cache
-from django.db import connection
 from django.db.models import Prefetch
-from django.http import Http404, HttpResponse
-from django.shortcuts import render
-from django.urls import reverse
-from django.utils.http import urlencode
-from django.views.decorators.http import require_GET
 from trainers.metrics import higher_is_better, summary_numbers
 
-from refinery.core.auth import team_required
-from refinery.runs.models import Run, StageMetric, StageRun
-from refinery.runs.views import LOSS_KEYS, METRIC_PRIORITY, ONE_OFF_METHODS, ROUTINE_METRICS
+from refinery.runs.charts import LOSS_KEYS, METRIC_PRIORITY, ONE_OFF_METHODS, ROUTINE_METRICS
+from refinery.runs.models import Run, StageRun
+from refinery.runs.selectors.series import MAX_POINTS, Grid, compare_metric_points, downsample, stage_grid
 from refinery.teams.models import Team
 
 MIN_ITEMS, MAX_ITEMS = 2, 10
-MAX_POINTS = 1000  # per series sent to the browser
-CACHE_SECONDS = 3600  # a finished stage's thinned series
 # One colour per compared item, the same in every chart and in the tables (app.js's palette, in its order).
 PALETTE = ("#5046e5", "#f97316", "#10b981", "#e11d48", "#0ea5e9", "#a855f7", "#eab308", "#14b8a6", "#64748b",
            "#ec4899")
@@ -177,131 +166,6 @@ def compare_items(*, team: Team, picks: Sequence[Pick]) -> list[Item]:
 
 
 # --- Metric series ------------------------------------------------------------------------------------------
-
-def downsample(points: Sequence[tuple], max_points: int = MAX_POINTS, *, width: float | None = None) -> list[tuple]:
-    """At most `max_points` points of a series of (x, y, ...) sorted by x: x is cut into max_points // 4 buckets
-    of equal width, and each bucket keeps its first, last, lowest and highest point (the first of equal ones), in
-    x order. Every point kept is a real one, and a spike inside a bucket still shows.
-
-    By default the buckets span the series' own x range, and a series that fits is kept whole. With `width`, the
-    buckets start at x = 0 and points past the last bucket share it: how `compare_metric_points` cuts a stage's
-    steps in SQL (a fixed grid from the stage's length, so that the query never needs the series' range)."""
-    buckets = max(1, max_points // 4)
-    if width is None:
-        if len(points) <= max_points:
-            return list(points)
-        start, width = points[0][0], ((points[-1][0] - points[0][0]) / buckets) or 1
-    else:
-        start = 0
-    chosen: dict[int, list[int]] = {}  # bucket -> [first, last, lowest, highest] indexes
-    for i, point in enumerate(points):
-        b = min(int((point[0] - start) // width), buckets - 1)
-        seen = chosen.get(b)
-        if seen is None:
-            chosen[b] = [i, i, i, i]
-            continue
-        seen[1] = i
-        if point[1] < points[seen[2]][1]:
-            seen[2] = i
-        if point[1] > points[seen[3]][1]:
-            seen[3] = i
-    return [points[i] for i in sorted({i for seen in chosen.values() for i in seen})]
-
-
-@dataclass(frozen=True)
-class Grid:
-    """How a stage's steps are cut for the charts: `buckets` buckets of `width` steps from step 0."""
-
-    width: int
-    buckets: int
-
-
-def stage_grid(stage: StageRun, budget: int) -> Grid:
-    """At most `budget` points per series of a stage: budget // 4 buckets across its length (total steps, or the
-    step it reached), fixed while it runs."""
-    buckets = max(1, budget // 4)
-    span = max(stage.total_steps or 0, stage.step or 0, 1)
-    return Grid(width=max(1, math.ceil((span + 1) / buckets)), buckets=buckets)
-
-
-def _metric_sql(team_id: int, grids: dict[int, Grid]) -> tuple[str, list]:
-    """One query for every stage's thinned series: per (stage, key, bucket) its first, last, lowest and highest
-    point. PostgreSQL does it in one pass with one hash aggregate (min/max of arrays pick a whole point);
-    elsewhere (SQLite) window functions rank the points of each bucket, slower but the same points."""
-    q = connection.ops.quote_name
-    ids = list(grids)
-    case = " ".join("WHEN %s THEN %s" for _ in ids)
-    widths = [v for pk in ids for v in (pk, grids[pk].width)]
-    lasts = [v for pk in ids for v in (pk, grids[pk].buckets - 1)]
-    in_ids = ", ".join(["%s"] * len(ids))
-    # The team check is a one-time filter (nothing at all unless every stage is the team's): a join to the runs
-    # would make PostgreSQL misjudge the row count and sort millions of points instead of hashing them.
-    source = f"""
-        FROM {q(StageMetric._meta.db_table)} m
-        WHERE m.{q("stage_run_id")} IN ({in_ids}) AND NOT EXISTS (
-            SELECT 1 FROM {q(StageRun._meta.db_table)} s JOIN {q(Run._meta.db_table)} r ON r.{q("id")} = s.{q("run_id")}
-            WHERE s.{q("id")} IN ({in_ids}) AND r.{q("team_id")} <> %s)"""
-    sid, key, step, value, ts = (f"m.{q(c)}" for c in ("stage_run_id", "key", "step", "value", "timestamp"))
-    if connection.vendor == "postgresql":
-        bucket = f"LEAST({step} / (CASE {sid} {case} END), CASE {sid} {case} END)"
-        sql = f"""
-            SELECT {sid}, {key},
-                   MIN(ARRAY[{step}::float8, {value}, {ts}]), MAX(ARRAY[{step}::float8, {value}, {ts}]),
-                   MIN(ARRAY[{value}, {step}::float8, {ts}]), MAX(ARRAY[{value}, -{step}::float8, {ts}])
-            {source}
-            GROUP BY {sid}, {key}, {bucket}"""
-        return sql, [*ids, *ids, team_id, *widths, *lasts]
-    bucket = f"MIN({step} / (CASE {sid} {case} END), CASE {sid} {case} END)"
-    sql = f"""
-        WITH bucketed AS (
-            SELECT {sid} AS sid, {key} AS k, {step} AS step, {value} AS v, {ts} AS ts, {bucket} AS b {source}
-        ), ranked AS (
-            SELECT sid, k, step, v, ts,
-                   ROW_NUMBER() OVER (PARTITION BY sid, k, b ORDER BY step) AS r_first,
-                   ROW_NUMBER() OVER (PARTITION BY sid, k, b ORDER BY step DESC) AS r_last,
-                   ROW_NUMBER() OVER (PARTITION BY sid, k, b ORDER BY v, step) AS r_low,
-                   ROW_NUMBER() OVER (PARTITION BY sid, k, b ORDER BY v DESC, step) AS r_high
-            FROM bucketed
-        )
-        SELECT sid, k, step, v, ts FROM ranked WHERE r_first = 1 OR r_last = 1 OR r_low = 1 OR r_high = 1"""
-    return sql, [*widths, *lasts, *ids, *ids, team_id]
-
-
-def compare_metric_points(*, team: Team, grids: dict[int, Grid],
-                          finished: dict[int, datetime] | None = None) -> dict[int, dict[str, list[tuple]]]:
-    """Per stage id (of the team's) and metric key, (step, value, timestamp) points sorted by step, thinned on
-    the stage's grid in SQL (see `downsample` with a width): the database reads every point, Python gets at most
-    4 per bucket. One query for all stages; the stages in `finished` (id -> finished_at), whose points no longer
-    change, come from the cache when they can."""
-    out: dict[int, dict[str, list[tuple]]] = {pk: {} for pk in grids}
-    keys = {pk: f"refinery:compare:{team.pk}:{pk}:{grid.width}:{grid.buckets}:{finished[pk].timestamp():.6f}"
-            for pk, grid in grids.items() if finished and finished.get(pk)}
-    cached = cache.get_many(list(keys.values())) if keys else {}
-    missing = {}
-    for pk, grid in grids.items():
-        if keys.get(pk) in cached:
-            out[pk] = cached[keys[pk]]
-        else:
-            missing[pk] = grid
-    if missing:
-        sql, params = _metric_sql(team.pk, missing)
-        found: dict[int, dict[str, dict[int, tuple]]] = {pk: {} for pk in missing}  # stage -> key -> step -> point
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            for sid, key, *picked in cursor.fetchall():
-                points = found[sid].setdefault(key, {})
-                if connection.vendor == "postgresql":  # four arrays: first, last, lowest, highest
-                    first, last, low, high = picked
-                    for step, value, ts in ((first[0], first[1], first[2]), (last[0], last[1], last[2]),
-                                            (low[1], low[0], low[2]), (-high[1], high[0], high[2])):
-                        points[int(step)] = (int(step), value, ts)
-                else:
-                    points[picked[0]] = tuple(picked)
-        for pk, by_key in found.items():
-            out[pk] = {key: [points[step] for step in sorted(points)] for key, points in sorted(by_key.items())}
-        cache.set_many({keys[pk]: out[pk] for pk in missing if pk in keys}, CACHE_SECONDS)
-    return out
-
 
 def _stage_grids(items: Sequence[Item]) -> dict[int, Grid]:
     """Each charted stage's grid: its share of its item's MAX_POINTS (a run's stages end up in one series)."""
@@ -536,6 +400,25 @@ def metric_table(numbers: Sequence[dict[str, float]]) -> list[dict]:
     return rows
 
 
+# --- The page's parts -------------------------------------------------------------------------------------
+
+def compare_charts(*, team: Team, items: Sequence[Item], x: str = "step") -> dict:
+    """The overlaid charts of the items (see overlay_charts): one metric query, finished stages cached."""
+    stages = [stage for item in items for stage in item.chart_stages]
+    points = compare_metric_points(team=team, grids=_stage_grids(items),
+                                   finished={s.pk: s.finished_at for s in stages if s.is_finished and s.finished_at})
+    return overlay_charts(items, points, x=x)
+
+
+def compare_numbers(items: Sequence[Item]) -> list[dict]:
+    """metric_table of the items' final numbers, a run's "<stage>/<key>" split into "stage" and "name"."""
+    table = metric_table([item_numbers(item) for item in items])
+    for row in table:
+        split = items[0].stage is None and "/" in row["key"]
+        row["stage"], row["name"] = row["key"].split("/", 1) if split else ("", row["key"])
+    return table
+
+
 # --- CSV ------------------------------------------------------------------------------------------------------
 
 def _csv_text(value: Any) -> str:
@@ -563,86 +446,3 @@ def config_csv_rows(items: Sequence[Item], rows: Sequence[dict]) -> list[list]:
                    + [_csv_text(cell["full"]) if isinstance(value, str) else cell["full"]
                       for value, cell in zip(row["values"], row["cells"])])
     return out
-
-
-# --- Views ----------------------------------------------------------------------------------------------------
-
-def _items_or_error(request) -> list[Item]:
-    picks = compare_picks(request.GET)
-    try:
-        return compare_items(team=request.team, picks=picks)
-    except Run.DoesNotExist:
-        raise Http404("no such run in this team") from None
-
-
-def _query(picks: Iterable[Pick], **extra) -> str:
-    return urlencode([p.param for p in picks] + [(k, v) for k, v in extra.items() if v])
-
-
-def compare_charts(*, team: Team, items: Sequence[Item], x: str = "step") -> dict:
-    """The overlaid charts of the items (see overlay_charts): one metric query, finished stages cached."""
-    stages = [stage for item in items for stage in item.chart_stages]
-    points = compare_metric_points(team=team, grids=_stage_grids(items),
-                                   finished={s.pk: s.finished_at for s in stages if s.is_finished and s.finished_at})
-    return overlay_charts(items, points, x=x)
-
-
-def compare_numbers(items: Sequence[Item]) -> list[dict]:
-    """metric_table of the items' final numbers, a run's "<stage>/<key>" split into "stage" and "name"."""
-    table = metric_table([item_numbers(item) for item in items])
-    for row in table:
-        split = items[0].stage is None and "/" in row["key"]
-        row["stage"], row["name"] = row["key"].split("/", 1) if split else ("", row["key"])
-    return table
-
-
-@require_GET
-@team_required
-def compare_view(request):
-    """The compare page; with htmx targeting #compare-charts (the step / wall-time toggle), only the charts."""
-    x = "time" if request.GET.get("x") == "time" else "step"
-    show_all = request.GET.get("all") == "1"
-    try:
-        items = _items_or_error(request)
-    except CompareError as exc:
-        return render(request, "runs/compare.html", {"error": str(exc), "nav": "runs"}, status=400)
-    picks = [item.pick for item in items]
-    csv_url = reverse("runs:compare-csv") + "?"
-    context = {
-        "items": items, "mode": "stage" if items[0].stage else "run", "x": x, "show_all": show_all, "nav": "runs",
-        "charts": compare_charts(team=request.team, items=items, x=x),
-        "step_url": "?" + _query(picks, all="1" if show_all else ""),
-        "time_url": "?" + _query(picks, x="time", all="1" if show_all else ""),
-        "csv_url": csv_url + _query(picks),
-        "config_csv_url": csv_url + _query(picks, part="config"),
-        "config_all_csv_url": csv_url + _query(picks, part="config", all="1"),
-    }
-    if request.htmx and request.htmx.target == "compare-charts":
-        return render(request, "runs/compare.html#compare-charts", context)
-    for item in items:
-        item.remove_url = "?" + _query([p for p in picks if p != item.pick], x="time" if x == "time" else "")
-    diff = config_diff([item_flat_config(item) for item in items], show_all=True)  # the page hides the same
-    context.update(diff=diff, differing=sum(1 for row in diff if row["differs"]), table=compare_numbers(items))
-    return render(request, "runs/compare.html", context)
-
-
-@require_GET
-@team_required
-def compare_csv_view(request):
-    """The metric table (default) or, with part=config, the config diff (all=1: every key) as CSV."""
-    part = "config" if request.GET.get("part") == "config" else "metrics"
-    try:
-        items = _items_or_error(request)
-    except CompareError as exc:
-        return HttpResponse(str(exc) + "\n", status=400, content_type="text/plain; charset=utf-8")
-    if part == "config":
-        diff = config_diff([item_flat_config(item) for item in items], show_all=request.GET.get("all") == "1")
-        rows = config_csv_rows(items, diff)
-    else:
-        rows = metrics_csv_rows(items, compare_numbers(items))
-    name = "-".join(p.param[1].replace(":", "_") for p in (item.pick for item in items))
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:120]
-    response = HttpResponse(content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="compare-{part}-{safe}.csv"'
-    csv.writer(response).writerows(rows)
-    return response

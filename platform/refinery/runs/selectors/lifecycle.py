@@ -1,6 +1,8 @@
+"""Reads of a run for the team that owns it: the runs, one run with its stages, its metrics, learning vs forgetting."""
 from __future__ import annotations
 
-from django.db.models import Max, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import Count, Min, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import Max as MaxAgg
 
 from refinery.runs.models import Run, StageMetric, StageRun
 from refinery.teams.models import Team
@@ -21,7 +23,6 @@ def run_list(*, team: Team, status: str | None = None, key_metric: str | None = 
 
 def run_get(*, team: Team, number: int) -> Run:
     return run_list(team=team).get(number=number)
-
 
 
 def run_metric_table(*, run: Run) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -53,13 +54,8 @@ def run_metric_series(*, run: Run, keys: list[str] | None = None) -> dict[str, l
     return out
 
 
-
 def stage_metric_summary(*, stage_run: StageRun) -> dict[str, dict[str, float | int | None]]:
     """Per metric key: first, last, min, max value and the number of points."""
-    from django.db.models import Count
-    from django.db.models import Max as MaxAgg
-    from django.db.models import Min
-
     summary: dict[str, dict[str, float | int | None]] = {}
     rows = (
         StageMetric.objects.filter(stage_run=stage_run).values("key")
@@ -73,23 +69,6 @@ def stage_metric_summary(*, stage_run: StageRun) -> dict[str, dict[str, float | 
             "last": points.filter(step=row["last_step"]).values_list("value", flat=True).first(),
         }
     return summary
-
-
-# --- Execution side (the supervisor in jobs/, by id: a worker acts for no team) ---------------
-
-def stage_cancel_requested(*, stage_run_id: int) -> bool:
-    return StageRun.objects.filter(pk=stage_run_id, cancel_requested_at__isnull=False).exists()
-
-
-def stage_metric_last_steps(*, stage_run_id: int) -> dict[str, int]:
-    """Per metric key, the highest step recorded for a stage (what a resumed attempt must not repeat)."""
-    rows = StageMetric.objects.filter(stage_run_id=stage_run_id).values("key").annotate(last=Max("step"))
-    return {row["key"]: row["last"] for row in rows}
-
-
-def run_stage_named(*, run_id: int, name: str) -> StageRun | None:
-    """A stage of a run by its name (a later stage's `input`)."""
-    return StageRun.objects.filter(run_id=run_id, name=name).first()
 
 
 def run_learning_forgetting(*, team: Team, limit: int = 2000) -> list[dict]:

@@ -1,3 +1,5 @@
+"""A run's pages: the run page (live while it runs), its metrics as JSON, its artifacts, cancel and re-run; and
+the team-wide learning vs forgetting plot."""
 from __future__ import annotations
 
 import json
@@ -9,9 +11,7 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_POST
-from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseStopPolling
-from trainers.registry import METHODS
 
 from refinery.basemodels.selectors import base_model_exists
 from refinery.core.auth import team_required
@@ -19,75 +19,25 @@ from refinery.core.templatetags.refinery import duration
 from refinery.data.selectors import dataset_versions_present
 from refinery.pipelines.graph import pipeline_graph
 from refinery.pipelines.specs import stage_dependencies
-from refinery.runs.artifacts import (
+from refinery.registry.selectors import run_gate_decisions
+from refinery.runs.charts import LOSS_KEYS, ONE_OFF_METHODS, chart_payload, metric_charts, scatter_layout
+from refinery.runs.models import IllegalTransition, Run, Status
+from refinery.runs.selectors.lifecycle import run_get, run_learning_forgetting
+from refinery.runs.selectors.series import run_metric_table_sampled
+from refinery.runs.services.lifecycle import RunError, run_cancel, run_rerun
+from refinery.tracking.stage_artifacts import (
     ArtifactNotFound,
     ArtifactPathError,
     ArtifactUnavailable,
     stage_artifact_listing,
     stage_artifact_open,
 )
-from refinery.runs.charts import chart_payload, scatter_layout
-from refinery.runs.downsample import run_metric_table_sampled
-from refinery.runs.listing import RunFilters, run_filter_choices, run_page
-from refinery.runs.models import IllegalTransition, Run, Status
-from refinery.runs.selectors import (
-    run_get,
-    run_learning_forgetting,
-)
-from refinery.runs.services import RunError, run_cancel, run_rerun
-
-LOSS_KEYS = ["train/loss", "eval/loss"]
-# Stages that train on nothing (merge, evaluate, export, gate): no loss curve of their own.
-ONE_OFF_METHODS = tuple(name for name, method in METHODS.items() if not method.trains)
-# Method metrics worth seeing first (DPO rewards and margins, GRPO reward and KL, accuracies).
-METRIC_PRIORITY = ("reward", "margin", "accurac", "kl", "exact_match", "log_odds", "nll", "agreement", "entropy")
-# Optimiser and bookkeeping series: charted, but folded away under "More metrics".
-ROUTINE_METRICS = ("learning_rate", "grad_norm", "epoch", "num_tokens", "runtime", "per_second", "total_flos",
-                   "logits/", "logps/", "step_time", "clip_ratio", "completions/")
-
-
-def _metric_order(key: str) -> tuple[int, str]:
-    hits = [i for i, word in enumerate(METRIC_PRIORITY) if word in key]
-    return (min(hits) if hits else len(METRIC_PRIORITY), key)
-
-
-def metric_charts(table: dict) -> tuple[list[dict], list[dict]]:
-    """Small charts for every metric but the loss, stages side by side on the run's step axis:
-    (the method's own metrics, priority first; the routine optimiser/bookkeeping ones)."""
-    keys = sorted((k for k in table if k not in LOSS_KEYS), key=_metric_order)
-    charts = [{"key": key, "id": "metric-" + "".join(c if c.isalnum() else "-" for c in key),
-               "chart": chart_payload(table[key])} for key in keys]
-    routine = [c for c in charts if any(word in c["key"] for word in ROUTINE_METRICS)]
-    return [c for c in charts if c not in routine], routine
-
 
 def _run_or_404(request, number: int) -> Run:
     try:
         return run_get(team=request.team, number=number)
     except Run.DoesNotExist:
         raise Http404("no such run in this team") from None
-
-
-@require_GET
-@vary_on_headers("HX-Request", "HX-Target")
-@team_required
-def run_list_view(request):
-    """The team's runs: filters, search, sort and page from the GET parameters. htmx asks for the results
-    (`run-results`: a filter, sort or page change; the URL follows) or for the rows alone (`run-rows`: the
-    live poll, which stops once no run on the page can change)."""
-    filters = RunFilters.from_query(request.GET)
-    page = run_page(team=request.team, filters=filters)
-    context = {"page": page, "runs": page.runs, "filters": page.filters, "active": page.active, "nav": "runs"}
-    target = request.htmx.target if request.htmx else None
-    if target == "run-rows":
-        response = render(request, "runs/list.html#run-rows", context)
-        return response if page.active else HttpResponseStopPolling(response.content)
-    if target == "run-results":
-        response = render(request, "runs/list.html#run-results", context)
-        response["HX-Push-Url"] = request.path + page.filters.url()
-        return response
-    context["choices"] = run_filter_choices(team=request.team)
-    return render(request, "runs/list.html", context)
 
 
 def _evaluation(stage) -> dict:
@@ -107,13 +57,10 @@ def _evaluation(stage) -> dict:
 def run_gate_cards(*, run: Run, stages) -> list[dict]:
     """Each gate stage of the run with its decision (one query for all of them) and, while it runs, its
     settings: what the candidate must do to replace the holder."""
-    from refinery.registry.models import GateDecision
-
     gate_stages = [s for s in stages if s.method == "gate"]
     if not gate_stages:
         return []
-    decisions = {d.stage_run_id: d for d in GateDecision.objects.filter(run=run).select_related(
-        "candidate", "champion", "registered_model", "reviewed_by")}
+    decisions = run_gate_decisions(run=run)
     cards = []
     for stage in gate_stages:
         decision = decisions.get(stage.pk)
@@ -216,7 +163,7 @@ def _config(stages) -> list[dict]:
 def _run_context(request, run: Run) -> dict:
     """Everything the run page shows. Query count does not depend on the number of stages or metric
     points: the run, its stages (prefetched by run_get), one metric query for the stages not cached
-    (refinery.runs.downsample: why the DB mirror and not MLflow), and two lineage lookups."""
+    (refinery.runs.selectors.series: why the DB mirror and not MLflow), and two lineage lookups."""
     stages = list(run.stages.all())  # prefetched in index order by run_get
     progress = sum(s.progress for s in stages) / len(stages) if stages else 0
     current = next((s for s in stages if s.status in (Status.RUNNING, Status.CANCELING)), None)

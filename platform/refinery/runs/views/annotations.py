@@ -7,17 +7,15 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from refinery.core.auth import team_required
-from refinery.runs.annotations import (
+from refinery.runs.models import Run, RunNote
+from refinery.runs.selectors.annotations import annotated_run_get, run_annotations, run_note_get
+from refinery.runs.services.annotations import (
     AnnotationError,
-    annotated_run_get,
-    run_annotations,
     run_note_add,
     run_note_delete,
-    run_note_get,
     run_tag_add,
     run_tag_remove,
 )
-from refinery.runs.models import Run, RunNote
 
 PANEL = "runs/_annotations.html#annotations-body"
 

@@ -1,4 +1,4 @@
-"""Notes and tags on runs: what people in the team write about a run, and labels to find it again.
+"""Notes and tags on runs (the writes; refinery.runs.selectors.annotations reads them): what people in the team write about a run, and labels to find it again.
 
 Any member who may write in the team (owners and members, not viewers) adds notes and tags; a note is
 deleted by its author or a team owner, a tag removed by any writer. Removals are audited.
@@ -6,8 +6,6 @@ deleted by its author or a team owner, a tag removed by any writer. Removals are
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-
 from django.db import IntegrityError, transaction
 
 from refinery.runs.models import Run, RunNote, RunTag
@@ -85,44 +83,3 @@ def run_tag_remove(*, run: Run, user, name: str) -> bool:
     if deleted:
         audit(team=run.team, user=user, action="run.tag_removed", target=f"run #{run.number}", tag=name)
     return bool(deleted)
-
-
-# --- reads --------------------------------------------------------------------------------------
-
-@dataclass
-class RunAnnotations:
-    run: Run
-    notes: list[RunNote]  # each with `user_may_delete`
-    tags: list[RunTag]
-    team_tags: list[str]  # the tag names used in the team, for suggestions
-    can_write: bool
-
-
-def annotated_run_get(*, team: Team, number: int) -> Run:
-    """The team's run number `number`, with its team (what the notes and tags views need of it)."""
-    return Run.objects.select_related("team").defer("snapshot").get(team=team, number=number)
-
-
-def run_annotations(*, run: Run, user) -> RunAnnotations:
-    """A run's notes (oldest first, with their authors), its tags, the team's tag names and what `user` may do:
-    four queries."""
-    membership = membership_get(team=run.team, user=user)
-    notes = list(RunNote.objects.filter(run=run).select_related("author"))
-    for note in notes:
-        note.user_may_delete = bool(membership and membership.can_write
-                                    and (membership.role == Membership.Role.OWNER or note.author_id == user.pk))
-    return RunAnnotations(
-        run=run,
-        notes=notes,
-        tags=list(RunTag.objects.filter(run=run)),
-        team_tags=list(RunTag.objects.filter(team=run.team).order_by("name").values_list("name", flat=True)
-                       .distinct()[:200]),
-        can_write=bool(membership and membership.can_write),
-    )
-
-
-def run_note_get(*, run: Run, pk: int) -> RunNote:
-    """A note of `run` (a run already scoped to the team)."""
-    note = RunNote.objects.select_related("author").get(run=run, pk=pk)
-    note.run = run
-    return note

@@ -1,5 +1,5 @@
-"""The runs list: combinable filters, full-text search, sorting by any summary metric and pagination, all in
-SQL; and RunMetric, the denormalized table of runs' final numbers that the list sorts by.
+"""The runs list: combinable filters, full-text search, sorting by any summary metric (RunMetric, written by
+refinery.runs.services.listing) and pagination, all in SQL.
 
 A page costs the same few queries whatever its size or its page number: a count, the page of runs (pipeline,
 user, base model, live train/loss and the chosen metric in the same query), its stages' progress fields and
@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 from django.contrib.auth import get_user_model
 from django.contrib.postgres.search import SearchQuery, SearchVector
 from django.core.paginator import Page, Paginator
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Count, F, FilteredRelation, OuterRef, Prefetch, Q, QuerySet, Subquery, Value
 from django.db.models.fields.json import KT
 from django.db.models.functions import Coalesce
@@ -29,7 +29,7 @@ from refinery.basemodels.models import BaseModel
 from refinery.data.models import Dataset
 from refinery.pipelines.models import Pipeline
 from refinery.runs.models import ACTIVE_STATES, Run, RunMetric, RunNote, RunTag, StageMetric, StageRun, Status
-from refinery.sweeps.selectors import default_goal, run_summary_metrics
+from refinery.runs.selectors.summaries import default_goal
 from refinery.teams.models import Team
 
 LIVE_METRIC = "train/loss"  # the column every row shows while it trains: the last logged point
@@ -367,20 +367,3 @@ def run_filter_choices(*, team: Team) -> dict:
         "metrics": [(key, default_goal(key)) for key in run_metric_keys(team=team)],
         "sorts": SORT_CHOICES,
     }
-
-
-# --- write side: the summary table the list sorts by -------------------------------------------
-
-@transaction.atomic
-def run_summary_refresh(*, run_id: int) -> dict[str, float]:
-    """Rewrite a run's RunMetric rows from its stages' summaries (the numbers sweeps rank by, "<stage>/<key>").
-    Called when a stage finishes; safe to call again at any time."""
-    stages = StageRun.objects.only("id", "run_id", "index", "name", "summary").order_by("index")
-    run = Run.objects.only("id", "team_id").prefetch_related(Prefetch("stages", queryset=stages)).get(pk=run_id)
-    values = {key[:200]: value for key, value in run_summary_metrics(run).items()}
-    RunMetric.objects.filter(run_id=run_id).exclude(key__in=list(values)).delete()
-    RunMetric.objects.bulk_create(
-        [RunMetric(team_id=run.team_id, run_id=run_id, key=key, value=value) for key, value in values.items()],
-        update_conflicts=True, unique_fields=["run", "key"], update_fields=["value"],
-    )
-    return values
