@@ -1,4 +1,4 @@
-"""Safe defaults (issue 11): DEBUG off unless switched on, friendly error pages that reveal
+"""Safe defaults: DEBUG off unless switched on, friendly error pages that reveal
 nothing, production settings that refuse a missing or weak secret key and pass
 `check --deploy` with no warnings, a Content Security Policy without inline script or eval,
 an offline API docs page, and sign-in throttling with Django's password validators."""

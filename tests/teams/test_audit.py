@@ -1,4 +1,4 @@
-"""Every administrative and team action listed in issue 11 leaves one audit row in the right team:
+"""Every administrative and team action of the team-administration list leaves one audit row in the right team:
 performed here through its service (or, for sign-ins, through the login page)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Compare (issue 6): 2 to 10 runs or stages side by side: overlaid charts thinned in SQL, a config diff of the
+"""Compare: 2 to 10 runs or stages side by side: overlaid charts thinned in SQL, a config diff of the
 frozen snapshots, the final numbers with the best highlighted, CSV; team-scoped, constant queries."""
 from __future__ import annotations
 

@@ -243,7 +243,7 @@ REFINERY_API_TOKEN_MAX_DAYS = int(os.environ.get("REFINERY_API_TOKEN_MAX_DAYS", 
 REFINERY_AUDIT_PAGE_SIZE = int(os.environ.get("REFINERY_AUDIT_PAGE_SIZE", 50))
 
 # --- input ---
-# Untrusted input (issue 11): request bodies, dataset files, regular expressions.
+# Untrusted input: request bodies, dataset files, regular expressions.
 # Request bodies: a multipart upload may carry REFINERY_MAX_UPLOAD_BYTES of files plus
 # DATA_UPLOAD_MAX_MEMORY_SIZE of other fields; any other body at most DATA_UPLOAD_MAX_MEMORY_SIZE.
 # Larger ones get 413 before they are read (Content-Length) or while they stream in (the

@@ -9,7 +9,7 @@ Two kinds of bucket summary:
 
 Where the points come from (the issue says "drawn from MLflow"; this reads the DB mirror, on purpose):
 
-- Every point a trainer emits is written twice by the supervisor (jobs/supervisor.py): to MLflow
+- Every point a trainer emits is written twice by the supervisor (jobs/supervisor/sinks.py): to MLflow
   through the buffered MetricBuffer, and to `StageMetric` once a second. A resumed attempt backfills
   into the DB what an earlier one only spooled for MLflow. The mirror holds the same points.
 - The DB copy is the live one. MLflow gets points in batches and, while it is down, not at all
