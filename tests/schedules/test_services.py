@@ -22,7 +22,9 @@ from refinery.schedules.services import (
 )
 from tests.factories import DatasetVersionFactory
 
-T0 = datetime(2026, 12, 5, 1, 0, tzinfo=UTC)
+# Far after any real "now": rows the factories create at the real time (dataset versions, a resume) must come
+# before the schedule's windows, as they would in production.
+T0 = datetime(2036, 12, 5, 1, 0, tzinfo=UTC)
 
 
 def make_schedule(pipeline, *, created_at=T0, **fields) -> Schedule:
