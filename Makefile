@@ -3,7 +3,7 @@
 #   make run                    the whole stack on this machine (embedded default)
 #   make run WEB_PORT=8001 MLFLOW_PORT=5001
 #   make run DEV=1              development mode: DEBUG on (the banner says so); off by default
-#   make test                   lint-imports + pytest against real PostgreSQL/Redis/Chromium
+#   make test                   make lint (ruff, import contracts) + pytest against real PostgreSQL/Redis/Chromium
 #   make test PYTEST_ARGS='-m "not browser" -x'
 #   make chaos                  tests/chaos only, on a private PostgreSQL and Redis they may restart
 #   make docker-test            the Docker deployment, built and started for real (root or a running dockerd)
@@ -68,11 +68,12 @@ chromium: ## make sure Debian's Chromium is installed for the browser tests
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	[ -x "$(CHROMIUM)" ] || { echo "chromium: apt-get install chromium did not provide $(CHROMIUM)" >&2; exit 1; }
 
-lint: venv ## check the import contracts (trainers framework-free, web side torch-free)
+lint: venv ## ruff (lint and format check, settings in pyproject.toml) and the import contracts
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 
-test: venv services chromium ## lint-imports, pytest $(PYTEST_ARGS) against real services, then make chaos
-	$(VENV)/bin/lint-imports
+test: venv services chromium lint ## make lint, pytest $(PYTEST_ARGS) against real services, then make chaos
 	$(TEST_ENV) $(PY) -m pytest -p tests.plugins.fail_on_skip $(PYTEST_ARGS)
 	$(MAKE) chaos  # PYTEST_ARGS reaches it through MAKEFLAGS or the environment, quotes intact
 

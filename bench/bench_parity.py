@@ -73,7 +73,7 @@ from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # trainers.registry (light: no torch) for the resolved configs
+sys.path.insert(0, str(REPO))  # trainers.catalog (light: no torch) for the resolved configs
 
 PLAIN_SCRIPT = REPO / "bench" / "parity_plain_trl.py"
 SEED = 42
@@ -115,7 +115,7 @@ def base_env(threads: int) -> dict[str, str]:
 
 
 def resolved_config(method: str, overrides: dict, kind: str) -> dict:
-    from trainers.registry import validate_stage
+    from trainers.catalog import validate_stage
 
     config, _, errors = validate_stage(method, overrides, {"type": "none"}, kind)
     if errors:
@@ -447,7 +447,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, var/) and print its path")
     args = parser.parse_args()
 
-    from trainers.registry import METHODS
+    from trainers.catalog import METHODS
 
     methods = ["sft", "dpo"] if args.method == "all" else [args.method]
     for method in list(methods):

@@ -163,7 +163,7 @@ def materialize_inputs(refs: list[dict[str, Any]], dst: Path, *, client=None) ->
 def aux_model_references(stage: StageRun) -> dict[str, dict[str, Any]]:
     """The extra models the stage's method loads (grpo: reward_model; distill: teacher), by aux_models key:
     the output of the earlier stage its config names, or the base model; host-independent like the input."""
-    from trainers.registry import get_method  # light: no torch
+    from trainers.catalog import get_method  # light: no torch
 
     refs = {}
     for key, source in get_method(stage.method).aux_sources(stage.spec.get("config") or {}).items():
@@ -221,7 +221,7 @@ def resolve_configs(stage_spec: dict) -> tuple[dict, dict | None]:
     """The method config and adapter with every default filled in, as the trainer will run them."""
     from dataclasses import asdict
 
-    from trainers.registry import validate_stage  # light: no torch
+    from trainers.catalog import validate_stage  # light: no torch
 
     kind = (stage_spec.get("train_data") or {}).get("kind")
     config, adapter, errors = validate_stage(stage_spec["method"], stage_spec.get("config") or {},
@@ -251,7 +251,7 @@ def build_stage_spec(*, stage: StageRun, model: dict, config: dict, adapter: dic
     (merge, evaluate, export) reads its dataset, if any, as held-out data: `data.eval`; an evaluate stage
     also gets the pipeline's retention set as `data.retention`.
     """
-    from trainers.registry import get_method  # light: no torch
+    from trainers.catalog import get_method  # light: no torch
 
     method = get_method(stage.method)
     if method.trains:

@@ -374,7 +374,7 @@ def demo_pipeline(demo_kit):
                 ).dataset_id
             return datasets[key]
 
-        from trainers.registry import METHODS
+        from trainers.catalog import METHODS
 
         specs = []
         for i, stage in enumerate(stages or ({"name": "sft", "method": "sft"},)):

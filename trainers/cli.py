@@ -2,7 +2,7 @@
 
     python -m trainers run SPEC.json             # events on stdout (NDJSON); exit 0 / 1 / 3
     python -m trainers run SPEC.json --parent-pid PID   # ... and die (SIGKILL) when process PID dies
-    python -m trainers methods [--json]          # the registry with config schemas (no torch import)
+    python -m trainers methods [--json]          # the method catalog with config schemas (no torch import)
     python -m trainers demo --out DIR [--seed N] # build the offline demo kit, print its paths as JSON
     python -m trainers eval-addition --model DIR [--adapter DIR] --data FILE [--chat]
 """
@@ -51,7 +51,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     try:
-        from .spec import load_spec
+        from .stage_spec import load_spec
 
         spec = load_spec(args.spec)
     except Exception as exc:  # noqa: BLE001 - a bad spec is a failed stage
@@ -63,7 +63,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from .registry import describe_methods
+    from .catalog import describe_methods
 
     described = describe_methods()
     if args.json:
@@ -86,7 +86,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_eval_addition(args: argparse.Namespace) -> int:
     with _json_answer() as answer:
-        from .evaluate import exact_match, load_model, read_prompt_answers
+        from .measures import exact_match, load_model, read_prompt_answers
 
         model, tokenizer = load_model(args.model, args.adapter)
         result: dict[str, Any] = exact_match(model, tokenizer, read_prompt_answers(args.data), chat=args.chat)

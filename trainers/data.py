@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from .dataset_kinds import BOOL, DATASET_KIND_SPECS, MESSAGES
-from .spec import DataFile
+from .stage_spec import DataFile
 
 __all__ = ["KIND_COLUMNS", "DataError", "read_raw_rows", "read_rows", "load_dataset"]
 

@@ -22,11 +22,11 @@ pattern that backtracks catastrophically fails the reward, and so the stage, wit
 import json
 import math
 import re
-
-import regex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import regex
 
 __all__ = [
     "Reward",

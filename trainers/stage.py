@@ -3,9 +3,9 @@
 import traceback
 from typing import Any
 
+from .catalog import get_method
 from .events import Events
-from .registry import get_method
-from .spec import SpecError, StageSpec, parse_spec
+from .stage_spec import SpecError, StageSpec, parse_spec
 
 __all__ = ["EXIT_FINISHED", "EXIT_FAILED", "EXIT_CANCELED", "execute", "one_line_error"]
 

@@ -175,7 +175,7 @@ def seed(*, runs: int, points: int, rng: random.Random) -> dict:
             status = rng.choice(["running", "queued", "running"])
             active.append(number)
         stages = []
-        for j, stage in enumerate(pipeline.spec["stages"]):
+        for stage in pipeline.spec["stages"]:
             ds = next(d for d in datasets if d.pk == stage["dataset_id"])
             stages.append({**stage, "train_data": {"dataset_id": ds.pk, "name": ds.name, "kind": ds.kind,
                                                    "version": 1 + number % 3, "sha256": f"{number:064x}",

@@ -14,9 +14,10 @@ import signal
 from dataclasses import dataclass
 from enum import Enum
 
+from trainers.events import Canceled, Failed, Finished
+
 from jobs.supervisor.process import EXIT_CANCELED
 from jobs.supervisor.retrying import one_line
-from trainers.events import Canceled, Failed, Finished
 
 # A trainer killed by one of these, without saying why, is retried (the next attempt resumes): the
 # kernel's OOM killer, kill -9, a host shutting down. Anything else it dies of fails the stage.

@@ -12,12 +12,13 @@ import logging
 import tempfile
 from pathlib import Path
 
+from trainers.events import Finished
+
 from jobs.stage_inputs import StageSetupError, redact, redacted_spec
 from jobs.supervisor.retrying import one_line, retrying
 from refinery.runs.models import StageRun
 from refinery.tracking import runs as tracking_runs
 from refinery.tracking.client import artifacts_upload
-from trainers.events import Finished
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ import time
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
+from trainers.events import Checkpoint, Event, Failed, Finished, Metrics, Started
 
 from jobs.stage_inputs import (
     StageSetupError,
@@ -57,7 +58,6 @@ from refinery.teams.models import TeamSecret
 from refinery.teams.team_secrets import team_secret_reveal
 from refinery.tracking import runs as tracking_runs
 from refinery.tracking.client import tracking_client
-from trainers.events import Checkpoint, Event, Failed, Finished, Metrics, Started
 
 log = logging.getLogger(__name__)
 

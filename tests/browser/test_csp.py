@@ -9,9 +9,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from refinery.runs.services.listing import run_summary_refresh
 from refinery.runs.models import Run, Status
 from refinery.runs.services import run_create
+from refinery.runs.services.listing import run_summary_refresh
 from refinery.sweeps.services import sweep_create
 from refinery.teams.services import user_create
 from tests.web.test_registry import finished_run

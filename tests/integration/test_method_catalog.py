@@ -10,12 +10,12 @@ import time
 
 import pytest
 from django.test import Client
+from trainers.catalog import METHODS
 
 from refinery.runs.models import Run, Status
 from refinery.runs.services import run_create
 from refinery.tracking.client import metric_history
 from tests.helpers import wait_until
-from trainers.registry import METHODS
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

@@ -8,7 +8,6 @@ import time
 from datetime import timedelta
 
 import pytest
-
 from django.utils import timezone
 
 from refinery.runs.models import ACTIVE_STATES, Run, Status

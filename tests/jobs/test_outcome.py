@@ -4,9 +4,9 @@ from __future__ import annotations
 import signal
 
 import pytest
+from trainers.events import Canceled, Failed, Finished
 
 from jobs.supervisor.outcome import Action, Outcome, stage_outcome
-from trainers.events import Canceled, Failed, Finished
 
 FINISHED = Finished(outputs={"kind": "model", "path": "/x"}, summary={"train/loss": 0.1})
 FAILED = Failed(error="ValueError: bad row 3", traceback="Traceback ...")

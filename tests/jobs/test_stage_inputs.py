@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from trainers.stage_spec import parse_spec
 
 from jobs.stage_inputs import (
     StageSetupError,
@@ -21,7 +22,6 @@ from refinery.data.models import DatasetKind
 from refinery.runs.models import Status
 from refinery.runs.services import run_create, stage_claim, stage_finish
 from tests.factories import BaseModelFactory, DatasetVersionFactory, PipelineFactory, TeamFactory, UserFactory
-from trainers.spec import parse_spec
 
 pytestmark = pytest.mark.django_db
 

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from jobs import supervisor as supervisor_module
-from jobs.supervisor import sinks as supervisor_sinks
 from jobs.stage_inputs import stage_checkpoint_dir, stage_work_dir
+from jobs.supervisor import sinks as supervisor_sinks
 from jobs.tasks import run_stage
 from refinery.runs.models import Run, StageMetric, StageRun, Status
 from refinery.runs.services import run_cancel, run_create

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection
@@ -14,7 +14,7 @@ from refinery.runs.services import run_create, stage_claim, stage_finish, stage_
 from refinery.teams.models import TeamQuota
 from refinery.teams.quotas import QueuedStage, TeamLoad, fair_pick, team_quota_set
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def at(minutes: int) -> datetime:

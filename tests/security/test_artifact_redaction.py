@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from jobs.stage_inputs import build_stage_spec, redact, redacted_spec, stage_checkpoint_dir, stage_redactions, \
-    stage_work_dir
+from jobs.stage_inputs import (
+    build_stage_spec,
+    redact,
+    redacted_spec,
+    stage_checkpoint_dir,
+    stage_redactions,
+    stage_work_dir,
+)
 from refinery.basemodels.paths import model_roots
 from refinery.runs.services import run_create
 

@@ -7,17 +7,18 @@ import io
 import json
 import threading
 import time
+from datetime import UTC
 
 import pytest
 from django.core.management import CommandError, call_command
 
+from refinery.core.units import format_bytes, format_duration
 from refinery.data.models import DatasetVersion
 from refinery.data.services import DatasetUploadError, dataset_version_create
 from refinery.runs.models import Run, StageRun, Status
 from refinery.runs.services import RunError, run_cancel, run_create, run_rerun
 from refinery.sweeps.models import Sweep
 from refinery.sweeps.services import SweepError, sweep_create
-from refinery.core.units import format_bytes, format_duration
 from refinery.teams.models import TeamQuota
 from refinery.teams.quotas import (
     parse_duration,
@@ -203,9 +204,9 @@ def test_the_quota_page_shows_the_teams_limits_and_usage_only(team, alice, bob, 
 # --- wall-clock budget per stage ----------------------------------------------------------------------
 
 def test_the_budget_message_names_the_budget_and_the_time_run():
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
     assert stage_budget_exceeded(started_at=start, budget_seconds=7200, now=start + timedelta(seconds=7200)) is None
     assert stage_budget_exceeded(started_at=start, budget_seconds=7200, now=start + timedelta(seconds=7203)) == (
         "stopped: over the team's wall-clock budget of 2h per stage (ran 2h 0m 3s)")
@@ -216,8 +217,8 @@ def test_the_budget_message_names_the_budget_and_the_time_run():
 @pytest.mark.django_db(transaction=True)
 def test_a_stage_over_its_teams_budget_is_stopped_and_fails(demo_pipeline, sent_stages, mlflow_server):
     from jobs.supervisor import supervise_stage
-    from tests.jobs.test_supervisor import _trainer_pid
     from tests.helpers import wait_until
+    from tests.jobs.test_supervisor import _trainer_pid
 
     pipeline = demo_pipeline({"name": "sft", "method": "sft", "config": {"max_steps": 100_000}})
     TeamQuota.objects.create(team=pipeline.team, stage_seconds=8)

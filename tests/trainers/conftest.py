@@ -16,7 +16,6 @@ import pytest  # noqa: E402
 def demo_kit(tmp_path_factory):
     """The demo kit (tokenizer + tiny Llama + addition data), built once."""
     import torch
-
     from trainers.demo import build_demo
 
     torch.set_num_threads(1)

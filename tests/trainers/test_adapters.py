@@ -7,12 +7,11 @@ import subprocess
 import sys
 
 import pytest
-
 from trainers import cancel
+from trainers.catalog import validate_stage
 from trainers.configs import AdapterConfig
 from trainers.configs.adapters import adapter_model_errors
 from trainers.events import EventLog
-from trainers.registry import validate_stage
 from trainers.schema import config_schema, validate_config
 from trainers.stage import execute
 
@@ -126,7 +125,6 @@ def _independent_trainable(kind, base, adapter):
 @pytest.mark.parametrize("kind", list(RUNS))
 def test_started_event_counts_what_trains(kind, runs):
     from peft import get_peft_model
-
     from trainers.methods.common import apply_adapter
 
     run = runs(kind)
@@ -182,9 +180,9 @@ def _logits(model, tokenizer):
 @pytest.mark.parametrize("kind", ["lora", "dora", "ia3", "layernorm"])
 def test_merged_adapter_gives_the_same_logits(kind, runs):
     """What a later stage trains on (the adapter merged in) is what evaluation measured (the adapter applied)."""
-    from trainers.evaluate import load_model
+    from trainers.measures import load_model
     from trainers.methods.common import load_model_and_tokenizer
-    from trainers.spec import ModelRef
+    from trainers.stage_spec import ModelRef
 
     run = runs(kind)
     adapter_dir = os.path.join(run["out"], "adapter")
@@ -201,9 +199,9 @@ def test_merged_adapter_gives_the_same_logits(kind, runs):
 
 
 def test_prompt_tuning_adapter_evaluates_but_cannot_be_merged(runs):
-    from trainers.evaluate import load_model
+    from trainers.measures import load_model
     from trainers.methods.common import AdapterError, load_model_and_tokenizer
-    from trainers.spec import ModelRef
+    from trainers.stage_spec import ModelRef
 
     run = runs("prompt_tuning")
     adapter_dir = os.path.join(run["out"], "adapter")
@@ -314,8 +312,8 @@ def test_model_checks_need_only_names_and_layer_count():
 
 
 def test_a_method_can_restrict_its_adapter_types(monkeypatch):
+    from trainers.catalog import METHODS, Method
     from trainers.configs import SFTConfig
-    from trainers.registry import METHODS, Method
 
     narrow = Method("narrow", "Narrow", "test", SFTConfig, ("prompt_completion",), "x:y", adapter_types=("none", "lora"))
     monkeypatch.setitem(METHODS, "narrow", narrow)

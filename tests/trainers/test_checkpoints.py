@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from trainers.checkpoints import COMPLETE, checkpoints, discard_partial, newest_complete_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -3,9 +3,8 @@
 from dataclasses import dataclass
 
 import pytest
-
+from trainers.catalog import METHODS, describe_methods, get_method, validate_stage
 from trainers.configs import AdapterConfig, SFTConfig
-from trainers.registry import METHODS, describe_methods, get_method, validate_stage
 from trainers.schema import config_schema, json_schema, param, validate_config
 
 

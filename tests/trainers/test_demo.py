@@ -36,7 +36,7 @@ def test_demo_datasets(demo_kit):
     assert rows("chat")[0]["messages"][1]["role"] == "assistant"
 
     from trainers.data import read_rows
-    from trainers.spec import DataFile
+    from trainers.stage_spec import DataFile
 
     as_jsonl = read_rows(DataFile(demo_kit["data"]["train"], "jsonl", "prompt_completion"))
     assert read_rows(DataFile(demo_kit["data"]["train_csv"], "csv", "prompt_completion")) == as_jsonl
@@ -63,7 +63,7 @@ def test_csv_messages_are_json_strings(tmp_path):
     import csv
 
     from trainers.data import read_rows
-    from trainers.spec import DataFile
+    from trainers.stage_spec import DataFile
 
     path = tmp_path / "chat.csv"
     messages = [{"role": "user", "content": "1+1="}, {"role": "assistant", "content": "2"}]

@@ -13,7 +13,6 @@ import random
 import re
 
 import pytest
-
 from trainers import cancel
 from trainers.events import EventLog
 from trainers.stage import EXIT_CANCELED, EXIT_FAILED, execute
@@ -488,9 +487,8 @@ def test_cancel_between_phases_and_max_rows(demo_kit, tmp_path):
 def test_chat_scoring_without_generation_markers_finds_the_assistant_turns(demo_kit):
     """A chat template without {% generation %} markers: the assistant turns are found turn by turn and
     cover the same tokens (plus the line break the template writes after each turn)."""
+    from trainers.measures import chat_sequence
     from transformers import AutoTokenizer
-
-    from trainers.evaluate import chat_sequence
 
     tok = AutoTokenizer.from_pretrained(demo_kit["model"])
     messages = [{"role": "system", "content": "Add."}, {"role": "user", "content": "3+4="},

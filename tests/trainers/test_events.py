@@ -5,7 +5,6 @@ import io
 import json
 
 import pytest
-
 from trainers.events import (
     EVENT_TYPES,
     Artifact,

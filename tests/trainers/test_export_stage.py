@@ -6,7 +6,6 @@ import json
 import os
 
 import pytest
-
 from trainers import cancel
 from trainers.events import EventLog
 from trainers.stage import EXIT_FAILED, EXIT_FINISHED, execute
@@ -113,9 +112,8 @@ def _completion_loss_by_hand(model, tokenizer, rows):
 
 def test_a_lora_input_exports_merged_with_a_card_and_a_smaller_close_int8_copy(demo_kit, lora_dir, tmp_path):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from trainers.methods.export import QUANTIZED_WEIGHTS, load_int8_dynamic
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "out"
     log = _finished(_spec(demo_kit, lora_dir, out, eval_data="eval", card=CARD, quantization="int8_dynamic",
@@ -164,7 +162,7 @@ def test_a_lora_input_exports_merged_with_a_card_and_a_smaller_close_int8_copy(d
     evaluation = summary["eval"]
     assert evaluation["metric"] == "loss" and evaluation["higher_is_better"] is False and evaluation["rows"] == 8
     from trainers.data import read_rows
-    from trainers.spec import DataFile
+    from trainers.stage_spec import DataFile
 
     rows = read_rows(DataFile(demo_kit["data"]["eval"], "jsonl", "prompt_completion"))[:8]
     assert evaluation["before"] == pytest.approx(_completion_loss_by_hand(exported, tokenizer, rows), rel=1e-5)

@@ -6,12 +6,11 @@ import json
 import os
 
 import pytest
-
 from trainers import cancel
+from trainers.catalog import validate_stage
 from trainers.configs import GateConfig
 from trainers.events import EventLog
 from trainers.gates import GateDataError, gate_decide
-from trainers.registry import validate_stage
 from trainers.stage import EXIT_FAILED, execute
 
 

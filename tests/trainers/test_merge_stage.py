@@ -5,7 +5,6 @@ import json
 import os
 
 import pytest
-
 from trainers import cancel
 from trainers.events import EventLog
 from trainers.stage import EXIT_CANCELED, EXIT_FAILED, EXIT_FINISHED, execute
@@ -32,9 +31,8 @@ def kit(demo_kit, tmp_path_factory):
     model with non-zero updates, and a narrower model that cannot be merged with them."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from trainers.demo import build_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     root = tmp_path_factory.mktemp("merge_inputs")
     tokenizer = AutoTokenizer.from_pretrained(demo_kit["model"])
@@ -184,11 +182,10 @@ def test_task_arithmetic_adds_the_weighted_task_vectors_to_the_base(demo_kit, ki
 
 @pytest.mark.parametrize("method", ["ties", "dare_ties", "model_stock"])
 def test_the_all_at_once_methods_pass_their_settings_to_merge_state_dicts(demo_kit, kit, tmp_path, method):
-    """ties / dare / model_stock go through trainers.merging (tested there by hand): here the wiring of the
+    """ties / dare / model_stock go through trainers.merge_math (tested there by hand): here the wiring of the
     inputs, base, weights, density, sign election and seed."""
+    from trainers.merge_math import merge_state_dicts
     from transformers import AutoModelForCausalLM
-
-    from trainers.merging import merge_state_dicts
 
     config = {"merge_method": method}
     if method != "model_stock":

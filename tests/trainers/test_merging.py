@@ -1,10 +1,9 @@
-"""Merge methods against results worked out by hand on small tensors (trainers/merging.py)."""
+"""Merge methods against results worked out by hand on small tensors (trainers/merge_math.py)."""
 import math
 
 import pytest
 import torch
-
-from trainers.merging import MergeError, merge_state_dicts, merge_tensors, model_stock
+from trainers.merge_math import MergeError, merge_state_dicts, merge_tensors, model_stock
 
 BASE = torch.tensor([0.0, 0.0, 0.0, 0.0])
 M1 = torch.tensor([3.0, -2.0, 1.0, 0.5])

@@ -13,11 +13,10 @@ import json
 import os
 
 import pytest
-
 from trainers import cancel
+from trainers.catalog import validate_stage
 from trainers.demo import addition_split, near_miss_preferences
 from trainers.events import EventLog
-from trainers.registry import validate_stage
 from trainers.stage import execute
 
 
@@ -75,7 +74,7 @@ def held_out_pairs(demo_kit) -> list[dict]:
 
 
 def _preference(model_dir, pairs, adapter_dir=None) -> dict[str, float]:
-    from trainers.evaluate import load_model
+    from trainers.measures import load_model
     from trainers.methods.preference import pairwise_preference
 
     model, tokenizer = load_model(model_dir, adapter_dir)
@@ -165,7 +164,7 @@ def test_kto_learns_from_feedback_rows(sft_model, held_out_pairs, demo_kit, tmp_
 def test_kto_splits_preference_pairs_and_trains_a_lora_adapter(sft_model, demo_kit, tmp_path):
     from trainers.methods import kto
     from trainers.methods.preference import setup_stage
-    from trainers.spec import parse_spec
+    from trainers.stage_spec import parse_spec
 
     spec = _spec(
         "kto", model=sft_model, train=demo_kit["data"]["prefs"], eval_path=demo_kit["data"]["prefs_eval"],
@@ -188,10 +187,9 @@ def test_kto_splits_preference_pairs_and_trains_a_lora_adapter(sft_model, demo_k
 
 def test_dpo_reference_is_the_model_without_its_adapter(sft_model, train_prefs, demo_kit, tmp_path):
     import torch
-
     from trainers.methods import dpo
     from trainers.methods.preference import setup_stage
-    from trainers.spec import parse_spec
+    from trainers.stage_spec import parse_spec
 
     def trainer_for(adapter):
         spec = _spec("dpo", model=sft_model, train=train_prefs, adapter=adapter, out=str(tmp_path / adapter["type"]))
@@ -238,11 +236,10 @@ def test_next_stage_from_an_adapter_uses_the_merged_model_as_reference(
 ):
     """TRL alone would reload the reference from the base directory and miss the merged adapter."""
     import torch
-
-    from trainers.evaluate import load_model
+    from trainers.measures import load_model
     from trainers.methods import dpo
     from trainers.methods.preference import setup_stage
-    from trainers.spec import parse_spec
+    from trainers.stage_spec import parse_spec
 
     adapter = dpo_lora_run.of("finished")[0]["outputs"]["path"]
     spec = _spec("dpo", model=sft_model, train=train_prefs, out=str(tmp_path))
@@ -289,10 +286,9 @@ def test_dpo_loss_types_mirror_the_installed_trl():
     import inspect
     import re
 
-    from trl import DPOTrainer
-
     from trainers.configs.dpo import DPO_LOSS_TYPES, LABEL_SMOOTHING_LOSS_TYPES
     from trainers.methods.dpo import installed_loss_types
+    from trl import DPOTrainer
 
     assert DPO_LOSS_TYPES == installed_loss_types()
     # ...and TRL's documented list is what its loss actually implements
@@ -316,11 +312,10 @@ def test_trl_classes_the_methods_are_pinned_to():
     moves, renames or drops them, or the settings we pass, fails here."""
     import dataclasses
 
+    from trainers.methods import kto, orpo, simpo
     from trl import KTOConfig, KTOTrainer
     from trl.experimental.cpo import CPOConfig, CPOTrainer
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-
-    from trainers.methods import kto, orpo, simpo
 
     assert (orpo.ORPOTrainer, orpo.TRLORPOConfig) == (ORPOTrainer, ORPOConfig)
     assert (simpo.CPOTrainer, simpo.TRLCPOConfig) == (CPOTrainer, CPOConfig)
@@ -388,7 +383,7 @@ def test_dataset_kinds(method, kind, ok):
 
 def test_feedback_rows_are_read_and_checked(tmp_path):
     from trainers.data import DataError, read_rows
-    from trainers.spec import DataFile
+    from trainers.stage_spec import DataFile
 
     jsonl = tmp_path / "fb.jsonl"
     jsonl.write_text(

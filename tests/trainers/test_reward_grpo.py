@@ -9,7 +9,6 @@ import math
 import os
 
 import pytest
-
 from trainers import cancel
 from trainers.demo import addition_split
 from trainers.events import EventLog
@@ -186,7 +185,7 @@ def test_grpo_raises_the_exact_match_reward(grpo_run, sft_model, demo_kit):
     assert _series(log, "train/kl")[-1] > 0
     assert {"train/loss", "train/completions/mean_length"} <= set(summary)
 
-    from trainers.evaluate import exact_match, load_model, read_prompt_answers
+    from trainers.measures import exact_match, load_model, read_prompt_answers
 
     pairs = read_prompt_answers(demo_kit["data"]["reference"])
     before = exact_match(*load_model(sft_model), pairs)["exact_match"]

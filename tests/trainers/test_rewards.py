@@ -4,10 +4,9 @@ import dataclasses
 import json
 
 import pytest
-
+from trainers.catalog import METHODS, validate_stage
 from trainers.configs import DistillConfig, GRPOConfig, RewardConfig
 from trainers.configs.grpo import GRPO_LOSS_TYPES
-from trainers.registry import METHODS, validate_stage
 from trainers.rewards import (
     REWARDS,
     contains,
@@ -22,7 +21,7 @@ from trainers.rewards import (
     weight_field,
 )
 from trainers.schema import validate_config
-from trainers.spec import SpecError, parse_spec
+from trainers.stage_spec import SpecError, parse_spec
 
 # --- the reward functions -------------------------------------------------------------------------
 
@@ -221,7 +220,7 @@ def test_methods_declare_their_aux_models():
     described = {m["name"]: m for m in json.loads(json.dumps([m.describe() for m in METHODS.values()]))}
     assert described["grpo"]["aux_models"] == [
         {"key": "reward_model", "stage_field": "reward_model_stage", "stage_methods": ["reward"],
-         "not_methods": [], "base_when_empty": False}
+         "not_methods": [], "base_when_empty": False, "platform": False}
     ]
     assert METHODS["distill"].aux_sources({"teacher_stage": ""}) == {"teacher": "base"}
     assert METHODS["distill"].aux_sources({"teacher_stage": "sft"}) == {"teacher": "sft"}

@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-
 from trainers import cancel
 from trainers.events import EventLog
 from trainers.stage import execute
@@ -65,7 +64,7 @@ def lora_run(demo_kit, tmp_path_factory):
 
 
 def _exact_match(demo_kit, model_dir, adapter_dir=None) -> float:
-    from trainers.evaluate import exact_match, load_model, read_prompt_answers
+    from trainers.measures import exact_match, load_model, read_prompt_answers
 
     model, tokenizer = load_model(model_dir, adapter_dir)
     return exact_match(model, tokenizer, read_prompt_answers(demo_kit["data"]["reference"]))["exact_match"]
@@ -225,12 +224,11 @@ def test_eval_addition_command_agrees(full_run, demo_kit, capfd):
 
 def _collated_epoch(spec_dict) -> tuple[list[dict], object]:
     """The batches of one training epoch exactly as the SFT stage builds them (same TRL args, data, tokenizer)."""
-    from trl import SFTTrainer
-
     from trainers.data import load_dataset
     from trainers.methods.common import load_model_and_tokenizer
     from trainers.methods.sft import trl_args
-    from trainers.spec import parse_spec
+    from trainers.stage_spec import parse_spec
+    from trl import SFTTrainer
 
     spec = parse_spec(spec_dict)
     model, tokenizer = load_model_and_tokenizer(spec.model)

@@ -6,10 +6,9 @@ import subprocess
 import sys
 
 import pytest
-
 from trainers.events import EventLog, EventWriter
-from trainers.spec import SpecError, parse_spec
 from trainers.stage import execute
+from trainers.stage_spec import SpecError, parse_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HEAVY = ("torch", "transformers", "trl", "peft", "datasets", "accelerate")
@@ -47,7 +46,7 @@ def test_methods_json_lists_schemas_without_importing_torch():
 
 
 # deathsig: a standard-library process helper (runstack starts its children through it).
-WEB_READABLE = {"registry", "schema", "configs", "dataset_kinds", "metrics", "rewards", "deathsig"}
+WEB_READABLE = {"catalog", "schema", "configs", "dataset_kinds", "metrics", "rewards", "deathsig"}
 
 
 def test_the_import_contract_names_every_trainers_module_the_web_side_may_not_import():
@@ -71,7 +70,7 @@ def test_the_import_contract_names_every_trainers_module_the_web_side_may_not_im
 def test_light_modules_import_no_heavy_library():
     probe = (
         "import sys, json\n"
-        "import trainers, trainers.schema, trainers.configs, trainers.registry, trainers.spec, trainers.events, "
+        "import trainers, trainers.schema, trainers.configs, trainers.catalog, trainers.stage_spec, trainers.events, "
         "trainers.stage, trainers.cancel, trainers.cli, trainers.data, trainers.dataset_kinds, trainers.metrics, "
         "trainers.rewards, trainers.deathsig\n"
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"

@@ -8,8 +8,8 @@ import pytest
 from django.template.loader import render_to_string
 from django.test import Client
 
-from refinery.runs.services.annotations import AnnotationError, run_tag_add, tag_normalize
 from refinery.runs.models import Run, RunNote, RunTag
+from refinery.runs.services.annotations import AnnotationError, run_tag_add, tag_normalize
 from refinery.teams.models import AuditEvent, Membership
 from refinery.teams.services import membership_add, user_create
 from tests.factories import PipelineFactory

@@ -17,11 +17,11 @@ from refinery.runs.models import Run, Status
 from refinery.runs.selectors.compare import (
     ABSENT,
     Item,
+    config_csv_rows,
     config_diff,
     flatten_snapshot,
     metric_goal,
     metric_table,
-    config_csv_rows,
     metrics_csv_rows,
     overlay_charts,
     summary_numbers,

@@ -6,7 +6,6 @@ run it for real)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from django.test import Client
@@ -16,8 +15,7 @@ from refinery.notifications.models import NotificationEvent
 from refinery.pipelines.specs import SpecError, pipeline_spec_normalize
 from refinery.registry.gates import GateError, gate_apply, gate_approve, gate_champion, gate_reject
 from refinery.registry.models import AliasEvent, GateDecision, ModelAlias, RegisteredModel
-from refinery.registry.services import alias_set
-from refinery.runs.models import Run, StageRun, Status
+from refinery.runs.models import StageRun, Status
 from refinery.runs.services import run_create
 from refinery.teams.models import AuditEvent, Membership
 from refinery.teams.services import membership_add, user_create

@@ -7,7 +7,6 @@ too many bytes once extracted, damaged) is refused with a clear message and leav
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 import zipfile
 from pathlib import Path

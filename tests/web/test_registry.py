@@ -531,7 +531,7 @@ def test_promote_pages_list_only_promotable_stages_and_the_button_shows_only_for
     assert 'data-testid="promote-s1"' in page and "promote-check" not in page and "promote-broken" not in page
 
     good = run.stages.get(name="s1")
-    assert "/registry/promote/?run=%d&amp;stage=s1" % run.number in render_to_string(
+    assert f"/registry/promote/?run={run.number}&amp;stage=s1" in render_to_string(
         "registry/_promote_button.html", {"run": run, "stage": good})
     assert "Promote" not in render_to_string("registry/_promote_button.html", {"run": run, "stage": report})
     assert "Promote" not in render_to_string("registry/_promote_button.html", {"run": run, "stage": failed})

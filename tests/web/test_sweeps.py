@@ -14,8 +14,8 @@ from refinery.basemodels.services import base_model_create
 from refinery.data.services import dataset_version_create
 from refinery.pipelines.services import pipeline_create, pipeline_current_version
 from refinery.runs.models import Run, StageRun, Status
-from refinery.sweeps.models import Sweep, SweepTrial
 from refinery.runs.selectors.summaries import run_summary_metrics
+from refinery.sweeps.models import Sweep, SweepTrial
 from refinery.sweeps.services import SweepError, sweep_create, sweep_plan
 from tests.factories import PipelineFactory, TeamFactory
 

@@ -1,10 +1,10 @@
-"""Model merging settings (trainers/merging.py does the arithmetic)."""
+"""Model merging settings (trainers/merge_math.py does the arithmetic)."""
 
 from dataclasses import dataclass
 
 from ..schema import param
 
-# trainers/merging.py implements these (it imports torch; this module must not).
+# trainers/merge_math.py implements these (it imports torch; this module must not).
 MERGE_METHODS = ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "model_stock")
 
 

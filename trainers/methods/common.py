@@ -15,8 +15,8 @@ from ..checkpoints import discard_partial, make_checkpoints_atomic, newest_compl
 from ..configs import AdapterConfig
 from ..events import Events
 from ..faults import failpoint
-from ..spec import ModelRef
-from .adapters import AdapterError, apply_adapter, lora_config, quantization_config, require_adapter_runtime
+from ..stage_spec import ModelRef
+from .adapter_apply import AdapterError, apply_adapter, lora_config, quantization_config, require_adapter_runtime
 
 __all__ = [
     "quiet_progress_bars",

@@ -18,7 +18,7 @@ from trl import DistillationTrainer
 
 from ..cancel import cancel_requested
 from ..events import Events
-from ..spec import StageSpec
+from ..stage_spec import StageSpec
 from .common import (
     EventsCallback,
     apply_adapter,

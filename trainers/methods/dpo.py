@@ -7,7 +7,7 @@ from trl import DPOConfig as TRLDPOConfig
 from trl import DPOTrainer
 
 from ..events import Events
-from ..spec import StageSpec
+from ..stage_spec import StageSpec
 from .common import training_arguments
 from .preference import PreferenceStage, frozen_reference, run_stage
 

@@ -32,11 +32,11 @@ from typing import Any
 
 from ..cancel import cancel_requested
 from ..data import read_rows
-from ..evaluate import context_length, generate_answers, load_model, measure
 from ..events import Events
+from ..measures import context_length, generate_answers, load_model, measure
 from ..metrics import EVAL_KINDS, PRIMARY_METRICS
 from ..rewards import completion_text
-from ..spec import DataFile, ModelRef, StageSpec
+from ..stage_spec import DataFile, ModelRef, StageSpec
 from .common import publish_dir, quiet_progress_bars, seed_everything
 
 __all__ = ["run", "EVAL_KINDS", "PRIMARY_METRICS", "SAMPLE_TEXT_LIMIT", "SUMMARY_SAMPLES"]

@@ -20,7 +20,7 @@ Quantizations (``config.quantization``):
   otherwise, before anything is loaded.
 
 Evaluation (``spec.eval``, at most ``config.max_rows`` rows, the first ones) computes what the evaluate stage
-computes on the same rows (:func:`trainers.evaluate.measure`), so the figures agree: ``prompt_completion`` and
+computes on the same rows (:func:`trainers.measures.measure`), so the figures agree: ``prompt_completion`` and
 ``chat`` data give ``loss`` (per scored token: the completion plus end-of-sequence, or the assistant turns as
 the SFT stage scores them) and ``perplexity``; ``reference`` data gives greedy answers (up to
 ``config.max_new_tokens`` tokens) scored as ``accuracy`` (by the evaluate stage's default accuracy reward),
@@ -43,13 +43,13 @@ import torch
 from torch import nn
 
 from ..cancel import cancel_requested
+from ..catalog import get_method
 from ..configs.evaluate import EvaluateConfig
-from ..evaluate import measure
 from ..events import Events
+from ..measures import measure
 from ..metrics import PRIMARY_METRICS, flatten_keys
-from ..registry import get_method
-from ..spec import StageSpec
-from .adapters import bitsandbytes_unavailable_reason
+from ..stage_spec import StageSpec
+from .adapter_apply import bitsandbytes_unavailable_reason
 from .common import count_parameters, load_model_and_tokenizer, publish_dir, quiet_progress_bars, seed_everything
 from .merge import Heartbeat, dir_size, save_model_dir, stored_dtype
 
@@ -107,7 +107,7 @@ def _read_eval_rows(spec: StageSpec, max_rows: int) -> list[dict[str, Any]]:
 
 
 def _evaluate(model, tokenizer, rows: list[dict[str, Any]], kind: str, cfg, beat: Heartbeat) -> dict[str, float]:
-    """The evaluate stage's measures of ``rows`` (:func:`trainers.evaluate.measure`; reference answers are scored
+    """The evaluate stage's measures of ``rows`` (:func:`trainers.measures.measure`; reference answers are scored
     with an evaluate stage's default accuracy reward), plus the number of scored tokens for loss kinds."""
     metrics, details = measure(model, tokenizer, rows, kind, accuracy_reward=ACCURACY_REWARD,
                                max_new_tokens=cfg.max_new_tokens, on_batch=beat)
@@ -491,7 +491,7 @@ def run(spec: StageSpec, events: Events) -> dict[str, Any]:
     }
 
     def build_model_dir(path: str) -> None:
-        save_model_dir(model, tokenizer, path, dtype=dtype)
+        save_model_dir(model, tokenizer, path, dtype=dtype)  # noqa: F821 - a closure over the model loaded above (ruff misreads the later `del model`)
         export["size_bytes"] = dir_size(path)
         with open(os.path.join(path, CARD), "w", encoding="utf-8") as fh:
             fh.write(model_card(spec.card, export))
@@ -523,13 +523,13 @@ def run(spec: StageSpec, events: Events) -> dict[str, Any]:
         t0 = time.monotonic()
         if quantization == "int8_dynamic":
             model = quantize_int8_dynamic(model)
-            quantized_path = publish_dir(lambda path: _save_int8(model, tokenizer, path), target)
+            quantized_path = publish_dir(lambda path: _save_int8(model, tokenizer, path), target)  # noqa: F821
             how = "CPU; load with torch.ao.quantization, see its README"
         else:
             del model
             torch.cuda.empty_cache()
             model = quantize_bnb(model_path, quantization)
-            quantized_path = publish_dir(lambda path: _save_bnb(model, tokenizer, path), target)
+            quantized_path = publish_dir(lambda path: _save_bnb(model, tokenizer, path), target)  # noqa: F821
             how = "bitsandbytes on a CUDA GPU; loads with from_pretrained"
         quantized_size = dir_size(quantized_path)
         export["quantized"] = {

@@ -16,7 +16,7 @@ from typing import Any
 from ..configs import EvaluateConfig
 from ..events import Events, jsonable
 from ..gates import GateDataError, gate_decide
-from ..spec import StageSpec
+from ..stage_spec import StageSpec
 from . import evaluate
 
 __all__ = ["run"]

@@ -24,7 +24,7 @@ from trl import GRPOTrainer
 from ..cancel import cancel_requested
 from ..events import Events
 from ..rewards import REWARDS
-from ..spec import StageSpec
+from ..stage_spec import StageSpec
 from .common import (
     EventsCallback,
     apply_adapter,

@@ -7,7 +7,7 @@ from trl import KTOConfig as TRLKTOConfig
 from trl import KTOTrainer
 
 from ..events import Events
-from ..spec import StageSpec
+from ..stage_spec import StageSpec
 from .common import training_arguments
 from .preference import PreferenceStage, frozen_reference, run_stage, unpaired
 

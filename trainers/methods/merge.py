@@ -3,7 +3,7 @@
 Each entry of ``spec.inputs`` is a full model directory, or an adapter (``adapter_path``) of the base model it was
 trained on (``name_or_path``). Every input is loaded as a whole causal LM state dict -- an adapter is merged into
 its base first (PEFT ``merge_and_unload``, through :func:`~trainers.methods.common.load_model_and_tokenizer`) --
-and the state dicts are merged tensor by tensor with :func:`trainers.merging.merge_state_dicts` (linear soup,
+and the state dicts are merged tensor by tensor with :func:`trainers.merge_math.merge_state_dicts` (linear soup,
 task arithmetic, TIES, DARE with and without TIES, Model Stock). The task-vector methods take differences from
 ``spec.model``, the run's base model.
 
@@ -13,7 +13,7 @@ the sum of the ranks): ``linear`` and the TIES / DARE / magnitude-prune variants
 factors separately (with square-rooted weights), which is not the same as merging the weight updates B @ A, and
 the ``*_svd`` variants approximate the merged update with a truncated SVD. Working on merged weights is exact for
 any adapter type and for mixed adapter / full-model inputs, and the TIES / DARE arithmetic itself is still
-PEFT's (``peft.utils.merge_utils``, applied per tensor by trainers/merging.py). The cost is memory: whole models
+PEFT's (``peft.utils.merge_utils``, applied per tensor by trainers/merge_math.py). The cost is memory: whole models
 instead of adapter factors.
 
 Memory: ``linear`` and ``task_arithmetic`` are running sums, so they hold at most three models at a time (the
@@ -41,8 +41,8 @@ import torch
 from ..cancel import cancel_requested
 from ..configs.merge import parse_weights
 from ..events import Events
-from ..merging import NEEDS_BASE, USES_DENSITY, MergeError, merge_state_dicts
-from ..spec import ModelRef, StageSpec
+from ..merge_math import NEEDS_BASE, USES_DENSITY, MergeError, merge_state_dicts
+from ..stage_spec import ModelRef, StageSpec
 from .common import load_model_and_tokenizer, publish_dir, quiet_progress_bars, seed_everything
 
 __all__ = ["run", "MergeInputError", "Heartbeat", "stored_dtype", "save_model_dir", "dir_size"]
@@ -327,7 +327,7 @@ def _accumulate(method: str, merged: dict[str, torch.Tensor] | None, state: dict
     """Add one input to the running sum, in place on the first input's tensors (computed in float64 per tensor).
 
     linear: sum_i w_i * m_i. task_arithmetic: base + sum_i w_i * (m_i - base). The same arithmetic as
-    trainers/merging.py (whose task_arithmetic is PEFT's weighted sum of task vectors), one input at a time.
+    trainers/merge_math.py (whose task_arithmetic is PEFT's weighted sum of task vectors), one input at a time.
     Tensors that are not floating point are the first input's.
     """
     first = merged is None

@@ -10,7 +10,7 @@ from trl.experimental.orpo import ORPOConfig as TRLORPOConfig
 from trl.experimental.orpo import ORPOTrainer
 
 from ..events import Events
-from ..spec import StageSpec
+from ..stage_spec import StageSpec
 from .common import training_arguments
 from .preference import PreferenceStage, run_stage
 

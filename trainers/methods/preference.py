@@ -19,9 +19,9 @@ import torch
 from transformers import TrainerCallback
 
 from ..cancel import cancel_requested
-from ..evaluate import common_prefix_length
 from ..events import Events
-from ..spec import StageSpec
+from ..measures import common_prefix_length
+from ..stage_spec import StageSpec
 from .common import (
     EventsCallback,
     apply_adapter,

@@ -19,7 +19,7 @@ from trl import RewardTrainer
 
 from ..cancel import cancel_requested
 from ..events import Events
-from ..spec import StageSpec
+from ..stage_spec import StageSpec
 from .common import (
     EventsCallback,
     apply_adapter,

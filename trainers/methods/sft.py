@@ -1,4 +1,4 @@
-"""Supervised fine-tuning with TRL's SFTTrainer, full or with any adapter (see methods/adapters.py)."""
+"""Supervised fine-tuning with TRL's SFTTrainer, full or with any adapter (see methods/adapter_apply.py)."""
 
 import os
 from typing import Any
@@ -8,7 +8,7 @@ from trl import SFTTrainer
 
 from ..cancel import cancel_requested
 from ..events import Events
-from ..spec import StageSpec
+from ..stage_spec import StageSpec
 from .common import (
     EventsCallback,
     apply_adapter,

@@ -11,7 +11,7 @@ from trl.experimental.cpo import CPOConfig as TRLCPOConfig
 from trl.experimental.cpo import CPOTrainer
 
 from ..events import Events
-from ..spec import StageSpec
+from ..stage_spec import StageSpec
 from .common import training_arguments
 from .preference import PreferenceStage, run_stage
 

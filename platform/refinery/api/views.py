@@ -342,7 +342,7 @@ def rerun_run(request, number: int, payload: RerunIn | None = None):
 @api.get("/methods", tags=["methods"])
 def list_methods(request):
     """Every post-training method with its config schema (fields, defaults, bounds, help)."""
-    from trainers.registry import describe_methods
+    from trainers.catalog import describe_methods
 
     return describe_methods()
 

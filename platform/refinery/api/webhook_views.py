@@ -14,7 +14,7 @@ from pydantic import Field
 
 from refinery.api.schemas import ErrorOut, In
 from refinery.notifications.models import Delivery, Endpoint
-from refinery.notifications.selectors import delivery_get, delivery_list, endpoint_get, endpoint_list
+from refinery.notifications.selectors import delivery_get, delivery_list, endpoint_list
 from refinery.notifications.services import (
     NotificationError,
     delivery_redeliver,

@@ -11,8 +11,8 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
-from refinery.data.models import Dataset, DatasetKind, DatasetVersion
 from refinery.data.limits import child_limits, decode_limits
+from refinery.data.models import Dataset, DatasetKind, DatasetVersion
 from refinery.data.validate_child import ValidationAborted, validate_file_in_child
 from refinery.data.validation import ValidationIssue, detect_format
 from refinery.teams.quotas import team_storage_guard

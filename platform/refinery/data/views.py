@@ -7,6 +7,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from refinery.basemodels.selectors import base_model_list
+from refinery.core.auth import team_required
 from refinery.data.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplateError, render_chat_template, row_to_messages
 from refinery.data.forms import DatasetUploadForm
 from refinery.data.limits import decode_limits
@@ -20,7 +21,6 @@ from refinery.data.selectors import (
 )
 from refinery.data.services import DatasetInUse, DatasetUploadError, dataset_delete, dataset_version_create
 from refinery.data.validation import DatasetError, iter_rows
-from refinery.core.auth import team_required
 
 
 @require_GET

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from trainers.catalog import METHODS
 from trainers.configs import AdapterConfig
-from trainers.registry import METHODS
 from trainers.schema import config_schema
 
 STAGE_KEY_RE = re.compile(r"^stages-(\d+)-method$")

@@ -9,8 +9,8 @@ import re
 from dataclasses import asdict
 from typing import Any
 
+from trainers.catalog import METHODS, validate_stage
 from trainers.configs.adapters import FULL_MODEL_TYPES, MERGEABLE_TYPES, adapter_model_errors
-from trainers.registry import METHODS, validate_stage
 
 from refinery.data.models import Dataset
 from refinery.pipelines.spec_lookups import SpecLookups

@@ -2,7 +2,7 @@
 run's charts show first."""
 from __future__ import annotations
 
-from trainers.registry import METHODS
+from trainers.catalog import METHODS
 
 LOSS_KEYS = ["train/loss", "eval/loss"]
 # Stages that train on nothing (merge, evaluate, export, gate): no loss curve of their own.

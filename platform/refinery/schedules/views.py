@@ -100,8 +100,8 @@ def _gate_values(post) -> dict | None:
 def _gate_choices(request, version) -> dict:
     """What the gate fieldset offers: the version's stages whose output is a model that generates text
     (candidates), the team's datasets a gate can read (held-out sets) and the metrics it can compare."""
+    from trainers.catalog import METHODS
     from trainers.metrics import COMPARABLE_METRICS
-    from trainers.registry import METHODS
 
     def candidate(method: str) -> bool:
         spec = METHODS.get(method)

@@ -11,8 +11,8 @@ import math
 import random
 from typing import Any
 
+from trainers.catalog import METHODS
 from trainers.configs import AdapterConfig
-from trainers.registry import METHODS
 from trainers.schema import config_schema
 
 from refinery.pipelines.specs import OVERRIDE_RE

@@ -11,6 +11,7 @@ from refinery.sweeps.models import Sweep, SweepTrial
 from refinery.sweeps.parameters import value_label
 from refinery.teams.models import Team
 
+
 def sweep_list(*, team: Team) -> QuerySet[Sweep]:
     """The team's sweeps with their number of trials and how many of those runs are active, succeeded, failed."""
     return (
@@ -120,7 +121,7 @@ def metric_suggestions(*, version) -> tuple[list[str], str, str]:
     """(metrics a sweep of this pipeline version can rank by, the default one, its goal): a training stage's
     train/loss (and eval/loss with held-out data), an evaluate stage's gain on held-out data and forgetting
     on the retention set. The default is the first evaluation's gain, else the last training stage's loss."""
-    from trainers.registry import METHODS
+    from trainers.catalog import METHODS
 
     from refinery.pipelines.specs import auto_evaluate_stages
 

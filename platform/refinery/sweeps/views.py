@@ -17,7 +17,6 @@ from refinery.sweeps.parameters import tunable_fields
 from refinery.sweeps.selectors import metric_suggestions, sweep_get, sweep_list, sweep_results, sweep_status
 from refinery.sweeps.services import SweepError, sweep_create
 
-
 # Placeholders for the parameter rows: settings people sweep first, with typical values.
 EXAMPLES = ((".config.learning_rate", "1e-4, 3e-4, 1e-3"), (".adapter.r", "4, 8, 16"),
             (".config.num_train_epochs", "1, 2, 3"), (".config.beta", "0.05, 0.1, 0.5"))

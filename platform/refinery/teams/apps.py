@@ -6,5 +6,7 @@ class TeamsConfig(AppConfig):
     label = "teams"
 
     def ready(self) -> None:
-        from refinery.teams import checks  # noqa: F401 - registers the system checks
-        from refinery.teams import signals  # noqa: F401 - connects the sign-in audit receivers
+        from refinery.teams import (
+            checks,  # noqa: F401 - registers the system checks
+            signals,  # noqa: F401 - connects the sign-in audit receivers
+        )

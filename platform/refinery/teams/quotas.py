@@ -277,8 +277,8 @@ def team_quota_reset(*, team: Team) -> None:
 def team_wake_queued(*, team_id: int) -> int:
     """Send (after commit) a wake-up per queued stage of the team: its limit changed, so stages that waited
     for a free slot may start now. Extra wake-ups cost a no-op claim each."""
-    from refinery.runs.services.dispatch import enqueue_stage_on_commit
     from refinery.runs.models import StageRun, Status
+    from refinery.runs.services.dispatch import enqueue_stage_on_commit
 
     pks = list(StageRun.objects.filter(run__team_id=team_id, status=Status.QUEUED).values_list("pk", flat=True))
     for pk in pks:

@@ -7,6 +7,7 @@ from refinery.runs.models import Run, RunNote, RunTag
 from refinery.teams.models import Membership, Team
 from refinery.teams.selectors import membership_get
 
+
 @dataclass
 class RunAnnotations:
     run: Run

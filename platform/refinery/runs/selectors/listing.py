@@ -23,7 +23,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Coalesce
 from django.http import QueryDict
 from django.utils import timezone
-from trainers.registry import METHODS
+from trainers.catalog import METHODS
 
 from refinery.basemodels.models import BaseModel
 from refinery.data.models import Dataset

@@ -6,6 +6,7 @@ deleted by its author or a team owner, a tag removed by any writer. Removals are
 from __future__ import annotations
 
 import re
+
 from django.db import IntegrityError, transaction
 
 from refinery.runs.models import Run, RunNote, RunTag

@@ -343,7 +343,7 @@ def stage_reap_expired() -> list[int]:
         .values_list("pk", "status", "cancel_requested_at")
     )
     handled = []
-    for pk, status, cancel_requested in expired:
+    for pk, _status, cancel_requested in expired:
         with transaction.atomic():
             stage = _locked_stage(pk, skip_locked=True)
             if stage is None or stage.lease_expires_at is None or stage.lease_expires_at >= now:

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
-from trainers.registry import METHODS
+from trainers.catalog import METHODS
 
 from refinery.data.models import Dataset, DatasetVersion
 from refinery.notifications.run_events import run_finished_notify

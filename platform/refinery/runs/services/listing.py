@@ -8,6 +8,7 @@ from django.db.models import Prefetch
 from refinery.runs.models import Run, RunMetric, StageRun
 from refinery.runs.selectors.summaries import run_summary_metrics
 
+
 @transaction.atomic
 def run_summary_refresh(*, run_id: int) -> dict[str, float]:
     """Rewrite a run's RunMetric rows from its stages' summaries (the numbers sweeps rank by, "<stage>/<key>").

@@ -33,6 +33,7 @@ from refinery.tracking.stage_artifacts import (
     stage_artifact_open,
 )
 
+
 def _run_or_404(request, number: int) -> Run:
     try:
         return run_get(team=request.team, number=number)

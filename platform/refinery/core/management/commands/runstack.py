@@ -37,10 +37,10 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command, get_commands
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from trainers import deathsig
 
 from refinery.teams.models import Membership, Team
 from refinery.teams.services import membership_add, team_create
-from trainers import deathsig
 
 # The same values as seed_demo, which also creates them when it runs first.
 DEMO_USER = "demo"

@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .catalog import DATASET_KINDS, get_method, validate_stage
 from .configs import AdapterConfig
-from .registry import DATASET_KINDS, get_method, validate_stage
 
 __all__ = [
     "SpecError",

@@ -48,7 +48,7 @@ def read_prompt_answers(path: str) -> list[tuple[Any, str]]:
     answer is that turn's content.
     """
     from .data import read_raw_rows
-    from .spec import FORMAT_BY_EXTENSION, DataFile
+    from .stage_spec import FORMAT_BY_EXTENSION, DataFile
 
     fmt = FORMAT_BY_EXTENSION.get(os.path.splitext(path)[1].lower(), "jsonl")
     rows = read_raw_rows(DataFile(path=path, format=fmt, kind="reference"))
