@@ -9,6 +9,9 @@
    pipeline that really trains on it).
 4. Wake-ups: `sent_stages` records `jobs.run_stage` sends instead of reaching the broker, so a
    test that calls the task function itself never races a worker for the same stage.
+5. The web side (defined in tests/fixtures.py, imported here): users `alice` (team Alpha), `bob`
+   (team Beta), `team`, `viewer`, `browser_client`, `api` / `bob_api` (ApiClient with a token),
+   `dataset_dir`, `tiny_model_dir`.
 
 Factories live in tests/factories.py, plain helpers in tests/helpers.py. Tests whose rows a
 separate process (worker, supervisor thread) must see use `transactional_db`.
@@ -28,6 +31,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures import (  # noqa: F401 - fixtures for every test folder
+    alice,
+    api,
+    bob,
+    bob_api,
+    browser_client,
+    dataset_dir,
+    team,
+    tiny_model_dir,
+    viewer,
+)
 from tests.helpers import read_tail, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

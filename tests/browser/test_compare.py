@@ -11,7 +11,7 @@ import pytest
 
 from refinery.teams.services import user_create
 from tests.factories import BaseModelFactory, DatasetVersionFactory, PipelineFactory
-from tests.web.test_compare import make_run
+from tests.runs.test_compare import make_run
 
 from .test_golden_path import login
 

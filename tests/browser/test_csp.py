@@ -14,7 +14,7 @@ from refinery.runs.services import run_create
 from refinery.runs.services.listing import run_summary_refresh
 from refinery.sweeps.services import sweep_create
 from refinery.teams.services import user_create
-from tests.web.test_registry import finished_run
+from tests.registry.test_registry import finished_run
 
 from .conftest import SCREENSHOTS
 from .test_golden_path import login

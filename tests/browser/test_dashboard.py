@@ -6,7 +6,7 @@ import pytest
 
 from refinery.runs.services.annotations import run_note_add, run_tag_add
 from refinery.teams.services import user_create
-from tests.web.test_registry import finished_run
+from tests.registry.test_registry import finished_run
 
 from .test_golden_path import login
 

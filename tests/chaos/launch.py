@@ -57,7 +57,7 @@ def _finish(child: subprocess.Popen, grace: float = 10) -> None:
 
 
 def _names_other_tests(args: list[str]) -> bool:
-    """True when the arguments name test paths outside tests/chaos (``make test PYTEST_ARGS=tests/web``)."""
+    """True when the arguments name test paths outside tests/chaos (``make test PYTEST_ARGS=tests/runs``)."""
     chaos = (REPO_ROOT / "tests" / "chaos").resolve()
     for arg in args:
         path = Path(arg.split("::")[0])

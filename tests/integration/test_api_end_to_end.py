@@ -14,7 +14,7 @@ from refinery.runs.models import StageMetric
 from refinery.teams.services import api_token_create, user_create
 from refinery.tracking.client import metric_history
 from tests.helpers import loss_fell, wait_until
-from tests.web.conftest import ApiClient
+from tests.fixtures import ApiClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

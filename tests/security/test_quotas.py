@@ -28,15 +28,7 @@ from refinery.teams.quotas import (
     team_quota_set,
 )
 from tests.factories import BaseModelFactory, DatasetVersionFactory, PipelineFactory
-from tests.web.conftest import (  # noqa: F401 - fixtures
-    ROWS,
-    alice,
-    api,
-    bob,
-    browser_client,
-    dataset_dir,
-    team,
-)
+from tests.fixtures import ROWS
 
 GiB = 1024**3
 

@@ -28,7 +28,7 @@ from refinery.data.services import DatasetUploadError, dataset_version_create
 from refinery.data.validate_child import _child_environment, memory_message, timeout_message
 from refinery.data.validation import DecodeLimits, decoded_size_message, validate_file
 from refinery.pipelines.models import Pipeline
-from tests.web.conftest import ROWS, alice, api, browser_client, dataset_dir, team, write_jsonl  # noqa: F401
+from tests.fixtures import ROWS, write_jsonl
 
 MiB = 1024**2
 GiB = 1024**3

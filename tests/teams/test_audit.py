@@ -59,7 +59,7 @@ def _pipeline(w: World, name="adder"):
 @pytest.fixture
 def fake_mlflow_registry(monkeypatch):
     """The registry's MLflow calls, replaced at the module boundary (their real behaviour is tested in
-    tests/web/test_registry.py against a real server): here only the audit rows matter."""
+    tests/registry/test_registry.py against a real server): here only the audit rows matter."""
     numbers = itertools.count(1)
     monkeypatch.setattr(mlflow_registry, "registered_model_ensure", lambda **kw: None)
     monkeypatch.setattr(mlflow_registry, "model_version_create", lambda **kw: next(numbers))

@@ -15,7 +15,7 @@ from refinery.pipelines.models import Pipeline
 from refinery.pipelines.services import pipeline_create
 from refinery.pipelines.specs import SpecError, pipeline_spec_normalize
 
-from .conftest import ROWS
+from tests.fixtures import ROWS
 
 STACKED = "stage 2 (dpo): its input 'sft' is a LoRA adapter; training another adapter on top of it is not supported"
 

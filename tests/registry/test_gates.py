@@ -22,7 +22,7 @@ from refinery.teams.services import membership_add, user_create
 from refinery.tracking.client import artifacts_upload, tracking_client
 from refinery.tracking.runs import stage_run_ensure
 from tests.factories import BaseModelFactory, DatasetVersionFactory, PipelineFactory
-from tests.web.conftest import ApiClient
+from tests.fixtures import ApiClient
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """/api/v1/registered-models: models, versions and aliases through the REST API.
 
-As in tests/web/test_registry.py: the main path runs against the real `mlflow_server` (a run whose stages hold
+As in tests/registry/test_registry.py: the main path runs against the real `mlflow_server` (a run whose stages hold
 real artifacts in real MLflow runs, and every check of the registry itself asks MLflow directly); reads, team
 scoping, permissions and refusals run on rows only, with MLflow at a dead address, so that any route that
 reached MLflow where it should not would fail loudly.
@@ -22,8 +22,8 @@ from refinery.teams.services import api_token_create
 from refinery.tracking import registry as mlflow_registry
 from refinery.tracking.client import tracking_client
 from tests.conftest import free_port
-from tests.web.conftest import ApiClient
-from tests.web.test_registry import _rows, finished_run, mlflow_aliases, stage
+from tests.fixtures import ApiClient
+from tests.registry.test_registry import _rows, finished_run, mlflow_aliases, stage
 
 integration = pytest.mark.integration
 API = "/api/v1/registered-models"

@@ -9,7 +9,7 @@ from refinery.schedules.models import Schedule, TickOutcome
 from refinery.schedules.services import schedule_create
 from refinery.teams.services import api_token_create
 from tests.factories import DatasetVersionFactory, PipelineFactory
-from tests.web.conftest import ApiClient
+from tests.fixtures import ApiClient
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 from refinery.data.models import Dataset, DatasetVersion
 from refinery.data.services import DatasetUploadError, dataset_version_create
 
-from .conftest import ROWS, write_jsonl
+from tests.fixtures import ROWS, write_jsonl
 
 
 def chunks_of(path):

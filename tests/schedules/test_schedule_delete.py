@@ -13,7 +13,7 @@ from refinery.schedules.services import schedule_create, schedule_delete, schedu
 from refinery.teams.models import AuditEvent
 from refinery.teams.services import api_token_create
 from tests.factories import DatasetVersionFactory, PipelineFactory
-from tests.web.conftest import ApiClient
+from tests.fixtures import ApiClient
 
 T0 = datetime(2026, 12, 5, 1, 0, tzinfo=UTC)  # 02:00 in Paris
 

@@ -1,4 +1,7 @@
-"""Fixtures for the web side: a team with a user, the demo kit's files, an API client."""
+"""Fixtures for the web side: a team with a user, the demo kit's files, an API client.
+
+tests/conftest.py imports the fixtures, so every test folder sees them; tests import the plain names
+(ROWS, write_jsonl, ApiClient) from here."""
 from __future__ import annotations
 
 import json

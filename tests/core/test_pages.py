@@ -11,7 +11,7 @@ from refinery.data.services import dataset_version_create
 from refinery.pipelines.models import Pipeline
 from refinery.runs.models import Run
 
-from .conftest import ROWS
+from tests.fixtures import ROWS
 
 
 @pytest.fixture

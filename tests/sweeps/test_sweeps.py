@@ -19,7 +19,7 @@ from refinery.sweeps.models import Sweep, SweepTrial
 from refinery.sweeps.services import SweepError, sweep_create, sweep_plan
 from tests.factories import PipelineFactory, TeamFactory
 
-from .conftest import ROWS
+from tests.fixtures import ROWS
 
 LR = "a.config.learning_rate"
 RANK = "a.adapter.r"

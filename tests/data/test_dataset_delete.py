@@ -91,7 +91,7 @@ def test_viewers_get_403_outsiders_404(client, team, viewer, bob):
 
 def test_api_delete(api, team, alice, bob):
     from refinery.teams.services import api_token_create
-    from tests.web.conftest import ApiClient
+    from tests.fixtures import ApiClient
 
     version = DatasetVersionFactory(dataset__team=team, dataset__name="sums")
     _, key = api_token_create(user=bob)

@@ -13,7 +13,7 @@ from refinery.pipelines.models import Pipeline
 from refinery.pipelines.presets import PRESETS
 from refinery.runs.models import Run, Status
 
-from .conftest import ROWS
+from tests.fixtures import ROWS
 
 
 def _dataset(team, user, name, kind, rows):

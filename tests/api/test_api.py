@@ -10,7 +10,7 @@ from refinery.data.models import Dataset
 from refinery.pipelines.models import Pipeline
 from refinery.teams.models import ApiToken
 
-from .conftest import ROWS
+from tests.fixtures import ROWS
 
 
 def upload(api, name="sums", kind="prompt_completion", rows=ROWS, filename="sums.jsonl"):
@@ -165,7 +165,7 @@ def test_teams_never_see_each_other(api, bob_api, model_id, dataset_dir):
 def test_viewers_cannot_write(viewer, team, dataset_dir):
     from refinery.teams.services import api_token_create
 
-    from .conftest import ApiClient
+    from tests.fixtures import ApiClient
 
     _, key = api_token_create(user=viewer, team=team)
     response = upload(ApiClient(key))

@@ -118,7 +118,7 @@ def test_the_api_creates_tests_lists_and_redelivers(api, team, webhook_receiver,
 
 def test_the_api_is_for_owners_and_the_own_team(api, bob_api, team, viewer, bob):
     from refinery.teams.services import api_token_create
-    from tests.web.conftest import ApiClient
+    from tests.fixtures import ApiClient
 
     _, key = api_token_create(user=viewer, team=team)
     as_viewer = ApiClient(key)

@@ -25,7 +25,7 @@ from refinery.runs.services.listing import run_summary_refresh
 from refinery.teams.models import Membership
 from refinery.teams.services import membership_add, user_create
 
-from .conftest import ROWS
+from tests.fixtures import ROWS
 
 HX_RESULTS = {"HX-Request": "true", "HX-Target": "run-results"}
 HX_ROWS = {"HX-Request": "true", "HX-Target": "run-rows"}
