@@ -9,6 +9,7 @@ Prints the time per log_metric call, per log_batch call, per point for each, and
 through refinery.tracking.MetricBuffer: a trainer reporting 6 metrics per step at 20 steps/s
 would need ~120 log_metric round trips a second, far beyond what one client can do.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,23 @@ def start_server(root: Path) -> tuple[subprocess.Popen, str]:
     mlflow_cli = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     log = open(root / "server.log", "wb")  # noqa: SIM115 - the server writes to it until stopped
     proc = subprocess.Popen(
-        [mlflow_cli, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
-         str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            mlflow_cli,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     url = f"http://127.0.0.1:{port}"
@@ -69,8 +84,9 @@ def bench(url: str, *, calls: int, batches: int, batch_size: int) -> None:
     batched = []
     now_ms = int(time.time() * 1000)
     for b in range(batches):
-        points = [Metric("train/loss_batched", 1.0 / (i + 1), now_ms + i, b * batch_size + i)
-                  for i in range(batch_size)]
+        points = [
+            Metric("train/loss_batched", 1.0 / (i + 1), now_ms + i, b * batch_size + i) for i in range(batch_size)
+        ]
         t0 = time.perf_counter()
         client.log_batch(run_id, metrics=points, synchronous=True)
         batched.append(time.perf_counter() - t0)
@@ -82,18 +98,27 @@ def bench(url: str, *, calls: int, batches: int, batch_size: int) -> None:
     per_batch = statistics.mean(batched)
     per_point_batched = per_batch / batch_size
     print(f"server: {url}")
-    print(f"log_metric: {calls} calls, mean {per_call * 1000:.1f} ms/call "
-          f"(median {statistics.median(single) * 1000:.1f} ms) -> {1 / per_call:.0f} points/s")
-    print(f"log_batch:  {batches} calls x {batch_size} points, mean {per_batch * 1000:.0f} ms/call "
-          f"(median {statistics.median(batched) * 1000:.0f} ms) -> {1 / per_point_batched:.0f} points/s")
-    print(f"{batch_size} points: {batch_size * per_call:.2f} s as log_metric calls vs {per_batch:.2f} s as one log_batch")
+    print(
+        f"log_metric: {calls} calls, mean {per_call * 1000:.1f} ms/call "
+        f"(median {statistics.median(single) * 1000:.1f} ms) -> {1 / per_call:.0f} points/s"
+    )
+    print(
+        f"log_batch:  {batches} calls x {batch_size} points, mean {per_batch * 1000:.0f} ms/call "
+        f"(median {statistics.median(batched) * 1000:.0f} ms) -> {1 / per_point_batched:.0f} points/s"
+    )
+    print(
+        f"{batch_size} points: {batch_size * per_call:.2f} s as log_metric calls vs {per_batch:.2f} s as one log_batch"
+    )
     print(f"ratio (per point, log_metric / log_batch): {per_call / per_point_batched:.0f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tracking-uri", default=os.environ.get("BENCH_MLFLOW_URI", ""),
-                        help="an MLflow server to measure (default: start a throwaway one)")
+    parser.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("BENCH_MLFLOW_URI", ""),
+        help="an MLflow server to measure (default: start a throwaway one)",
+    )
     parser.add_argument("--calls", type=int, default=200, help="log_metric calls")
     parser.add_argument("--batches", type=int, default=10, help="log_batch calls")
     parser.add_argument("--batch-size", type=int, default=1000, help="points per log_batch (MLflow allows 1000)")

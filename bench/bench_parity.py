@@ -53,6 +53,7 @@ reference from the same model directory (same weights).
 Prints one row per method and a PASS/FAIL line per target. Exits 0 whatever the numbers;
 non-zero only when something crashed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,8 +86,14 @@ DEFAULT_STEPS = {"sft": 7000, "dpo": 3200}  # ~9.6 and ~20 ms of CPU a step: pla
 DATA = {"sft": ("train", "prompt_completion"), "dpo": ("prefs", "preference")}
 # Anything pointing at other services, and every Refinery setting: the stack gets only what we set.
 SCRUBBED = ("DATABASE_URL", "CELERY_BROKER_URL", "MLFLOW_TRACKING_URI", "MLFLOW_UI_URL", "DJANGO_SETTINGS_MODULE")
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+}
 
 
 @dataclasses.dataclass
@@ -124,8 +131,14 @@ def resolved_config(method: str, overrides: dict, kind: str) -> dict:
 
 
 def build_kit(out: Path, env: dict) -> dict:
-    result = subprocess.run([sys.executable, "-m", "trainers", "demo", "--out", str(out)], cwd=REPO, env=env,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "trainers", "demo", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         raise SystemExit(f"building the demo kit failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout)
@@ -145,13 +158,29 @@ def compare(platform: list[tuple[int, float]], plain: list[tuple[int, float]]) -
 
 # --- plain TRL ----------------------------------------------------------------------
 
+
 def run_plain(case: Case, model_dir: str, work: Path, env: dict) -> None:
     work.mkdir(parents=True)
     (work / "config.json").write_text(json.dumps(case.config))
     result_path = work / "result.json"
-    cmd = [sys.executable, str(PLAIN_SCRIPT), "--method", case.method, "--model", model_dir, "--data",
-           case.data_path, "--config", str(work / "config.json"), "--seed", str(SEED), "--out", str(work),
-           "--result", str(result_path)]
+    cmd = [
+        sys.executable,
+        str(PLAIN_SCRIPT),
+        "--method",
+        case.method,
+        "--model",
+        model_dir,
+        "--data",
+        case.data_path,
+        "--config",
+        str(work / "config.json"),
+        "--seed",
+        str(SEED),
+        "--out",
+        str(work),
+        "--result",
+        str(result_path),
+    ]
     print(f"[{case.method}] plain TRL: {case.steps} steps ...", flush=True)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -163,12 +192,19 @@ def run_plain(case: Case, model_dir: str, work: Path, env: dict) -> None:
     if proc.returncode != 0:
         raise SystemExit(f"[{case.method}] the plain TRL script failed:\n{(work / 'plain.log').read_text()[-3000:]}")
     result = json.loads(result_path.read_text())
-    case.plain = {"losses": [tuple(p) for p in result["losses"]], "wall_s": wall, "train_s": result["train_runtime"],
-                  "train_cpu_s": result["train_cpu_s"], "cpu_s": cpu, "threads": result["torch_threads"]}
+    case.plain = {
+        "losses": [tuple(p) for p in result["losses"]],
+        "wall_s": wall,
+        "train_s": result["train_runtime"],
+        "train_cpu_s": result["train_cpu_s"],
+        "cpu_s": cpu,
+        "threads": result["torch_threads"],
+    }
     print(f"[{case.method}] plain TRL: {wall:.1f} s (train() {result['train_runtime']:.1f} s)", flush=True)
 
 
 # --- the platform -------------------------------------------------------------------
+
 
 class Stack:
     """`manage.py runstack --no-demo` in its own var/ dir; stopped with SIGINT, as Ctrl-C would."""
@@ -178,8 +214,12 @@ class Stack:
         self.web_port, self.mlflow_port = free_port(), free_port()
         # The demo kit's model (built in root/kit) is registered from a model root: the team's own, and the kit.
         roots = os.pathsep.join([str(self.var / "models" / "{team}"), str(root / "kit")])
-        self.env = {**env, "REFINERY_VAR_DIR": str(self.var), "PYTHONPATH": str(REPO / "platform"),
-                    "REFINERY_MODEL_ROOTS": roots}
+        self.env = {
+            **env,
+            "REFINERY_VAR_DIR": str(self.var),
+            "PYTHONPATH": str(REPO / "platform"),
+            "REFINERY_MODEL_ROOTS": roots,
+        }
         self.log_path = root / "runstack.log"
         self.proc: subprocess.Popen | None = None
         self.base = f"http://127.0.0.1:{self.web_port}"
@@ -190,13 +230,28 @@ class Stack:
         print(f"starting the stack (web :{self.web_port}, mlflow :{self.mlflow_port}) ...", flush=True)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - runstack writes to it until stopped
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "runstack", "--no-demo", "--web-port", str(self.web_port),
-             "--mlflow-port", str(self.mlflow_port)],
-            cwd=REPO, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "manage.py",
+                "runstack",
+                "--no-demo",
+                "--web-port",
+                str(self.web_port),
+                "--mlflow-port",
+                str(self.mlflow_port),
+            ],
+            cwd=REPO,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
-            self._wait(lambda: _http_ok(f"{self.base}/login/") and _http_ok(f"{self.tracking_uri}/health"),
-                       180, "web and MLflow")
+            self._wait(
+                lambda: _http_ok(f"{self.base}/login/") and _http_ok(f"{self.tracking_uri}/health"),
+                180,
+                "web and MLflow",
+            )
             self._wait(lambda: "ready." in _read(self.var / "logs" / "worker.log"), 120, "the Celery worker")
             self.token = self._create_user()
         except BaseException:
@@ -225,11 +280,19 @@ class Stack:
             time.sleep(0.5)
 
     def _create_user(self) -> str:
-        code = ("from refinery.teams.services import api_token_create, user_create\n"
-                "user = user_create(username='bench', password='bench-parity-1', team_name='Bench')\n"
-                "print(api_token_create(user=user, name='bench')[1])\n")
-        result = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=REPO, env=self.env,
-                                capture_output=True, text=True, check=False)
+        code = (
+            "from refinery.teams.services import api_token_create, user_create\n"
+            "user = user_create(username='bench', password='bench-parity-1', team_name='Bench')\n"
+            "print(api_token_create(user=user, name='bench')[1])\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", code],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if result.returncode != 0:
             raise SystemExit(f"creating the bench user failed:\n{result.stderr[-3000:]}")
         return result.stdout.strip().splitlines()[-1]
@@ -238,8 +301,9 @@ class Stack:
     def api(self, method: str, path: str, **kwargs):
         import requests
 
-        response = requests.request(method, f"{self.base}/api/v1{path}", timeout=60,
-                                    headers={"Authorization": f"Bearer {self.token}"}, **kwargs)
+        response = requests.request(
+            method, f"{self.base}/api/v1{path}", timeout=60, headers={"Authorization": f"Bearer {self.token}"}, **kwargs
+        )
         if response.status_code >= 400:
             raise SystemExit(f"{method} {path}: {response.status_code} {response.text[:2000]}")
         return response.json()
@@ -305,11 +369,14 @@ def _cpu_by_process(root: int) -> dict[int, tuple[str, float, float]]:
             cmdline = Path(entry.path, "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is the state (field 3 of proc(5))
+        fields = stat[stat.rindex(")") + 2 :].split()  # fields[0] is the state (field 3 of proc(5))
         parent[int(entry.name)] = int(fields[1])
         name = _process_name(" ".join(a.decode(errors="replace") for a in cmdline if a))
-        stats[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / ticks,
-                                  (int(fields[13]) + int(fields[14])) / ticks)
+        stats[int(entry.name)] = (
+            name,
+            (int(fields[11]) + int(fields[12])) / ticks,
+            (int(fields[13]) + int(fields[14])) / ticks,
+        )
     found = {root: ("runstack", *stats[root][1:])} if root in stats else {}
     todo = [root]
     while todo:
@@ -322,8 +389,14 @@ def _cpu_by_process(root: int) -> dict[int, tuple[str, float, float]]:
 
 
 def _process_name(cmdline: str) -> str:
-    for needle, name in (("trainers", "trainer"), ("celery", "worker+beat"), ("gunicorn", "web"), ("mlflow", "mlflow"),
-                         ("uvicorn", "mlflow"), ("huey", "mlflow")):
+    for needle, name in (
+        ("trainers", "trainer"),
+        ("celery", "worker+beat"),
+        ("gunicorn", "web"),
+        ("mlflow", "mlflow"),
+        ("uvicorn", "mlflow"),
+        ("huey", "mlflow"),
+    ):
         if needle in cmdline:
             return name
     return "other"
@@ -349,14 +422,32 @@ def run_platform(case: Case, stack: Stack, model_id: int) -> None:
     from mlflow.tracking import MlflowClient
 
     with open(case.data_path, "rb") as fh:
-        dataset = stack.api("POST", "/datasets", data={"name": f"parity-{case.method}", "kind": case.kind},
-                            files={"file": (Path(case.data_path).name, fh)})
-    pipeline = stack.api("POST", "/pipelines", json={
-        "name": f"parity {case.method}", "base_model_id": model_id,
-        "spec": {"seed": SEED, "stages": [{"name": case.method, "method": case.method,
-                                          "dataset_id": dataset["dataset_id"], "adapter": {"type": "none"},
-                                          "config": case.overrides}]},
-    })
+        dataset = stack.api(
+            "POST",
+            "/datasets",
+            data={"name": f"parity-{case.method}", "kind": case.kind},
+            files={"file": (Path(case.data_path).name, fh)},
+        )
+    pipeline = stack.api(
+        "POST",
+        "/pipelines",
+        json={
+            "name": f"parity {case.method}",
+            "base_model_id": model_id,
+            "spec": {
+                "seed": SEED,
+                "stages": [
+                    {
+                        "name": case.method,
+                        "method": case.method,
+                        "dataset_id": dataset["dataset_id"],
+                        "adapter": {"type": "none"},
+                        "config": case.overrides,
+                    }
+                ],
+            },
+        },
+    )
     print(f"[{case.method}] platform: {case.steps} steps ...", flush=True)
     cpu_before = _cpu_by_process(stack.proc.pid)
     started = time.perf_counter()
@@ -392,56 +483,88 @@ def run_platform(case: Case, stack: Stack, model_id: int) -> None:
         "stack_cpu": {k: v for k, v in cpu.items() if k != "trainer"},
         "trainer_cpu": reaped,  # the trainer subprocess, reaped by the worker
     }
-    print(f"[{case.method}] platform: stage {case.platform['wall_s']:.1f} s, run {case.platform['e2e_s']:.1f} s "
-          f"(observed {observed:.1f} s); trainer OMP_NUM_THREADS={threads}", flush=True)
+    print(
+        f"[{case.method}] platform: stage {case.platform['wall_s']:.1f} s, run {case.platform['e2e_s']:.1f} s "
+        f"(observed {observed:.1f} s); trainer OMP_NUM_THREADS={threads}",
+        flush=True,
+    )
 
 
 # --- report -------------------------------------------------------------------------
 
+
 def report(cases: list[Case], threads: int, load: tuple[tuple[float, ...], tuple[float, ...]]) -> None:
     head = f"{'method':<7}{'steps':>7}{'max|dloss|':>12}{'platform_s':>12}{'plain_s':>9}{'ratio':>8}{'e2e_s':>8}"
-    lines = ["", f"platform vs plain TRL (CPU, OMP_NUM_THREADS={threads}, seed {SEED}, full fine-tuning)", head,
-             "-" * len(head)]
+    lines = [
+        "",
+        f"platform vs plain TRL (CPU, OMP_NUM_THREADS={threads}, seed {SEED}, full fine-tuning)",
+        head,
+        "-" * len(head),
+    ]
     details, verdicts = [], []
     for case in cases:
         p, q = case.platform, case.plain
         delta, note = compare(p["losses"], q["losses"])
         ratio = p["wall_s"] / q["wall_s"]
-        lines.append(f"{case.method:<7}{case.steps:>7}{delta:>12.2e}{p['wall_s']:>12.1f}{q['wall_s']:>9.1f}"
-                     f"{ratio:>8.3f}{p['e2e_s']:>8.1f}")
+        lines.append(
+            f"{case.method:<7}{case.steps:>7}{delta:>12.2e}{p['wall_s']:>12.1f}{q['wall_s']:>9.1f}"
+            f"{ratio:>8.3f}{p['e2e_s']:>8.1f}"
+        )
         if p["train_s"] and q["train_s"]:
-            details.append(f"{case.method}: train() alone (Trainer train_runtime): platform {p['train_s']:.1f} s, "
-                           f"plain {q['train_s']:.1f} s (its CPU {q['train_cpu_s']:.1f} s), "
-                           f"ratio {p['train_s'] / q['train_s']:.3f}")
+            details.append(
+                f"{case.method}: train() alone (Trainer train_runtime): platform {p['train_s']:.1f} s, "
+                f"plain {q['train_s']:.1f} s (its CPU {q['train_cpu_s']:.1f} s), "
+                f"ratio {p['train_s'] / q['train_s']:.3f}"
+            )
         stack_cpu = sum(p["stack_cpu"].values())
         parts = ", ".join(f"{name} {cpu:.1f}" for name, cpu in sorted(p["stack_cpu"].items()) if cpu >= 0.05)
-        details.append(f"{case.method}: CPU seconds: platform trainer process {p['trainer_cpu']:.1f} + rest of the "
-                       f"stack {stack_cpu:.1f} ({parts}) = {p['trainer_cpu'] + stack_cpu:.1f}; plain script "
-                       f"{q['cpu_s']:.1f}; ratio {(p['trainer_cpu'] + stack_cpu) / q['cpu_s']:.3f}")
+        details.append(
+            f"{case.method}: CPU seconds: platform trainer process {p['trainer_cpu']:.1f} + rest of the "
+            f"stack {stack_cpu:.1f} ({parts}) = {p['trainer_cpu'] + stack_cpu:.1f}; plain script "
+            f"{q['cpu_s']:.1f}; ratio {(p['trainer_cpu'] + stack_cpu) / q['cpu_s']:.3f}"
+        )
         parity_ok = delta <= LOSS_TOLERANCE and not note
-        verdicts.append(f"{case.method}: loss curves {'PASS' if parity_ok else 'FAIL'} "
-                        f"(max|dloss| {delta:.2e} over {len(q['losses'])} steps, target <= {LOSS_TOLERANCE:g})"
-                        + (f"; {note}" if note else ""))
+        verdicts.append(
+            f"{case.method}: loss curves {'PASS' if parity_ok else 'FAIL'} "
+            f"(max|dloss| {delta:.2e} over {len(q['losses'])} steps, target <= {LOSS_TOLERANCE:g})"
+            + (f"; {note}" if note else "")
+        )
         if q["wall_s"] < MIN_STAGE_S:
-            verdicts.append(f"{case.method}: wall time n/a (plain run {q['wall_s']:.0f} s < {MIN_STAGE_S:.0f} s; "
-                            f"raise --steps to judge the ratio)")
+            verdicts.append(
+                f"{case.method}: wall time n/a (plain run {q['wall_s']:.0f} s < {MIN_STAGE_S:.0f} s; "
+                f"raise --steps to judge the ratio)"
+            )
         else:
-            verdicts.append(f"{case.method}: wall time {'PASS' if ratio <= RATIO_TARGET else 'FAIL'} "
-                            f"(platform/plain {ratio:.3f}, target <= {RATIO_TARGET})")
+            verdicts.append(
+                f"{case.method}: wall time {'PASS' if ratio <= RATIO_TARGET else 'FAIL'} "
+                f"(platform/plain {ratio:.3f}, target <= {RATIO_TARGET})"
+            )
         if p.get("threads") not in (None, str(threads)):
-            verdicts.append(f"{case.method}: WARNING the platform trainer ran with OMP_NUM_THREADS={p['threads']!r}, "
-                            f"plain with {threads}")
-    lines += ["", *details, "", *verdicts, "",
-              f"load average (1, 5, 15 min): before {'/'.join(f'{x:.2f}' for x in load[0])}, "
-              f"after {'/'.join(f'{x:.2f}' for x in load[1])} on {os.cpu_count()} CPUs"]
+            verdicts.append(
+                f"{case.method}: WARNING the platform trainer ran with OMP_NUM_THREADS={p['threads']!r}, "
+                f"plain with {threads}"
+            )
+    lines += [
+        "",
+        *details,
+        "",
+        *verdicts,
+        "",
+        f"load average (1, 5, 15 min): before {'/'.join(f'{x:.2f}' for x in load[0])}, "
+        f"after {'/'.join(f'{x:.2f}' for x in load[1])} on {os.cpu_count()} CPUs",
+    ]
     print("\n".join(lines), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=None,
-                        help=f"optimizer steps of every stage (default: {DEFAULT_STEPS['sft']} for sft, "
-                        f"{DEFAULT_STEPS['dpo']} for dpo: about a minute or more of train() each on a quiet CPU)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"optimizer steps of every stage (default: {DEFAULT_STEPS['sft']} for sft, "
+        f"{DEFAULT_STEPS['dpo']} for dpo: about a minute or more of train() each on a quiet CPU)",
+    )
     parser.add_argument("--method", choices=("sft", "dpo", "all"), default="all")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for both sides (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, var/) and print its path")
@@ -463,26 +586,37 @@ def main() -> None:
         root = Path(tmp)
         kit = build_kit(root / "kit", env)
         # Warm the page cache for both sides alike: the first import of trl & co. from disk is the slowest.
-        subprocess.run([sys.executable, "-c", "import trl, datasets, transformers; from trl import SFTTrainer, DPOTrainer"],
-                       cwd=root, env=env, capture_output=True, check=False)
+        subprocess.run(
+            [sys.executable, "-c", "import trl, datasets, transformers; from trl import SFTTrainer, DPOTrainer"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            check=False,
+        )
         cases = []
         for method in methods:
             steps = args.steps or DEFAULT_STEPS[method]
             key, kind = DATA[method]
             overrides = {"max_steps": steps}
-            cases.append(Case(method, steps, overrides, resolved_config(method, overrides, kind), kit["data"][key],
-                              kind))
+            cases.append(
+                Case(method, steps, overrides, resolved_config(method, overrides, kind), kit["data"][key], kind)
+            )
         for case in cases:  # plain first: nothing of the stack runs yet
             run_plain(case, kit["model"], root / f"plain-{case.method}", env)
         with Stack(root, env) as stack:
-            model = stack.api("POST", "/base-models", json={"name": "tiny-llama-parity", "source": "local",
-                                                            "name_or_path": kit["model"]})
+            model = stack.api(
+                "POST",
+                "/base-models",
+                json={"name": "tiny-llama-parity", "source": "local", "name_or_path": kit["model"]},
+            )
             for case in cases:
                 run_platform(case, stack, model["id"])
         for case in cases:
             if case.platform["resolved"] not in (None, case.config):
-                print(f"[{case.method}] WARNING the run snapshot's config differs from the plain script's:\n"
-                      f"  platform {case.platform['resolved']}\n  plain    {case.config}")
+                print(
+                    f"[{case.method}] WARNING the run snapshot's config differs from the plain script's:\n"
+                    f"  platform {case.platform['resolved']}\n  plain    {case.config}"
+                )
         report(cases, args.threads, (load_before, os.getloadavg()))
     finally:
         if args.keep:

@@ -9,6 +9,7 @@ from that file, so the two sides train the same model on the same data the same 
 Refinery code is imported here. RESULT.json receives the per-step losses from
 trainer.state.log_history and the timings.
 """
+
 from __future__ import annotations
 
 import time
@@ -111,9 +112,18 @@ def main() -> None:
 
     losses = [[entry["step"], entry["loss"]] for entry in trainer.state.log_history if "loss" in entry]
     with open(args.result, "w", encoding="utf-8") as fh:
-        json.dump({"losses": losses, "train_s": train_s, "train_cpu_s": train_cpu_s, "train_runtime": output.metrics.get("train_runtime"),
-                   "script_s": script_s, "global_step": trainer.state.global_step,
-                   "torch_threads": torch.get_num_threads()}, fh)
+        json.dump(
+            {
+                "losses": losses,
+                "train_s": train_s,
+                "train_cpu_s": train_cpu_s,
+                "train_runtime": output.metrics.get("train_runtime"),
+                "script_s": script_s,
+                "global_step": trainer.state.global_step,
+                "torch_threads": torch.get_num_threads(),
+            },
+            fh,
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 The HTTP check sends the first of DJANGO_ALLOWED_HOSTS as Host (Django refuses unknown hosts)
 (/healthz and /readyz are exempt from the production settings' HTTPS redirect).
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The Celery app. Workers: `celery -A jobs.app worker -Q gpu,cpu`; beat: `celery -A jobs.app beat`."""
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,12 @@ NOTIFY_SCHEDULE_NAME = "refinery: deliver notifications"
 SCHEDULES_SCHEDULE_NAME = "refinery: fire schedules"
 
 app.conf.task_default_queue = Queue.CPU
-app.conf.task_routes = {TaskName.RUN_STAGE: {"queue": Queue.GPU}, TaskName.REAP_STAGES: {"queue": Queue.CPU},
-                        TaskName.DELIVER_NOTIFICATIONS: {"queue": Queue.CPU},
-                        TaskName.SCHEDULES_TICK: {"queue": Queue.CPU}}
+app.conf.task_routes = {
+    TaskName.RUN_STAGE: {"queue": Queue.GPU},
+    TaskName.REAP_STAGES: {"queue": Queue.CPU},
+    TaskName.DELIVER_NOTIFICATIONS: {"queue": Queue.CPU},
+    TaskName.SCHEDULES_TICK: {"queue": Queue.CPU},
+}
 app.conf.imports = ("jobs.tasks",)
 
 
@@ -43,7 +47,9 @@ def register_periodic_tasks(celery_app: Celery) -> None:
     """
     interval = reaper_interval_seconds()
     celery_app.add_periodic_task(
-        interval, celery_app.signature(TaskName.REAP_STAGES.value), name=REAPER_SCHEDULE_NAME,
+        interval,
+        celery_app.signature(TaskName.REAP_STAGES.value),
+        name=REAPER_SCHEDULE_NAME,
         queue=Queue.CPU.value,
         expire_seconds=int(max(1, interval)),  # django-celery-beat's name for `expires`: a stale reaper call is useless
     )
@@ -51,11 +57,20 @@ def register_periodic_tasks(celery_app: Celery) -> None:
 
     notify_every = max(1, int(settings.REFINERY_NOTIFY_POLL_SECONDS))  # due webhook retries survive restarts
     celery_app.add_periodic_task(
-        notify_every, celery_app.signature(TaskName.DELIVER_NOTIFICATIONS.value), name=NOTIFY_SCHEDULE_NAME,
-        queue=Queue.CPU.value, expire_seconds=notify_every)
+        notify_every,
+        celery_app.signature(TaskName.DELIVER_NOTIFICATIONS.value),
+        name=NOTIFY_SCHEDULE_NAME,
+        queue=Queue.CPU.value,
+        expire_seconds=notify_every,
+    )
     tick = settings.REFINERY_SCHEDULE_TICK_SECONDS  # schedules: each window is fired once (unique key)
-    celery_app.add_periodic_task(tick, celery_app.signature(TaskName.SCHEDULES_TICK.value),
-                                 name=SCHEDULES_SCHEDULE_NAME, queue=Queue.CPU.value, expire_seconds=tick)
+    celery_app.add_periodic_task(
+        tick,
+        celery_app.signature(TaskName.SCHEDULES_TICK.value),
+        name=SCHEDULES_SCHEDULE_NAME,
+        queue=Queue.CPU.value,
+        expire_seconds=tick,
+    )
 
 
 register_periodic_tasks(app)

@@ -8,6 +8,7 @@ this for Redis only; here, for AMQP, the worker cancels its consumers as the poo
 the running message's ack frees the prefetch slot) and consumes again within a second of a task
 ending, so a busy worker never holds a message. The wake-ups it does not take wait in the broker for a free worker.
 """
+
 from __future__ import annotations
 
 import logging

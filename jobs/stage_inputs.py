@@ -13,6 +13,7 @@ A model reference (stored in a stage's outputs, host-independent):
     {"source": "stage", "stage": <name>, "kind": "model"|"adapter", "artifact_path",
      "mlflow_run_id", "base": <the reference the adapter was trained on, for adapters>}
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -85,12 +86,17 @@ def stage_redactions(stage: StageRun, work_dir: Path) -> list[tuple[str, str]]:
     no absolute host path (work dir, checkpoints, datasets, model roots, var dir, code) and no global run id."""
     from refinery.basemodels.paths import model_roots
 
-    pairs = [(work_dir, "."), (stage_checkpoint_dir(stage), "./checkpoints"),
-             (Path(settings.REFINERY_DATASET_DIR), "<datasets>"), (Path(settings.REFINERY_CHECKPOINT_DIR), "<checkpoints>"),
-             (Path(settings.REFINERY_WORK_DIR), "<work>"),
-             *((root, "<models>") for root in model_roots(stage.run.team_id)),
-             (Path(settings.VAR_DIR), "<var>"), (Path(sys.prefix), "<python>"), (Path(__file__).resolve().parent.parent,
-                                                                                  "<code>")]
+    pairs = [
+        (work_dir, "."),
+        (stage_checkpoint_dir(stage), "./checkpoints"),
+        (Path(settings.REFINERY_DATASET_DIR), "<datasets>"),
+        (Path(settings.REFINERY_CHECKPOINT_DIR), "<checkpoints>"),
+        (Path(settings.REFINERY_WORK_DIR), "<work>"),
+        *((root, "<models>") for root in model_roots(stage.run.team_id)),
+        (Path(settings.VAR_DIR), "<var>"),
+        (Path(sys.prefix), "<python>"),
+        (Path(__file__).resolve().parent.parent, "<code>"),
+    ]
     found: dict[str, str] = {}
     for path, label in pairs:
         for variant in (str(path), os.path.realpath(path)):
@@ -116,6 +122,7 @@ def redacted_spec(spec: dict, redactions: list[tuple[str, str]]) -> str:
 
 # --- input models ---------------------------------------------------------------
 
+
 def model_reference(stage: StageRun) -> dict[str, Any]:
     """Where this stage's input comes from, host-independent (stored with the outputs)."""
     return _reference(stage, stage.spec.get("input") or "base", role="input stage", purpose="to train on")
@@ -125,8 +132,12 @@ def _reference(stage: StageRun, source: str, *, role: str, purpose: str) -> dict
     if source == "base":
         base = stage.run.snapshot["base_model"]
         _check_base_model(stage, base)
-        return {"source": "base", "name": base.get("name"), "name_or_path": base["name_or_path"],
-                "revision": base.get("revision")}
+        return {
+            "source": "base",
+            "name": base.get("name"),
+            "name_or_path": base["name_or_path"],
+            "revision": base.get("revision"),
+        }
     upstream = run_stage_named(run_id=stage.run_id, name=source)
     if upstream is None or upstream.status != Status.SUCCEEDED or not upstream.outputs.get("mlflow_run_id"):
         state = upstream.status if upstream else "missing"
@@ -197,8 +208,9 @@ def materialize_model(ref: dict[str, Any], dst: Path, *, client=None) -> dict[st
     if ref["source"] == "base":
         return {"name_or_path": ref["name_or_path"], "revision": ref.get("revision"), "adapter_path": None}
     kind, artifact_path = ref.get("kind"), ref.get("artifact_path") or ref.get("kind")
-    local = artifacts_download(mlflow_run_id=ref["mlflow_run_id"], artifact_path=artifact_path,
-                               dst=dst / ref["stage"], client=client)
+    local = artifacts_download(
+        mlflow_run_id=ref["mlflow_run_id"], artifact_path=artifact_path, dst=dst / ref["stage"], client=client
+    )
     if kind == "model":
         return {"name_or_path": str(local), "revision": None, "adapter_path": None}
     if kind == "adapter":
@@ -217,6 +229,7 @@ def materialize_model(ref: dict[str, Any], dst: Path, *, client=None) -> dict[st
 
 # --- stage spec -----------------------------------------------------------------
 
+
 def resolve_configs(stage_spec: dict) -> tuple[dict, dict | None]:
     """The method config and adapter with every default filled in, as the trainer will run them."""
     from dataclasses import asdict
@@ -224,8 +237,9 @@ def resolve_configs(stage_spec: dict) -> tuple[dict, dict | None]:
     from trainers.catalog import validate_stage  # light: no torch
 
     kind = (stage_spec.get("train_data") or {}).get("kind")
-    config, adapter, errors = validate_stage(stage_spec["method"], stage_spec.get("config") or {},
-                                             stage_spec.get("adapter") or {}, kind)
+    config, adapter, errors = validate_stage(
+        stage_spec["method"], stage_spec.get("config") or {}, stage_spec.get("adapter") or {}, kind
+    )
     if errors:
         raise StageSetupError("invalid stage: " + "; ".join(errors.values()))
     return asdict(config), (asdict(adapter) if adapter is not None else None)
@@ -242,9 +256,17 @@ def _data_block(data: dict | None) -> dict | None:
     }
 
 
-def build_stage_spec(*, stage: StageRun, model: dict, config: dict, adapter: dict | None,
-                     work_dir: Path, aux_models: dict | None = None, inputs: list | None = None,
-                     card: dict | None = None) -> dict:
+def build_stage_spec(
+    *,
+    stage: StageRun,
+    model: dict,
+    config: dict,
+    adapter: dict | None,
+    work_dir: Path,
+    aux_models: dict | None = None,
+    inputs: list | None = None,
+    card: dict | None = None,
+) -> dict:
     """The trainer's spec (docs/stage-spec.md) for this stage.
 
     A training stage's dataset is `data.train` (and its eval set `data.eval`). A stage that trains on nothing
@@ -264,8 +286,13 @@ def build_stage_spec(*, stage: StageRun, model: dict, config: dict, adapter: dic
             data["retention"] = _data_block(stage.spec["retention_data"])
     spec = {
         "version": 1,
-        "stage": {"name": stage.name, "index": stage.index, "stage_run_id": stage.pk,
-                  "run_id": stage.run_id, "attempt": stage.attempt},
+        "stage": {
+            "name": stage.name,
+            "index": stage.index,
+            "stage_run_id": stage.pk,
+            "run_id": stage.run_id,
+            "attempt": stage.attempt,
+        },
         "method": stage.method,
         "config": config,
         "adapter": adapter,
@@ -307,16 +334,22 @@ def model_card_facts(stage: StageRun) -> dict[str, Any]:
         seen.add(name)
         todo.extend(stage_dependencies(upstream.spec))
         config = upstream.spec.get("config") or {}
-        chain.append({
-            "name": name, "method": upstream.method,
-            "adapter": (upstream.spec.get("adapter") or {}).get("type") or "none",
-            "config": {k: config[k] for k in ("learning_rate", "num_train_epochs", "max_steps", "beta",
-                                               "merge_method", "weights") if k in config},
-            "inputs": stage_dependencies(upstream.spec),
-            "data": _dataset_facts(upstream.spec.get("train_data")),
-            "metrics": {k: v for k, v in (upstream.summary or {}).items() if isinstance(v, (int, float))},
-            "mlflow_run_id": upstream.mlflow_run_id,
-        })
+        chain.append(
+            {
+                "name": name,
+                "method": upstream.method,
+                "adapter": (upstream.spec.get("adapter") or {}).get("type") or "none",
+                "config": {
+                    k: config[k]
+                    for k in ("learning_rate", "num_train_epochs", "max_steps", "beta", "merge_method", "weights")
+                    if k in config
+                },
+                "inputs": stage_dependencies(upstream.spec),
+                "data": _dataset_facts(upstream.spec.get("train_data")),
+                "metrics": {k: v for k, v in (upstream.summary or {}).items() if isinstance(v, (int, float))},
+                "mlflow_run_id": upstream.mlflow_run_id,
+            }
+        )
     datasets = {d["sha256"]: d for s in chain if (d := s["data"])}
     return {
         "run": f"#{run.number} {run.name}",
@@ -332,8 +365,9 @@ def model_card_facts(stage: StageRun) -> dict[str, Any]:
     }
 
 
-def tracking_params(*, stage: StageRun, config: dict, adapter: dict | None, input_ref: dict,
-                    inputs: list[dict] | None = None) -> dict[str, str]:
+def tracking_params(
+    *, stage: StageRun, config: dict, adapter: dict | None, input_ref: dict, inputs: list[dict] | None = None
+) -> dict[str, str]:
     """MLflow params of a stage run: the full resolved config, data hashes and the input(s)."""
     data = {}
     for role, key in (("train", "train_data"), ("eval", "eval_data"), ("retention", "retention_data")):
@@ -350,8 +384,9 @@ def tracking_params(*, stage: StageRun, config: dict, adapter: dict | None, inpu
         "input": input_summary,
     }
     if inputs:
-        params["inputs"] = {ref["stage"]: {k: v for k, v in ref.items() if k not in ("base", "stage") and v}
-                            for ref in inputs}
+        params["inputs"] = {
+            ref["stage"]: {k: v for k, v in ref.items() if k not in ("base", "stage") and v} for ref in inputs
+        }
     return tracking_runs.flatten(params)
 
 

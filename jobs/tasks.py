@@ -1,4 +1,5 @@
 """Thin Celery tasks: take ids, call one function. The logic lives in jobs.supervisor and refinery.runs."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,9 @@ def worker_name(hostname: str | None = None) -> str:
     return f"{hostname or socket.gethostname()}:{os.getpid()}"
 
 
-@app.task(name=TaskName.RUN_STAGE.value, bind=True, acks_late=False, ignore_result=True,
-          Request="jobs.busy:PausingRequest")
+@app.task(
+    name=TaskName.RUN_STAGE.value, bind=True, acks_late=False, ignore_result=True, Request="jobs.busy:PausingRequest"
+)
 def run_stage(self, stage_run_id: int) -> str | None:
     """Wake up and run the fairest queued stage (refinery.runs.services.stage_claim): the one named here,
     or another team's when fair share says so. Safe to deliver twice: a duplicate claims the next fair

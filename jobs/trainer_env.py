@@ -8,24 +8,44 @@ Face cache need, and the fault-injection switch the chaos suite uses; everything
 A hub token never comes from the worker's environment: the supervisor adds the stage's team's own token
 (a team secret) as ``extra`` for the stages that load a model from the hub.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 # Names passed through as they are.
-ALLOWED_NAMES = frozenset({
-    # the process itself
-    "PATH", "HOME", "LANG", "TZ", "TMPDIR", "PYTHONPATH", "PYTHONUNBUFFERED", "PYTHONHASHSEED", "VIRTUAL_ENV",
-    # accelerators: the device mask, the CUDA libraries' path, the allocator's settings
-    "LD_LIBRARY_PATH", "PYTORCH_CUDA_ALLOC_CONF",
-    # the Hugging Face cache and offline switches (no credentials)
-    "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "TRANSFORMERS_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-    "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "TOKENIZERS_PARALLELISM",
-    # CPU threads
-    "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-    # the fault-injection suite (trainers/faults.py, tests/chaos)
-    "REFINERY_FAILPOINTS",
-})
+ALLOWED_NAMES = frozenset(
+    {
+        # the process itself
+        "PATH",
+        "HOME",
+        "LANG",
+        "TZ",
+        "TMPDIR",
+        "PYTHONPATH",
+        "PYTHONUNBUFFERED",
+        "PYTHONHASHSEED",
+        "VIRTUAL_ENV",
+        # accelerators: the device mask, the CUDA libraries' path, the allocator's settings
+        "LD_LIBRARY_PATH",
+        "PYTORCH_CUDA_ALLOC_CONF",
+        # the Hugging Face cache and offline switches (no credentials)
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "HF_DATASETS_CACHE",
+        "TRANSFORMERS_CACHE",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+        "HF_HUB_DISABLE_TELEMETRY",
+        "TOKENIZERS_PARALLELISM",
+        # CPU threads
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        # the fault-injection suite (trainers/faults.py, tests/chaos)
+        "REFINERY_FAILPOINTS",
+    }
+)
 # Families passed through by prefix (locale; CUDA_VISIBLE_DEVICES and the rest of CUDA's, NVIDIA's and NCCL's
 # settings; OpenBLAS threads).
 ALLOWED_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "NCCL_", "OPENBLAS_")

@@ -16,6 +16,7 @@
 Factories live in tests/factories.py, plain helpers in tests/helpers.py. Tests whose rows a
 separate process (worker, supervisor thread) must see use `transactional_db`.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,6 +59,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if chaos:
         config.hook.pytest_deselected(items=chaos)
         items[:] = [item for item in items if item.get_closest_marker("chaos") is None]
+
 
 # --- 1. session isolation -------------------------------------------------------------------
 
@@ -116,8 +118,13 @@ def _isolated_paths(tmp_path_factory):
 
     var = tmp_path_factory.mktemp("var")
     roots = [str(var / "models" / "{team}"), str(var / SHARED_MODELS)]
-    paths = {"VAR_DIR": var, "REFINERY_DATASET_DIR": var / "datasets", "REFINERY_WORK_DIR": var / "work",
-             "REFINERY_CHECKPOINT_DIR": var / "checkpoints", "REFINERY_MODEL_ROOTS": roots}
+    paths = {
+        "VAR_DIR": var,
+        "REFINERY_DATASET_DIR": var / "datasets",
+        "REFINERY_WORK_DIR": var / "work",
+        "REFINERY_CHECKPOINT_DIR": var / "checkpoints",
+        "REFINERY_MODEL_ROOTS": roots,
+    }
     saved = {k: getattr(settings, k) for k in paths}
     for key, value in paths.items():
         setattr(settings, key, value)
@@ -155,6 +162,7 @@ def _isolated_broker():
 
 # --- 2. real services -----------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -188,17 +196,35 @@ class ServiceProcess:
 def _start(cmd: list[str], *, log_path: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
     log_file = open(log_path, "wb")  # noqa: SIM115 - the child keeps writing after we return
     try:
-        return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=cwd, start_new_session=True)
+        return subprocess.Popen(
+            cmd,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
     finally:
         log_file.close()
 
 
 def mlflow_server_command(root: Path, port: int) -> list[str]:
     """`mlflow server` with a SQLite store and proxied artifacts under `root`."""
-    return [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    return [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
 
 
 def mlflow_server_env() -> dict:
@@ -208,9 +234,29 @@ def mlflow_server_env() -> dict:
 
 def celery_worker_command(name: str) -> list[str]:
     """A Celery worker on queues gpu and cpu, one prefork process, as the tests run it."""
-    return [sys.executable, "-m", "celery", "-A", "jobs.app", "worker", "-Q", "gpu,cpu", "--concurrency", "1",
-            "--pool", "prefork", "--prefetch-multiplier", "1", "-n", f"{name}@%h",
-            "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "jobs.app",
+        "worker",
+        "-Q",
+        "gpu,cpu",
+        "--concurrency",
+        "1",
+        "--pool",
+        "prefork",
+        "--prefetch-multiplier",
+        "1",
+        "-n",
+        f"{name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--loglevel",
+        "INFO",
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -225,8 +271,11 @@ def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = ServiceProcess(_start(mlflow_server_command(root, port), log_path=root / "server.log",
-                                   env=mlflow_server_env(), cwd=root), root / "server.log", url)
+    server = ServiceProcess(
+        _start(mlflow_server_command(root, port), log_path=root / "server.log", env=mlflow_server_env(), cwd=root),
+        root / "server.log",
+        url,
+    )
 
     def healthy() -> bool:
         if server.proc.poll() is not None:
@@ -238,7 +287,9 @@ def mlflow_server(tmp_path_factory):
             return False
 
     try:
-        wait_until(healthy, timeout=120, interval=0.5, message=lambda: f"mlflow server not healthy:\n{server.log_tail()}")
+        wait_until(
+            healthy, timeout=120, interval=0.5, message=lambda: f"mlflow server not healthy:\n{server.log_tail()}"
+        )
     except BaseException:
         server.stop()
         raise
@@ -265,8 +316,9 @@ def database_url_for_subprocess() -> str:
 
 
 @pytest.fixture(scope="session")
-def celery_worker_process(django_db_setup, django_db_blocker, mlflow_server, _isolated_paths, _isolated_broker,
-                          tmp_path_factory):
+def celery_worker_process(
+    django_db_setup, django_db_blocker, mlflow_server, _isolated_paths, _isolated_broker, tmp_path_factory
+):
     """A real Celery worker (`-Q gpu,cpu`, prefork, concurrency 1) on Redis and the test database.
 
     Tests that use it must use `transactional_db`, so that the worker sees their rows.
@@ -315,6 +367,7 @@ def start_celery_worker(name: str, *, env: dict, root: Path) -> ServiceProcess:
 
 # --- 3. pipelines ---------------------------------------------------------------------------
 
+
 @pytest.fixture
 def make_pipeline():
     """make_pipeline(("a", "base"), ("b", "a")) -> a Pipeline whose stage b trains on a's output.
@@ -327,10 +380,20 @@ def make_pipeline():
         user = UserFactory()
         team = TeamFactory(members=[user])
         version = DatasetVersionFactory(dataset__team=team)
-        specs = [{"name": name, "method": "sft", "config": {"max_steps": 2}, "adapter": {"type": "none"},
-                  "dataset_id": version.dataset_id, "input": source} for name, source in stages]
-        return PipelineFactory(team=team, base_model=BaseModelFactory(team=team), created_by=user, stages=specs,
-                               seed=seed)
+        specs = [
+            {
+                "name": name,
+                "method": "sft",
+                "config": {"max_steps": 2},
+                "adapter": {"type": "none"},
+                "dataset_id": version.dataset_id,
+                "input": source,
+            }
+            for name, source in stages
+        ]
+        return PipelineFactory(
+            team=team, base_model=BaseModelFactory(team=team), created_by=user, stages=specs, seed=seed
+        )
 
     return make
 
@@ -341,8 +404,13 @@ def demo_kit(_isolated_paths) -> dict:
 
     Built in the shared model root, so that every test team may register its model."""
     out = _isolated_paths / SHARED_MODELS / "demo-kit"
-    result = subprocess.run([sys.executable, "-m", "trainers", "demo", "--out", str(out)], capture_output=True,
-                            text=True, timeout=300, cwd=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "trainers", "demo", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
     if result.returncode != 0:
         pytest.fail(f"building the demo kit failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return json.loads(result.stdout)
@@ -373,8 +441,14 @@ def demo_pipeline(demo_kit):
         UserFactory,
     )
 
-    def make(*stages: dict, model_path: str | None = None, seed: int = 7, name: str | None = None,
-             retention: str | None = None, auto_evaluate: bool = False):
+    def make(
+        *stages: dict,
+        model_path: str | None = None,
+        seed: int = 7,
+        name: str | None = None,
+        retention: str | None = None,
+        auto_evaluate: bool = False,
+    ):
         user = UserFactory()
         team = TeamFactory(members=[user])
         base = BaseModelFactory(team=team, name="tiny-llama", name_or_path=model_path or demo_kit["model"])
@@ -383,7 +457,9 @@ def demo_pipeline(demo_kit):
         def dataset_id(key: str) -> int:
             if key not in datasets:
                 datasets[key] = DatasetVersionFactory(
-                    dataset__team=team, dataset__name=f"addition-{key}", dataset__kind=demo_kit["kinds"][key],
+                    dataset__team=team,
+                    dataset__name=f"addition-{key}",
+                    dataset__kind=demo_kit["kinds"][key],
                     source=Path(demo_kit["data"][key]),
                 ).dataset_id
             return datasets[key]
@@ -408,8 +484,9 @@ def demo_pipeline(demo_kit):
                 spec["inputs"] = stage["inputs"]
             specs.append(spec)
         extra = {"name": name} if name else {}
-        pipeline = PipelineFactory(team=team, base_model=base, created_by=user, stages=specs, seed=seed,
-                                   auto_evaluate=auto_evaluate, **extra)
+        pipeline = PipelineFactory(
+            team=team, base_model=base, created_by=user, stages=specs, seed=seed, auto_evaluate=auto_evaluate, **extra
+        )
         if retention:
             pipeline.spec["retention_dataset_id"] = dataset_id(retention)
             pipeline.save()
@@ -419,6 +496,7 @@ def demo_pipeline(demo_kit):
 
 
 # --- 4. wake-ups ----------------------------------------------------------------------------
+
 
 @pytest.fixture
 def sent_stages(monkeypatch) -> list[int]:

@@ -9,6 +9,7 @@ DatasetVersionFactory stores a real file, content-addressed under
 settings.REFINERY_DATASET_DIR exactly as refinery.data.services does, so that a
 trainer can read it. Without `source` it writes a tiny addition dataset.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -109,8 +110,13 @@ def store_dataset_file(source: Path, fmt: str) -> dict:
     rows = 0
     if fmt == "jsonl":
         rows = sum(1 for line in source.read_text().splitlines() if line.strip())
-    return {"sha256": sha, "storage_path": relative, "size_bytes": target.stat().st_size, "row_count": rows,
-            "original_filename": source.name}
+    return {
+        "sha256": sha,
+        "storage_path": relative,
+        "size_bytes": target.stat().st_size,
+        "row_count": rows,
+        "original_filename": source.name,
+    }
 
 
 class DatasetVersionFactory(factory.django.DjangoModelFactory):
@@ -165,15 +171,47 @@ def gate_decision_make(run, *, model=None, champion=None, candidate=None, outcom
     from refinery.runs.models import StageRun, Status
 
     index = run.stages.count()
-    stage = StageRun.objects.create(run=run, index=index, name=f"gate-{index}", method="gate", status=Status.SUCCEEDED,
-                                    spec={"name": f"gate-{index}", "method": "gate", "input": "sft",
-                                          "config": {"registered_model": model.name if model else "bot",
-                                                     "alias": "production", "require_approval": True}})
-    numbers = {"passed": True, "metric": "loss", "higher_is_better": False, "candidate": 0.4, "champion": 0.5,
-               "gain": 0.1, "checks": [{"check": "gain", "passed": True, "text": "loss 0.4 vs 0.5 (+0.1; needs > 0)"}],
-               "reasons": ["loss 0.4 vs 0.5 (+0.1; needs > 0)"], "has_champion": True}
+    stage = StageRun.objects.create(
+        run=run,
+        index=index,
+        name=f"gate-{index}",
+        method="gate",
+        status=Status.SUCCEEDED,
+        spec={
+            "name": f"gate-{index}",
+            "method": "gate",
+            "input": "sft",
+            "config": {
+                "registered_model": model.name if model else "bot",
+                "alias": "production",
+                "require_approval": True,
+            },
+        },
+    )
+    numbers = {
+        "passed": True,
+        "metric": "loss",
+        "higher_is_better": False,
+        "candidate": 0.4,
+        "champion": 0.5,
+        "gain": 0.1,
+        "checks": [{"check": "gain", "passed": True, "text": "loss 0.4 vs 0.5 (+0.1; needs > 0)"}],
+        "reasons": ["loss 0.4 vs 0.5 (+0.1; needs > 0)"],
+        "has_champion": True,
+    }
     return GateDecision.objects.create(
-        team=run.team, run=run, stage_run=stage, candidate_stage="sft", model_name=model.name if model else "bot",
-        alias="production", registered_model=model, champion=champion, candidate=candidate, passed=True,
-        outcome=outcome, numbers=numbers, require_approval=True,
-        message="v2 awaits approval for production (holder: v1): loss 0.4 vs 0.5 (+0.1; needs > 0)")
+        team=run.team,
+        run=run,
+        stage_run=stage,
+        candidate_stage="sft",
+        model_name=model.name if model else "bot",
+        alias="production",
+        registered_model=model,
+        champion=champion,
+        candidate=candidate,
+        passed=True,
+        outcome=outcome,
+        numbers=numbers,
+        require_approval=True,
+        message="v2 awaits approval for production (holder: v1): loss 0.4 vs 0.5 (+0.1; needs > 0)",
+    )

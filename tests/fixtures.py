@@ -2,6 +2,7 @@
 
 tests/conftest.py imports the fixtures, so every test folder sees them; tests import the plain names
 (ROWS, write_jsonl, ApiClient) from here."""
+
 from __future__ import annotations
 
 import json
@@ -96,14 +97,22 @@ def tiny_model_dir(_isolated_paths) -> Path:
 
     folder = _isolated_paths / SHARED_MODELS / secrets.token_hex(4) / "tiny-model"
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-                                                    "num_hidden_layers": 2}))
+    (folder / "config.json").write_text(
+        json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": 2})
+    )
     # A safetensors header (8-byte length + JSON) naming a bias-free 2-layer model's tensors.
-    header = {f"model.layers.{i}.{n}.weight": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 0]}
-              for i in range(2) for n in ("self_attn.q_proj", "mlp.up_proj", "input_layernorm")}
+    header = {
+        f"model.layers.{i}.{n}.weight": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 0]}
+        for i in range(2)
+        for n in ("self_attn.q_proj", "mlp.up_proj", "input_layernorm")
+    }
     raw = json.dumps(header).encode()
     (folder / "model.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw)
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "chat_template": "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
-    }))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "chat_template": "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
+            }
+        )
+    )
     return folder

@@ -1,4 +1,5 @@
 """Plain helpers for tests (no fixtures): waiting for a condition, reading a log's tail."""
+
 from __future__ import annotations
 
 import time
@@ -9,8 +10,13 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], *, timeout: float, interval: float = 0.2,
-               message: str | Callable[[], str] = "condition not met") -> T:
+def wait_until(
+    condition: Callable[[], T],
+    *,
+    timeout: float,
+    interval: float = 0.2,
+    message: str | Callable[[], str] = "condition not met",
+) -> T:
     """Call `condition` until it returns something truthy (returned), or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:

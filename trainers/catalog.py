@@ -119,8 +119,14 @@ class Method:
             "uses_adapter": self.uses_adapter,
             "adapter_types": list(self.adapter_types) if self.uses_adapter else [],
             "aux_models": [
-                {"key": a.key, "stage_field": a.stage_field, "stage_methods": list(a.stage_methods),
-                 "not_methods": list(a.not_methods), "base_when_empty": a.base_when_empty, "platform": a.platform}
+                {
+                    "key": a.key,
+                    "stage_field": a.stage_field,
+                    "stage_methods": list(a.stage_methods),
+                    "not_methods": list(a.not_methods),
+                    "base_when_empty": a.base_when_empty,
+                    "platform": a.platform,
+                }
                 for a in self.aux_models
             ],
             "trains": self.trains,
@@ -316,7 +322,9 @@ def validate_stage(
         pass  # a merge, or an evaluate/export stage without held-out data
     elif not spec.trains and dataset_kind not in spec.dataset_kinds:
         accepted = " or ".join(spec.dataset_kinds) or "no"
-        errors["dataset_kind"] = f"dataset_kind: {spec.name} cannot read {dataset_kind!r} data; it reads {accepted} data"
+        errors["dataset_kind"] = (
+            f"dataset_kind: {spec.name} cannot read {dataset_kind!r} data; it reads {accepted} data"
+        )
     elif dataset_kind not in spec.dataset_kinds:
         accepted = " or ".join(spec.dataset_kinds)
         if dataset_kind in DATASET_KINDS:

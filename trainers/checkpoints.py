@@ -6,6 +6,7 @@ the data position) is on disk, and only then marked complete with a ``COMPLETE``
 killed at any point leaves either a temporary directory or an unmarked checkpoint; both are
 ignored when choosing where to resume and cleaned up when the next attempt starts.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,10 +1,10 @@
 """``python -m trainers``: run a stage, list methods, build the demo kit, score addition.
 
-    python -m trainers run SPEC.json             # events on stdout (NDJSON); exit 0 / 1 / 3
-    python -m trainers run SPEC.json --parent-pid PID   # ... and die (SIGKILL) when process PID dies
-    python -m trainers methods [--json]          # the method catalog with config schemas (no torch import)
-    python -m trainers demo --out DIR [--seed N] # build the offline demo kit, print its paths as JSON
-    python -m trainers eval-addition --model DIR [--adapter DIR] --data FILE [--chat]
+python -m trainers run SPEC.json             # events on stdout (NDJSON); exit 0 / 1 / 3
+python -m trainers run SPEC.json --parent-pid PID   # ... and die (SIGKILL) when process PID dies
+python -m trainers methods [--json]          # the method catalog with config schemas (no torch import)
+python -m trainers demo --out DIR [--seed N] # build the offline demo kit, print its paths as JSON
+python -m trainers eval-addition --model DIR [--adapter DIR] --data FILE [--chat]
 """
 
 import argparse
@@ -101,8 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run one stage from a spec file; events go to stdout as NDJSON")
     p.add_argument("spec", help="path to the stage spec JSON")
-    p.add_argument("--parent-pid", type=int, default=None,
-                   help="die (SIGKILL) when this process, the one that started the trainer, dies")
+    p.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        help="die (SIGKILL) when this process, the one that started the trainer, dies",
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("methods", help="list the registered methods and their config schemas")

@@ -19,8 +19,23 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TextIO
 
 __all__ = [
-    "EVENT_TYPES", "Event", "Started", "Progress", "Metrics", "Checkpoint", "Artifact", "Finished", "Canceled",
-    "Failed", "TERMINAL_EVENTS", "BadEvent", "decode", "Events", "EventWriter", "EventLog", "jsonable",
+    "EVENT_TYPES",
+    "Event",
+    "Started",
+    "Progress",
+    "Metrics",
+    "Checkpoint",
+    "Artifact",
+    "Finished",
+    "Canceled",
+    "Failed",
+    "TERMINAL_EVENTS",
+    "BadEvent",
+    "decode",
+    "Events",
+    "EventWriter",
+    "EventLog",
+    "jsonable",
 ]
 
 
@@ -86,9 +101,13 @@ class Started(Event):
     @classmethod
     def _fields(cls, record):
         resumed = record.get("resumed_from")
-        return {"step": _int(record, "step") or 0, "total_steps": _int(record, "total_steps"),
-                "trainable_params": _int(record, "trainable_params"), "total_params": _int(record, "total_params"),
-                "resumed_from": str(resumed) if resumed else None}
+        return {
+            "step": _int(record, "step") or 0,
+            "total_steps": _int(record, "total_steps"),
+            "trainable_params": _int(record, "trainable_params"),
+            "total_params": _int(record, "total_params"),
+            "resumed_from": str(resumed) if resumed else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -102,8 +121,11 @@ class Progress(Event):
 
     @classmethod
     def _fields(cls, record):
-        return {"step": _int(record, "step"), "total_steps": _int(record, "total_steps"),
-                "epoch": _float(record, "epoch")}
+        return {
+            "step": _int(record, "step"),
+            "total_steps": _int(record, "total_steps"),
+            "epoch": _float(record, "epoch"),
+        }
 
 
 @dataclass(frozen=True)
@@ -117,8 +139,11 @@ class Metrics(Event):
 
     @classmethod
     def _fields(cls, record):
-        values = {str(key): float(value) for key, value in _dict(record, "metrics").items()
-                  if not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)}
+        values = {
+            str(key): float(value)
+            for key, value in _dict(record, "metrics").items()
+            if not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+        }
         return {"step": _int(record, "step") or 0, "metrics": values}
 
 
@@ -186,8 +211,9 @@ class Failed(Event):
         return {"error": _str(record, "error"), "traceback": _str(record, "traceback")}
 
 
-_CLASSES: dict[str, type[Event]] = {cls.name: cls for cls in (
-    Started, Progress, Metrics, Checkpoint, Artifact, Finished, Canceled, Failed)}
+_CLASSES: dict[str, type[Event]] = {
+    cls.name: cls for cls in (Started, Progress, Metrics, Checkpoint, Artifact, Finished, Canceled, Failed)
+}
 EVENT_TYPES = tuple(_CLASSES)
 TERMINAL_EVENTS = (Finished, Canceled, Failed)  # one of these is the last event of a stage
 

@@ -13,6 +13,7 @@ suite (tests/chaos, docs/reliability.md). Off unless ``REFINERY_FAILPOINTS`` is 
 Each armed point fires once per checkpoint directory (a marker file there records it), so the
 attempt that resumes after the fault runs clean, as the real retry would.
 """
+
 from __future__ import annotations
 
 import os

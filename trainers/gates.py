@@ -27,8 +27,15 @@ from .metrics import higher_is_better
 
 __all__ = ["gate_decide", "metric_label", "GateDataError"]
 
-_LABELS = {"loss": "loss", "perplexity": "perplexity", "accuracy": "accuracy", "exact_match": "exact match",
-           "mean_reward": "mean reward", "preference_accuracy": "preference accuracy", "logp_margin": "log-p margin"}
+_LABELS = {
+    "loss": "loss",
+    "perplexity": "perplexity",
+    "accuracy": "accuracy",
+    "exact_match": "exact match",
+    "mean_reward": "mean reward",
+    "preference_accuracy": "preference accuracy",
+    "logp_margin": "log-p margin",
+}
 
 
 # Differences this small are rounding (0.83 - 0.81 is 0.0199999...): "at least D" allows for them.
@@ -60,8 +67,9 @@ def _number(metrics: dict[str, Any], key: str) -> float:
     return float(value)
 
 
-def gate_decide(cfg: GateConfig, *, metrics: dict[str, Any], target_kind: str, retention_kind: str | None,
-                has_champion: bool) -> dict[str, Any]:
+def gate_decide(
+    cfg: GateConfig, *, metrics: dict[str, Any], target_kind: str, retention_kind: str | None, has_champion: bool
+) -> dict[str, Any]:
     """Decide. Returns a JSON-ready dict: ``passed``, ``checks`` (each ``{"check", "passed", "text"}``), the
     numbers (``metric``, ``higher_is_better``, ``candidate``, ``champion``, ``gain``, ...) and ``reasons`` (the
     texts of the checks that failed, or of all checks when it passed)."""
@@ -71,9 +79,16 @@ def gate_decide(cfg: GateConfig, *, metrics: dict[str, Any], target_kind: str, r
     higher = higher_is_better(metric)
     candidate = _number(metrics, f"eval/{metric}")
     checks: list[dict[str, Any]] = []
-    result: dict[str, Any] = {"metric": metric, "higher_is_better": higher, "candidate": candidate,
-                              "champion": None, "gain": None, "gain_mode": cfg.gain_mode, "min_gain": cfg.min_gain,
-                              "has_champion": has_champion}
+    result: dict[str, Any] = {
+        "metric": metric,
+        "higher_is_better": higher,
+        "candidate": candidate,
+        "champion": None,
+        "gain": None,
+        "gain_mode": cfg.gain_mode,
+        "min_gain": cfg.min_gain,
+        "has_champion": has_champion,
+    }
     label = metric_label(metric)
 
     if has_champion:
@@ -93,27 +108,37 @@ def gate_decide(cfg: GateConfig, *, metrics: dict[str, Any], target_kind: str, r
             ok = gain > EPS and gain >= cfg.min_gain - EPS
             need = f"needs > 0 and >= +{_fmt(cfg.min_gain)}" if cfg.min_gain > 0 else "needs > 0"
             shown = f"{gain:+.4g}"
-        checks.append({"check": "gain", "passed": ok,
-                       "text": f"{label} {_fmt(candidate)} vs {_fmt(champion)} ({shown}; {need})"})
+        checks.append(
+            {"check": "gain", "passed": ok, "text": f"{label} {_fmt(candidate)} vs {_fmt(champion)} ({shown}; {need})"}
+        )
 
     threshold = optional_number(cfg.target_threshold)
     if threshold is not None:
         ok = candidate >= threshold if higher else candidate <= threshold
         sign = ">=" if higher else "<="
-        checks.append({"check": "target_threshold", "passed": ok,
-                       "text": f"{label} {_fmt(candidate)} (needs {sign} {_fmt(threshold)})"})
+        checks.append(
+            {
+                "check": "target_threshold",
+                "passed": ok,
+                "text": f"{label} {_fmt(candidate)} (needs {sign} {_fmt(threshold)})",
+            }
+        )
         result["target_threshold"] = threshold
 
     max_forgetting = optional_number(cfg.max_forgetting)
     retention_threshold = optional_number(cfg.retention_threshold)
-    if retention_kind is not None and (max_forgetting is not None or retention_threshold is not None
-                                       or has_champion):
+    if retention_kind is not None and (max_forgetting is not None or retention_threshold is not None or has_champion):
         retention_metric = GATE_METRICS[retention_kind][0]
         r_higher = higher_is_better(retention_metric)
         r_candidate = _number(metrics, f"retention/{retention_metric}")
-        result.update(retention_metric=retention_metric, retention_higher_is_better=r_higher,
-                      retention_candidate=r_candidate, retention_champion=None, forgetting=None,
-                      max_forgetting=max_forgetting)
+        result.update(
+            retention_metric=retention_metric,
+            retention_higher_is_better=r_higher,
+            retention_candidate=r_candidate,
+            retention_champion=None,
+            forgetting=None,
+            max_forgetting=max_forgetting,
+        )
         r_label = f"retention {metric_label(retention_metric)}"
         if has_champion:
             r_champion = _number(metrics, f"retention_baseline/{retention_metric}")
@@ -121,22 +146,37 @@ def gate_decide(cfg: GateConfig, *, metrics: dict[str, Any], target_kind: str, r
             result.update(retention_champion=r_champion, forgetting=forgetting)
             if max_forgetting is not None:
                 ok = forgetting <= max_forgetting + EPS
-                checks.append({"check": "forgetting", "passed": ok,
-                               "text": f"retention drop {_fmt(forgetting)} (limit {_fmt(max_forgetting)}; "
-                                       f"{r_label} {_fmt(r_candidate)} vs {_fmt(r_champion)})"})
+                checks.append(
+                    {
+                        "check": "forgetting",
+                        "passed": ok,
+                        "text": f"retention drop {_fmt(forgetting)} (limit {_fmt(max_forgetting)}; "
+                        f"{r_label} {_fmt(r_candidate)} vs {_fmt(r_champion)})",
+                    }
+                )
         if retention_threshold is not None:
             ok = r_candidate >= retention_threshold if r_higher else r_candidate <= retention_threshold
             sign = ">=" if r_higher else "<="
-            checks.append({"check": "retention_threshold", "passed": ok,
-                           "text": f"{r_label} {_fmt(r_candidate)} (needs {sign} {_fmt(retention_threshold)})"})
+            checks.append(
+                {
+                    "check": "retention_threshold",
+                    "passed": ok,
+                    "text": f"{r_label} {_fmt(r_candidate)} (needs {sign} {_fmt(retention_threshold)})",
+                }
+            )
             result["retention_threshold"] = retention_threshold
     elif max_forgetting is not None or retention_threshold is not None:
         raise GateDataError("the gate has a retention condition but the stage has no retention set")
 
     if not has_champion and not checks:
-        checks.append({"check": "first", "passed": True,
-                       "text": f"no holder yet and no absolute thresholds: the first candidate passes "
-                               f"({label} {_fmt(candidate)})"})
+        checks.append(
+            {
+                "check": "first",
+                "passed": True,
+                "text": f"no holder yet and no absolute thresholds: the first candidate passes "
+                f"({label} {_fmt(candidate)})",
+            }
+        )
     elif not has_champion:
         checks.insert(0, {"check": "first", "passed": True, "text": "no holder yet: the absolute thresholds decide"})
     passed = all(c["passed"] for c in checks)

@@ -67,8 +67,9 @@ def read_prompt_answers(path: str) -> list[tuple[Any, str]]:
     return pairs
 
 
-def load_model(model_dir: str, adapter_dir: str | None = None, *, revision: str | None = None,
-               device: str | None = None):
+def load_model(
+    model_dir: str, adapter_dir: str | None = None, *, revision: str | None = None, device: str | None = None
+):
     """A causal LM (with an adapter applied when given) and its tokenizer, ready for generation.
 
     The adapter is applied, not merged, so adapters that cannot be merged (prompt tuning) work too.
@@ -392,8 +393,7 @@ def measure(
             sequences = [chat_sequence(tokenizer, row["messages"], max_length=max_length) for row in rows]
         else:
             sequences = [
-                completion_sequence(tokenizer, row["prompt"], row["completion"], max_length=max_length)
-                for row in rows
+                completion_sequence(tokenizer, row["prompt"], row["completion"], max_length=max_length) for row in rows
             ]
         scored = logprobs(sequences)
         tokens = sum(n for _, n in scored)
@@ -405,8 +405,9 @@ def measure(
         prompts = [row["prompt"] for row in rows]
         answers = [row["answer"] for row in rows]
         if answer is None:
-            predicted = generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                         batch_size=batch_size, on_batch=on_batch)
+            predicted = generate_answers(
+                model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch
+            )
         else:
             predicted = answer(prompts)
         exact = REWARDS["exact_match"].function(predicted, answer=answers)

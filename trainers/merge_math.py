@@ -13,6 +13,7 @@ cosine similarity of their task vectors w_i - w_0,
 Inputs are state dicts with the same keys and shapes (checked first, with the offending key named).
 Tensors that are not floating point (step counters, integer buffers) are taken from the first model.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -39,12 +40,15 @@ def _check(models: Sequence[dict[str, torch.Tensor]], base: dict[str, torch.Tens
         extra = sorted(set(state) - set(reference))
         if missing or extra:
             detail = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
-            raise MergeError(f"{name} does not have the same tensors as model 1 ({detail}): "
-                             "merged models must share one architecture")
+            raise MergeError(
+                f"{name} does not have the same tensors as model 1 ({detail}): "
+                "merged models must share one architecture"
+            )
         for key, tensor in reference.items():
             if state[key].shape != tensor.shape:
-                raise MergeError(f"{name}: tensor {key!r} has shape {tuple(state[key].shape)}, "
-                                 f"model 1 has {tuple(tensor.shape)}")
+                raise MergeError(
+                    f"{name}: tensor {key!r} has shape {tuple(state[key].shape)}, model 1 has {tuple(tensor.shape)}"
+                )
 
 
 def model_stock(tensors: Sequence[torch.Tensor], base: torch.Tensor, *, eps: float = 1e-8) -> torch.Tensor:
@@ -64,9 +68,15 @@ def model_stock(tensors: Sequence[torch.Tensor], base: torch.Tensor, *, eps: flo
     return (ratio * average + (1 - ratio) * base.double()).to(base.dtype)
 
 
-def merge_tensors(method: str, tensors: Sequence[torch.Tensor], *, base: torch.Tensor | None = None,
-                  weights: Sequence[float] | None = None, density: float = 1.0,
-                  majority_sign_method: str = "total") -> torch.Tensor:
+def merge_tensors(
+    method: str,
+    tensors: Sequence[torch.Tensor],
+    *,
+    base: torch.Tensor | None = None,
+    weights: Sequence[float] | None = None,
+    density: float = 1.0,
+    majority_sign_method: str = "total",
+) -> torch.Tensor:
     """Merge one tensor across models. ``weights`` default to 1/N for ``linear`` and 1 otherwise."""
     from peft.utils import merge_utils
 
@@ -99,10 +109,16 @@ def merge_tensors(method: str, tensors: Sequence[torch.Tensor], *, base: torch.T
     return (base.double() + merged).to(base.dtype)
 
 
-def merge_state_dicts(method: str, models: Sequence[dict[str, torch.Tensor]], *,
-                      base: dict[str, torch.Tensor] | None = None, weights: Sequence[float] | None = None,
-                      density: float = 1.0, majority_sign_method: str = "total",
-                      seed: int | None = None) -> dict[str, torch.Tensor]:
+def merge_state_dicts(
+    method: str,
+    models: Sequence[dict[str, torch.Tensor]],
+    *,
+    base: dict[str, torch.Tensor] | None = None,
+    weights: Sequence[float] | None = None,
+    density: float = 1.0,
+    majority_sign_method: str = "total",
+    seed: int | None = None,
+) -> dict[str, torch.Tensor]:
     """Merge whole state dicts tensor by tensor. ``seed`` makes DARE's random drops repeatable."""
     if method in NEEDS_BASE and base is None:
         raise MergeError(f"{method} needs the base model the inputs were fine-tuned from")
@@ -114,6 +130,12 @@ def merge_state_dicts(method: str, models: Sequence[dict[str, torch.Tensor]], *,
         if not torch.is_floating_point(first):
             merged[key] = first.clone()
             continue
-        merged[key] = merge_tensors(method, [m[key] for m in models], base=None if base is None else base[key],
-                                    weights=weights, density=density, majority_sign_method=majority_sign_method)
+        merged[key] = merge_tensors(
+            method,
+            [m[key] for m in models],
+            base=None if base is None else base[key],
+            weights=weights,
+            density=density,
+            majority_sign_method=majority_sign_method,
+        )
     return merged

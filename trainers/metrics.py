@@ -11,8 +11,16 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["COMPARABLE_METRICS", "EVAL_KINDS", "LOWER_IS_BETTER", "PRIMARY_METRICS", "higher_is_better",
-           "metric_goal", "flatten_keys", "summary_numbers"]
+__all__ = [
+    "COMPARABLE_METRICS",
+    "EVAL_KINDS",
+    "LOWER_IS_BETTER",
+    "PRIMARY_METRICS",
+    "higher_is_better",
+    "metric_goal",
+    "flatten_keys",
+    "summary_numbers",
+]
 
 # Metrics by the kind of held-out data they are measured on; the first is the primary metric (docs/evaluation.md).
 COMPARABLE_METRICS: dict[str, tuple[str, ...]] = {
@@ -70,5 +78,8 @@ def summary_numbers(summary: Mapping[str, Any] | None) -> dict[str, float]:
                 items.setdefault(key, block[key])
     else:
         items = flatten_keys(summary)
-    return {key: float(value) for key, value in items.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+    return {
+        key: float(value)
+        for key, value in items.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }

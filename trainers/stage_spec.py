@@ -212,8 +212,13 @@ def parse_spec(raw: Any, *, check_hashes: bool = True) -> StageSpec:
                 continue  # already reported under data.*
             key, message = f"{own_key}.kind", f"{own_key}.kind: " + message.removeprefix("dataset_kind: ")
         errors.setdefault(key, message)
-    if (method_spec.trains and eval_ is not None and train is not None and eval_.kind != train.kind
-            and eval_.kind in DATASET_KINDS):
+    if (
+        method_spec.trains
+        and eval_ is not None
+        and train is not None
+        and eval_.kind != train.kind
+        and eval_.kind in DATASET_KINDS
+    ):
         errors["data.eval.kind"] = f"data.eval.kind: must match the train data ({train.kind!r}), got {eval_.kind!r}"
 
     # Several input models (merge)

@@ -19,6 +19,7 @@ Then, per page:
                The generator shares the machine's cores with the server, so it is a floor.
 Results are printed as a table and written to test-results/bench-dashboard.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,17 +55,60 @@ PIPELINES = [  # name, stage methods (the last stage of some is an automatic-sty
     ("reward-model", ["reward"]),
     ("sft-eval", ["sft", "evaluate"]),
 ]
-NAME_WORDS = ["baseline", "ablation", "lr-sweep", "rank-16", "rank-64", "nightly", "retry", "long-context", "math",
-              "code", "chat", "distill", "warmup", "cosine", "packing", "qlora", "dora", "full", "seed-3", "v2"]
-TAGS = ["baseline", "paper", "candidate", "prod", "regression", "ablation", "long", "broken", "keep", "v2",
-        "v3", "math", "code", "chat", "needs-eval", "promoted", "smoke", "ood", "safety", "golden"]
-NOTE_WORDS = ("loss diverged after warmup tokenizer mismatch fixed learning rate too high plateau reward hacking "
-              "eval gain retention forgot looks good promote compare with baseline rerun on new data checkpoint "
-              "memory spike gradient norm exploded cosine schedule helps rank sixteen enough").split()
+NAME_WORDS = [
+    "baseline",
+    "ablation",
+    "lr-sweep",
+    "rank-16",
+    "rank-64",
+    "nightly",
+    "retry",
+    "long-context",
+    "math",
+    "code",
+    "chat",
+    "distill",
+    "warmup",
+    "cosine",
+    "packing",
+    "qlora",
+    "dora",
+    "full",
+    "seed-3",
+    "v2",
+]
+TAGS = [
+    "baseline",
+    "paper",
+    "candidate",
+    "prod",
+    "regression",
+    "ablation",
+    "long",
+    "broken",
+    "keep",
+    "v2",
+    "v3",
+    "math",
+    "code",
+    "chat",
+    "needs-eval",
+    "promoted",
+    "smoke",
+    "ood",
+    "safety",
+    "golden",
+]
+NOTE_WORDS = (
+    "loss diverged after warmup tokenizer mismatch fixed learning rate too high plateau reward hacking "
+    "eval gain retention forgot looks good promote compare with baseline rerun on new data checkpoint "
+    "memory spike gradient norm exploded cosine schedule helps rank sixteen enough"
+).split()
 METRIC_KEYS = ["train/loss", "train/learning_rate", "train/grad_norm", "train/mean_token_accuracy"]
 
 
 # --- database -----------------------------------------------------------------------------------
+
 
 def admin_connection(url: str):
     import psycopg
@@ -102,22 +146,36 @@ def copy_rows(model, rows: list[dict]) -> int:
         with cursor.cursor.copy(f'COPY "{model._meta.db_table}" ({columns}) FROM STDIN') as copy:
             for row in rows:
                 copy.write_row([value(f, row) for f in fields])
-        cursor.execute(f"SELECT setval(pg_get_serial_sequence('\"{model._meta.db_table}\"', 'id'), "
-                       f"(SELECT COALESCE(MAX(id), 1) FROM \"{model._meta.db_table}\"))")
+        cursor.execute(
+            f"SELECT setval(pg_get_serial_sequence('\"{model._meta.db_table}\"', 'id'), "
+            f'(SELECT COALESCE(MAX(id), 1) FROM "{model._meta.db_table}"))'
+        )
     return len(rows)
 
 
 # --- seeding ------------------------------------------------------------------------------------
 
+
 def _summary(method: str, rng: random.Random) -> dict:
     if method == "evaluate":
         loss, base = rng.uniform(0.3, 1.5), rng.uniform(0.4, 1.6)
-        return {"metrics": {"eval/loss": loss, "baseline/loss": base, "eval/accuracy": rng.random(),
-                            "retention/loss": rng.uniform(0.5, 1.0), "retention_baseline/loss": rng.uniform(0.5, 1.0)},
-                "target": {"metric": "eval/loss", "gain": base - loss},
-                "retention": {"metric": "retention/loss", "forgetting": rng.uniform(-0.05, 0.2)}}
-    out = {"train/loss": rng.uniform(0.05, 2.5), "train/runtime": rng.uniform(30, 9000),
-           "train/samples_per_second": rng.uniform(1, 200), "train/epoch": rng.choice([1.0, 2.0, 3.0])}
+        return {
+            "metrics": {
+                "eval/loss": loss,
+                "baseline/loss": base,
+                "eval/accuracy": rng.random(),
+                "retention/loss": rng.uniform(0.5, 1.0),
+                "retention_baseline/loss": rng.uniform(0.5, 1.0),
+            },
+            "target": {"metric": "eval/loss", "gain": base - loss},
+            "retention": {"metric": "retention/loss", "forgetting": rng.uniform(-0.05, 0.2)},
+        }
+    out = {
+        "train/loss": rng.uniform(0.05, 2.5),
+        "train/runtime": rng.uniform(30, 9000),
+        "train/samples_per_second": rng.uniform(1, 200),
+        "train/epoch": rng.choice([1.0, 2.0, 3.0]),
+    }
     if method in ("dpo", "orpo", "kto"):
         out.update({"train/rewards/margins": rng.uniform(0, 5), "train/rewards/accuracies": rng.random()})
     if method == "grpo":
@@ -142,25 +200,55 @@ def seed(*, runs: int, points: int, rng: random.Random) -> dict:
     users = [User.objects.create_user(username=f"user{i}", password="x") for i in range(6)]
     for i, user in enumerate(users):
         Membership.objects.create(team=team, user=user, role="owner" if i == 0 else "member")
-    models = [BaseModel.objects.create(team=team, name=n, source="hub", name_or_path=f"org/{n}")
-              for n in ("llama-3.2-1b", "qwen2.5-0.5b", "smollm2-360m")]
-    datasets = [Dataset.objects.create(team=team, name=n, kind="prompt_completion")
-                for n in ("gsm8k", "alpaca", "ultrafeedback", "code-contests", "hh-rlhf", "retention-ref")]
+    models = [
+        BaseModel.objects.create(team=team, name=n, source="hub", name_or_path=f"org/{n}")
+        for n in ("llama-3.2-1b", "qwen2.5-0.5b", "smollm2-360m")
+    ]
+    datasets = [
+        Dataset.objects.create(team=team, name=n, kind="prompt_completion")
+        for n in ("gsm8k", "alpaca", "ultrafeedback", "code-contests", "hh-rlhf", "retention-ref")
+    ]
     pipelines = []
     for i, (name, methods) in enumerate(PIPELINES):
         stages = []
         for j, method in enumerate(methods):
             dataset = datasets[(i + j) % len(datasets)]
-            stages.append({"name": method if methods.count(method) == 1 else f"{method}-{j}", "method": method,
-                           "input": stages[-1]["name"] if stages else "base", "dataset_id": dataset.pk,
-                           "eval_dataset_id": None,
-                           "config": {"learning_rate": 2e-5, "max_steps": 1000, "per_device_train_batch_size": 8,
-                                      "gradient_accumulation_steps": 4, "warmup_ratio": 0.03, "seed": 42,
-                                      "lr_scheduler_type": "cosine", "logging_steps": 10, "save_steps": 500},
-                           "adapter": {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.05,
-                                       "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}})
-        pipelines.append(Pipeline.objects.create(team=team, name=name, base_model=models[i % len(models)],
-                                                 spec={"seed": 42, "stages": stages}, created_by=users[0]))
+            stages.append(
+                {
+                    "name": method if methods.count(method) == 1 else f"{method}-{j}",
+                    "method": method,
+                    "input": stages[-1]["name"] if stages else "base",
+                    "dataset_id": dataset.pk,
+                    "eval_dataset_id": None,
+                    "config": {
+                        "learning_rate": 2e-5,
+                        "max_steps": 1000,
+                        "per_device_train_batch_size": 8,
+                        "gradient_accumulation_steps": 4,
+                        "warmup_ratio": 0.03,
+                        "seed": 42,
+                        "lr_scheduler_type": "cosine",
+                        "logging_steps": 10,
+                        "save_steps": 500,
+                    },
+                    "adapter": {
+                        "type": "lora",
+                        "r": 16,
+                        "alpha": 32,
+                        "dropout": 0.05,
+                        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+                    },
+                }
+            )
+        pipelines.append(
+            Pipeline.objects.create(
+                team=team,
+                name=name,
+                base_model=models[i % len(models)],
+                spec={"seed": 42, "stages": stages},
+                created_by=users[0],
+            )
+        )
 
     now = datetime.now(UTC)
     run_rows, stage_rows, metric_rows, tag_rows, note_rows, heavy, active = [], [], [], [], [], [], []
@@ -177,35 +265,80 @@ def seed(*, runs: int, points: int, rng: random.Random) -> dict:
         stages = []
         for stage in pipeline.spec["stages"]:
             ds = next(d for d in datasets if d.pk == stage["dataset_id"])
-            stages.append({**stage, "train_data": {"dataset_id": ds.pk, "name": ds.name, "kind": ds.kind,
-                                                   "version": 1 + number % 3, "sha256": f"{number:064x}",
-                                                   "format": "jsonl", "rows": 5000},
-                           "eval_data": None})
-        snapshot = {"pipeline": {"id": pipeline.pk, "name": pipeline.name, "version": 1},
-                    "base_model": {"id": model.pk, "name": model.name, "source": "hub",
-                                   "name_or_path": model.name_or_path, "revision": None},
-                    "stages": stages, "retention_data": None, "seed": 42, "code_version": "bench"}
-        run_rows.append({"id": number, "team_id": team.pk, "pipeline_id": pipeline.pk, "number": number,
-                         "name": f"{pipeline.name} {rng.choice(NAME_WORDS)} {rng.choice(NAME_WORDS)}",
-                         "status": status, "snapshot": snapshot, "seed": 42, "code_version": "bench",
-                         "created_by_id": users[rng.randrange(len(users))].pk, "created_at": created,
-                         "started_at": created + timedelta(seconds=5),
-                         "finished_at": None if status in ("running", "queued") else created + timedelta(hours=2)})
+            stages.append(
+                {
+                    **stage,
+                    "train_data": {
+                        "dataset_id": ds.pk,
+                        "name": ds.name,
+                        "kind": ds.kind,
+                        "version": 1 + number % 3,
+                        "sha256": f"{number:064x}",
+                        "format": "jsonl",
+                        "rows": 5000,
+                    },
+                    "eval_data": None,
+                }
+            )
+        snapshot = {
+            "pipeline": {"id": pipeline.pk, "name": pipeline.name, "version": 1},
+            "base_model": {
+                "id": model.pk,
+                "name": model.name,
+                "source": "hub",
+                "name_or_path": model.name_or_path,
+                "revision": None,
+            },
+            "stages": stages,
+            "retention_data": None,
+            "seed": 42,
+            "code_version": "bench",
+        }
+        run_rows.append(
+            {
+                "id": number,
+                "team_id": team.pk,
+                "pipeline_id": pipeline.pk,
+                "number": number,
+                "name": f"{pipeline.name} {rng.choice(NAME_WORDS)} {rng.choice(NAME_WORDS)}",
+                "status": status,
+                "snapshot": snapshot,
+                "seed": 42,
+                "code_version": "bench",
+                "created_by_id": users[rng.randrange(len(users))].pk,
+                "created_at": created,
+                "started_at": created + timedelta(seconds=5),
+                "finished_at": None if status in ("running", "queued") else created + timedelta(hours=2),
+            }
+        )
         stage_objs = []
         for j, stage in enumerate(stages):
             stage_id += 1
             st = status if status != "running" or j == len(stages) - 1 else "succeeded"
             summary = _summary(stage["method"], rng) if st == "succeeded" else {}
-            stage_rows.append({"id": stage_id, "run_id": number, "index": j, "name": stage["name"],
-                               "method": stage["method"], "status": st, "spec": stage, "summary": summary,
-                               "total_steps": 1000, "step": 1000 if st == "succeeded" else 400,
-                               "started_at": created, "finished_at": created + timedelta(hours=1),
-                               "log_tail": "step 1000/1000 loss 0.4\n" * 20})
+            stage_rows.append(
+                {
+                    "id": stage_id,
+                    "run_id": number,
+                    "index": j,
+                    "name": stage["name"],
+                    "method": stage["method"],
+                    "status": st,
+                    "spec": stage,
+                    "summary": summary,
+                    "total_steps": 1000,
+                    "step": 1000 if st == "succeeded" else 400,
+                    "started_at": created,
+                    "finished_at": created + timedelta(hours=1),
+                    "log_tail": "step 1000/1000 loss 0.4\n" * 20,
+                }
+            )
             stage_objs.append(SimpleNamespace(name=stage["name"], summary=summary))
             if j == 0:
                 first_stage = stage_id
-        for key, value in run_summary_metrics(SimpleNamespace(stages=SimpleNamespace(all=lambda s=stage_objs: s))
-                                              ).items():
+        for key, value in run_summary_metrics(
+            SimpleNamespace(stages=SimpleNamespace(all=lambda s=stage_objs: s))
+        ).items():
             metric_rows.append({"team_id": team.pk, "run_id": number, "key": key, "value": value})
         steps = steps_normal * 26 if number % 100 == 0 else steps_normal
         if number % 100 == 0:
@@ -218,16 +351,36 @@ def seed(*, runs: int, points: int, rng: random.Random) -> dict:
             tag_rows.append({"team_id": team.pk, "run_id": number, "name": "golden", "created_at": created})
         if rng.random() < 0.2:
             for _ in range(rng.choice([1, 1, 2, 3])):
-                note_rows.append({"run_id": number, "author_id": users[rng.randrange(len(users))].pk,
-                                  "body": " ".join(rng.choice(NOTE_WORDS) for _ in range(rng.randint(6, 30))),
-                                  "created_at": created + timedelta(hours=3)})
+                note_rows.append(
+                    {
+                        "run_id": number,
+                        "author_id": users[rng.randrange(len(users))].pk,
+                        "body": " ".join(rng.choice(NOTE_WORDS) for _ in range(rng.randint(6, 30))),
+                        "created_at": created + timedelta(hours=3),
+                    }
+                )
     # The other team: a few hundred runs, so that team scoping is not free.
-    other_pipeline = Pipeline.objects.create(team=other, name="other", base_model=BaseModel.objects.create(
-        team=other, name="m", source="hub", name_or_path="org/m"), spec={"stages": []})
+    other_pipeline = Pipeline.objects.create(
+        team=other,
+        name="other",
+        base_model=BaseModel.objects.create(team=other, name="m", source="hub", name_or_path="org/m"),
+        spec={"stages": []},
+    )
     for i in range(1, 201):
-        run_rows.append({"id": runs + i, "team_id": other.pk, "pipeline_id": other_pipeline.pk, "number": i,
-                         "name": f"other diverged {i}", "status": "succeeded", "snapshot": {"stages": []}, "seed": 1,
-                         "code_version": "bench", "created_at": now})
+        run_rows.append(
+            {
+                "id": runs + i,
+                "team_id": other.pk,
+                "pipeline_id": other_pipeline.pk,
+                "number": i,
+                "name": f"other diverged {i}",
+                "status": "succeeded",
+                "snapshot": {"stages": []},
+                "seed": 1,
+                "code_version": "bench",
+                "created_at": now,
+            }
+        )
     t_rows = time.perf_counter()
     points_per_run = {r["id"]: r.pop("_points") for r in run_rows if "_points" in r}
     copy_rows(Run, run_rows)
@@ -250,13 +403,27 @@ def seed(*, runs: int, points: int, rng: random.Random) -> dict:
     with connection.cursor() as cursor:  # what autovacuum does to a settled database: stats, visibility map
         cursor.execute("VACUUM ANALYZE")
     t_end = time.perf_counter()
-    return {"team": team, "users": users, "pipelines": pipelines, "datasets": datasets, "models": models,
-            "heavy": heavy, "active": active, "runs": runs, "points": total, "stages": len(stage_rows),
-            "run_metrics": len(metric_rows), "tags": len(tag_rows), "notes": len(note_rows),
-            "seed_s": round(t_end - t0, 1), "copy_s": round(t_end - t_rows, 1)}
+    return {
+        "team": team,
+        "users": users,
+        "pipelines": pipelines,
+        "datasets": datasets,
+        "models": models,
+        "heavy": heavy,
+        "active": active,
+        "runs": runs,
+        "points": total,
+        "stages": len(stage_rows),
+        "run_metrics": len(metric_rows),
+        "tags": len(tag_rows),
+        "notes": len(note_rows),
+        "seed_s": round(t_end - t0, 1),
+        "copy_s": round(t_end - t_rows, 1),
+    }
 
 
 # --- measuring ----------------------------------------------------------------------------------
+
 
 def pages(data: dict) -> list[tuple[str, str, dict]]:
     """(label, url, headers) of every page measured."""
@@ -277,14 +444,20 @@ def pages(data: dict) -> list[tuple[str, str, dict]]:
         ("list: by gain, desc", "/runs/?metric=evaluate/gain&sort=-metric", {}),
         ("list: search notes", "/runs/?q=diverged+warmup", {}),
         ("list: search + tag", "/runs/?q=ablation&tag=baseline", {}),
-        ("list: dataset+model+user+date", f"/runs/?dataset={ds}&model={model}&user={user}&from="
-                                          f"{(datetime.now(UTC) - timedelta(days=180)).date()}", {}),
+        (
+            "list: dataset+model+user+date",
+            f"/runs/?dataset={ds}&model={model}&user={user}&from={(datetime.now(UTC) - timedelta(days=180)).date()}",
+            {},
+        ),
         ("list: htmx results (filter)", "/runs/?status=succeeded&sort=-metric&metric=sft/train/loss", hx_results),
         ("list: htmx rows poll", "/runs/", hx_rows),
         (f"run page #{typical} ({data['points_typical']} pts)", f"/runs/{typical}/", {}),
         (f"run page #{live_heavy} ({data['points_heavy']} pts)", f"/runs/{live_heavy}/", {}),
-        (f"run poll #{live_heavy} (htmx run-live)", f"/runs/{live_heavy}/",
-         {"HX-Request": "true", "HX-Target": "run-live"}),
+        (
+            f"run poll #{live_heavy} (htmx run-live)",
+            f"/runs/{live_heavy}/",
+            {"HX-Request": "true", "HX-Target": "run-live"},
+        ),
         (f"run notes panel #{typical}", f"/runs/{typical}/annotations/", {"HX-Request": "true"}),
     ]
 
@@ -306,9 +479,15 @@ def measure(client, url: str, headers: dict, repeat: int) -> dict:
         response = client.get(url, headers=headers)
     html = response.content.decode()
     times.sort()
-    return {"p50_ms": round(statistics.median(times), 1), "p95_ms": round(times[int(0.95 * (len(times) - 1))], 1),
-            "max_ms": round(times[-1], 1), "queries": len(queries), "rows": html.count('<tr data-testid="run-'),
-            "kb": round(len(response.content) / 1024, 1), "status": response.status_code}
+    return {
+        "p50_ms": round(statistics.median(times), 1),
+        "p95_ms": round(times[int(0.95 * (len(times) - 1))], 1),
+        "max_ms": round(times[-1], 1),
+        "queries": len(queries),
+        "rows": html.count('<tr data-testid="run-'),
+        "kb": round(len(response.content) / 1024, 1),
+        "status": response.status_code,
+    }
 
 
 def free_port() -> int:
@@ -320,13 +499,32 @@ def free_port() -> int:
 def start_gunicorn(database_url: str, workers: int) -> tuple[subprocess.Popen, int, Path]:
     port = free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-dashboard-gunicorn-{os.getpid()}.log"
-    env = {**os.environ, "DATABASE_URL": database_url, "DJANGO_SETTINGS_MODULE": "dashboard_settings",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), str(ROOT), str(HERE)])}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "DJANGO_SETTINGS_MODULE": "dashboard_settings",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), str(ROOT), str(HERE)]),
+    }
     gunicorn = Path(sys.executable).parent / "gunicorn"
-    proc = subprocess.Popen([str(gunicorn), "refinery.wsgi:application", "-b", f"127.0.0.1:{port}", "-w",
-                             str(workers), "--worker-class", "sync", "--log-level", "warning"],
-                            env=env, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(gunicorn),
+            "refinery.wsgi:application",
+            "-b",
+            f"127.0.0.1:{port}",
+            "-w",
+            str(workers),
+            "--worker-class",
+            "sync",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,  # noqa: SIM115
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -377,9 +575,13 @@ def load(port: int, url: str, headers: dict, *, seconds: float, concurrency: int
     latencies.sort()
     if not latencies:
         return {"rps": 0, "errors": errors[0]}
-    return {"rps": round(len(latencies) / elapsed, 1), "requests": len(latencies), "errors": errors[0],
-            "p50_ms": round(statistics.median(latencies), 1),
-            "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 1)}
+    return {
+        "rps": round(len(latencies) / elapsed, 1),
+        "requests": len(latencies),
+        "errors": errors[0],
+        "p50_ms": round(statistics.median(latencies), 1),
+        "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 1),
+    }
 
 
 def main() -> None:
@@ -390,8 +592,9 @@ def main() -> None:
     parser.add_argument("--load-seconds", type=float, default=6.0, help="per page under load (0: skip)")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers")
-    parser.add_argument("--database-url", default=DEFAULT_URL, help="a PostgreSQL server to create the bench "
-                                                                    "database on")
+    parser.add_argument(
+        "--database-url", default=DEFAULT_URL, help="a PostgreSQL server to create the bench database on"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the database (its URL is printed)")
     parser.add_argument("--out", default=str(ROOT / "test-results" / "bench-dashboard.json"))
     args = parser.parse_args()
@@ -414,60 +617,100 @@ def main() -> None:
         data = seed(runs=args.runs, points=args.points, rng=random.Random(7))
         steps = max(1, round(args.points / (1.25 * args.runs) / len(METRIC_KEYS)))
         data["points_typical"], data["points_heavy"] = steps * len(METRIC_KEYS), steps * 26 * len(METRIC_KEYS)
-        print(f"seeded {data['runs']:,} runs, {data['stages']:,} stages, {data['points']:,} metric points, "
-              f"{data['run_metrics']:,} summary metrics, {data['tags']:,} tags, {data['notes']:,} notes "
-              f"in {data['seed_s']} s (COPY {data['copy_s']} s)")
+        print(
+            f"seeded {data['runs']:,} runs, {data['stages']:,} stages, {data['points']:,} metric points, "
+            f"{data['run_metrics']:,} summary metrics, {data['tags']:,} tags, {data['notes']:,} notes "
+            f"in {data['seed_s']} s (COPY {data['copy_s']} s)"
+        )
 
         client = Client()
         client.force_login(data["users"][0])
         results = []
-        print(f"\nserver side (Django test client, {args.repeat} requests after 3 warm-ups; target p95 < "
-              f"{TARGET_MS:.0f} ms)")
+        print(
+            f"\nserver side (Django test client, {args.repeat} requests after 3 warm-ups; target p95 < "
+            f"{TARGET_MS:.0f} ms)"
+        )
         header = f"{'page':<44} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'queries':>8} {'rows':>5} {'KB':>7}"
         print(header + "\n" + "-" * len(header))
         for label, page_url, headers in pages(data):
-            row = {"page": label, "url": page_url, "htmx": headers.get("HX-Target", ""),
-                   **measure(client, page_url, headers, args.repeat)}
+            row = {
+                "page": label,
+                "url": page_url,
+                "htmx": headers.get("HX-Target", ""),
+                **measure(client, page_url, headers, args.repeat),
+            }
             results.append(row)
             if "error" in row:
                 print(f"{label:<44} {row['error']}")
                 continue
             flag = "" if row["p95_ms"] < TARGET_MS else "  over target"
-            print(f"{label:<44} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['max_ms']:>8} {row['queries']:>8} "
-                  f"{row['rows']:>5} {row['kb']:>7}{flag}")
+            print(
+                f"{label:<44} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['max_ms']:>8} {row['queries']:>8} "
+                f"{row['rows']:>5} {row['kb']:>7}{flag}"
+            )
         full = [r for r in results if r["page"].startswith("list:") and not r["htmx"] and "error" not in r]
         constant = len({r["queries"] for r in full}) == 1
-        print(f"list queries per full page: {sorted({r['queries'] for r in full})} "
-              f"({'constant' if constant else 'NOT constant'} for pages of {sorted({r['rows'] for r in full})} rows)")
+        print(
+            f"list queries per full page: {sorted({r['queries'] for r in full})} "
+            f"({'constant' if constant else 'NOT constant'} for pages of {sorted({r['rows'] for r in full})} rows)"
+        )
 
         load_results = []
         if args.load_seconds > 0:
             connection.close()
             server, port, log = start_gunicorn(url, args.workers)
             cookie = {"Cookie": f"sessionid={client.cookies['sessionid'].value}"}
-            print(f"\nunder load (gunicorn -w {args.workers} sync on 127.0.0.1:{port}, {args.concurrency} "
-                  f"concurrent clients, {args.load_seconds:.0f} s per page)")
+            print(
+                f"\nunder load (gunicorn -w {args.workers} sync on 127.0.0.1:{port}, {args.concurrency} "
+                f"concurrent clients, {args.load_seconds:.0f} s per page)"
+            )
             header = f"{'page':<44} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'errors':>7}"
             print(header + "\n" + "-" * len(header))
-            chosen = [p for p in pages(data) if p[0].startswith(("list: newest, page 1", "list: by metric, page 100",
-                                                                 "list: search notes", "list: htmx rows",
-                                                                 "run page #", "run poll #"))]
+            chosen = [
+                p
+                for p in pages(data)
+                if p[0].startswith(
+                    (
+                        "list: newest, page 1",
+                        "list: by metric, page 100",
+                        "list: search notes",
+                        "list: htmx rows",
+                        "run page #",
+                        "run poll #",
+                    )
+                )
+            ]
             for label, page_url, headers in chosen:
-                row = {"page": label, "url": page_url, **load(port, page_url, {**headers, **cookie},
-                                                               seconds=args.load_seconds,
-                                                               concurrency=args.concurrency)}
+                row = {
+                    "page": label,
+                    "url": page_url,
+                    **load(
+                        port, page_url, {**headers, **cookie}, seconds=args.load_seconds, concurrency=args.concurrency
+                    ),
+                }
                 load_results.append(row)
-                print(f"{label:<44} {row['rps']:>8} {row.get('p50_ms', '-'):>8} {row.get('p95_ms', '-'):>8} "
-                      f"{row['errors']:>7}")
+                print(
+                    f"{label:<44} {row['rps']:>8} {row.get('p50_ms', '-'):>8} {row.get('p95_ms', '-'):>8} "
+                    f"{row['errors']:>7}"
+                )
 
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({
-            "when": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
-            "load_average": os.getloadavg(), "target_p95_ms": TARGET_MS,
-            "seed": {k: v for k, v in data.items() if isinstance(v, (int, float, str))},
-            "server_side": results, "list_queries_constant": constant, "under_load": load_results,
-        }, indent=2))
+        out.write_text(
+            json.dumps(
+                {
+                    "when": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "cpus": os.cpu_count(),
+                    "load_average": os.getloadavg(),
+                    "target_p95_ms": TARGET_MS,
+                    "seed": {k: v for k, v in data.items() if isinstance(v, (int, float, str))},
+                    "server_side": results,
+                    "list_queries_constant": constant,
+                    "under_load": load_results,
+                },
+                indent=2,
+            )
+        )
         print(f"\nwrote {out}")
     finally:
         if server is not None:

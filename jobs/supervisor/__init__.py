@@ -24,6 +24,7 @@ for up to REFINERY_DB_OUTAGE_SECONDS while the trainer keeps training.
 The Celery process never imports torch: training happens in the subprocess, which knows nothing of
 Django or MLflow (docs/stage-spec.md is the contract).
 """
+
 from jobs.supervisor.dirs import sweep_ended_stage_dirs
 from jobs.supervisor.process import CODE_ROOT
 from jobs.supervisor.stage import StageSupervisor, supervise_stage

@@ -1,6 +1,7 @@
 """A stage's folders: its work dir (spec, log, inputs, outputs, metric spool) and its checkpoint area,
 which outlives an attempt (the next one resumes from it) but not the stage: both go when the stage
 ends, whatever the outcome. A queued retry keeps both."""
+
 from __future__ import annotations
 
 import logging
@@ -65,8 +66,10 @@ def sweep_ended_stage_dirs() -> int:
     settled = timezone.now() - timedelta(seconds=SWEEP_AFTER_SECONDS)
     removed = 0
     for stage in StageRun.objects.select_related("run").filter(
-            Q(finished_at__lt=settled) | Q(finished_at__isnull=True), run_id__in={run for run, _ in found},
-            status__in=TERMINAL_STATES):
+        Q(finished_at__lt=settled) | Q(finished_at__isnull=True),
+        run_id__in={run for run, _ in found},
+        status__in=TERMINAL_STATES,
+    ):
         work = found.get((stage.run_id, stage.index))
         if work is None:
             continue

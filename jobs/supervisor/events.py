@@ -2,6 +2,7 @@
 into the state the heartbeat and the outcome read. What the events cause elsewhere (metric points,
 parameter counts on the row, log lines) is the supervisor's, which gets every event after the state.
 """
+
 from __future__ import annotations
 
 import threading
@@ -57,8 +58,13 @@ class TrainerState:
                 self.terminal = event
 
 
-def read_events(lines: Iterable[bytes], state: TrainerState, *, on_event: Callable[[Event], None],
-                on_bad_line: Callable[[str], None]) -> None:
+def read_events(
+    lines: Iterable[bytes],
+    state: TrainerState,
+    *,
+    on_event: Callable[[Event], None],
+    on_bad_line: Callable[[str], None],
+) -> None:
     """Read the stream to its end: every line counts as a sign of life; an event updates `state`, then
     goes to `on_event`; a line that is not an event goes to `on_bad_line`."""
     for raw in lines:

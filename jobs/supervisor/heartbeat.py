@@ -9,6 +9,7 @@ Beat's reaper task waits in the cpu queue, where busy workers do not look: when 
 training, the supervisors' heartbeats do its work (reaping and re-sending are safe to run from many
 places at once).
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,16 @@ log = logging.getLogger(__name__)
 
 CANCEL_POLL_SECONDS = 1.0  # a cancel is seen within a second, whatever the heartbeat interval
 
+
 class Heartbeat:
-    def __init__(self, *, stage_run_id: int, worker: str, attempt: int, progress: Callable[[], tuple[int, int | None, float | None]]):
+    def __init__(
+        self,
+        *,
+        stage_run_id: int,
+        worker: str,
+        attempt: int,
+        progress: Callable[[], tuple[int, int | None, float | None]],
+    ):
         """`progress()` reads (step, total steps, epoch) from the trainer's state."""
         self.stage_run_id = stage_run_id
         self.worker = worker
@@ -43,8 +52,9 @@ class Heartbeat:
         return selectors.stage_cancel_requested(stage_run_id=self.stage_run_id)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=with_own_connection(self._beat),
-                                        name=f"heartbeat-{self.stage_run_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=with_own_connection(self._beat), name=f"heartbeat-{self.stage_run_id}", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -71,12 +81,17 @@ class Heartbeat:
                     next_beat = time.monotonic() + interval
                     sent_step = step
                     ours, cancel = services.stage_heartbeat(
-                        stage_run_id=self.stage_run_id, worker=self.worker, attempt=self.attempt,
-                        step=step, total_steps=total, epoch=epoch,
+                        stage_run_id=self.stage_run_id,
+                        worker=self.worker,
+                        attempt=self.attempt,
+                        step=step,
+                        total_steps=total,
+                        epoch=epoch,
                     )
                     if not ours and not self._stop.is_set():
-                        log.warning("stage %s: lease lost (attempt %s is no longer the owner)",
-                                    self.stage_run_id, self.attempt)
+                        log.warning(
+                            "stage %s: lease lost (attempt %s is no longer the owner)", self.stage_run_id, self.attempt
+                        )
                         self.lease_lost.set()
                 elif not self.cancel_requested.is_set():
                     cancel = self.cancel_pending()

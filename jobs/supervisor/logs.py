@@ -1,4 +1,5 @@
 """trainer.log: the trainer's stderr, plus the supervisor's own lines about the stage; and its tail."""
+
 from __future__ import annotations
 
 import os

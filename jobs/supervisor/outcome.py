@@ -1,13 +1,14 @@
 """The outcome of a trainer that has exited: a pure function of what is known at that point.
 
-    give up   the lease was lost (and no cancel asked for): another attempt owns the stage
-    succeed   the trainer said `finished` and exited 0 (the outputs are uploaded next)
-    fail      hung (stalled), over its team's budget, `failed`, or died of anything not below
-    cancel    a cancel was requested (whatever the trainer did after SIGTERM)
-    retry     stopped from outside without a word: SIGTERM nobody here sent (a host shutting
-              down), or killed by SIGKILL/SIGTERM/SIGHUP/SIGINT (the OOM killer, kill -9); the
-              next attempt resumes from the newest complete checkpoint
+give up   the lease was lost (and no cancel asked for): another attempt owns the stage
+succeed   the trainer said `finished` and exited 0 (the outputs are uploaded next)
+fail      hung (stalled), over its team's budget, `failed`, or died of anything not below
+cancel    a cancel was requested (whatever the trainer did after SIGTERM)
+retry     stopped from outside without a word: SIGTERM nobody here sent (a host shutting
+          down), or killed by SIGKILL/SIGTERM/SIGHUP/SIGINT (the OOM killer, kill -9); the
+          next attempt resumes from the newest complete checkpoint
 """
+
 from __future__ import annotations
 
 import signal
@@ -45,9 +46,18 @@ class Outcome:
     message: str = ""  # the error (fail, cancel) or the reason (retry)
 
 
-def stage_outcome(*, returncode: int | None, last_event: Finished | Failed | Canceled | None,
-                  cancel_requested: bool, lease_lost: bool, stalled: str | None, over_budget: str | None,
-                  killed: bool = False, step: int = 0, last_log_line: str = "") -> Outcome:
+def stage_outcome(
+    *,
+    returncode: int | None,
+    last_event: Finished | Failed | Canceled | None,
+    cancel_requested: bool,
+    lease_lost: bool,
+    stalled: str | None,
+    over_budget: str | None,
+    killed: bool = False,
+    step: int = 0,
+    last_log_line: str = "",
+) -> Outcome:
     """What to do with the stage once its trainer has exited with `returncode` (negative: the signal that
     killed it), its last event being `last_event` (None: it sent no terminal event). `stalled` and
     `over_budget` say why the supervisor stopped it, `killed` whether it needed SIGKILL; `step` and

@@ -7,6 +7,7 @@ with nobody reading its events a trainer cannot stop gracefully, and the next at
 the newest complete checkpoint. Nothing runs between fork and exec: the heartbeat thread is
 already running when the trainer starts, and `preexec_fn` is unsafe with threads.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,13 @@ class TrainerProcess:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CODE_ROOT), env.get("PYTHONPATH", "")) if p)
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(
-                trainer_command(spec_path), stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL,
-                cwd=work_dir, env=env, start_new_session=True,
+                trainer_command(spec_path),
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                stdin=subprocess.DEVNULL,
+                cwd=work_dir,
+                env=env,
+                start_new_session=True,
             )
         return cls(proc)
 

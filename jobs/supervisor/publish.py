@@ -5,6 +5,7 @@ The database row is written first at the end of a stage and MLflow is brought in
 MLflow outage delays the mirror but never a cancel or the next stage's start (outputs are the
 exception: the next stage needs them, so their upload is retried for OUTPUT_UPLOAD_SECONDS).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,15 +34,21 @@ def outputs_upload(finished: Finished, *, stage_run_id: int, mlflow_run_id: str,
     path = Path(produced.get("path") or "")
     if kind not in ("model", "adapter", "report") or not path.is_dir():
         raise StageSetupError(f"the trainer reported no usable output ({kind!r} at {str(path)!r})")
-    uploads = [(path, kind)] + [(Path(extra.get("path") or ""), str(extra.get("artifact_path") or ""))
-                                for extra in produced.get("extra") or []]
+    uploads = [(path, kind)] + [
+        (Path(extra.get("path") or ""), str(extra.get("artifact_path") or "")) for extra in produced.get("extra") or []
+    ]
     for local, artifact_path in uploads:
         if not local.is_dir() or not artifact_path or "/" in artifact_path or artifact_path.startswith("."):
-            raise StageSetupError(f"the trainer reported an unusable extra output ({artifact_path!r} at "
-                                  f"{str(local)!r})")
-        retrying(lambda local=local, artifact_path=artifact_path: artifacts_upload(
-                     mlflow_run_id=mlflow_run_id, local_path=local, artifact_path=artifact_path, client=client),
-                 what=f"stage {stage_run_id}: uploading the {artifact_path}", timeout=OUTPUT_UPLOAD_SECONDS)
+            raise StageSetupError(
+                f"the trainer reported an unusable extra output ({artifact_path!r} at {str(local)!r})"
+            )
+        retrying(
+            lambda local=local, artifact_path=artifact_path: artifacts_upload(
+                mlflow_run_id=mlflow_run_id, local_path=local, artifact_path=artifact_path, client=client
+            ),
+            what=f"stage {stage_run_id}: uploading the {artifact_path}",
+            timeout=OUTPUT_UPLOAD_SECONDS,
+        )
     outputs = {
         "kind": kind,
         "artifact_path": kind,
@@ -53,8 +60,17 @@ def outputs_upload(finished: Finished, *, stage_run_id: int, mlflow_run_id: str,
     return outputs
 
 
-def mlflow_mirror(stage: StageRun, status: str, *, mlflow_run_id: str, client, spec_path: Path, spec: dict | None,
-                  log_path: Path, redactions: list[tuple[str, str]]) -> None:
+def mlflow_mirror(
+    stage: StageRun,
+    status: str,
+    *,
+    mlflow_run_id: str,
+    client,
+    spec_path: Path,
+    spec: dict | None,
+    log_path: Path,
+    redactions: list[tuple[str, str]],
+) -> None:
     """Best effort: the row is the source of truth (and has the log tail); MLflow is its mirror."""
     with tempfile.TemporaryDirectory(prefix="refinery-publish-") as tmp:
         for path in (spec_path, log_path):
@@ -64,11 +80,14 @@ def mlflow_mirror(stage: StageRun, status: str, *, mlflow_run_id: str, client, s
                 # A copy without host paths or global run ids (the team sees its artifacts).
                 public = Path(tmp) / path.name
                 if path == spec_path:
-                    public.write_text(redacted_spec(spec if spec is not None else json.loads(path.read_text()),
-                                                    redactions))
+                    public.write_text(
+                        redacted_spec(spec if spec is not None else json.loads(path.read_text()), redactions)
+                    )
                 else:
-                    with open(path, encoding="utf-8", errors="replace") as src, \
-                            open(public, "w", encoding="utf-8") as dst:
+                    with (
+                        open(path, encoding="utf-8", errors="replace") as src,
+                        open(public, "w", encoding="utf-8") as dst,
+                    ):
                         for line in src:
                             dst.write(redact(line, redactions))
                 artifacts_upload(mlflow_run_id=mlflow_run_id, local_path=public, client=client)

@@ -5,6 +5,7 @@ the points an earlier attempt already recorded (in the DB, or accepted by the on
 are not recorded again, so neither store drops or duplicates a step. The DB keeps the first point
 per step by itself (a unique key); MLflow would keep both, so this sink skips them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,11 @@ class DbMetricSink:
 
     def flush(self, *, force: bool = False) -> None:
         with self._lock:
-            due = force or len(self._points) >= DB_METRICS_FLUSH_POINTS or (
-                time.monotonic() - self._last >= DB_METRICS_FLUSH_SECONDS)
+            due = (
+                force
+                or len(self._points) >= DB_METRICS_FLUSH_POINTS
+                or (time.monotonic() - self._last >= DB_METRICS_FLUSH_SECONDS)
+            )
             if not due or not self._points:
                 return
             points, self._points = self._points, []
@@ -59,8 +63,12 @@ class DbMetricSink:
             with self._lock:
                 self._points[:0] = points
                 del self._points[:-DB_METRICS_MAX_POINTS]
-            log.warning("stage %s: %d metric points wait for the database (%s)", self.stage_run_id,
-                        len(self._points), one_line(exc, 200))
+            log.warning(
+                "stage %s: %d metric points wait for the database (%s)",
+                self.stage_run_id,
+                len(self._points),
+                one_line(exc, 200),
+            )
             return
         self.recorded += len(points)
 
@@ -102,8 +110,11 @@ class MlflowMetricSink:
         """A later attempt: `recorded` is the last step per metric in the DB. Backfill the DB from MLflow,
         and skip what either store has."""
         if self.buffer.recovered:
-            log.info("stage %s: sending %d metric points an earlier attempt left unsent",
-                     self.stage_run_id, self.buffer.recovered)
+            log.info(
+                "stage %s: sending %d metric points an earlier attempt left unsent",
+                self.stage_run_id,
+                self.buffer.recovered,
+            )
         self._backfill_db(recorded)
         for key, step in recorded.items():
             self.replayed[key] = max(step, self.replayed.get(key, step))
@@ -112,8 +123,9 @@ class MlflowMetricSink:
         """Copy into the DB the points an earlier attempt spooled for MLflow but never wrote to the DB
         (its worker died within a DB flush interval). The resumed trainer replays only the steps after
         its checkpoint, so without this the live chart would miss the ones just before it."""
-        behind = {key: recorded.get(key, 0) for key, last in self.buffer.prior_steps.items()
-                  if last > recorded.get(key, 0)}
+        behind = {
+            key: recorded.get(key, 0) for key, last in self.buffer.prior_steps.items() if last > recorded.get(key, 0)
+        }
         if not behind:
             return
         deadline = time.monotonic() + BACKFILL_SECONDS
@@ -121,24 +133,38 @@ class MlflowMetricSink:
             if not self.buffer.flush():
                 time.sleep(1.0)
         try:
-            points = [(key, m.step, m.value, m.timestamp / 1000.0)
-                      for key, after in behind.items()
-                      for m in self.client.get_metric_history(self.mlflow_run_id, key) if m.step > after]
+            points = [
+                (key, m.step, m.value, m.timestamp / 1000.0)
+                for key, after in behind.items()
+                for m in self.client.get_metric_history(self.mlflow_run_id, key)
+                if m.step > after
+            ]
         except Exception as exc:  # noqa: BLE001 - MLflow away: the chart keeps a gap, MLflow has it all
-            log.warning("stage %s: could not backfill metrics from MLflow: %s", self.stage_run_id,
-                        one_line(exc, 200))
+            log.warning("stage %s: could not backfill metrics from MLflow: %s", self.stage_run_id, one_line(exc, 200))
             return
-        db_retrying(lambda: services.stage_metrics_record(stage_run_id=self.stage_run_id, points=points),
-                    what=f"stage {self.stage_run_id}: backfilling metrics")
-        log.info("stage %s: backfilled %d metric points the last attempt had not written to the DB",
-                 self.stage_run_id, len(points))
+        db_retrying(
+            lambda: services.stage_metrics_record(stage_run_id=self.stage_run_id, points=points),
+            what=f"stage {self.stage_run_id}: backfilling metrics",
+        )
+        log.info(
+            "stage %s: backfilled %d metric points the last attempt had not written to the DB",
+            self.stage_run_id,
+            len(points),
+        )
 
     def close(self) -> None:
         """Send what is left (waiting up to REFINERY_METRICS_DRAIN_SECONDS) and stop."""
         if self.skipped_points:
-            log.info("stage %s: %d replayed metric points were already recorded by an earlier attempt",
-                     self.stage_run_id, self.skipped_points)
+            log.info(
+                "stage %s: %d replayed metric points were already recorded by an earlier attempt",
+                self.stage_run_id,
+                self.skipped_points,
+            )
         undelivered = self.buffer.close(timeout=float(settings.REFINERY_METRICS_DRAIN_SECONDS))
         if undelivered:
-            log.error("stage %s: %d metric points never reached MLflow (%s); the DB has them",
-                      self.stage_run_id, undelivered, self.buffer.last_error)
+            log.error(
+                "stage %s: %d metric points never reached MLflow (%s); the DB has them",
+                self.stage_run_id,
+                undelivered,
+                self.buffer.last_error,
+            )

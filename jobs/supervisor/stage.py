@@ -1,12 +1,13 @@
 """One stage, start to end: the parts (process, heartbeat, events, sinks, outcome, publish) put together.
 
-    claim -> heartbeat (lease + cancel polling) for as long as the stage is ours
-          -> MLflow run + input model + spec.json          (jobs.stage_inputs)
-          -> the trainer process; its events feed the state, the metric sinks and the row
-          -> the trainer exits: the outcome decides; succeeded (a gate stage's decision applied
-             first), failed, canceled, requeued for a resuming attempt, or given up (lease lost)
-          -> the row first, then the MLflow mirror; the work dir and checkpoint area go
+claim -> heartbeat (lease + cancel polling) for as long as the stage is ours
+      -> MLflow run + input model + spec.json          (jobs.stage_inputs)
+      -> the trainer process; its events feed the state, the metric sinks and the row
+      -> the trainer exits: the outcome decides; succeeded (a gate stage's decision applied
+         first), failed, canceled, requeued for a resuming attempt, or given up (lease lost)
+      -> the row first, then the MLflow mirror; the work dir and checkpoint area go
 """
+
 from __future__ import annotations
 
 import json
@@ -81,8 +82,9 @@ class StageSupervisor:
         self.spec: dict | None = None
         self.champion: dict | None = None  # a gate stage's champion (refinery.registry.gates.gate_champion)
         self.state = TrainerState()
-        self.heartbeat = Heartbeat(stage_run_id=stage.pk, worker=worker, attempt=self.attempt,
-                                   progress=self.state.progress)
+        self.heartbeat = Heartbeat(
+            stage_run_id=stage.pk, worker=worker, attempt=self.attempt, progress=self.state.progress
+        )
         self.trainer: TrainerProcess | None = None
         self.db_metrics = DbMetricSink(stage.pk)
         self.mlflow_metrics: MlflowMetricSink | None = None
@@ -107,16 +109,20 @@ class StageSupervisor:
                 return self._finish(Status.FAILED, error=one_line(f"could not start the stage: {reason}"))
             if self.heartbeat.lease_lost.is_set():
                 return self._give_up()
-            if self.heartbeat.cancel_requested.is_set() or db_retrying(self.heartbeat.cancel_pending,
-                                                                       what=f"stage {stage.pk}"):
+            if self.heartbeat.cancel_requested.is_set() or db_retrying(
+                self.heartbeat.cancel_pending, what=f"stage {stage.pk}"
+            ):
                 return self._finish(Status.CANCELED, error="canceled before the trainer started")
             try:
                 self._train()
             except Exception as exc:  # noqa: BLE001 - a supervisor bug must not leave the stage running
                 log.exception("supervising stage %s failed", stage.pk)
                 self._kill()
-                return self._finish(Status.FAILED, error=one_line(f"supervisor error: {type(exc).__name__}: {exc}"),
-                                    tail=log_tail(self.log_path))
+                return self._finish(
+                    Status.FAILED,
+                    error=one_line(f"supervisor error: {type(exc).__name__}: {exc}"),
+                    tail=log_tail(self.log_path),
+                )
             return self._conclude()
         finally:
             self.heartbeat.stop()
@@ -135,10 +141,13 @@ class StageSupervisor:
         config, adapter = resolve_configs(stage.spec)
         self.input_ref = model_reference(stage)
         input_refs = input_references(stage)
-        params = tracking_params(stage=stage, config=config, adapter=adapter, input_ref=self.input_ref,
-                                 inputs=input_refs)
+        params = tracking_params(
+            stage=stage, config=config, adapter=adapter, input_ref=self.input_ref, inputs=input_refs
+        )
         self.mlflow_run_id = tracking_runs.stage_run_ensure(
-            stage=stage, params=params, tags=tracking_tags(stage=stage, input_ref=self.input_ref, inputs=input_refs),
+            stage=stage,
+            params=params,
+            tags=tracking_tags(stage=stage, input_ref=self.input_ref, inputs=input_refs),
             client=self.client,
         )
         model = materialize_model(self.input_ref, self.work_dir / "inputs", client=self.client)
@@ -149,8 +158,16 @@ class StageSupervisor:
         aux_models = materialize_aux_models(aux_refs, self.work_dir / "inputs", client=self.client)
         inputs = materialize_inputs(input_refs, self.work_dir / "inputs", client=self.client)
         card = model_card_facts(stage) if stage.method == "export" else None
-        spec = build_stage_spec(stage=stage, model=model, config=config, adapter=adapter, work_dir=self.work_dir,
-                                aux_models=aux_models, inputs=inputs, card=card)
+        spec = build_stage_spec(
+            stage=stage,
+            model=model,
+            config=config,
+            adapter=adapter,
+            work_dir=self.work_dir,
+            aux_models=aux_models,
+            inputs=inputs,
+            card=card,
+        )
         self.spec_path.write_text(json.dumps(spec, indent=2))
         self.spec = spec
 
@@ -162,25 +179,34 @@ class StageSupervisor:
         run = self.stage.run
         if not hub_model_used(spec, base_model=run.snapshot.get("base_model") or {}):
             return {}
-        token = db_retrying(lambda: team_secret_reveal(team=run.team_id, name=TeamSecret.Name.HF_TOKEN),
-                            what=f"stage {self.stage.pk}: reading the team's hub token")
+        token = db_retrying(
+            lambda: team_secret_reveal(team=run.team_id, name=TeamSecret.Name.HF_TOKEN),
+            what=f"stage {self.stage.pk}: reading the team's hub token",
+        )
         return {"HF_TOKEN": token} if token else {}
 
     # -- while the trainer runs ----------------------------------------------------------
     def _train(self) -> None:
         env = trainer_environment(base_env=os.environ, extra=self._hub_token_env())  # an allow-list
-        self.trainer = trainer = TrainerProcess.start(spec_path=self.spec_path, work_dir=self.work_dir,
-                                                      log_path=self.log_path, env=env)
+        self.trainer = trainer = TrainerProcess.start(
+            spec_path=self.spec_path, work_dir=self.work_dir, log_path=self.log_path, env=env
+        )
         log.info("stage %s: trainer pid %s started: %s", self.stage.pk, trainer.pid, " ".join(trainer.args))
-        self.mlflow_metrics = MlflowMetricSink(stage_run_id=self.stage.pk, mlflow_run_id=self.mlflow_run_id,
-                                               client=self.client,
-                                               spool_path=self.work_dir / "mlflow-metrics.ndjson")
+        self.mlflow_metrics = MlflowMetricSink(
+            stage_run_id=self.stage.pk,
+            mlflow_run_id=self.mlflow_run_id,
+            client=self.client,
+            spool_path=self.work_dir / "mlflow-metrics.ndjson",
+        )
         if self.attempt > 1:
-            recorded = db_retrying(lambda: selectors.stage_metric_last_steps(stage_run_id=self.stage.pk),
-                                   what=f"stage {self.stage.pk}: reading recorded metrics")
+            recorded = db_retrying(
+                lambda: selectors.stage_metric_last_steps(stage_run_id=self.stage.pk),
+                what=f"stage {self.stage.pk}: reading recorded metrics",
+            )
             self.mlflow_metrics.resume(recorded)
-        reader = threading.Thread(target=with_own_connection(self._read_events), name=f"events-{self.stage.pk}",
-                                  daemon=True)
+        reader = threading.Thread(
+            target=with_own_connection(self._read_events), name=f"events-{self.stage.pk}", daemon=True
+        )
         reader.start()
         try:
             while trainer.running():
@@ -196,8 +222,12 @@ class StageSupervisor:
 
     def _read_events(self) -> None:
         assert self.trainer is not None and self.trainer.stdout is not None
-        read_events(self.trainer.stdout, self.state, on_event=self._on_event,
-                    on_bad_line=lambda line: self._append_log(f"[stdout, not an event] {line}"))
+        read_events(
+            self.trainer.stdout,
+            self.state,
+            on_event=self._on_event,
+            on_bad_line=lambda line: self._append_log(f"[stdout, not an event] {line}"),
+        )
 
     def _on_event(self, event: Event) -> None:
         """What an event causes besides the state (TrainerState.apply has run)."""
@@ -208,12 +238,20 @@ class StageSupervisor:
                 if self.mlflow_metrics is not None:
                     self.mlflow_metrics.add(key, value, event.step, ts)
         elif isinstance(event, Started):
-            fields = {k: v for k, v in (("trainable_params", event.trainable_params),
-                                        ("total_params", event.total_params),
-                                        ("total_steps", event.total_steps)) if v is not None}
+            fields = {
+                k: v
+                for k, v in (
+                    ("trainable_params", event.trainable_params),
+                    ("total_params", event.total_params),
+                    ("total_steps", event.total_steps),
+                )
+                if v is not None
+            }
             if fields:
-                db_retrying(lambda: services.stage_update(stage_run_id=self.stage.pk, **fields),
-                            what=f"stage {self.stage.pk}: recording parameter counts")
+                db_retrying(
+                    lambda: services.stage_update(stage_run_id=self.stage.pk, **fields),
+                    what=f"stage {self.stage.pk}: recording parameter counts",
+                )
             if event.resumed_from:
                 log.info("stage %s: resumed from %s (step %s)", self.stage.pk, event.resumed_from, event.step)
         elif isinstance(event, Checkpoint):
@@ -240,8 +278,9 @@ class StageSupervisor:
             self._kill()
             return
         if self.term_sent_at is None and self.over_budget is None:  # stopped like a cancel, then failed
-            self.over_budget = quotas.stage_budget_exceeded(started_at=self.stage.started_at, now=timezone.now(),
-                                                            budget_seconds=self._budget_seconds())
+            self.over_budget = quotas.stage_budget_exceeded(
+                started_at=self.stage.started_at, now=timezone.now(), budget_seconds=self._budget_seconds()
+            )
             if self.over_budget:
                 self._append_log(f"[supervisor] {self.over_budget}")
         cancel, lease_lost = self.heartbeat.cancel_requested.is_set(), self.heartbeat.lease_lost.is_set()
@@ -250,10 +289,16 @@ class StageSupervisor:
             log.info("stage %s: %s, sending SIGTERM to the trainer", self.stage.pk, why)
             self.trainer.signal(signal.SIGTERM)
             self.term_sent_at = now
-        elif (self.term_sent_at is not None and not self.trainer.killed
-              and now - self.term_sent_at >= settings.REFINERY_CANCEL_GRACE_SECONDS):
-            log.warning("stage %s: trainer still running %.0fs after SIGTERM, killing it",
-                        self.stage.pk, now - self.term_sent_at)
+        elif (
+            self.term_sent_at is not None
+            and not self.trainer.killed
+            and now - self.term_sent_at >= settings.REFINERY_CANCEL_GRACE_SECONDS
+        ):
+            log.warning(
+                "stage %s: trainer still running %.0fs after SIGTERM, killing it",
+                self.stage.pk,
+                now - self.term_sent_at,
+            )
             self._kill()
 
     def _budget_seconds(self) -> int | None:
@@ -276,10 +321,16 @@ class StageSupervisor:
         last_event = self.state.terminal
         tail = log_tail(self.log_path)
         outcome = stage_outcome(
-            returncode=self.trainer.returncode, last_event=last_event,
-            cancel_requested=self.heartbeat.cancel_requested.is_set(), lease_lost=self.heartbeat.lease_lost.is_set(),
-            stalled=self.stalled, over_budget=self.over_budget, killed=self.trainer.killed, step=self.state.step,
-            last_log_line=tail.splitlines()[-1] if tail else "")
+            returncode=self.trainer.returncode,
+            last_event=last_event,
+            cancel_requested=self.heartbeat.cancel_requested.is_set(),
+            lease_lost=self.heartbeat.lease_lost.is_set(),
+            stalled=self.stalled,
+            over_budget=self.over_budget,
+            killed=self.trainer.killed,
+            step=self.state.step,
+            last_log_line=tail.splitlines()[-1] if tail else "",
+        )
         if outcome.action is Action.GIVE_UP:
             return self._give_up()
         if outcome.action is Action.RETRY:
@@ -294,12 +345,18 @@ class StageSupervisor:
     def _succeed(self, finished: Finished, tail: str) -> str:
         """Upload the outputs; for a gate stage, apply its decision; then mark the stage succeeded."""
         try:
-            outputs = outputs_upload(finished, stage_run_id=self.stage.pk, mlflow_run_id=self.mlflow_run_id,
-                                     client=self.client, input_ref=self.input_ref)
+            outputs = outputs_upload(
+                finished,
+                stage_run_id=self.stage.pk,
+                mlflow_run_id=self.mlflow_run_id,
+                client=self.client,
+                input_ref=self.input_ref,
+            )
         except Exception as exc:  # noqa: BLE001 - outputs that did not reach MLflow cannot feed the next stage
             log.exception("stage %s: uploading outputs failed", self.stage.pk)
-            return self._finish(Status.FAILED, error=one_line(f"could not upload the outputs to MLflow: {exc}"),
-                                tail=tail)
+            return self._finish(
+                Status.FAILED, error=one_line(f"could not upload the outputs to MLflow: {exc}"), tail=tail
+            )
         summary = finished.summary
         if self.stage.method == "gate":
             try:
@@ -316,8 +373,10 @@ class StageSupervisor:
 
         champion = self.champion
         outputs["champion"] = {k: v for k, v in champion.items() if k != "ref"} if champion else None
-        decision = db_retrying(lambda: gate_apply(stage_run_id=self.stage.pk, summary=summary, champion=champion),
-                               what=f"stage {self.stage.pk}: applying the gate decision")
+        decision = db_retrying(
+            lambda: gate_apply(stage_run_id=self.stage.pk, summary=summary, champion=champion),
+            what=f"stage {self.stage.pk}: applying the gate decision",
+        )
         self._append_log(f"[supervisor] gate: {decision.message}")
         return {**summary, "decision": {"id": decision.pk, "outcome": decision.outcome, "message": decision.message}}
 
@@ -328,18 +387,22 @@ class StageSupervisor:
         tail = log_tail(self.log_path)
         self.heartbeat.stop()
         try:
-            stage = db_retrying(lambda: services.stage_requeue(stage_run_id=self.stage.pk, reason=reason,
-                                                               attempt=self.attempt),
-                                what=f"stage {self.stage.pk}: requeueing")
+            stage = db_retrying(
+                lambda: services.stage_requeue(stage_run_id=self.stage.pk, reason=reason, attempt=self.attempt),
+                what=f"stage {self.stage.pk}: requeueing",
+            )
         except IllegalTransition as exc:
             log.warning("stage %s: not requeueing: %s", self.stage.pk, exc)
             return "lost"
         tail = redact(tail, self._redactions())
-        db_retrying(lambda: services.stage_update(stage_run_id=stage.pk, log_tail=tail),
-                    what=f"stage {stage.pk}: saving the log tail")
+        db_retrying(
+            lambda: services.stage_update(stage_run_id=stage.pk, log_tail=tail),
+            what=f"stage {stage.pk}: saving the log tail",
+        )
         if stage.status == Status.QUEUED:
-            log.warning("stage %s: %s; queued attempt %s of %s", stage.pk, reason, stage.attempt + 1,
-                        stage.max_attempts)
+            log.warning(
+                "stage %s: %s; queued attempt %s of %s", stage.pk, reason, stage.attempt + 1, stage.max_attempts
+            )
             self._close_mlflow_metrics()  # the MLflow run stays open for the next attempt
             return "retrying"
         log.error("stage %s: %s", stage.pk, stage.error)
@@ -352,23 +415,43 @@ class StageSupervisor:
         self._kill()
         return "lost"
 
-    def _finish(self, status: str, *, error: str = "", outputs: dict | None = None, summary: dict | None = None,
-                tail: str | None = None) -> str:
+    def _finish(
+        self,
+        status: str,
+        *,
+        error: str = "",
+        outputs: dict | None = None,
+        summary: dict | None = None,
+        tail: str | None = None,
+    ) -> str:
         """Write the outcome to the row (the source of truth), then bring MLflow in line."""
         self.heartbeat.stop()
         if tail:
             tail = redact(tail, self._redactions())
         try:
-            stage = db_retrying(lambda: services.stage_finish(
-                stage_run_id=self.stage.pk, status=status, error=error, outputs=outputs, summary=summary,
-                log_tail=tail, attempt=self.attempt), what=f"stage {self.stage.pk}: finishing as {status}")
+            stage = db_retrying(
+                lambda: services.stage_finish(
+                    stage_run_id=self.stage.pk,
+                    status=status,
+                    error=error,
+                    outputs=outputs,
+                    summary=summary,
+                    log_tail=tail,
+                    attempt=self.attempt,
+                ),
+                what=f"stage {self.stage.pk}: finishing as {status}",
+            )
         except IllegalTransition as exc:
             log.warning("stage %s: not finishing as %s: %s", self.stage.pk, status, exc)
             return "lost"
         log.info("stage %s finished: %s%s", stage.pk, status, f" ({error})" if error else "")
         if self.heartbeat.cancel_seen_at is not None:
-            log.info("stage %s: %.1fs from seeing the cancel to the row saying %s", stage.pk,
-                     time.monotonic() - self.heartbeat.cancel_seen_at, status)
+            log.info(
+                "stage %s: %.1fs from seeing the cancel to the row saying %s",
+                stage.pk,
+                time.monotonic() - self.heartbeat.cancel_seen_at,
+                status,
+            )
         self._mirror_to_mlflow(stage, status)
         # Whatever the outcome: outputs, spec and log are in MLflow, the tail on the row.
         stage_dirs_remove(self.work_dir, self.checkpoint_dir, stage_run_id=self.stage.pk)
@@ -378,8 +461,16 @@ class StageSupervisor:
         if not self.mlflow_run_id:
             return
         self._close_mlflow_metrics()
-        mlflow_mirror(stage, status, mlflow_run_id=self.mlflow_run_id, client=self.client, spec_path=self.spec_path,
-                      spec=self.spec, log_path=self.log_path, redactions=self._redactions())
+        mlflow_mirror(
+            stage,
+            status,
+            mlflow_run_id=self.mlflow_run_id,
+            client=self.client,
+            spec_path=self.spec_path,
+            spec=self.spec,
+            log_path=self.log_path,
+            redactions=self._redactions(),
+        )
 
     def _close_mlflow_metrics(self) -> None:
         if self.mlflow_metrics is None:

@@ -1,4 +1,5 @@
 """The /api/v1 surface: token auth, team scoping, validation errors, OpenAPI."""
+
 from __future__ import annotations
 
 import io
@@ -9,7 +10,6 @@ from django.core.management import call_command
 from refinery.data.models import Dataset
 from refinery.pipelines.models import Pipeline
 from refinery.teams.models import ApiToken
-
 from tests.fixtures import ROWS
 
 
@@ -29,15 +29,28 @@ def model_id(api, tiny_model_dir):
 
 
 def stage(dataset_id, **overrides):
-    return {"name": "sft-1", "method": "sft", "dataset_id": dataset_id, "input": "base",
-            "config": {"learning_rate": 0.001, "num_train_epochs": 2}, "adapter": {"type": "lora", "r": 4}, **overrides}
+    return {
+        "name": "sft-1",
+        "method": "sft",
+        "dataset_id": dataset_id,
+        "input": "base",
+        "config": {"learning_rate": 0.001, "num_train_epochs": 2},
+        "adapter": {"type": "lora", "r": 4},
+        **overrides,
+    }
 
 
 def test_openapi_schema_lists_the_endpoints(client, db):
     schema = client.get("/api/v1/openapi.json").json()
     paths = schema["paths"]
-    for path in ["/api/v1/datasets", "/api/v1/pipelines", "/api/v1/pipelines/{pipeline_id}/runs",
-                 "/api/v1/runs/{number}", "/api/v1/runs/{number}/cancel", "/api/v1/methods"]:
+    for path in [
+        "/api/v1/datasets",
+        "/api/v1/pipelines",
+        "/api/v1/pipelines/{pipeline_id}/runs",
+        "/api/v1/runs/{number}",
+        "/api/v1/runs/{number}/cancel",
+        "/api/v1/methods",
+    ]:
         assert path in paths
     assert schema["components"]["securitySchemes"]
 
@@ -62,8 +75,13 @@ def test_upload_then_create_pipeline_then_start_run(api, model_id, dataset_dir, 
     body = response.json()
     assert body["version"] == 1 and body["row_count"] == 100 and len(body["sha256"]) == 64
 
-    spec = {"seed": 7, "stages": [stage(body["dataset_id"]), stage(body["dataset_id"], name="sft-2", input="sft-1",
-                                                                     adapter={"type": "none"})]}
+    spec = {
+        "seed": 7,
+        "stages": [
+            stage(body["dataset_id"]),
+            stage(body["dataset_id"], name="sft-2", input="sft-1", adapter={"type": "none"}),
+        ],
+    }
     response = api.post("/api/v1/pipelines", {"name": "p1", "base_model_id": model_id, "spec": spec})
     assert response.status_code == 201, response.content
     pipeline = response.json()
@@ -115,8 +133,10 @@ def test_bad_upload_reports_issues_and_stores_nothing(api, dataset_dir):
 )
 def test_bad_pipeline_specs_get_field_level_errors(api, model_id, dataset_dir, change, expected_key, expected_text):
     dataset_id = upload(api).json()["dataset_id"]
-    response = api.post("/api/v1/pipelines", {"name": "p", "base_model_id": model_id,
-                                              "spec": {"stages": [{**stage(dataset_id), **change}]}})
+    response = api.post(
+        "/api/v1/pipelines",
+        {"name": "p", "base_model_id": model_id, "spec": {"stages": [{**stage(dataset_id), **change}]}},
+    )
     assert response.status_code == 400, response.content
     errors = response.json()["errors"]
     assert expected_key in errors, errors
@@ -130,8 +150,11 @@ def test_bad_pipeline_specs_get_field_level_errors(api, model_id, dataset_dir, c
     [
         ([{"adapter": {"type": "bitfit"}}], "stages.0.adapter.type", "0 bias parameters"),
         ([{"adapter": {"type": "freeze", "freeze_layers": 5}}], "stages.0.adapter.freeze_layers", "only 2"),
-        ([{"adapter": {"type": "prompt_tuning"}}, {"name": "next", "input": "sft-1", "adapter": {"type": "lora"}}],
-         "stages.1.adapter.type", "cannot be merged"),
+        (
+            [{"adapter": {"type": "prompt_tuning"}}, {"name": "next", "input": "sft-1", "adapter": {"type": "lora"}}],
+            "stages.1.adapter.type",
+            "cannot be merged",
+        ),
     ],
 )
 def test_adapters_the_model_cannot_take_are_refused_before_any_worker(api, model_id, dataset_dir, stages, key, text):
@@ -145,8 +168,9 @@ def test_adapters_the_model_cannot_take_are_refused_before_any_worker(api, model
 def test_a_method_refuses_a_dataset_kind_it_cannot_use(api, model_id, dataset_dir):
     prefs = [{"prompt": "1+1=", "chosen": "2", "rejected": "3"}] * 5
     dataset_id = upload(api, name="prefs", kind="preference", rows=prefs).json()["dataset_id"]
-    response = api.post("/api/v1/pipelines", {"name": "p", "base_model_id": model_id,
-                                              "spec": {"stages": [stage(dataset_id)]}})
+    response = api.post(
+        "/api/v1/pipelines", {"name": "p", "base_model_id": model_id, "spec": {"stages": [stage(dataset_id)]}}
+    )
     assert response.status_code == 400
     assert "cannot train on 'preference' data" in response.json()["errors"]["stages.0.dataset_kind"]
 
@@ -156,15 +180,15 @@ def test_teams_never_see_each_other(api, bob_api, model_id, dataset_dir):
     assert bob_api.get("/api/v1/datasets").json() == []
     assert bob_api.get(f"/api/v1/datasets/{dataset_id}").status_code == 404
     # Bob cannot build a pipeline on Alice's dataset or model either.
-    response = bob_api.post("/api/v1/pipelines", {"name": "steal", "base_model_id": model_id,
-                                                  "spec": {"stages": [stage(dataset_id)]}})
+    response = bob_api.post(
+        "/api/v1/pipelines", {"name": "steal", "base_model_id": model_id, "spec": {"stages": [stage(dataset_id)]}}
+    )
     assert response.status_code == 400
     assert set(response.json()["errors"]) >= {"base_model_id", "stages.0.dataset_id"}
 
 
 def test_viewers_cannot_write(viewer, team, dataset_dir):
     from refinery.teams.services import api_token_create
-
     from tests.fixtures import ApiClient
 
     _, key = api_token_create(user=viewer, team=team)
@@ -184,21 +208,49 @@ def test_methods_endpoint_exposes_the_config_schema(api):
 @pytest.mark.parametrize(
     ("method", "kind", "rows", "config", "key", "text"),
     [
-        ("dpo", "preference", [{"prompt": "1+1=", "chosen": "2", "rejected": "3"}] * 3,
-         {"loss_type": "no-such-loss"}, "stages.0.config.loss_type", "loss_type"),
-        ("grpo", "reference", [{"prompt": "1+1=", "answer": "2"}] * 3,
-         {}, "stages.0.config.__all__", "at least one reward"),
-        ("grpo", "reference", [{"prompt": "1+1=", "answer": "2"}] * 3,
-         {"reward_regex_match_weight": 1.0, "regex_pattern": "(unclosed"}, "stages.0.config.regex_pattern", "regex"),
-        ("kto", "reference", [{"prompt": "1+1=", "answer": "2"}] * 3,
-         {}, "stages.0.dataset_kind", "cannot train on 'reference' data"),
+        (
+            "dpo",
+            "preference",
+            [{"prompt": "1+1=", "chosen": "2", "rejected": "3"}] * 3,
+            {"loss_type": "no-such-loss"},
+            "stages.0.config.loss_type",
+            "loss_type",
+        ),
+        (
+            "grpo",
+            "reference",
+            [{"prompt": "1+1=", "answer": "2"}] * 3,
+            {},
+            "stages.0.config.__all__",
+            "at least one reward",
+        ),
+        (
+            "grpo",
+            "reference",
+            [{"prompt": "1+1=", "answer": "2"}] * 3,
+            {"reward_regex_match_weight": 1.0, "regex_pattern": "(unclosed"},
+            "stages.0.config.regex_pattern",
+            "regex",
+        ),
+        (
+            "kto",
+            "reference",
+            [{"prompt": "1+1=", "answer": "2"}] * 3,
+            {},
+            "stages.0.dataset_kind",
+            "cannot train on 'reference' data",
+        ),
     ],
 )
-def test_configs_the_trainer_would_reject_are_refused_at_api_time(api, model_id, dataset_dir, method, kind, rows,
-                                                                  config, key, text):
+def test_configs_the_trainer_would_reject_are_refused_at_api_time(
+    api, model_id, dataset_dir, method, kind, rows, config, key, text
+):
     dataset_id = upload(api, name=f"{method}-data", kind=kind, rows=rows).json()["dataset_id"]
-    spec = {"stages": [{"name": "s1", "method": method, "dataset_id": dataset_id, "config": config,
-                        "adapter": {"type": "lora"}}]}
+    spec = {
+        "stages": [
+            {"name": "s1", "method": method, "dataset_id": dataset_id, "config": config, "adapter": {"type": "lora"}}
+        ]
+    }
     response = api.post("/api/v1/pipelines", {"name": "p", "base_model_id": model_id, "spec": spec})
     assert response.status_code == 400, response.content
     errors = response.json()["errors"]
@@ -207,26 +259,37 @@ def test_configs_the_trainer_would_reject_are_refused_at_api_time(api, model_id,
     assert not Pipeline.objects.exists()
 
 
-def test_graphs_versions_and_reruns_through_the_api(api, bob_api, model_id, dataset_dir,
-                                                     django_capture_on_commit_callbacks):
+def test_graphs_versions_and_reruns_through_the_api(
+    api, bob_api, model_id, dataset_dir, django_capture_on_commit_callbacks
+):
     pc = upload(api).json()["dataset_id"]
-    spec = {"seed": 3, "retention_dataset_id": pc, "stages": [
-        stage(pc, name="a"), stage(pc, name="b", adapter={"type": "none"}),
-        {"name": "mix", "method": "merge", "inputs": ["a", "b"], "config": {"merge_method": "dare_ties"}},
-        {"name": "check", "method": "evaluate", "input": "mix", "dataset_id": pc}]}
+    spec = {
+        "seed": 3,
+        "retention_dataset_id": pc,
+        "stages": [
+            stage(pc, name="a"),
+            stage(pc, name="b", adapter={"type": "none"}),
+            {"name": "mix", "method": "merge", "inputs": ["a", "b"], "config": {"merge_method": "dare_ties"}},
+            {"name": "check", "method": "evaluate", "input": "mix", "dataset_id": pc},
+        ],
+    }
     response = api.post("/api/v1/pipelines", {"name": "graph", "base_model_id": model_id, "spec": spec})
     assert response.status_code == 201, response.content
     pipeline = response.json()
     assert pipeline["version"] == 1 and pipeline["spec"]["stages"][2]["inputs"] == ["a", "b"]
 
     cycle = {**spec, "stages": [stage(pc, name="a", input="b"), stage(pc, name="b", input="a")]}
-    response = api.put(f"/api/v1/pipelines/{pipeline['id']}", {"name": "graph", "base_model_id": model_id,
-                                                                 "spec": cycle})
+    response = api.put(
+        f"/api/v1/pipelines/{pipeline['id']}", {"name": "graph", "base_model_id": model_id, "spec": cycle}
+    )
     assert response.status_code == 400 and "cycle (a -> b -> a)" in response.json()["errors"]["stages.0.input"]
-    edited = {**spec, "stages": spec["stages"][:2] + [{**spec["stages"][2], "config": {"merge_method": "linear"}},
-                                                      spec["stages"][3]]}
-    response = api.put(f"/api/v1/pipelines/{pipeline['id']}", {"name": "graph", "base_model_id": model_id,
-                                                                 "spec": edited})
+    edited = {
+        **spec,
+        "stages": spec["stages"][:2] + [{**spec["stages"][2], "config": {"merge_method": "linear"}}, spec["stages"][3]],
+    }
+    response = api.put(
+        f"/api/v1/pipelines/{pipeline['id']}", {"name": "graph", "base_model_id": model_id, "spec": edited}
+    )
     assert response.status_code == 200 and response.json()["version"] == 2
     versions = api.get(f"/api/v1/pipelines/{pipeline['id']}/versions").json()
     assert [v["number"] for v in versions] == [2, 1]

@@ -4,6 +4,7 @@ Good archives (.zip, .tar, .tar.gz of the demo kit's tiny model) register a usab
 bad kind (pickle weights, other files, traversal, absolute names, links, devices, too many members,
 too many bytes once extracted, damaged) is refused with a clear message and leaves nothing on disk.
 """
+
 from __future__ import annotations
 
 import io
@@ -34,13 +35,14 @@ def make_zip(files: dict[str, bytes], *, prefix: str = "", symlinks: dict[str, s
             archive.writestr(prefix + name, data)
         for name, target in (symlinks or {}).items():
             info = zipfile.ZipInfo(prefix + name)
-            info.external_attr = (0o120777 << 16)
+            info.external_attr = 0o120777 << 16
             archive.writestr(info, target)
     return buffer.getvalue()
 
 
-def make_tar(files: dict[str, bytes], *, gz: bool = False, prefix: str = "",
-             extra: list[tarfile.TarInfo] | None = None) -> bytes:
+def make_tar(
+    files: dict[str, bytes], *, gz: bool = False, prefix: str = "", extra: list[tarfile.TarInfo] | None = None
+) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz" if gz else "w") as archive:
         for name, data in files.items():
@@ -69,9 +71,12 @@ def leftovers(team) -> list[str]:
 
 @pytest.mark.parametrize("kind", ["zip", "tar", "tar.gz", "zip-in-folder"])
 def test_a_good_archive_registers_a_usable_model_in_the_teams_root(team, alice, kit_files, kind):
-    data = {"zip": lambda: make_zip(kit_files), "tar": lambda: make_tar(kit_files),
-            "tar.gz": lambda: make_tar(kit_files, gz=True),
-            "zip-in-folder": lambda: make_zip(kit_files, prefix="tiny-llama/")}[kind]()
+    data = {
+        "zip": lambda: make_zip(kit_files),
+        "tar": lambda: make_tar(kit_files),
+        "tar.gz": lambda: make_tar(kit_files, gz=True),
+        "zip-in-folder": lambda: make_zip(kit_files, prefix="tiny-llama/"),
+    }[kind]()
     model = upload(team, alice, data, f"tiny.{kind.split('-')[0]}")
 
     folder = Path(model.name_or_path)
@@ -101,8 +106,10 @@ BAD = {
     "sub-folder": (lambda f: make_zip({**f, "original/params.json": b"{}"}), "files and folders"),
     "nested folder": (lambda f: make_zip(f, prefix="a/b/"), "no sub-folders"),
     "no config": (lambda f: make_zip({k: v for k, v in f.items() if k != "config.json"}), "no config.json"),
-    "no weights": (lambda f: make_zip({k: v for k, v in f.items() if not k.endswith(".safetensors")}),
-                   "no .safetensors"),
+    "no weights": (
+        lambda f: make_zip({k: v for k, v in f.items() if not k.endswith(".safetensors")}),
+        "no .safetensors",
+    ),
     "broken config": (lambda f: make_zip({**f, "config.json": b"{not json"}), "not valid JSON"),
     "damaged zip": (lambda f: make_zip(f)[:200], "not a readable .zip"),
     "damaged tar.gz": (lambda f: make_tar(f, gz=True)[:300], "damaged"),
@@ -112,8 +119,13 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_a_bad_archive_is_refused_clearly_and_leaves_nothing(team, alice, kit_files, case):
     build, expected = BAD[case]
-    filename = "model.tar.gz" if "tar.gz" in case else ("model.tar" if "tar" in case or case in (
-        "a .pt file", "absolute name", "device", "fifo") else "model.zip")
+    filename = (
+        "model.tar.gz"
+        if "tar.gz" in case
+        else (
+            "model.tar" if "tar" in case or case in ("a .pt file", "absolute name", "device", "fifo") else "model.zip"
+        )
+    )
     with pytest.raises(BaseModelError) as caught:
         upload(team, alice, build(kit_files), filename)
     message = caught.value.errors.get("file") or caught.value.errors.get("name_or_path")
@@ -149,9 +161,9 @@ def test_a_lying_zip_header_does_not_get_past_the_byte_count(team, alice, kit_fi
     for signature, size_at, name_len_at, header_len in ((b"PK\x03\x04", 22, 26, 30), (b"PK\x01\x02", 24, 28, 46)):
         start = 0
         while (start := data.find(signature, start)) != -1:
-            name_len = int.from_bytes(data[start + name_len_at:start + name_len_at + 2], "little")
-            if data[start + header_len:start + header_len + name_len] == b"big.txt":
-                data[start + size_at:start + size_at + 4] = (10).to_bytes(4, "little")
+            name_len = int.from_bytes(data[start + name_len_at : start + name_len_at + 2], "little")
+            if data[start + header_len : start + header_len + name_len] == b"big.txt":
+                data[start + size_at : start + size_at + 4] = (10).to_bytes(4, "little")
             start += 4
     with pytest.raises(BaseModelError) as caught:
         upload(team, alice, bytes(data), "liar.zip")
@@ -173,6 +185,7 @@ def test_not_an_archive_is_refused(team, alice, kit_files):
 
 
 # --- the page and the API ----------------------------------------------------------------------
+
 
 def test_upload_page_registers_the_model_and_shows_errors(browser_client, team, kit_files):
     page = browser_client.get("/models/upload/")
@@ -214,8 +227,7 @@ def test_api_upload(api, team, bob_api, kit_files):
     assert body["name"] == "mine" and body["source"] == "local" and body["architecture"] == "LlamaForCausalLM"
     # Another team does not see it, and cannot register its folder by path.
     assert [m["name"] for m in bob_api.get("/api/v1/base-models").json()] == []
-    stolen = bob_api.post("/api/v1/base-models", {"name": "x", "source": "local",
-                                                  "name_or_path": body["name_or_path"]})
+    stolen = bob_api.post("/api/v1/base-models", {"name": "x", "source": "local", "name_or_path": body["name_or_path"]})
     assert stolen.status_code == 400 and "inside this team's model roots" in stolen.json()["detail"]
 
     bad = io.BytesIO(make_zip({**kit_files, "../x.json": b"{}"}))

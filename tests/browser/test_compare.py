@@ -1,6 +1,7 @@
 """Issue 6 in a real browser: three finished runs (rows and metrics written straight to the database, no
 worker) side by side: overlaid uPlot charts, the wall-time axis, a config diff that shows only what differs,
 the final numbers with the best highlighted, and the CSV download."""
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,9 @@ pytestmark = [pytest.mark.browser]
 
 
 def _legend(page, chart_id: str) -> list[str]:
-    return page.eval_on_selector(f"#{chart_id}",
-                                 "el => [...el.querySelectorAll('.u-legend .u-series th')].map(t => t.textContent)")
+    return page.eval_on_selector(
+        f"#{chart_id}", "el => [...el.querySelectorAll('.u-legend .u-series th')].map(t => t.textContent)"
+    )
 
 
 def test_compare_three_runs(page, screenshot, live_server, transactional_db, sent_stages, tmp_path):
@@ -28,12 +30,19 @@ def test_compare_three_runs(page, screenshot, live_server, transactional_db, sen
     team = user.teams.get()
     data = DatasetVersionFactory(dataset__team=team, dataset__name="sums")
     stage = {"method": "sft", "config": {"max_steps": 40}, "adapter": {"type": "none"}, "dataset_id": data.dataset_id}
-    pipeline = PipelineFactory(team=team, name="adder", base_model=BaseModelFactory(team=team, name="tiny"),
-                               created_by=user, seed=5, stages=[{**stage, "name": "sft", "input": "base"},
-                                                                {**stage, "name": "polish", "input": "sft"}])
-    runs = [make_run(pipeline, user, lr=1e-4, loss=0.9, steps=40),
-            make_run(pipeline, user, lr=3e-4, loss=0.6, steps=40),
-            make_run(pipeline, user, lr=1e-4, loss=0.75, steps=40, seed=9)]
+    pipeline = PipelineFactory(
+        team=team,
+        name="adder",
+        base_model=BaseModelFactory(team=team, name="tiny"),
+        created_by=user,
+        seed=5,
+        stages=[{**stage, "name": "sft", "input": "base"}, {**stage, "name": "polish", "input": "sft"}],
+    )
+    runs = [
+        make_run(pipeline, user, lr=1e-4, loss=0.9, steps=40),
+        make_run(pipeline, user, lr=3e-4, loss=0.6, steps=40),
+        make_run(pipeline, user, lr=1e-4, loss=0.75, steps=40, seed=9),
+    ]
     numbers = [r.number for r in runs]
     login(page, live_server)
 
@@ -42,8 +51,10 @@ def test_compare_three_runs(page, screenshot, live_server, transactional_db, sen
     page.wait_for_selector("#cmp-step-train-loss canvas")
     assert page.locator("[data-testid=metric-charts] .chart canvas").count() >= 1
     assert _legend(page, "cmp-step-train-loss") == ["step"] + [f"#{n} adder" for n in numbers]
-    plotted = page.evaluate("() => { const u = Refinery.plotOf(document.getElementById('cmp-step-train-loss'));"
-                            " return [u.data.length, u.data[0].length, u.data[0][0], u.data[0].at(-1)]; }")
+    plotted = page.evaluate(
+        "() => { const u = Refinery.plotOf(document.getElementById('cmp-step-train-loss'));"
+        " return [u.data.length, u.data[0].length, u.data[0][0], u.data[0].at(-1)]; }"
+    )
     assert plotted == [4, 80, 1, 80]  # x + 3 runs; two 40-step stages end to end
     page.click("#compare-charts details summary")  # the learning rate sits under "More metrics"
     page.wait_for_selector("#cmp-step-train-learning-rate canvas")

@@ -2,6 +2,7 @@
 violation and no console error, the behaviour moved out of inline handlers and htmx
 expressions still works, and the API docs render from the vendored Swagger UI with every
 other host blocked."""
+
 from __future__ import annotations
 
 import time
@@ -76,8 +77,7 @@ def watched(csp_page):
     return page
 
 
-def test_main_pages_work_under_the_csp(watched, live_server, mlflow_server, transactional_db,
-                                       sent_stages, tmp_path):
+def test_main_pages_work_under_the_csp(watched, live_server, mlflow_server, transactional_db, sent_stages, tmp_path):
     page = watched
     user = user_create(username="ada", password="pw-ada-12345", team_name="Lab")
     team = user.teams.get()
@@ -94,8 +94,9 @@ def test_main_pages_work_under_the_csp(watched, live_server, mlflow_server, tran
     page.shot("csp-02-runs")
 
     # Runs list: picking a metric column sorts by it, better end first (was an inline onchange).
-    options = page.eval_on_selector_all("[data-testid=filter-metric] option",
-                                        "os => os.map(o => [o.value, o.dataset.goal || ''])")
+    options = page.eval_on_selector_all(
+        "[data-testid=filter-metric] option", "os => os.map(o => [o.value, o.dataset.goal || ''])"
+    )
     goals = dict(options)
     assert goals.get("lora/eval/loss") == "min", options
     page.select_option("[data-testid=filter-metric]", "lora/eval/loss")
@@ -147,11 +148,20 @@ def test_main_pages_work_under_the_csp(watched, live_server, mlflow_server, tran
 
     # An active sweep's page polls every 3 s, but not while the focus is in its metric picker
     # (was an htmx trigger filter, evaluated code).
-    sweep = sweep_create(pipeline=pipeline, user=user, name="lr", mode="grid", metric="lora/train/loss", goal="min",
-                         parameters=[{"path": "sft.config.learning_rate", "values": ["1e-4", "3e-4"]}])
+    sweep = sweep_create(
+        pipeline=pipeline,
+        user=user,
+        name="lr",
+        mode="grid",
+        metric="lora/train/loss",
+        goal="min",
+        parameters=[{"path": "sft.config.learning_rate", "values": ["1e-4", "3e-4"]}],
+    )
     polls: list[str] = []
-    page.on("request", lambda r: polls.append(r.url) if f"/sweeps/{sweep.pk}/" in r.url
-            and r.headers.get("hx-request") else None)
+    page.on(
+        "request",
+        lambda r: polls.append(r.url) if f"/sweeps/{sweep.pk}/" in r.url and r.headers.get("hx-request") else None,
+    )
     page.goto(f"{live_server.url}/sweeps/{sweep.pk}/")
     page.wait_for_timeout(7_000)
     assert len(polls) >= 2, polls
@@ -161,10 +171,16 @@ def test_main_pages_work_under_the_csp(watched, live_server, mlflow_server, tran
     assert polls == [], polls
     page.check_clean("sweep page")
 
-    for path, name in [("/pipelines/", "pipelines"), (f"/pipelines/{pipeline.pk}/", "pipeline"),
-                       ("/datasets/", "datasets"), ("/models/", "models"), (f"/models/{pipeline.base_model_id}/", "model"),
-                       ("/registry/", "registry"), ("/sweeps/", "sweeps"),
-                       (f"/runs/compare/?run={run.number}&run={queued.number}", "compare")]:
+    for path, name in [
+        ("/pipelines/", "pipelines"),
+        (f"/pipelines/{pipeline.pk}/", "pipeline"),
+        ("/datasets/", "datasets"),
+        ("/models/", "models"),
+        (f"/models/{pipeline.base_model_id}/", "model"),
+        ("/registry/", "registry"),
+        ("/sweeps/", "sweeps"),
+        (f"/runs/compare/?run={run.number}&run={queued.number}", "compare"),
+    ]:
         response = page.goto(f"{live_server.url}{path}")
         assert response.status == 200, (path, response.status)
         assert "script-src 'self' 'nonce-" in response.headers["content-security-policy"]

@@ -1,5 +1,6 @@
 """Issue 6 in a real browser: filter and search the runs list, tick runs and compare them, and promote a
 stage output into the model registry (real MLflow Model Registry), then move and roll back an alias."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,8 +14,9 @@ from .test_golden_path import login
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 
-def test_filter_compare_and_promote(page, screenshot, live_server, mlflow_server, transactional_db, sent_stages,
-                                    tmp_path):
+def test_filter_compare_and_promote(
+    page, screenshot, live_server, mlflow_server, transactional_db, sent_stages, tmp_path
+):
     user = user_create(username="ada", password="pw-ada-12345", team_name="Lab")
     team = user.teams.get()
     first = finished_run(team, user, tmp_path / "a")
@@ -67,8 +69,9 @@ def test_filter_compare_and_promote(page, screenshot, live_server, mlflow_server
     def after(click: str, event: str) -> None:
         """One click, then wait until the swapped-in page shows its event (the next click needs the new page)."""
         page.click(click)
-        page.wait_for_function("text => document.querySelector('[data-testid=alias-history]').innerText"
-                               ".includes(text)", arg=event)
+        page.wait_for_function(
+            "text => document.querySelector('[data-testid=alias-history]').innerText.includes(text)", arg=event
+        )
 
     after("[data-testid=set-production-v1]", "pointed production at v1")
     after("[data-testid=set-production-v2]", "pointed production at v2 (was v1)")

@@ -1,5 +1,6 @@
 """Deleting a dataset in a real browser, under the enforced Content Security Policy: the confirmation comes
 from app.js (data-confirm, no inline handler); dismissing it keeps the dataset, accepting it deletes it."""
+
 from __future__ import annotations
 
 import pytest

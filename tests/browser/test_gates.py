@@ -2,6 +2,7 @@
 "SFT -> promotion gate" from its template (approval required), schedule it, fire it with "Run now", read the
 gate's decision on the run page, approve the candidate, and see production move in the registry, with the
 gate's reasons in the alias history (screenshots: test-results/screenshots/gate-*.png)."""
+
 from __future__ import annotations
 
 import time
@@ -24,13 +25,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 def _upload(team, user, name, kind, path):
     data = Path(path).read_bytes()
-    return dataset_version_create(team=team, user=user, name=name, kind=kind, filename=Path(path).name,
-                                  chunks=iter([data])).version.dataset
+    return dataset_version_create(
+        team=team, user=user, name=name, kind=kind, filename=Path(path).name, chunks=iter([data])
+    ).version.dataset
 
 
-def test_schedule_fires_a_gated_run_and_an_owner_approves_its_candidate(page, screenshot, live_server,
-                                                                        celery_worker_process, mlflow_server,
-                                                                        demo_kit, transactional_db):
+def test_schedule_fires_a_gated_run_and_an_owner_approves_its_candidate(
+    page, screenshot, live_server, celery_worker_process, mlflow_server, demo_kit, transactional_db
+):
     user = user_create(username="ada", password="pw-ada-12345", team_name="Lab")
     team = user.teams.get()
     _upload(team, user, "sums-held-out", "prompt_completion", demo_kit["data"]["eval"])

@@ -1,6 +1,7 @@
 """A new user's first session, in a real browser against real services:
 log in, upload a dataset, register the model, compose a two-stage pipeline, start it,
 watch the loss chart grow while a real Celery worker trains, and see it succeed."""
+
 from __future__ import annotations
 
 import time
@@ -20,8 +21,7 @@ def login(page, live_server, username="ada", password="pw-ada-12345"):
     page.wait_for_url(f"{live_server.url}/runs/")
 
 
-def test_upload_compose_run_and_watch(page, screenshot, live_server, celery_worker_process, demo_kit,
-                                      transactional_db):
+def test_upload_compose_run_and_watch(page, screenshot, live_server, celery_worker_process, demo_kit, transactional_db):
     user_create(username="ada", password="pw-ada-12345", team_name="Lab")
     page.goto(f"{live_server.url}/runs/")
     assert "/login/" in page.url

@@ -1,4 +1,5 @@
 """Uploading a private model in a real browser: a bad archive shows why, a good one is registered."""
+
 from __future__ import annotations
 
 import zipfile
@@ -33,8 +34,9 @@ def test_upload_a_model_archive(page, screenshot, live_server, demo_kit, transac
     screenshot("model-upload-form")
 
     page.fill("input[name=name]", "private-llama")
-    page.set_input_files("input[name=file]", str(zip_folder(model, tmp_path / "bad.zip",
-                                                                {"pytorch_model.bin": b"pickle"})))
+    page.set_input_files(
+        "input[name=file]", str(zip_folder(model, tmp_path / "bad.zip", {"pytorch_model.bin": b"pickle"}))
+    )
     page.click("button:has-text('Upload and register')")
     error = page.inner_text("[data-testid=field-error]")
     assert "pickle files (.bin, .pt, .pth, .pkl, .ckpt) can run code when loaded" in error

@@ -1,6 +1,7 @@
 """Issue 5 in a real browser: start from the "3 LoRA SFTs -> soup -> evaluate" template, pick the merge's
 inputs in the editor, see the graph, run it through a real worker while the graph's stage colours follow the
 run, read the evaluation on the run page, then the team's learning-vs-forgetting scatter."""
+
 from __future__ import annotations
 
 import time
@@ -19,12 +20,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 def _upload(team, user, name, kind, path):
     data = Path(path).read_bytes()
-    return dataset_version_create(team=team, user=user, name=name, kind=kind, filename=Path(path).name,
-                                  chunks=iter([data])).version.dataset
+    return dataset_version_create(
+        team=team, user=user, name=name, kind=kind, filename=Path(path).name, chunks=iter([data])
+    ).version.dataset
 
 
-def test_template_graph_run_evaluation_and_forgetting(page, screenshot, live_server, celery_worker_process,
-                                                      demo_kit, transactional_db):
+def test_template_graph_run_evaluation_and_forgetting(
+    page, screenshot, live_server, celery_worker_process, demo_kit, transactional_db
+):
     user = user_create(username="ada", password="pw-ada-12345", team_name="Lab")
     team = user.teams.get()
     _upload(team, user, "sums-eval", "prompt_completion", demo_kit["data"]["eval"])  # retention set
@@ -42,8 +45,11 @@ def test_template_graph_run_evaluation_and_forgetting(page, screenshot, live_ser
     for i in range(3):  # short branches for the test
         page.fill(f"input[name=stages-{i}-config-max_steps]", "12")
     # The merge stage's inputs are a multi-select pre-filled with the three branches; keep the first two.
-    assert page.eval_on_selector("select[name=stages-3-inputs]",
-                                 "s => [...s.selectedOptions].map(o => o.value)") == ["@0", "@1", "@2"]
+    assert page.eval_on_selector("select[name=stages-3-inputs]", "s => [...s.selectedOptions].map(o => o.value)") == [
+        "@0",
+        "@1",
+        "@2",
+    ]
     page.select_option("select[name=stages-3-inputs]", ["@0", "@1"])
     page.click("#stage-4 summary:has-text('Generation')")  # a folded settings group
     page.fill("input[name=stages-4-config-max_new_tokens]", "4")

@@ -1,5 +1,6 @@
 """The quota page, the storage line on the datasets list, and a stage waiting for its team's slot, as a
 browser shows them (screenshots in test-results/screenshots/quota-*.png)."""
+
 from __future__ import annotations
 
 from refinery.runs.services import run_create, stage_claim
@@ -14,10 +15,23 @@ def test_quota_page_storage_line_and_a_waiting_stage(page, screenshot, live_serv
     user = user_create(username="ada", password="pw-ada-12345", team_name="Lab")
     team = user.teams.get()
     data = DatasetVersionFactory(dataset__team=team, dataset__name="sums")
-    pipeline = PipelineFactory(team=team, name="adder", base_model=BaseModelFactory(team=team, name="tiny"),
-                               created_by=user, seed=5, stages=[{
-                                   "name": "sft", "method": "sft", "config": {"max_steps": 4},
-                                   "adapter": {"type": "none"}, "dataset_id": data.dataset_id, "input": "base"}])
+    pipeline = PipelineFactory(
+        team=team,
+        name="adder",
+        base_model=BaseModelFactory(team=team, name="tiny"),
+        created_by=user,
+        seed=5,
+        stages=[
+            {
+                "name": "sft",
+                "method": "sft",
+                "config": {"max_steps": 4},
+                "adapter": {"type": "none"},
+                "dataset_id": data.dataset_id,
+                "input": "base",
+            }
+        ],
+    )
     team_quota_set(team=team, running_stages=1, queued_runs=10, stage_seconds=7200, storage_bytes=50 * 1024**3)
     first = run_create(pipeline=pipeline, user=user)
     second = run_create(pipeline=pipeline, user=user)

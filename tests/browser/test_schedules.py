@@ -1,5 +1,6 @@
 """Schedules as a browser shows them: create one in the form, see its next fires, run it now, read the tick
 history and the run's "started by schedule" line (screenshots in test-results/screenshots/schedule-*.png)."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -16,16 +17,29 @@ from .test_csp import watched  # noqa: F401 - the CSP-enforcing page fixture
 from .test_golden_path import login
 
 
-def test_create_a_schedule_run_it_now_and_read_its_history(page, screenshot, live_server, transactional_db,
-                                                            sent_stages):
+def test_create_a_schedule_run_it_now_and_read_its_history(
+    page, screenshot, live_server, transactional_db, sent_stages
+):
     user = user_create(username="ada", password="pw-ada-12345", team_name="Lab")
     team = user.teams.get()
     data = DatasetVersionFactory(dataset__team=team, dataset__name="support-tickets")
     DatasetVersionFactory(dataset=data.dataset)
-    PipelineFactory(team=team, name="support-sft", base_model=BaseModelFactory(team=team, name="tiny"),
-                    created_by=user, stages=[{"name": "sft", "method": "sft", "config": {"max_steps": 4},
-                                              "adapter": {"type": "none"}, "dataset_id": data.dataset_id,
-                                              "input": "base"}])
+    PipelineFactory(
+        team=team,
+        name="support-sft",
+        base_model=BaseModelFactory(team=team, name="tiny"),
+        created_by=user,
+        stages=[
+            {
+                "name": "sft",
+                "method": "sft",
+                "config": {"max_steps": 4},
+                "adapter": {"type": "none"},
+                "dataset_id": data.dataset_id,
+                "input": "base",
+            }
+        ],
+    )
     login(page, live_server)
 
     page.goto(f"{live_server.url}/schedules/")
@@ -48,12 +62,16 @@ def test_create_a_schedule_run_it_now_and_read_its_history(page, screenshot, liv
     page.wait_for_selector("[data-testid=schedule-ticks]")
     run = Run.objects.get()
     # The beat's passes: a window while the run is queued is queued (the policy); another one is skipped.
-    Schedule.objects.filter(pk=schedule.pk).update(trigger="interval", interval_seconds=3600,
-                                                   created_at=timezone.now() - timedelta(hours=2, minutes=1))
+    Schedule.objects.filter(pk=schedule.pk).update(
+        trigger="interval", interval_seconds=3600, created_at=timezone.now() - timedelta(hours=2, minutes=1)
+    )
     schedule_tick_all(timezone.now() - timedelta(hours=1))
     schedule_tick_all(timezone.now())
     assert list(schedule.ticks.order_by("window").values_list("outcome", flat=True)) == [
-        TickOutcome.QUEUED, TickOutcome.SKIPPED, TickOutcome.FIRED]
+        TickOutcome.QUEUED,
+        TickOutcome.SKIPPED,
+        TickOutcome.FIRED,
+    ]
     page.reload()
     assert page.locator("[data-testid=schedule-ticks] tbody tr").count() == 3
     assert "already waiting" in page.locator("[data-testid=schedule-ticks]").inner_text()
@@ -85,10 +103,22 @@ def test_schedule_pages_work_under_the_csp(watched, live_server, transactional_d
     user = user_create(username="ada", password="pw-ada-12345", team_name="Lab")
     team = user.teams.get()
     data = DatasetVersionFactory(dataset__team=team, dataset__name="sums")
-    pipeline = PipelineFactory(team=team, name="adder", base_model=BaseModelFactory(team=team, name="tiny"),
-                               created_by=user, stages=[{"name": "sft", "method": "sft", "config": {"max_steps": 4},
-                                                         "adapter": {"type": "none"},
-                                                         "dataset_id": data.dataset_id, "input": "base"}])
+    pipeline = PipelineFactory(
+        team=team,
+        name="adder",
+        base_model=BaseModelFactory(team=team, name="tiny"),
+        created_by=user,
+        stages=[
+            {
+                "name": "sft",
+                "method": "sft",
+                "config": {"max_steps": 4},
+                "adapter": {"type": "none"},
+                "dataset_id": data.dataset_id,
+                "input": "base",
+            }
+        ],
+    )
     login(page, live_server)
     for path in ("/schedules/", "/schedules/new/", f"/schedules/new/?pipeline={pipeline.pk}"):
         response = page.goto(f"{live_server.url}{path}")
@@ -115,10 +145,22 @@ def test_a_schedule_with_its_own_promotion_gate(page, screenshot, live_server, t
     team = user.teams.get()
     data = DatasetVersionFactory(dataset__team=team, dataset__name="support-tickets")
     DatasetVersionFactory(dataset__team=team, dataset__name="support-held-out")
-    PipelineFactory(team=team, name="support-sft", base_model=BaseModelFactory(team=team, name="tiny"),
-                    created_by=user, stages=[{"name": "sft", "method": "sft", "config": {"max_steps": 4},
-                                              "adapter": {"type": "none"}, "dataset_id": data.dataset_id,
-                                              "input": "base"}])
+    PipelineFactory(
+        team=team,
+        name="support-sft",
+        base_model=BaseModelFactory(team=team, name="tiny"),
+        created_by=user,
+        stages=[
+            {
+                "name": "sft",
+                "method": "sft",
+                "config": {"max_steps": 4},
+                "adapter": {"type": "none"},
+                "dataset_id": data.dataset_id,
+                "input": "base",
+            }
+        ],
+    )
     login(page, live_server)
     page.goto(f"{live_server.url}/schedules/new/")
     page.select_option("#id_pipeline", label="support-sft (v1)")

@@ -1,6 +1,7 @@
 """Issue 11's team administration in a real browser: an owner invites a second person, who signs up through
 the link and joins with the invitation's role; the owner changes a role inline, creates an API token (shown
 once) and reads the audit log."""
+
 from __future__ import annotations
 
 import pytest
@@ -56,6 +57,7 @@ def test_invite_accept_roles_tokens_and_audit(page, browser, screenshot, live_se
 
     def guest_shot(name):
         guest_shot_page(guest, name)
+
     try:
         guest.goto(link)
         assert "Join Lab" in guest.inner_text("[data-testid=invitation]")

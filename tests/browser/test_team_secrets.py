@@ -1,5 +1,6 @@
 """Issue 11 in a real browser: an owner sets the team's hub token from the sidebar, sees only its metadata,
 replaces it and deletes it (with a confirmation); the value never comes back into the page."""
+
 from __future__ import annotations
 
 import pytest

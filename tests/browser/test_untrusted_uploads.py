@@ -1,6 +1,7 @@
 """Issue 11, holes 2 and 3 in a real browser: an upload over the size limit is refused while it streams
 (the upload page says so in place; without JavaScript a plain 413 page), and a Parquet bomb is refused
 with the decoded-size message."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,8 +26,9 @@ def _choose(page, name: str, content: bytes, mime: str) -> None:
     page.set_input_files("input[type=file]", files=[{"name": name, "mimeType": mime, "buffer": content}])
 
 
-def test_oversized_upload_and_parquet_bomb_are_refused_in_the_browser(browser, page, screenshot, live_server,
-                                                                       transactional_db, settings):
+def test_oversized_upload_and_parquet_bomb_are_refused_in_the_browser(
+    browser, page, screenshot, live_server, transactional_db, settings
+):
     settings.REFINERY_MAX_UPLOAD_BYTES = LIMIT
     user_create(username="ada", password="pw-ada-12345", team_name="Lab")
     login(page, live_server)
@@ -40,7 +42,9 @@ def test_oversized_upload_and_parquet_bomb_are_refused_in_the_browser(browser, p
     screenshot("i11-upload-too-large")
 
     page.goto(f"{live_server.url}/datasets/upload/")
-    _choose(page, "bomb.parquet", parquet_bomb(rows=BOMB_ROWS, value_bytes=BOMB_VALUE_BYTES), "application/octet-stream")
+    _choose(
+        page, "bomb.parquet", parquet_bomb(rows=BOMB_ROWS, value_bytes=BOMB_VALUE_BYTES), "application/octet-stream"
+    )
     page.click("button:has-text('Validate and upload')")
     page.wait_for_selector("[data-testid=upload-result] .form-errors")
     assert decoded_size_message(8 * 1024**3) in page.inner_text("[data-testid=upload-result]")

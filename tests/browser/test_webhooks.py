@@ -1,6 +1,7 @@
 """Issue 12 in a real browser: an owner opens the Webhooks tab, creates a webhook to a receiver on
 127.0.0.1, copies the secret (shown once), sends a test event, redelivers it from the delivery log,
 pauses the endpoint and deletes it (htmx confirmation), all with the Content Security Policy enforced."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,9 @@ from .test_golden_path import login
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 
-def test_owner_creates_a_webhook_tests_and_redelivers(csp_page, live_server, transactional_db,
-                                                      webhook_receiver, sent_notifications):
+def test_owner_creates_a_webhook_tests_and_redelivers(
+    csp_page, live_server, transactional_db, webhook_receiver, sent_notifications
+):
     page = csp_page
     console: list[str] = []
     page.on("console", lambda message: console.append(message.text) if message.type == "error" else None)
@@ -54,7 +56,9 @@ def test_owner_creates_a_webhook_tests_and_redelivers(csp_page, live_server, tra
     assert len(webhook_receiver.requests) == 2
     assert secret not in page.content()
     assert list(Delivery.objects.order_by("attempt").values_list("attempt", "status")) == [
-        (1, "succeeded"), (2, "succeeded")]
+        (1, "succeeded"),
+        (2, "succeeded"),
+    ]
     screenshot("96-webhook-delivery-log")
 
     page.click("[data-testid=toggle-active]")

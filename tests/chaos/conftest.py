@@ -8,6 +8,7 @@
   heartbeats and leases, and kills whatever is left at the end;
 - `record`: keeps a test's measurements in test-results/chaos.json (docs/reliability.md quotes them).
 """
+
 from __future__ import annotations
 
 import json
@@ -54,10 +55,17 @@ class RestartableMlflow:
     def start(self) -> None:
         self.starts += 1
         log = self.root / f"server-{self.starts}.log"
-        self.service = ServiceProcess(_start(mlflow_server_command(self.root, self.port), log_path=log,
-                                             env=mlflow_server_env(), cwd=self.root), log, self.url)
-        wait_until(self.healthy, timeout=120, interval=0.3,
-                   message=lambda: f"mlflow server not healthy:\n{self.service.log_tail()}")
+        self.service = ServiceProcess(
+            _start(mlflow_server_command(self.root, self.port), log_path=log, env=mlflow_server_env(), cwd=self.root),
+            log,
+            self.url,
+        )
+        wait_until(
+            self.healthy,
+            timeout=120,
+            interval=0.3,
+            message=lambda: f"mlflow server not healthy:\n{self.service.log_tail()}",
+        )
 
     def healthy(self) -> bool:
         try:
@@ -103,16 +111,34 @@ class Cluster:
 
     def start_worker(self, name: str, **extra_env) -> ServiceProcess:
         worker = self._spawn(name, celery_worker_command(name), extra_env)
-        wait_until(lambda: self._ready(worker), timeout=90, interval=0.3,
-                   message=lambda: f"worker {name} not ready:\n{worker.log_tail()}")
+        wait_until(
+            lambda: self._ready(worker),
+            timeout=90,
+            interval=0.3,
+            message=lambda: f"worker {name} not ready:\n{worker.log_tail()}",
+        )
         return worker
 
     def start_beat(self, **extra_env) -> ServiceProcess:
-        cmd = [sys.executable, "-m", "celery", "-A", "jobs.app", "beat", "--loglevel", "INFO",
-               "--schedule", str(self.root / "celerybeat-schedule")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "jobs.app",
+            "beat",
+            "--loglevel",
+            "INFO",
+            "--schedule",
+            str(self.root / "celerybeat-schedule"),
+        ]
         beat = self._spawn("beat", cmd, extra_env)
-        wait_until(lambda: "beat: Starting" in beat.log_path.read_text(errors="replace"), timeout=60,
-                   interval=0.3, message=lambda: f"beat not started:\n{beat.log_tail()}")
+        wait_until(
+            lambda: "beat: Starting" in beat.log_path.read_text(errors="replace"),
+            timeout=60,
+            interval=0.3,
+            message=lambda: f"beat not started:\n{beat.log_tail()}",
+        )
         return beat
 
     @staticmethod
@@ -165,6 +191,7 @@ def cluster(transactional_db, chaos_mlflow, _isolated_paths, _isolated_broker, t
 @pytest.fixture
 def record(request):
     """record(**numbers): keep this test's measurements in test-results/chaos.json (merged by test name)."""
+
     def save(**numbers) -> None:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -174,6 +201,7 @@ def record(request):
         data[request.node.name] = {k: round(v, 2) if isinstance(v, float) else v for k, v in numbers.items()}
         RESULTS.write_text(json.dumps(data, indent=2, sort_keys=True))
         print(f"\n[measure] {request.node.name}: {numbers}")
+
     return save
 
 
@@ -202,6 +230,7 @@ def wait_for(predicate, *, timeout: float, message: str, interval: float = 0.2):
         except (OperationalError, InterfaceError):
             connection.close()
             return False
+
     return wait_until(check, timeout=timeout, interval=interval, message=message)
 
 

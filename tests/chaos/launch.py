@@ -9,6 +9,7 @@ working: a `--junitxml` path gets a `-chaos` suffix, so the main session's repor
 overwritten, and "no tests collected" (exit 5, say under a `-k` that picks none of these)
 counts as success.
 """
+
 from __future__ import annotations
 
 import os
@@ -89,10 +90,19 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         postgres.start()
         redis.start()
-        print(f"chaos: private PostgreSQL on :{postgres.port} and Redis on :{redis.port} up in "
-              f"{time.monotonic() - started:.1f}s ({tmp})", flush=True)
-        env = {**os.environ, **postgres.to_env(), **redis.to_env(), "DATABASE_URL": postgres.url,
-               "CELERY_BROKER_URL": redis.url, "REFINERY_CHAOS_RUN": "1"}
+        print(
+            f"chaos: private PostgreSQL on :{postgres.port} and Redis on :{redis.port} up in "
+            f"{time.monotonic() - started:.1f}s ({tmp})",
+            flush=True,
+        )
+        env = {
+            **os.environ,
+            **postgres.to_env(),
+            **redis.to_env(),
+            "DATABASE_URL": postgres.url,
+            "CELERY_BROKER_URL": redis.url,
+            "REFINERY_CHAOS_RUN": "1",
+        }
         child = subprocess.Popen([sys.executable, "-m", "pytest", "tests/chaos", *args], env=env, cwd=REPO_ROOT)
         code = child.wait()
         if code == NO_TESTS_COLLECTED:

@@ -10,6 +10,7 @@ environment (`to_env`), so that a test can take the same instance down and up ag
 Each instance keeps its state (data dir, pid file, log) in its root dir, never in the object,
 so the launcher can stop whatever instance a test process left running on that port.
 """
+
 from __future__ import annotations
 
 import os
@@ -119,14 +120,31 @@ class PrivatePostgres:
             self.root.mkdir(parents=True, exist_ok=True)
             if os.geteuid() == 0:
                 subprocess.run(["chown", "-R", "postgres:postgres", str(self.root)], check=True)
-            self._run(["initdb", "-D", str(self.data_dir), "--auth=trust", "-U", "postgres", "--no-sync",
-                       "--no-instructions", "-E", "UTF8", "--locale=C.UTF-8"])
+            self._run(
+                [
+                    "initdb",
+                    "-D",
+                    str(self.data_dir),
+                    "--auth=trust",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                    "--no-instructions",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ]
+            )
             with open(self.data_dir / "postgresql.conf", "a") as conf:
                 conf.write(_PG_CONF.format(port=self.port, socket_dir=self.root))
         self._pg_ctl("start")
         if fresh:
-            subprocess.run([str(self.bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                            "refinery"], check=True, capture_output=True, text=True)
+            subprocess.run(
+                [str(self.bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "refinery"],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
 
     def stop(self, mode: str = "fast") -> None:
         """pg_ctl stop -m `mode` (smart, fast, immediate); a no-op when it is not running."""
@@ -198,8 +216,10 @@ class PrivatePostgres:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
         result = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} exited with {result.returncode}:\n{result.stdout}{result.stderr}"
-                               f"\n--- {self.log_path}:\n{_tail(self.log_path)}")
+            raise RuntimeError(
+                f"{' '.join(cmd)} exited with {result.returncode}:\n{result.stdout}{result.stderr}"
+                f"\n--- {self.log_path}:\n{_tail(self.log_path)}"
+            )
 
 
 class PrivateRedis:
@@ -228,11 +248,30 @@ class PrivateRedis:
         self.root.mkdir(parents=True, exist_ok=True)
         if self.ping():
             raise RuntimeError(f"something already answers on 127.0.0.1:{self.port}")
-        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-               "--dir", str(self.root), "--daemonize", "no"]
+        cmd = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.root),
+            "--daemonize",
+            "no",
+        ]
         with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          cwd=self.root, start_new_session=True)
+            self._proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.root,
+                start_new_session=True,
+            )
         self.pid_path.write_text(str(self._proc.pid))
         deadline = time.monotonic() + timeout
         while not self.ping():
@@ -363,17 +402,28 @@ class PrivateRabbitMQ:
         env = self._env()
         try:
             with open(self.root / "epmd.out", "ab") as log:
-                self._epmd = subprocess.Popen(["epmd", "-port", str(epmd_port), "-address", "127.0.0.1"],
-                                              env={"PATH": env["PATH"], "HOME": env["HOME"]},
-                                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                              cwd=self.root, start_new_session=True)
+                self._epmd = subprocess.Popen(
+                    ["epmd", "-port", str(epmd_port), "-address", "127.0.0.1"],
+                    env={"PATH": env["PATH"], "HOME": env["HOME"]},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=self.root,
+                    start_new_session=True,
+                )
             self.epmd_pid_path.write_text(str(self._epmd.pid))
             # The node must find our epmd listening: otherwise it would spawn a daemon epmd of its own.
             self._wait_for(lambda: _port_open(epmd_port), self._epmd, timeout, "epmd")
             with open(self.out_path, "ab") as log:
-                self._proc = subprocess.Popen([str(_RABBIT_BIN / "rabbitmq-server")], env=env, stdout=log,
-                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.root,
-                                              start_new_session=True)
+                self._proc = subprocess.Popen(
+                    [str(_RABBIT_BIN / "rabbitmq-server")],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=self.root,
+                    start_new_session=True,
+                )
             self.server_pid_path.write_text(str(self._proc.pid))
             self._wait_for(self.ping, self._proc, timeout, "rabbitmq-server")
         except BaseException:
@@ -433,8 +483,15 @@ class PrivateRabbitMQ:
     def ctl(self, *args: str, timeout: float = 60) -> str:
         """Run `rabbitmqctl -n <node> args...` against this node (its cookie, its epmd); returns stdout."""
         cmd = [str(_RABBIT_BIN / "rabbitmqctl"), "-n", self.node, *args]
-        result = subprocess.run(cmd, env=self._env(), cwd=self.root, capture_output=True, text=True,
-                                stdin=subprocess.DEVNULL, timeout=timeout)
+        result = subprocess.run(
+            cmd,
+            env=self._env(),
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} exited with {result.returncode}:\n{result.stdout}{result.stderr}")
         return result.stdout
@@ -453,44 +510,53 @@ class PrivateRabbitMQ:
     def _env(self) -> dict[str, str]:
         """The environment for rabbitmq-server, rabbitmqctl and epmd: nothing from the system broker's."""
         dist_port, epmd_port = self.ports_path.read_text().split()
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("RABBITMQ_", "ERL_")) and k not in ("NODENAME", "HOME")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RABBITMQ_", "ERL_")) and k not in ("NODENAME", "HOME")
+        }
         root = self.root.resolve()
-        env.update({
-            "HOME": str(root / "home"),
-            "ERL_EPMD_PORT": epmd_port,
-            "ERL_EPMD_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": dist_port,
-            "RABBITMQ_CONF_ENV_FILE": str(root / "rabbitmq-env.conf"),
-            "RABBITMQ_CONFIG_FILE": str(root / "rabbitmq.conf"),
-            "RABBITMQ_ADVANCED_CONFIG_FILE": str(root / "advanced.config"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(root / "enabled_plugins"),
-            "RABBITMQ_ENABLED_PLUGINS": "",
-            "RABBITMQ_MNESIA_BASE": str(root / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(root / "log"),
-            "RABBITMQ_PID_FILE": str(root / "beam.pid"),
-            # the distribution listener (and rabbitmqctl's) on loopback only, not 0.0.0.0
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
-            "RABBITMQ_CTL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
-        })
+        env.update(
+            {
+                "HOME": str(root / "home"),
+                "ERL_EPMD_PORT": epmd_port,
+                "ERL_EPMD_ADDRESS": "127.0.0.1",
+                "RABBITMQ_NODENAME": self.node,
+                "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+                "RABBITMQ_NODE_PORT": str(self.port),
+                "RABBITMQ_DIST_PORT": dist_port,
+                "RABBITMQ_CONF_ENV_FILE": str(root / "rabbitmq-env.conf"),
+                "RABBITMQ_CONFIG_FILE": str(root / "rabbitmq.conf"),
+                "RABBITMQ_ADVANCED_CONFIG_FILE": str(root / "advanced.config"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(root / "enabled_plugins"),
+                "RABBITMQ_ENABLED_PLUGINS": "",
+                "RABBITMQ_MNESIA_BASE": str(root / "mnesia"),
+                "RABBITMQ_LOG_BASE": str(root / "log"),
+                "RABBITMQ_PID_FILE": str(root / "beam.pid"),
+                # the distribution listener (and rabbitmqctl's) on loopback only, not 0.0.0.0
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+                "RABBITMQ_CTL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            }
+        )
         return env
 
     def _wait_for(self, ready: Callable[[], bool], proc: subprocess.Popen, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not ready():
             if proc.poll() is not None or time.monotonic() >= deadline:
-                raise RuntimeError(f"{what} for {self.node} did not come up:\n{_tail(self.out_path)}"
-                                   f"\n--- {self.log_path}:\n{_tail(self.log_path)}")
+                raise RuntimeError(
+                    f"{what} for {self.node} did not come up:\n{_tail(self.out_path)}"
+                    f"\n--- {self.log_path}:\n{_tail(self.log_path)}"
+                )
             time.sleep(0.05)
 
     def _node_pids(self) -> list[int]:
         """Every live process started for this node: the sh wrapper, the beam, its helpers (erl_child_setup,
         inet_gethost, the disk monitor's sh) and any rabbitmqctl, found by the environment they inherit."""
-        markers = (f"RABBITMQ_NODENAME={self.node}\0".encode(),
-                   f"RABBITMQ_MNESIA_BASE={self.root.resolve() / 'mnesia'}\0".encode())
+        markers = (
+            f"RABBITMQ_NODENAME={self.node}\0".encode(),
+            f"RABBITMQ_MNESIA_BASE={self.root.resolve() / 'mnesia'}\0".encode(),
+        )
         pids = []
         for environ in Path("/proc").glob("[0-9]*/environ"):
             try:

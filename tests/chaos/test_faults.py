@@ -8,6 +8,7 @@ Measurements go to test-results/chaos.json; docs/reliability.md quotes them.
 Cases 7 (enqueue inside a rolled-back transaction) and 8 (a hung trainer) live in
 tests/runs/test_enqueue_after_commit.py and tests/jobs/test_supervisor.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,9 +31,19 @@ SAVE_STEPS = 50
 
 
 def sft_pipeline(demo_pipeline, *, steps: int, name: str = "sft", **config):
-    return demo_pipeline({"name": name, "method": "sft",
-                          "config": {"max_steps": steps, "save_steps": SAVE_STEPS, "save_total_limit": 2,
-                                     "logging_steps": 1, **config}})
+    return demo_pipeline(
+        {
+            "name": name,
+            "method": "sft",
+            "config": {
+                "max_steps": steps,
+                "save_steps": SAVE_STEPS,
+                "save_total_limit": 2,
+                "logging_steps": 1,
+                **config,
+            },
+        }
+    )
 
 
 def launch(pipeline) -> tuple[Run, StageRun]:
@@ -50,24 +61,39 @@ def stage_now_retrying(stage: StageRun) -> StageRun:
 
 
 def wait_training(stage: StageRun, *, past_step: int, timeout: float = 180) -> StageRun:
-    return wait_for(lambda: (s := stage_now(stage)).status == Status.RUNNING and s.step > past_step and s,
-                    timeout=timeout, interval=0.05, message=f"stage {stage.pk} did not train past step {past_step}")
+    return wait_for(
+        lambda: (s := stage_now(stage)).status == Status.RUNNING and s.step > past_step and s,
+        timeout=timeout,
+        interval=0.05,
+        message=f"stage {stage.pk} did not train past step {past_step}",
+    )
 
 
 def wait_finished(stage: StageRun, *, timeout: float = 300) -> StageRun:
-    return wait_for(lambda: (s := stage_now(stage)).is_finished and s, timeout=timeout, interval=0.2,
-                    message=f"stage {stage.pk} did not finish")
+    return wait_for(
+        lambda: (s := stage_now(stage)).is_finished and s,
+        timeout=timeout,
+        interval=0.2,
+        message=f"stage {stage.pk} did not finish",
+    )
 
 
 def assert_each_step_once(stage: StageRun, steps: int) -> None:
     expected = list(range(1, steps + 1))
-    db = list(StageMetric.objects.filter(stage_run=stage, key="train/loss").order_by("step")
-              .values_list("step", flat=True))
+    db = list(
+        StageMetric.objects.filter(stage_run=stage, key="train/loss").order_by("step").values_list("step", flat=True)
+    )
     assert db == expected, "database: lost or extra steps"
     # The row says succeeded first; the supervisor drains its metric spool to MLflow right after.
-    mlflow = wait_for(lambda: ([s for s, _ in metric_history(stage.mlflow_run_id, "train/loss")] or [0])
-                      if tracking_client().get_run(stage.mlflow_run_id).info.status != "RUNNING" else None,
-                      timeout=120, message="the stage's MLflow run was not ended")
+    mlflow = wait_for(
+        lambda: (
+            ([s for s, _ in metric_history(stage.mlflow_run_id, "train/loss")] or [0])
+            if tracking_client().get_run(stage.mlflow_run_id).info.status != "RUNNING"
+            else None
+        ),
+        timeout=120,
+        message="the stage's MLflow run was not ended",
+    )
     assert mlflow == expected, f"MLflow: lost or duplicated steps ({len(mlflow)} points for {steps} steps)"
 
 
@@ -97,11 +123,15 @@ def test_1_trainer_killed_mid_stage_resumes_and_succeeds_once(cluster, demo_pipe
 
     killed = time.monotonic()
     assert kill_trainer(stage) == 1
-    wait_for(lambda: stage_now(stage).attempt == 2 and stage_now(stage).step > 0, timeout=60,
-             message="no second attempt")
+    wait_for(
+        lambda: stage_now(stage).attempt == 2 and stage_now(stage).step > 0, timeout=60, message="no second attempt"
+    )
     requeued = elapsed(killed)
-    back = wait_for(lambda: "resumed from" in cluster.logs() and elapsed(killed), timeout=60,
-                    message="the second attempt did not resume")
+    back = wait_for(
+        lambda: "resumed from" in cluster.logs() and elapsed(killed),
+        timeout=60,
+        message="the second attempt did not resume",
+    )
     done = wait_finished(stage)
 
     assert done.status == Status.SUCCEEDED and done.attempt == 2 and done.error == ""
@@ -125,13 +155,27 @@ def test_2_worker_killed_mid_stage_another_worker_resumes_it(cluster, demo_pipel
 
     killed = time.monotonic()
     cluster.kill(first)  # the worker and its pool, as if the host were gone
-    wait_for(lambda: not trainer_pids(spec), timeout=15, message=lambda: "the orphaned trainer kept running: " + str(
-        [(p, open(f"/proc/{p}/status").read().split("\n")[2], open(f"/proc/{p}/wchan").read()) for p in trainer_pids(spec)])
-        + (stage_work_dir(stage) / "trainer.log").read_text()[-1500:])
+    wait_for(
+        lambda: not trainer_pids(spec),
+        timeout=15,
+        message=lambda: (
+            "the orphaned trainer kept running: "
+            + str(
+                [
+                    (p, open(f"/proc/{p}/status").read().split("\n")[2], open(f"/proc/{p}/wchan").read())
+                    for p in trainer_pids(spec)
+                ]
+            )
+            + (stage_work_dir(stage) / "trainer.log").read_text()[-1500:]
+        ),
+    )
     orphan_gone = elapsed(killed)
     cluster.start_worker("w2", REFINERY_LEASE_SECONDS=2 * HEARTBEAT_SECONDS)
-    wait_for(lambda: stage_now(stage).status == Status.QUEUED or stage_now(stage).attempt == 2, timeout=60,
-             message="the reaper did not requeue the stage")
+    wait_for(
+        lambda: stage_now(stage).status == Status.QUEUED or stage_now(stage).attempt == 2,
+        timeout=60,
+        message="the reaper did not requeue the stage",
+    )
     reaped = elapsed(killed)
     wait_for(lambda: "resumed from" in cluster.logs(), timeout=90, message="the second attempt did not resume")
     back = elapsed(killed)
@@ -143,8 +187,15 @@ def test_2_worker_killed_mid_stage_another_worker_resumes_it(cluster, demo_pipel
     step = resumed_at(cluster.logs(), stage)
     assert step % SAVE_STEPS == 0 and at - SAVE_STEPS <= step
     assert_each_step_once(done, steps)
-    record(killed_near_step=at, resumed_from_step=step, heartbeat_s=HEARTBEAT_SECONDS, lease_s=2 * HEARTBEAT_SECONDS,
-           orphan_trainer_gone_s=orphan_gone, kill_to_requeued_s=reaped, kill_to_training_s=back)
+    record(
+        killed_near_step=at,
+        resumed_from_step=step,
+        heartbeat_s=HEARTBEAT_SECONDS,
+        lease_s=2 * HEARTBEAT_SECONDS,
+        orphan_trainer_gone_s=orphan_gone,
+        kill_to_requeued_s=reaped,
+        kill_to_training_s=back,
+    )
 
 
 # 3 -----------------------------------------------------------------------------------------------
@@ -155,8 +206,11 @@ def test_3_kill_during_a_checkpoint_save_skips_the_partial_checkpoint(cluster, d
     steps = 300
     run, stage = launch(sft_pipeline(demo_pipeline, steps=steps))
     partial = stage_work_dir(stage) / "checkpoints" / ".tmp-checkpoint-100"
-    wait_for(lambda: (partial / "checkpoint-100" / "trainer_state.json").exists(), timeout=180,
-             message="the trainer never reached the save of checkpoint-100")
+    wait_for(
+        lambda: (partial / "checkpoint-100" / "trainer_state.json").exists(),
+        timeout=180,
+        message="the trainer never reached the save of checkpoint-100",
+    )
 
     killed = time.monotonic()
     kill_trainer(stage)
@@ -166,10 +220,14 @@ def test_3_kill_during_a_checkpoint_save_skips_the_partial_checkpoint(cluster, d
     logs = cluster.logs()
     assert resumed_at(logs, stage) == 50  # checkpoint-100 was not complete: the one before it
     # The work dir is gone once the stage has ended: read the log the supervisor published to MLflow.
-    wait_for(lambda: "trainer.log" in artifact_list(mlflow_run_id=done.mlflow_run_id), timeout=60,
-             message="the trainer log never reached MLflow")
-    trainer_log = artifacts_download(mlflow_run_id=done.mlflow_run_id, artifact_path="trainer.log",
-                                     dst=tmp_path / "log").read_text()
+    wait_for(
+        lambda: "trainer.log" in artifact_list(mlflow_run_id=done.mlflow_run_id),
+        timeout=60,
+        message="the trainer log never reached MLflow",
+    )
+    trainer_log = artifacts_download(
+        mlflow_run_id=done.mlflow_run_id, artifact_path="trainer.log", dst=tmp_path / "log"
+    ).read_text()
     assert "discarded the partial checkpoint .tmp-checkpoint-100" in trainer_log
     assert_each_step_once(done, steps)
     record(kill_to_succeeded_s=elapsed(killed), resumed_from_step=50)
@@ -222,7 +280,8 @@ def rabbitmq(tmp_path, monkeypatch):
 
 
 def test_4b_a_stage_longer_than_rabbitmqs_consumer_timeout_is_neither_redelivered_nor_killed(
-        cluster, demo_pipeline, rabbitmq, record):
+    cluster, demo_pipeline, rabbitmq, record
+):
     # One worker, two runs: the long stage's wake-up was acked when it started; the short one's sits
     # reserved (RabbitMQ cannot turn prefetch off) and trips the 3 s consumer timeout over and over.
     cluster.start_worker("w1", CELERY_BROKER_URL=rabbitmq.url)
@@ -245,8 +304,13 @@ def test_4b_a_stage_longer_than_rabbitmqs_consumer_timeout_is_neither_redelivere
     # Control: this broker does enforce its 3 s timeout on a consumer that holds a message unacked.
     held = unacked_consumer_closed_after(rabbitmq.url)
     assert 2.5 < held < 6
-    record(stage_seconds=duration, consumer_timeout_s=3, control_consumer_closed_after_s=held,
-           executions_long=1, executions_short=1)
+    record(
+        stage_seconds=duration,
+        consumer_timeout_s=3,
+        control_consumer_closed_after_s=held,
+        executions_long=1,
+        executions_short=1,
+    )
 
 
 def unacked_consumer_closed_after(url: str) -> float:
@@ -260,8 +324,7 @@ def unacked_consumer_closed_after(url: str) -> float:
         with conn.Producer() as producer:
             producer.publish({"x": 1}, routing_key="chaos-control", declare=[queue])
         got = []
-        with conn.Consumer(queue, callbacks=[lambda body, message: got.append(time.monotonic())],
-                           accept=["json"]):
+        with conn.Consumer(queue, callbacks=[lambda body, message: got.append(time.monotonic())], accept=["json"]):
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline:
                 try:
@@ -290,13 +353,19 @@ def test_5_mlflow_down_for_30s_mid_stage_loses_and_duplicates_no_point(cluster, 
 
     assert done.status == Status.SUCCEEDED and done.attempt == 1
     assert up_at_step - down_at_step > 100  # training went on while MLflow was away
-    wait_for(lambda: len(metric_history(done.mlflow_run_id, "train/loss")) >= steps, timeout=120,
-             message="MLflow did not get every point")
+    wait_for(
+        lambda: len(metric_history(done.mlflow_run_id, "train/loss")) >= steps,
+        timeout=120,
+        message="MLflow did not get every point",
+    )
     delivered = elapsed(restarted)
     assert_each_step_once(done, steps)
     assert tracking_client().get_run(done.mlflow_run_id).info.status == "FINISHED"
-    record(mlflow_down_s=30, steps_trained_while_down=up_at_step - down_at_step,
-           restart_to_all_points_delivered_s=delivered)
+    record(
+        mlflow_down_s=30,
+        steps_trained_while_down=up_at_step - down_at_step,
+        restart_to_all_points_delivered_s=delivered,
+    )
 
 
 # 6 -----------------------------------------------------------------------------------------------
@@ -305,8 +374,12 @@ def test_6_postgresql_and_redis_restarted_mid_run_the_run_completes(cluster, dem
     cluster.start_worker("w1", REFINERY_LEASE_SECONDS=10)
     pipeline = demo_pipeline(
         {"name": "first", "method": "sft", "config": {"max_steps": 1500, "save_steps": 500, "logging_steps": 1}},
-        {"name": "second", "method": "sft", "input": "first",
-         "config": {"max_steps": 200, "save_steps": 500, "logging_steps": 1}},
+        {
+            "name": "second",
+            "method": "sft",
+            "input": "first",
+            "config": {"max_steps": 200, "save_steps": 500, "logging_steps": 1},
+        },
     )
     run, stage = launch(pipeline)
     wait_training(stage, past_step=200)
@@ -344,5 +417,4 @@ def test_9_forty_stages_on_two_workers_each_run_exactly_once(cluster, demo_pipel
     assert set(claims.values()) == {1} and set(trainers.values()) == {1}
     assert {s.worker.split("@")[0] for s in done} == {"w1", "w2"}  # both took work
     duplicates = logs.count("nothing to do")
-    record(stages=40, workers=2, wall_s=total, executions=sum(trainers.values()),
-           duplicate_wake_ups_dropped=duplicates)
+    record(stages=40, workers=2, wall_s=total, executions=sum(trainers.values()), duplicate_wake_ups_dropped=duplicates)

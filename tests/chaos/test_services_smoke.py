@@ -1,4 +1,5 @@
 """The chaos session's private services restart on demand, and the clients recover."""
+
 from __future__ import annotations
 
 import pytest

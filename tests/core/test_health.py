@@ -1,6 +1,7 @@
 """/healthz (liveness) and /readyz (database, broker and MLflow reachable): public, GET only, never cached,
 exempt from the HTTPS redirect. The real PostgreSQL and Redis of the test settings; MLflow is a tiny
 HTTP server of the test's own (its /health answers as the real one's does) or a closed port."""
+
 from __future__ import annotations
 
 import threading
@@ -62,8 +63,10 @@ def test_readyz_names_mlflow_when_it_is_down(db, settings):
     settings.MLFLOW_TRACKING_URI = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     response = Client().get("/readyz")
     assert response.status_code == 503
-    assert response.json() == {"status": "unavailable",
-                               "checks": {"database": "ok", "broker": "ok", "mlflow": "unreachable"}}
+    assert response.json() == {
+        "status": "unavailable",
+        "checks": {"database": "ok", "broker": "ok", "mlflow": "unreachable"},
+    }
 
 
 def test_readyz_names_mlflow_when_its_health_fails(db, mlflow_health):

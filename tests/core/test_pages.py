@@ -1,4 +1,5 @@
 """Server-rendered pages: login, team scoping, the pipeline editor generated from method configs."""
+
 from __future__ import annotations
 
 import subprocess
@@ -10,7 +11,6 @@ from refinery.basemodels.services import base_model_create
 from refinery.data.services import dataset_version_create
 from refinery.pipelines.models import Pipeline
 from refinery.runs.models import Run
-
 from tests.fixtures import ROWS
 
 
@@ -19,8 +19,9 @@ def seeded(team, alice, dataset_dir, tiny_model_dir):
     import json
 
     data = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
-    version = dataset_version_create(team=team, user=alice, name="sums", kind="prompt_completion",
-                                     filename="sums.jsonl", chunks=iter([data])).version
+    version = dataset_version_create(
+        team=team, user=alice, name="sums", kind="prompt_completion", filename="sums.jsonl", chunks=iter([data])
+    ).version
     model = base_model_create(team=team, user=alice, name="tiny", source="local", name_or_path=str(tiny_model_dir))
     return {"dataset": version.dataset, "model": model}
 
@@ -32,8 +33,16 @@ def test_pages_need_login(client, db):
 
 
 def test_every_page_renders(browser_client, seeded):
-    pages = ["/runs/", "/datasets/", "/datasets/upload/", f"/datasets/{seeded['dataset'].pk}/", "/models/",
-             "/models/new/", "/pipelines/", "/pipelines/new/"]
+    pages = [
+        "/runs/",
+        "/datasets/",
+        "/datasets/upload/",
+        f"/datasets/{seeded['dataset'].pk}/",
+        "/models/",
+        "/models/new/",
+        "/pipelines/",
+        "/pipelines/new/",
+    ]
     for url in pages:
         response = browser_client.get(url)
         assert response.status_code == 200, url
@@ -68,12 +77,23 @@ def test_editor_fields_come_from_the_method_config(browser_client, seeded):
 
 def _form(seeded, **overrides):
     data = {
-        "name": "web-pipeline", "base_model_id": seeded["model"].pk, "seed": "3", "description": "",
-        "stages-0-name": "first", "stages-0-method": "sft", "stages-0-input": "base",
-        "stages-0-dataset_id": seeded["dataset"].pk, "stages-0-config-learning_rate": "0.002",
-        "stages-0-config-packing": ["false", "true"], "stages-0-adapter-type": "none",
-        "stages-1-name": "second", "stages-1-method": "sft", "stages-1-input": "@0",
-        "stages-1-dataset_id": seeded["dataset"].pk, "stages-1-adapter-type": "lora", "stages-1-adapter-r": "4",
+        "name": "web-pipeline",
+        "base_model_id": seeded["model"].pk,
+        "seed": "3",
+        "description": "",
+        "stages-0-name": "first",
+        "stages-0-method": "sft",
+        "stages-0-input": "base",
+        "stages-0-dataset_id": seeded["dataset"].pk,
+        "stages-0-config-learning_rate": "0.002",
+        "stages-0-config-packing": ["false", "true"],
+        "stages-0-adapter-type": "none",
+        "stages-1-name": "second",
+        "stages-1-method": "sft",
+        "stages-1-input": "@0",
+        "stages-1-dataset_id": seeded["dataset"].pk,
+        "stages-1-adapter-type": "lora",
+        "stages-1-adapter-r": "4",
     }
     data.update(overrides)
     return data
@@ -139,8 +159,12 @@ def test_a_failed_stage_shows_its_error_and_log_tail(browser_client, seeded, dja
     run = Run.objects.get()
     first = run.stages.get(index=0)
     stage_claim(stage_run_id=first.pk, worker="w1")
-    stage_finish(stage_run_id=first.pk, status=Status.FAILED, error="CUDA out of memory at step 12",
-                 log_tail="step 11 loss 0.4\nRuntimeError: CUDA out of memory")
+    stage_finish(
+        stage_run_id=first.pk,
+        status=Status.FAILED,
+        error="CUDA out of memory at step 12",
+        log_tail="step 11 loss 0.4\nRuntimeError: CUDA out of memory",
+    )
     html = browser_client.get(f"/runs/{run.number}/").content.decode()
     assert "CUDA out of memory at step 12" in html
     assert "Last lines of the trainer log" in html and "RuntimeError: CUDA out of memory" in html
@@ -148,8 +172,9 @@ def test_a_failed_stage_shows_its_error_and_log_tail(browser_client, seeded, dja
     assert run.status == Status.FAILED and run.stages.get(index=1).status == Status.CANCELED
 
 
-def test_run_page_charts_every_method_metric_with_the_important_ones_first(browser_client, seeded,
-                                                                             django_capture_on_commit_callbacks):
+def test_run_page_charts_every_method_metric_with_the_important_ones_first(
+    browser_client, seeded, django_capture_on_commit_callbacks
+):
     from refinery.runs.services import stage_metrics_record
 
     browser_client.post("/pipelines/new/", _form(seeded))
@@ -159,11 +184,20 @@ def test_run_page_charts_every_method_metric_with_the_important_ones_first(brows
     first, second = run.stages.order_by("index")
     first.total_steps = 3
     first.save()
-    stage_metrics_record(stage_run_id=first.pk, points=[
-        (key, step, value, 0.0) for step in (1, 2, 3)
-        for key, value in (("train/loss", 1.0 / step), ("train/learning_rate", 1e-3), ("train/epoch", step),
-                           ("train/rewards/margins", 0.1 * step), ("train/kl", 0.01 * step))
-    ])
+    stage_metrics_record(
+        stage_run_id=first.pk,
+        points=[
+            (key, step, value, 0.0)
+            for step in (1, 2, 3)
+            for key, value in (
+                ("train/loss", 1.0 / step),
+                ("train/learning_rate", 1e-3),
+                ("train/epoch", step),
+                ("train/rewards/margins", 0.1 * step),
+                ("train/kl", 0.01 * step),
+            )
+        ],
+    )
     stage_metrics_record(stage_run_id=second.pk, points=[("train/rewards/margins", 1, 0.5, 0.0)])
     html = browser_client.get(f"/runs/{run.number}/").content.decode()
     charts = html.split('data-testid="metric-charts"')[1]
@@ -178,8 +212,10 @@ def test_run_page_charts_every_method_metric_with_the_important_ones_first(brows
 
 def test_choosing_a_method_swaps_in_its_fields_and_keeps_the_stage(browser_client, seeded):
     """What the method select sends with htmx: its own prefixed field plus the hx-included ones."""
-    url = (f"/pipelines/stage-form/?index=0&stages-0-method=grpo&stages-0-name=rl"
-           f"&stages-0-dataset_id={seeded['dataset'].pk}")
+    url = (
+        f"/pipelines/stage-form/?index=0&stages-0-method=grpo&stages-0-name=rl"
+        f"&stages-0-dataset_id={seeded['dataset'].pk}"
+    )
     html = browser_client.get(url).content.decode()
     assert 'name="stages-0-config-reward_exact_match_weight"' in html
     assert '<option value="grpo" selected>' in html and 'value="rl"' in html
@@ -187,7 +223,8 @@ def test_choosing_a_method_swaps_in_its_fields_and_keeps_the_stage(browser_clien
 
 
 def test_runs_list_shows_each_runs_last_loss_and_the_metrics_json_has_the_series(
-        browser_client, seeded, django_capture_on_commit_callbacks):
+    browser_client, seeded, django_capture_on_commit_callbacks
+):
     from refinery.runs.services import stage_metrics_record
 
     browser_client.post("/pipelines/new/", _form(seeded))

@@ -182,6 +182,4 @@ def test_a_row_renders_through_the_default_template():
 
     rendered = render_chat_template(DEFAULT_CHAT_TEMPLATE, row_to_messages(row, "preference"))
 
-    assert rendered == (
-        "<|im_start|>user\nCapital of France?<|im_end|>\n<|im_start|>assistant\nParis.<|im_end|>\n"
-    )
+    assert rendered == ("<|im_start|>user\nCapital of France?<|im_end|>\n<|im_start|>assistant\nParis.<|im_end|>\n")

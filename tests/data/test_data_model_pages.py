@@ -1,4 +1,5 @@
 """Dataset pages (version history, diffs between versions, runs per version) and base model pages, team-scoped."""
+
 from __future__ import annotations
 
 import json
@@ -25,6 +26,7 @@ def _empty_cache():
     yield
     cache.clear()
 
+
 A = {"prompt": "1+1=", "completion": "2"}
 B = {"prompt": "2+2=", "completion": "4"}
 C = {"prompt": "3+3=", "completion": "6"}
@@ -33,8 +35,9 @@ D = {"prompt": "4+4=", "completion": "8"}
 
 def upload(team, user, rows, name="sums"):
     data = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    return dataset_version_create(team=team, user=user, name=name, kind="prompt_completion",
-                                  filename=f"{name}.jsonl", chunks=iter([data])).version
+    return dataset_version_create(
+        team=team, user=user, name=name, kind="prompt_completion", filename=f"{name}.jsonl", chunks=iter([data])
+    ).version
 
 
 @pytest.fixture
@@ -87,8 +90,14 @@ def test_the_diff_is_not_computed_over_the_size_cap(versions, settings):
 
 
 def _pipeline(team, user, dataset, *, eval_dataset=None):
-    stage = {"name": "sft", "method": "sft", "config": {"max_steps": 2}, "adapter": {"type": "none"},
-             "dataset_id": dataset.pk, "input": "base"}
+    stage = {
+        "name": "sft",
+        "method": "sft",
+        "config": {"max_steps": 2},
+        "adapter": {"type": "none"},
+        "dataset_id": dataset.pk,
+        "input": "base",
+    }
     if eval_dataset is not None:
         stage["eval_dataset_id"] = eval_dataset.pk
     return PipelineFactory(team=team, base_model=BaseModelFactory(team=team), created_by=user, stages=[stage])
@@ -109,8 +118,14 @@ def runs_on_versions(team, alice, dataset_dir, sent_stages):
 def test_each_version_lists_the_runs_that_read_it(browser_client, team, runs_on_versions, bob):
     v1, v2, (run1, run2, run3) = runs_on_versions
     # Another team's run whose snapshot names this dataset (it cannot, but if it did) stays out.
-    Run.objects.create(team=bob.teams.get(), number=1, name="x", seed=1, code_version="x",
-                       snapshot={"stages": [{"train_data": {"dataset_id": v1.dataset_id, "version_id": v1.pk}}]})
+    Run.objects.create(
+        team=bob.teams.get(),
+        number=1,
+        name="x",
+        seed=1,
+        code_version="x",
+        snapshot={"stages": [{"train_data": {"dataset_id": v1.dataset_id, "version_id": v1.pk}}]},
+    )
     used = dataset_version_runs(team=team, dataset=v1.dataset)
     assert [r.number for r in used[v1.pk]] == [run1.number]
     assert [r.number for r in used[v2.pk]] == [run3.number, run2.number]
@@ -137,8 +152,9 @@ def test_dataset_pages_are_team_scoped(versions, bob):
     assert client.get(f"/datasets/{v1.dataset_id}/versions/2/diff/").status_code == 404
 
 
-def test_base_model_page_shows_details_and_the_runs_built_on_it(browser_client, team, alice, bob, dataset_dir,
-                                                                 sent_stages):
+def test_base_model_page_shows_details_and_the_runs_built_on_it(
+    browser_client, team, alice, bob, dataset_dir, sent_stages
+):
     version = upload(team, alice, [A, B, C])
     pipeline = _pipeline(team, alice, version.dataset)
     model = pipeline.base_model

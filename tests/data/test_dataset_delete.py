@@ -1,5 +1,6 @@
 """Deleting a dataset: members only, refused while a pipeline or an unfinished run reads it, audited,
 and the stored file goes only when no dataset version of any team points at it."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,14 +20,22 @@ def _stored(version: DatasetVersion, settings):
 
 
 def _pipeline_on(team, user, dataset_id: int, name: str = "reads-it"):
-    stage = {"name": "sft", "method": "sft", "config": {"max_steps": 2}, "adapter": {"type": "none"},
-             "dataset_id": dataset_id, "input": "base"}
-    return PipelineFactory(team=team, name=name, created_by=user, base_model=BaseModelFactory(team=team),
-                           stages=[stage])
+    stage = {
+        "name": "sft",
+        "method": "sft",
+        "config": {"max_steps": 2},
+        "adapter": {"type": "none"},
+        "dataset_id": dataset_id,
+        "input": "base",
+    }
+    return PipelineFactory(
+        team=team, name=name, created_by=user, base_model=BaseModelFactory(team=team), stages=[stage]
+    )
 
 
-def test_a_member_deletes_an_unused_dataset_its_file_and_it_is_audited(browser_client, team, alice, settings,
-                                                                        django_capture_on_commit_callbacks):
+def test_a_member_deletes_an_unused_dataset_its_file_and_it_is_audited(
+    browser_client, team, alice, settings, django_capture_on_commit_callbacks
+):
     version = DatasetVersionFactory(dataset__team=team, dataset__name="old-sums")
     path = _stored(version, settings)
     assert path.exists()

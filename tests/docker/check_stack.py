@@ -17,6 +17,7 @@ Standard library only (it runs on the host's python3, before or without .venv). 
 
 Each step prints one line with its time; the first failure raises with the evidence.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,9 @@ class Stack:
     def run(self, *args: str, timeout: float = 600, check_rc: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
         if check_rc and result.returncode != 0:
-            raise CheckFailed(f"{shlex.join(args)} exited {result.returncode}:\n{result.stdout[-2000:]}"
-                              f"\n{result.stderr[-2000:]}")
+            raise CheckFailed(
+                f"{shlex.join(args)} exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+            )
         return result
 
     def dc(self, *args: str, timeout: float = 600, check_rc: bool = True) -> subprocess.CompletedProcess:
@@ -90,8 +92,16 @@ class Stack:
             time.sleep(3)
 
     # --- HTTP -----------------------------------------------------------------------------------------
-    def http(self, path: str, *, data: dict | None = None, headers: dict | None = None, method: str | None = None,
-             browser: bool = True, json_body=None) -> tuple[int, dict, bytes]:
+    def http(
+        self,
+        path: str,
+        *,
+        data: dict | None = None,
+        headers: dict | None = None,
+        method: str | None = None,
+        browser: bool = True,
+        json_body=None,
+    ) -> tuple[int, dict, bytes]:
         body = None
         headers = dict(headers or {})
         if json_body is not None:
@@ -119,11 +129,15 @@ class Stack:
         check(status == 200, f"GET /login/ answered {status}")
         token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page)
         check(token, "the login page has no CSRF token")
-        status, headers, _ = self.http("/login/", data={"username": DEMO_USER, "password": DEMO_PASSWORD,
-                                                        "csrfmiddlewaretoken": token.group(1).decode()},
-                                       headers={"Referer": self.url + "/login/"})
-        check(status == 302 and not headers.get("Location", "").startswith("/login"),
-              f"signing in as {DEMO_USER} answered {status} {headers.get('Location')}")
+        status, headers, _ = self.http(
+            "/login/",
+            data={"username": DEMO_USER, "password": DEMO_PASSWORD, "csrfmiddlewaretoken": token.group(1).decode()},
+            headers={"Referer": self.url + "/login/"},
+        )
+        check(
+            status == 302 and not headers.get("Location", "").startswith("/login"),
+            f"signing in as {DEMO_USER} answered {status} {headers.get('Location')}",
+        )
         status, _, page = self.http("/runs/")
         check(status == 200 and DEMO_USER.encode() in page, f"the runs page after signing in answered {status}")
 
@@ -140,11 +154,14 @@ def timed(label: str):
             result = fn(*args, **kwargs)
             print(f"docker-test: ok  {label} ({time.monotonic() - start:.1f}s)", flush=True)
             return result
+
         return inner
+
     return wrap
 
 
 # --- the checks -------------------------------------------------------------------------------------------
+
 
 @timed("login page, /healthz and /readyz answer on the published port")
 def check_web_answers(stack: Stack) -> None:
@@ -184,19 +201,37 @@ def check_demo_login(stack: Stack) -> None:
 
 @timed(f"a {STEPS}-step SFT run went through the CPU worker and MLflow; artifacts downloaded through the web")
 def check_sft_run(stack: Stack) -> int:
-    stack.token = stack.dc("exec", "-T", "web", "python", "manage.py", "api_token", DEMO_USER).stdout.strip().split()[-1]
+    stack.token = (
+        stack.dc("exec", "-T", "web", "python", "manage.py", "api_token", DEMO_USER).stdout.strip().split()[-1]
+    )
     status, models = stack.api("GET", "/base-models")
     check(status == 200 and models, f"GET /base-models: {status} {models}")
     status, datasets = stack.api("GET", "/datasets")
     check(status == 200, f"GET /datasets: {status} {datasets}")
     train = next((d for d in datasets if d["name"] == "addition-train"), None)
     check(train, f"no demo dataset addition-train in {[d['name'] for d in datasets]}")
-    status, pipeline = stack.api("POST", "/pipelines", {
-        "name": "docker-test sft", "base_model_id": models[0]["id"],
-        "spec": {"seed": 7, "auto_evaluate": False, "stages": [
-            {"name": "sft", "method": "sft", "dataset_id": train["id"], "input": "base",
-             "config": {"max_steps": STEPS, "logging_steps": 1, "save_steps": 100000}, "adapter": {"type": "none"}}]},
-    })
+    status, pipeline = stack.api(
+        "POST",
+        "/pipelines",
+        {
+            "name": "docker-test sft",
+            "base_model_id": models[0]["id"],
+            "spec": {
+                "seed": 7,
+                "auto_evaluate": False,
+                "stages": [
+                    {
+                        "name": "sft",
+                        "method": "sft",
+                        "dataset_id": train["id"],
+                        "input": "base",
+                        "config": {"max_steps": STEPS, "logging_steps": 1, "save_steps": 100000},
+                        "adapter": {"type": "none"},
+                    }
+                ],
+            },
+        },
+    )
     check(status == 201, f"POST /pipelines: {status} {pipeline}")
     status, run = stack.api("POST", f"/pipelines/{pipeline['id']}/runs", {})
     check(status == 201, f"POST /pipelines/{pipeline['id']}/runs: {status} {run}")
@@ -207,8 +242,10 @@ def check_sft_run(stack: Stack) -> int:
         time.sleep(3)
         status, run = stack.api("GET", f"/runs/{number}")
         check(status == 200, f"GET /runs/{number}: {status}")
-    check(run["status"] == "succeeded", f"run #{number} {run['status']}: {run.get('error')}\n"
-          f"{stack.dc('logs', '--tail=60', 'worker-cpu').stdout}")
+    check(
+        run["status"] == "succeeded",
+        f"run #{number} {run['status']}: {run.get('error')}\n{stack.dc('logs', '--tail=60', 'worker-cpu').stdout}",
+    )
     check(run["mlflow_run_id"], f"run #{number} has no MLflow run")
     check_artifacts(stack, number)
     return number
@@ -219,8 +256,11 @@ def list_artifacts(stack: Stack, number: int, path: str) -> tuple[list[tuple[str
     status, _, page = stack.http(f"/runs/{number}/artifacts/?" + urllib.parse.urlencode({"stage": "sft", "path": path}))
     check(status == 200, f"artifact listing {path!r} of run #{number}: {status}")
     rows = re.findall(r'<tr data-artifact="([^"]+)" data-kind="(file|folder)">(.*?)</tr>', page.decode(), re.S)
-    files = [(html.unescape(name), int(re.search(r'data-size="(\d+)"', body).group(1)))
-             for name, kind, body in rows if kind == "file" and re.search(r'data-size="\d+"', body)]
+    files = [
+        (html.unescape(name), int(re.search(r'data-size="(\d+)"', body).group(1)))
+        for name, kind, body in rows
+        if kind == "file" and re.search(r'data-size="\d+"', body)
+    ]
     folders = [html.unescape(name) for name, kind, _ in rows if kind == "folder"]
     check(b"mlflow:5000" not in page, "an artifact page shows MLflow's address")
     return files, folders, page
@@ -234,8 +274,9 @@ def check_artifacts(stack: Stack, number: int) -> None:
         files += list_artifacts(stack, number, folder)[0]
     check(files, f"no artifact files listed for run #{number} (folders: {folders})")
     name, size = max(files, key=lambda f: f[1])
-    status, headers, body = stack.http(f"/runs/{number}/artifacts/download/?"
-                                       + urllib.parse.urlencode({"stage": "sft", "path": name}))
+    status, headers, body = stack.http(
+        f"/runs/{number}/artifacts/download/?" + urllib.parse.urlencode({"stage": "sft", "path": name})
+    )
     check(status == 200, f"download {name}: {status} {body[:300]!r}")
     check(headers.get("Content-Disposition", "").startswith("attachment"), f"download {name}: {headers}")
     check(len(body) == size, f"download {name}: {len(body)} bytes, listed as {size}")
@@ -249,9 +290,18 @@ def check_web_image(stack: Stack) -> None:
     uid = stack.dc("exec", "-T", "web", "id", "-u").stdout.strip()
     check(uid.isdigit() and int(uid) != 0, f"the web container runs as uid {uid}")
     check(web["Config"]["User"] not in ("", "root", "0"), f"the web image's USER is {web['Config']['User']!r}")
-    probe = stack.run("docker", "run", "--rm", "--network", "none", image, "python", "-c",
-                      "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('torch') is None else 3)",
-                      check_rc=False)
+    probe = stack.run(
+        "docker",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        image,
+        "python",
+        "-c",
+        "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('torch') is None else 3)",
+        check_rc=False,
+    )
     check(probe.returncode == 0, f"torch is importable in {image} (exit {probe.returncode}) {probe.stderr[-300:]}")
     for service in ("worker-cpu", "beat", "mlflow"):
         uid = stack.dc("exec", "-T", service, "id", "-u").stdout.strip()
@@ -289,8 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", required=True)
     parser.add_argument("--compose", required=True, help="the compose command with -p and -f options")
-    parser.add_argument("--services", default="postgres,redis,mlflow,web,worker-cpu,beat",
-                        help="services that must be healthy")
+    parser.add_argument(
+        "--services", default="postgres,redis,mlflow,web,worker-cpu,beat", help="services that must be healthy"
+    )
     args = parser.parse_args(argv)
     stack = Stack(args.url, args.compose)
     services = args.services.split(",")

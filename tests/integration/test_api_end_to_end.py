@@ -2,6 +2,7 @@
 MLflow server: upload the data, register the model, create a two-stage pipeline (full SFT,
 then LoRA on its output), start it, read it until it ends, look at the run page; and cancel a
 run mid-training."""
+
 from __future__ import annotations
 
 import time
@@ -13,8 +14,8 @@ from django.test import Client
 from refinery.runs.models import StageMetric
 from refinery.teams.services import api_token_create, user_create
 from refinery.tracking.client import metric_history
-from tests.helpers import loss_fell, wait_until
 from tests.fixtures import ApiClient
+from tests.helpers import loss_fell, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -34,11 +35,13 @@ def upload(api, path, name, kind):
 
 
 def create_pipeline(api, demo_kit, name, stages):
-    model = api.post("/api/v1/base-models", {"name": f"tiny-{name}", "source": "local",
-                                             "name_or_path": demo_kit["model"]})
+    model = api.post(
+        "/api/v1/base-models", {"name": f"tiny-{name}", "source": "local", "name_or_path": demo_kit["model"]}
+    )
     assert model.status_code == 201, model.content
-    response = api.post("/api/v1/pipelines", {"name": name, "base_model_id": model.json()["id"],
-                                              "spec": {"seed": 11, "stages": stages}})
+    response = api.post(
+        "/api/v1/pipelines", {"name": name, "base_model_id": model.json()["id"], "spec": {"seed": 11, "stages": stages}}
+    )
     assert response.status_code == 201, response.content
     return response.json()
 
@@ -47,19 +50,37 @@ def wait_for_run(api, number, until, timeout):
     def check():
         run = api.get(f"/api/v1/runs/{number}").json()
         return run if until(run) else None
-    return wait_until(check, timeout=timeout, interval=0.3,
-                      message=lambda: str(api.get(f"/api/v1/runs/{number}").json()))
+
+    return wait_until(
+        check, timeout=timeout, interval=0.3, message=lambda: str(api.get(f"/api/v1/runs/{number}").json())
+    )
 
 
 def test_api_upload_pipeline_run_and_page(api, demo_kit, celery_worker_process, mlflow_server):
     train = upload(api, demo_kit["data"]["train"], "addition", "prompt_completion")
     chat = upload(api, demo_kit["data"]["chat"], "addition-chat", "chat")
-    pipeline = create_pipeline(api, demo_kit, "api-two-stage", [
-        {"name": "full", "method": "sft", "dataset_id": train["dataset_id"], "adapter": {"type": "none"},
-         "config": {"num_train_epochs": 4}},
-        {"name": "lora", "method": "sft", "dataset_id": chat["dataset_id"], "input": "full",
-         "adapter": {"type": "lora", "r": 8}, "config": {"num_train_epochs": 4, "learning_rate": 0.01}},
-    ])
+    pipeline = create_pipeline(
+        api,
+        demo_kit,
+        "api-two-stage",
+        [
+            {
+                "name": "full",
+                "method": "sft",
+                "dataset_id": train["dataset_id"],
+                "adapter": {"type": "none"},
+                "config": {"num_train_epochs": 4},
+            },
+            {
+                "name": "lora",
+                "method": "sft",
+                "dataset_id": chat["dataset_id"],
+                "input": "full",
+                "adapter": {"type": "lora", "r": 8},
+                "config": {"num_train_epochs": 4, "learning_rate": 0.01},
+            },
+        ],
+    )
     run = api.post(f"/api/v1/pipelines/{pipeline['id']}/runs", {}).json()
     assert run["snapshot"]["stages"][0]["train_data"]["sha256"] == train["sha256"]
 
@@ -85,10 +106,20 @@ def test_api_upload_pipeline_run_and_page(api, demo_kit, celery_worker_process, 
 
 def test_cancel_through_the_api_stops_training_within_10s(api, demo_kit, celery_worker_process, mlflow_server):
     train = upload(api, demo_kit["data"]["train"], "addition", "prompt_completion")
-    pipeline = create_pipeline(api, demo_kit, "api-long", [
-        {"name": "long", "method": "sft", "dataset_id": train["dataset_id"], "adapter": {"type": "none"},
-         "config": {"max_steps": 100000, "save_steps": 100000}},
-    ])
+    pipeline = create_pipeline(
+        api,
+        demo_kit,
+        "api-long",
+        [
+            {
+                "name": "long",
+                "method": "sft",
+                "dataset_id": train["dataset_id"],
+                "adapter": {"type": "none"},
+                "config": {"max_steps": 100000, "save_steps": 100000},
+            },
+        ],
+    )
     run = api.post(f"/api/v1/pipelines/{pipeline['id']}/runs", {}).json()
     wait_for_run(api, run["number"], lambda r: r["stages"][0]["step"] >= 5, 180)
 
@@ -102,5 +133,8 @@ def test_cancel_through_the_api_stops_training_within_10s(api, demo_kit, celery_
     assert stage["status"] == "canceled" and 5 <= stage["step"] < 100000
     # Partial metrics are kept, in the database and in MLflow.
     assert StageMetric.objects.filter(stage_run__run__number=run["number"], key="train/loss").count() >= 5
-    wait_until(lambda: len(metric_history(stage["mlflow_run_id"], "train/loss")) >= 5, timeout=30,
-               message="partial metrics in MLflow")
+    wait_until(
+        lambda: len(metric_history(stage["mlflow_run_id"], "train/loss")) >= 5,
+        timeout=30,
+        message="partial metrics in MLflow",
+    )

@@ -1,5 +1,6 @@
 """The run page's artifacts browser against a real `mlflow server`: listing, folders, streamed downloads
 through Django, refused traversal, other teams, and no MLflow address anywhere in the HTML."""
+
 from __future__ import annotations
 
 import os
@@ -64,7 +65,7 @@ def test_listing_folders_and_sizes(stage_with_artifacts):
     page = client.get(f"/runs/{run.number}/").content.decode()
     assert f'hx-get="/runs/{run.number}/artifacts/"' in page  # the card loads lazily, through Django
     root = client.get(f"/runs/{run.number}/artifacts/", headers={"HX-Request": "true"}).content.decode()
-    assert '<html' not in root and 'data-testid="artifact-tab-sft"' in root
+    assert "<html" not in root and 'data-testid="artifact-tab-sft"' in root
     assert 'data-artifact="model" data-kind="folder"' in root
     assert 'data-artifact="spec.json" data-kind="file"' in root and 'data-size="18"' in root
     assert 'data-artifact="notes v1.txt"' in root
@@ -82,8 +83,9 @@ def test_listing_folders_and_sizes(stage_with_artifacts):
 
 def test_download_streams_the_file_byte_for_byte(stage_with_artifacts):
     run, client = stage_with_artifacts["run"], stage_with_artifacts["client"]
-    response = client.get(f"/runs/{run.number}/artifacts/download/",
-                          {"stage": "sft", "path": "model/weights/adapter.bin"})
+    response = client.get(
+        f"/runs/{run.number}/artifacts/download/", {"stage": "sft", "path": "model/weights/adapter.bin"}
+    )
     assert response.status_code == 200 and isinstance(response, StreamingHttpResponse)
     assert response["Content-Disposition"] == 'attachment; filename="adapter.bin"'
     assert response["Content-Length"] == str(len(WEIGHTS))
@@ -115,12 +117,14 @@ def test_other_teams_get_404(stage_with_artifacts):
     client.force_login(stranger)
     assert client.get(f"/runs/{run.number}/").status_code == 404
     assert client.get(f"/runs/{run.number}/artifacts/", {"stage": "sft"}).status_code == 404
-    assert client.get(f"/runs/{run.number}/artifacts/download/",
-                      {"stage": "sft", "path": "spec.json"}).status_code == 404
+    assert (
+        client.get(f"/runs/{run.number}/artifacts/download/", {"stage": "sft", "path": "spec.json"}).status_code == 404
+    )
 
 
-def test_an_unreachable_store_is_explained_without_its_address(stage_with_artifacts, settings, make_pipeline,
-                                                                sent_stages):
+def test_an_unreachable_store_is_explained_without_its_address(
+    stage_with_artifacts, settings, make_pipeline, sent_stages
+):
     run, client, server = stage_with_artifacts["run"], stage_with_artifacts["client"], stage_with_artifacts["server"]
     stage = run.stages.get()
     stage_update(stage_run_id=stage.pk, mlflow_run_id="0" * 32)  # a run this process never looked up

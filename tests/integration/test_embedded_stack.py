@@ -1,6 +1,7 @@
 """`make run`'s embedded default, end to end: SQLite (WAL), kombu's filesystem broker and an
 MLflow server with a SQLite store, all under a fresh var/ dir. `manage.py runstack` seeds the
 demo and starts the demo run, which must succeed within 2 minutes; Ctrl-C stops every process."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,14 @@ from tests.helpers import wait_until
 pytestmark = pytest.mark.integration
 
 # Everything the test session points at real services; the embedded stack must use none of it.
-SERVICE_ENV = ("DATABASE_URL", "CELERY_BROKER_URL", "MLFLOW_TRACKING_URI", "DJANGO_SETTINGS_MODULE",
-               "REFINERY_BROKER_KEYPREFIX", "REFINERY_VAR_DIR")
+SERVICE_ENV = (
+    "DATABASE_URL",
+    "CELERY_BROKER_URL",
+    "MLFLOW_TRACKING_URI",
+    "DJANGO_SETTINGS_MODULE",
+    "REFINERY_BROKER_KEYPREFIX",
+    "REFINERY_VAR_DIR",
+)
 
 
 def _descendants(pid: int) -> set[int]:
@@ -55,7 +62,11 @@ def test_runstack_embedded_demo_run_succeeds_and_ctrl_c_stops_everything(tmp_pat
     log = open(tmp_path / "runstack.log", "wb")
     stack = subprocess.Popen(
         [sys.executable, "manage.py", "runstack", "--web-port", str(web_port), "--mlflow-port", str(mlflow_port)],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{web_port}"
     try:
@@ -67,8 +78,13 @@ def test_runstack_embedded_demo_run_succeeds_and_ctrl_c_stops_everything(tmp_pat
                 raise AssertionError("runstack exited:\n" + (tmp_path / "runstack.log").read_text()[-3000:])
             if not (var / "refinery.sqlite3").exists():
                 return False
-            result = subprocess.run([sys.executable, "manage.py", "api_token", "demo"], cwd=REPO_ROOT, env=env,
-                                    capture_output=True, text=True)
+            result = subprocess.run(
+                [sys.executable, "manage.py", "api_token", "demo"],
+                cwd=REPO_ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             token = result.stdout.strip() if result.returncode == 0 else None
             return bool(token)
 
@@ -83,12 +99,14 @@ def test_runstack_embedded_demo_run_succeeds_and_ctrl_c_stops_everything(tmp_pat
             except OSError:
                 return None
             if run["status"] in ("failed", "canceled"):
-                raise AssertionError(f"demo run {run['status']}: {run['error']}\n"
-                                     + (tmp_path / "runstack.log").read_text()[-3000:])
+                raise AssertionError(
+                    f"demo run {run['status']}: {run['error']}\n" + (tmp_path / "runstack.log").read_text()[-3000:]
+                )
             return run if run["status"] == "succeeded" else None
 
         run = wait_until(demo_run, timeout=240, interval=2, message="demo run succeeded")
         elapsed = time.monotonic() - started
+
         # DEBUG off by default (the banner says so); static files and the API docs' Swagger UI are
         # served by gunicorn all the same, and an unknown page is the friendly 404.
         def banner_printed():
@@ -97,8 +115,12 @@ def test_runstack_embedded_demo_run_succeeds_and_ctrl_c_stops_everything(tmp_pat
 
         banner = wait_until(banner_printed, timeout=60, interval=1, message="the banner")
         assert "DEBUG off" in banner and "development mode: DEBUG on" not in banner
-        for path in ("/static/css/app.css", "/static/vendor/htmx.min.js", "/static/vendor/swagger-ui/swagger-ui-bundle.js",
-                     "/api/v1/docs"):
+        for path in (
+            "/static/css/app.css",
+            "/static/vendor/htmx.min.js",
+            "/static/vendor/swagger-ui/swagger-ui-bundle.js",
+            "/api/v1/docs",
+        ):
             with urllib.request.urlopen(f"{base}{path}", timeout=10) as response:
                 assert response.status == 200, path
         try:
@@ -110,13 +132,18 @@ def test_runstack_embedded_demo_run_succeeds_and_ctrl_c_stops_everything(tmp_pat
             raise AssertionError("an unknown page answered 200")
         # Two SFT stages, then the automatic evaluation of the final model on the held-out sums.
         assert [(s["name"], s["status"]) for s in run["stages"]] == [
-            ("sft-full", "succeeded"), ("sft-lora", "succeeded"), ("evaluate-sft-lora", "succeeded")]
+            ("sft-full", "succeeded"),
+            ("sft-lora", "succeeded"),
+            ("evaluate-sft-lora", "succeeded"),
+        ]
         target = run["stages"][2]["summary"]["target"]
         assert target["metric"] == "loss" and target["gain"] > 0, target  # better than the random base model
         assert run["mlflow_run_id"] and all(s["mlflow_run_id"] for s in run["stages"])
         loss = run["stages"][0]["metrics"]["train/loss"]
         assert loss["last"] < loss["first"] / 2
-        duration = (datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["created_at"])).total_seconds()
+        duration = (
+            datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["created_at"])
+        ).total_seconds()
         assert duration < 120, f"demo run took {duration:.0f}s (budget 120s); observed {elapsed:.0f}s"
         assert (var / "refinery.sqlite3").exists() and (var / "mlflow").exists()
         assert (var / "broker").is_dir()  # messages went through kombu's filesystem transport

@@ -9,6 +9,7 @@ One team, one registered model `adder@production`, runs in sequence:
 5. a candidate that gains on subtraction (the held-out set) but forgot addition (the retention set) past R:
    kept, although it beats the champion on the target metric.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,20 +45,45 @@ def lab(demo_kit, tmp_path):
     base = BaseModelFactory(team=team, name="tiny-llama", name_or_path=demo_kit["model"])
     rows = [{"prompt": f"{a}-{b}=", "completion": str(a - b)} for a in range(10) for b in range(a + 1)]
     random.Random(0).shuffle(rows)
-    files = {"addition": Path(demo_kit["data"]["train"]), "addition-held-out": Path(demo_kit["data"]["eval"]),
-             "subtraction": _jsonl(tmp_path / "sub-train.jsonl", rows[:45]),
-             "subtraction-held-out": _jsonl(tmp_path / "sub-eval.jsonl", rows[45:])}
-    datasets = {name: DatasetVersionFactory(dataset__team=team, dataset__name=name,
-                                            dataset__kind="prompt_completion", source=path).dataset_id
-                for name, path in files.items()}
+    files = {
+        "addition": Path(demo_kit["data"]["train"]),
+        "addition-held-out": Path(demo_kit["data"]["eval"]),
+        "subtraction": _jsonl(tmp_path / "sub-train.jsonl", rows[:45]),
+        "subtraction-held-out": _jsonl(tmp_path / "sub-eval.jsonl", rows[45:]),
+    }
+    datasets = {
+        name: DatasetVersionFactory(
+            dataset__team=team, dataset__name=name, dataset__kind="prompt_completion", source=path
+        ).dataset_id
+        for name, path in files.items()
+    }
 
-    def pipeline(name: str, *, train: str = "addition", sft: dict | None = None, gate: dict | None = None,
-                 held_out: str = "addition-held-out", retention: str | None = None):
+    def pipeline(
+        name: str,
+        *,
+        train: str = "addition",
+        sft: dict | None = None,
+        gate: dict | None = None,
+        held_out: str = "addition-held-out",
+        retention: str | None = None,
+    ):
         stages = [
-            {"name": "sft", "method": "sft", "config": {**QUICK_SFT, **(sft or {})}, "adapter": {"type": "none"},
-             "dataset_id": datasets[train], "input": "base"},
-            {"name": "gate", "method": "gate", "adapter": None, "dataset_id": datasets[held_out], "input": "sft",
-             "config": {"registered_model": "adder", "alias": "production", "sample_count": 2, **(gate or {})}},
+            {
+                "name": "sft",
+                "method": "sft",
+                "config": {**QUICK_SFT, **(sft or {})},
+                "adapter": {"type": "none"},
+                "dataset_id": datasets[train],
+                "input": "base",
+            },
+            {
+                "name": "gate",
+                "method": "gate",
+                "adapter": None,
+                "dataset_id": datasets[held_out],
+                "input": "sft",
+                "config": {"registered_model": "adder", "alias": "production", "sample_count": 2, **(gate or {})},
+            },
         ]
         made = PipelineFactory(team=team, base_model=base, created_by=user, stages=stages, seed=5, name=name)
         if retention:
@@ -70,8 +96,12 @@ def lab(demo_kit, tmp_path):
 
 def _run(worker, pipeline, user) -> Run:
     run = run_create(pipeline=pipeline, user=user)
-    wait_until(lambda: Run.objects.get(pk=run.pk).is_finished, timeout=300, interval=0.5,
-               message=lambda: f"run still {Run.objects.get(pk=run.pk).status}:\n{worker.log_tail(40)}")
+    wait_until(
+        lambda: Run.objects.get(pk=run.pk).is_finished,
+        timeout=300,
+        interval=0.5,
+        message=lambda: f"run still {Run.objects.get(pk=run.pk).status}:\n{worker.log_tail(40)}",
+    )
     run.refresh_from_db()
     failed = {s.name: (s.error, s.log_tail[-1500:]) for s in run.stages.all() if s.status != Status.SUCCEEDED}
     assert run.status == Status.SUCCEEDED, failed
@@ -86,8 +116,9 @@ def _production() -> int | None:
     return int(found.aliases["production"]) if "production" in (found.aliases or {}) else None
 
 
-def test_gates_promote_better_candidates_and_keep_out_worse_and_forgetful_ones(celery_worker_process, mlflow_server,
-                                                                              lab):
+def test_gates_promote_better_candidates_and_keep_out_worse_and_forgetful_ones(
+    celery_worker_process, mlflow_server, lab
+):
     user, pipeline = lab["user"], lab["pipeline"]
 
     # 1. No holder: the absolute threshold decides, and loss <= 0.001 is out of reach.
@@ -125,12 +156,18 @@ def test_gates_promote_better_candidates_and_keep_out_worse_and_forgetful_ones(c
     assert kept.action == "kept" and kept.version == v1 and kept.note == decision.message
     # The champion's numbers are measured in this run, on this run's data: the gate's stage spec named v1.
     assert run.stages.get(name="gate").outputs["champion"] == {
-        "version_id": v1.pk, "version": 1, "model": "adder", "alias": "production", "run": v1.run.number,
-        "stage": "sft"}
+        "version_id": v1.pk,
+        "version": 1,
+        "model": "adder",
+        "alias": "production",
+        "run": v1.run.number,
+        "stage": "sft",
+    }
 
     # 4. A better trained candidate: v2 becomes production over v1.
-    run = _run(celery_worker_process, pipeline("better", sft={"max_steps": 80, "per_device_train_batch_size": 16}),
-               user)
+    run = _run(
+        celery_worker_process, pipeline("better", sft={"max_steps": 80, "per_device_train_batch_size": 16}), user
+    )
     decision = GateDecision.objects.get(run=run)
     assert decision.outcome == "promoted", decision.message
     assert decision.candidate.version == 2 and decision.champion == v1 and decision.numbers["gain"] > 0
@@ -140,9 +177,18 @@ def test_gates_promote_better_candidates_and_keep_out_worse_and_forgetful_ones(c
     assert moved.action == "set" and moved.previous_version == v1 and moved.note == decision.message
 
     # 5. Trained on subtraction only: better than v2 at subtraction, but it forgot addition (the retention set).
-    run = _run(celery_worker_process, pipeline("forgetful", train="subtraction", held_out="subtraction-held-out",
-                                               retention="addition", sft={"max_steps": 60},
-                                               gate={"max_forgetting": "0.2"}), user)
+    run = _run(
+        celery_worker_process,
+        pipeline(
+            "forgetful",
+            train="subtraction",
+            held_out="subtraction-held-out",
+            retention="addition",
+            sft={"max_steps": 60},
+            gate={"max_forgetting": "0.2"},
+        ),
+        user,
+    )
     decision = GateDecision.objects.get(run=run)
     numbers = decision.numbers
     assert numbers["gain"] > 0, numbers  # it won on the target metric...
@@ -151,8 +197,11 @@ def test_gates_promote_better_candidates_and_keep_out_worse_and_forgetful_ones(c
     assert "retention drop" in decision.message and "(limit 0.2;" in decision.message
     assert _production() == 2
 
-    kinds = list(NotificationEvent.objects.filter(team=lab["team"], kind__startswith="gate.")
-                 .order_by("id").values_list("kind", flat=True))
+    kinds = list(
+        NotificationEvent.objects.filter(team=lab["team"], kind__startswith="gate.")
+        .order_by("id")
+        .values_list("kind", flat=True)
+    )
     assert kinds == ["gate.rejected", "gate.promoted", "gate.rejected", "gate.promoted", "gate.rejected"]
 
     # The run page shows the gate card with the decision.

@@ -4,6 +4,7 @@ method-specific metrics in MLflow and on the run page's charts.
 One pipeline, stages in dependency order: SFT teaches the tiny model to answer; DPO, KTO, ORPO and
 SimPO train on its output from preference data; a reward model is trained; GRPO optimises the SFT
 model against exact match plus that reward model; distillation uses the SFT model as its teacher."""
+
 from __future__ import annotations
 
 import time
@@ -27,19 +28,44 @@ STAGES = [
     {"name": "orpo", "method": "orpo", "input": "sft", "data": "prefs", "config": FAST},
     {"name": "simpo", "method": "simpo", "input": "sft", "data": "prefs", "config": FAST},
     {"name": "rm", "method": "reward", "input": "sft", "data": "prefs", "config": FAST},
-    {"name": "grpo", "method": "grpo", "input": "sft", "data": "reference",
-     "config": {**FAST, "max_steps": 4, "reward_exact_match_weight": 1.0, "reward_reward_model_weight": 0.5,
-                "reward_model_stage": "rm"}},
-    {"name": "distill", "method": "distill", "input": "base", "data": "train",
-     "config": {**FAST, "max_steps": 4, "teacher_stage": "sft"}},
+    {
+        "name": "grpo",
+        "method": "grpo",
+        "input": "sft",
+        "data": "reference",
+        "config": {
+            **FAST,
+            "max_steps": 4,
+            "reward_exact_match_weight": 1.0,
+            "reward_reward_model_weight": 0.5,
+            "reward_model_stage": "rm",
+        },
+    },
+    {
+        "name": "distill",
+        "method": "distill",
+        "input": "base",
+        "data": "train",
+        "config": {**FAST, "max_steps": 4, "teacher_stage": "sft"},
+    },
     # Stages that train nothing: merge two preference-tuned models, export the soup, evaluate the export.
     {"name": "soup", "method": "merge", "inputs": ["dpo", "orpo"], "config": {"merge_method": "task_arithmetic"}},
     {"name": "ship", "method": "export", "input": "soup", "data": "eval", "config": {"max_rows": 10}},
-    {"name": "check", "method": "evaluate", "input": "ship", "data": "prefs_eval",
-     "config": {"max_rows": 10, "reward_model_stage": "rm"}},
+    {
+        "name": "check",
+        "method": "evaluate",
+        "input": "ship",
+        "data": "prefs_eval",
+        "config": {"max_rows": 10, "reward_model_stage": "rm"},
+    },
     # A promotion gate: the export against catalog@production (no holder yet: the first candidate passes).
-    {"name": "promote", "method": "gate", "input": "ship", "data": "eval",
-     "config": {"registered_model": "catalog", "max_rows": 10, "sample_count": 0}},
+    {
+        "name": "promote",
+        "method": "gate",
+        "input": "ship",
+        "data": "eval",
+        "config": {"registered_model": "catalog", "max_rows": 10, "sample_count": 0},
+    },
 ]
 # What each method must have logged (to MLflow and to the run page), besides train/loss.
 METHOD_METRICS = {
@@ -64,12 +90,18 @@ def test_every_method_runs_through_the_worker(celery_worker_process, mlflow_serv
     pipeline = demo_pipeline(*stages, name="method-catalog")
     started = time.monotonic()
     run = run_create(pipeline=pipeline, user=pipeline.created_by)
-    wait_until(lambda: Run.objects.get(pk=run.pk).is_finished, timeout=900, interval=1,
-               message=lambda: f"worker log:\n{celery_worker_process.log_tail(60)}")
+    wait_until(
+        lambda: Run.objects.get(pk=run.pk).is_finished,
+        timeout=900,
+        interval=1,
+        message=lambda: f"worker log:\n{celery_worker_process.log_tail(60)}",
+    )
     run.refresh_from_db()
     by_name = {s.name: s for s in run.stages.all()}
-    print(f"\n[measure] {len(stages)} method stages through the worker: {time.monotonic() - started:.0f}s "
-          + ", ".join(f"{n} {s.duration.total_seconds():.1f}s" for n, s in by_name.items()))
+    print(
+        f"\n[measure] {len(stages)} method stages through the worker: {time.monotonic() - started:.0f}s "
+        + ", ".join(f"{n} {s.duration.total_seconds():.1f}s" for n, s in by_name.items())
+    )
     failed = {n: (s.error, s.log_tail[-1500:]) for n, s in by_name.items() if s.status != Status.SUCCEEDED}
     assert not failed, failed
     assert run.status == Status.SUCCEEDED

@@ -1,6 +1,7 @@
 """The model registry end to end: a real run through a real worker trains a LoRA adapter and evaluates it;
 its output is promoted into MLflow's Model Registry with an alias, and a consumer downloads the adapter's
 files by that alias."""
+
 from __future__ import annotations
 
 import json
@@ -18,18 +19,29 @@ from tests.helpers import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
-def test_a_trained_adapter_is_promoted_to_production_and_downloadable_by_alias(celery_worker_process, mlflow_server,
-                                                                               demo_pipeline, tmp_path):
+def test_a_trained_adapter_is_promoted_to_production_and_downloadable_by_alias(
+    celery_worker_process, mlflow_server, demo_pipeline, tmp_path
+):
     pipeline = demo_pipeline(
-        {"name": "sft", "adapter": {"type": "lora", "r": 8, "alpha": 16}, "config": {"learning_rate": 1e-2},
-         "eval_data": "eval"},
-        retention="eval", auto_evaluate=True, name="registry-e2e",
+        {
+            "name": "sft",
+            "adapter": {"type": "lora", "r": 8, "alpha": 16},
+            "config": {"learning_rate": 1e-2},
+            "eval_data": "eval",
+        },
+        retention="eval",
+        auto_evaluate=True,
+        name="registry-e2e",
     )
     user = pipeline.created_by
     run = run_create(pipeline=pipeline, user=user)
     assert [s.name for s in run.stages.order_by("index")] == ["sft", "evaluate-sft"]
-    wait_until(lambda: Run.objects.get(pk=run.pk).is_finished, timeout=300, interval=0.5,
-               message=lambda: f"run still {Run.objects.get(pk=run.pk).status}:\n{celery_worker_process.log_tail(40)}")
+    wait_until(
+        lambda: Run.objects.get(pk=run.pk).is_finished,
+        timeout=300,
+        interval=0.5,
+        message=lambda: f"run still {Run.objects.get(pk=run.pk).status}:\n{celery_worker_process.log_tail(40)}",
+    )
     run.refresh_from_db()
     sft, evaluation = run.stages.order_by("index")
     assert run.status == Status.SUCCEEDED, (sft.error, evaluation.error, evaluation.log_tail[-1500:])
@@ -37,8 +49,10 @@ def test_a_trained_adapter_is_promoted_to_production_and_downloadable_by_alias(c
 
     client = Client()
     client.force_login(user)
-    response = client.post("/registry/promote/", {"run": run.number, "stage": "sft", "model": "__new__",
-                                                  "new_name": "adder", "alias": "production"})
+    response = client.post(
+        "/registry/promote/",
+        {"run": run.number, "stage": "sft", "model": "__new__", "new_name": "adder", "alias": "production"},
+    )
     assert response.status_code == 302, response.content[-2000:]
     model = RegisteredModel.objects.get(team=pipeline.team, name="adder")
     version = model.versions.get()
@@ -59,8 +73,11 @@ def test_a_trained_adapter_is_promoted_to_production_and_downloadable_by_alias(c
     assert found.source == f"runs:/{sft.mlflow_run_id}/adapter"
     import mlflow.artifacts  # a consumer of the registry, outside the platform
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model.mlflow_name}@production",
-                                                     dst_path=str(tmp_path / "dl")))
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{model.mlflow_name}@production", dst_path=str(tmp_path / "dl")
+        )
+    )
     files = {p.name for p in local.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors"} <= files, files
     assert json.loads((local / "adapter_config.json").read_text())["r"] == 8

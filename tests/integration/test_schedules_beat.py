@@ -1,6 +1,7 @@
 """A schedule through a real beat and a real worker: an interval schedule of a few seconds fires runs, and
 with two beat processes sending the tick at once every window still fires once; after the beat was
 stopped, a restarted beat fires only the latest missed window."""
+
 from __future__ import annotations
 
 import sys
@@ -22,8 +23,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 def start_beat(name: str, *, env: dict, root) -> ServiceProcess:
     """`celery -A jobs.app beat` (django-celery-beat's DatabaseScheduler) on the test database."""
     log_path = root / f"{name}.log"
-    cmd = [sys.executable, "-m", "celery", "-A", "jobs.app", "beat", "-l", "info", "--pidfile=",
-           "-s", str(root / f"{name}-schedule")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "jobs.app",
+        "beat",
+        "-l",
+        "info",
+        "--pidfile=",
+        "-s",
+        str(root / f"{name}-schedule"),
+    ]
     beat = ServiceProcess(_start(cmd, log_path=log_path, env=env, cwd=REPO_ROOT), log_path)
 
     def sending() -> bool:
@@ -40,22 +52,35 @@ def start_beat(name: str, *, env: dict, root) -> ServiceProcess:
 
 
 def test_an_interval_schedule_fires_runs_through_two_beats_without_duplicates_and_catches_up_once(
-        demo_pipeline, celery_worker_process, tmp_path):
+    demo_pipeline, celery_worker_process, tmp_path
+):
     pipeline = demo_pipeline({"name": "sft", "method": "sft", "config": {"max_steps": 2}})
-    schedule = schedule_create(team=pipeline.team, user=pipeline.created_by, name="every-3s",
-                               pipeline_id=pipeline.pk, trigger="interval", interval_seconds=3)
+    schedule = schedule_create(
+        team=pipeline.team,
+        user=pipeline.created_by,
+        name="every-3s",
+        pipeline_id=pipeline.pk,
+        trigger="interval",
+        interval_seconds=3,
+    )
     env = {**celery_worker_process.env, "REFINERY_SCHEDULE_TICK_SECONDS": "1"}
     beats = [start_beat(f"beat-{i}", env=env, root=tmp_path) for i in range(2)]
     try:
+
         def two_succeeded():
             runs = Run.objects.filter(schedule_tick__schedule=schedule)
             if runs.filter(status=Status.FAILED).exists():
                 raise AssertionError(f"a scheduled run failed: {list(runs.values('number', 'error'))}")
             return runs.filter(status=Status.SUCCEEDED).count() >= 2
 
-        wait_until(two_succeeded, timeout=300, interval=0.5,
-                   message=lambda: f"{list(schedule.ticks.values('window', 'outcome', 'reason'))}\n"
-                                   f"{celery_worker_process.log_tail()}")
+        wait_until(
+            two_succeeded,
+            timeout=300,
+            interval=0.5,
+            message=lambda: (
+                f"{list(schedule.ticks.values('window', 'outcome', 'reason'))}\n{celery_worker_process.log_tail()}"
+            ),
+        )
     finally:
         for beat in beats:
             beat.stop()
@@ -77,15 +102,19 @@ def test_an_interval_schedule_fires_runs_through_two_beats_without_duplicates_an
 
     # Catch-up after a stopped beat: the beats are down for four windows; one restarted beat fires the
     # latest missed window only (catch-up "latest", the default), none of the three before it.
-    wait_until(lambda: not Run.objects.filter(schedule_tick__schedule=schedule, status__in=ACTIVE_STATES).exists(),
-               timeout=120, interval=0.5)
+    wait_until(
+        lambda: not Run.objects.filter(schedule_tick__schedule=schedule, status__in=ACTIVE_STATES).exists(),
+        timeout=120,
+        interval=0.5,
+    )
     last = schedule.ticks.order_by("-window").first().window
     time.sleep(max(0.0, (last + 4 * step - timezone.now()).total_seconds()) + 0.5)
     restarted_at = timezone.now()
     beat = start_beat("beat-again", env=env, root=tmp_path)
     try:
-        new = wait_until(lambda: list(schedule.ticks.filter(window__gt=last).order_by("window")), timeout=60,
-                         interval=0.3)
+        new = wait_until(
+            lambda: list(schedule.ticks.filter(window__gt=last).order_by("window")), timeout=60, interval=0.3
+        )
     finally:
         beat.stop()
     first = new[0]

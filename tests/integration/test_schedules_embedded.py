@@ -7,6 +7,7 @@ and no window twice although both beats send the tick (SQLite has no row locks: 
 key decides); two uploads of a bound dataset inside the debounce start exactly one run; windows that come while
 a run trains are handled then; and a local receiver gets the runs' `run.succeeded` webhooks, signed, from the
 embedded worker. Every process stops at the end, and on Ctrl-C."""
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,9 @@ class Stack:
     beat_logs: tuple[Path, Path]
 
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
-        return requests.request(method, f"{self.base}/api/v1{path}", timeout=30,
-                                headers={"Authorization": f"Bearer {self.token}"}, **kwargs)
+        return requests.request(
+            method, f"{self.base}/api/v1{path}", timeout=30, headers={"Authorization": f"Bearer {self.token}"}, **kwargs
+        )
 
     def ok(self, method: str, path: str, expected: int = 200, **kwargs):
         response = self.api(method, path, **kwargs)
@@ -78,13 +80,21 @@ def _start(argv: list[str], *, env: dict, log: Path) -> subprocess.Popen:
     """In a session of its own (Ctrl-C in the terminal reaches pytest only, which stops it), and SIGTERMed by
     Linux should pytest itself die without cleaning up (runstack's own shim)."""
     with open(log, "ab") as out:
-        return subprocess.Popen(_with_death_signal(argv), cwd=REPO_ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            _with_death_signal(argv),
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def _manage(*args: str, env: dict, timeout: float = 300) -> str:
-    result = subprocess.run([sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=env, capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, f"manage.py {' '.join(args)}: {result.returncode}\n{result.stderr[-3000:]}"
     return result.stdout
 
@@ -98,17 +108,38 @@ def stack(tmp_path_factory):
     logs.mkdir()
     # Nothing of the test session's services (PostgreSQL, Redis, the session's MLflow and model roots).
     env = {k: v for k, v in os.environ.items() if k not in SERVICE_ENV + ("REFINERY_MODEL_ROOTS",)}
-    env.update({"REFINERY_VAR_DIR": str(var), "NO_COLOR": "1", "PYTHONPATH": str(REPO_ROOT / "platform"),
-                "REFINERY_SCHEDULE_TICK_SECONDS": "1", "REFINERY_NOTIFY_POLL_SECONDS": "1",
-                "REFINERY_WEBHOOK_ALLOW_PRIVATE": "true", "REFINERY_STOP_TIMEOUT": "10"})
+    env.update(
+        {
+            "REFINERY_VAR_DIR": str(var),
+            "NO_COLOR": "1",
+            "PYTHONPATH": str(REPO_ROOT / "platform"),
+            "REFINERY_SCHEDULE_TICK_SECONDS": "1",
+            "REFINERY_NOTIFY_POLL_SECONDS": "1",
+            "REFINERY_WEBHOOK_ALLOW_PRIVATE": "true",
+            "REFINERY_STOP_TIMEOUT": "10",
+        }
+    )
     web_port, mlflow_port = free_port(), free_port()
     runstack_log = logs / "runstack-console.log"
     started = time.monotonic()
-    runstack = _start([sys.executable, "manage.py", "runstack", "--no-demo", "--web-port", str(web_port),
-                       "--mlflow-port", str(mlflow_port)], env=env, log=runstack_log)
+    runstack = _start(
+        [
+            sys.executable,
+            "manage.py",
+            "runstack",
+            "--no-demo",
+            "--web-port",
+            str(web_port),
+            "--mlflow-port",
+            str(mlflow_port),
+        ],
+        env=env,
+        log=runstack_log,
+    )
     beat: subprocess.Popen | None = None
     children: set[int] = set()
     try:
+
         def console(text: str) -> bool:
             if runstack.poll() is not None:
                 raise AssertionError(f"runstack exited {runstack.returncode}:\n{read_tail(runstack_log, 60)}")
@@ -116,24 +147,55 @@ def stack(tmp_path_factory):
 
         # Migrated once runstack starts its first child: seed the demo (no demo run) while the rest starts.
         wait_until(lambda: console("runstack: starting mlflow"), timeout=120, interval=0.3, message="migrations")
-        child_env = {**env, "DJANGO_SETTINGS_MODULE": "refinery.settings.base",
-                     "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "platform"), str(REPO_ROOT)]),
-                     "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
+        child_env = {
+            **env,
+            "DJANGO_SETTINGS_MODULE": "refinery.settings.base",
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "platform"), str(REPO_ROOT)]),
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+        }
         _manage("seed_demo", "--no-run", env=child_env)
-        wait_until(lambda: console("Refinery is running"), timeout=180, interval=0.5,
-                   message=lambda: f"the banner:\n{read_tail(runstack_log, 60)}")
+        wait_until(
+            lambda: console("Refinery is running"),
+            timeout=180,
+            interval=0.5,
+            message=lambda: f"the banner:\n{read_tail(runstack_log, 60)}",
+        )
         children = set(_descendants(runstack.pid))
         token = _manage("api_token", "demo", env=child_env).strip()
         # A second beat on the same SQLite database, the same command runstack starts.
         beat_log = logs / "beat-2.log"
-        beat = _start([sys.executable, "-m", "celery", "-A", "jobs.app", "beat", "--loglevel", "INFO",
-                       "--schedule", str(var / "celerybeat-schedule-2")], env=child_env, log=beat_log)
+        beat = _start(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "jobs.app",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(var / "celerybeat-schedule-2"),
+            ],
+            env=child_env,
+            log=beat_log,
+        )
         runstack_beat = var / "logs" / "beat.log"
-        wait_until(lambda: all(TICK_SENT in p.read_text(errors="replace") for p in (beat_log, runstack_beat)),
-                   timeout=90, interval=0.3, message=lambda: f"the beats send no tick:\n{read_tail(beat_log)}")
+        wait_until(
+            lambda: all(TICK_SENT in p.read_text(errors="replace") for p in (beat_log, runstack_beat)),
+            timeout=90,
+            interval=0.3,
+            message=lambda: f"the beats send no tick:\n{read_tail(beat_log)}",
+        )
         print(f"\nembedded stack up in {time.monotonic() - started:.0f}s")
-        yield Stack(var=var, env=child_env, base=f"http://127.0.0.1:{web_port}", token=token, logs=var / "logs",
-                    beat_logs=(runstack_beat, beat_log))
+        yield Stack(
+            var=var,
+            env=child_env,
+            base=f"http://127.0.0.1:{web_port}",
+            token=token,
+            logs=var / "logs",
+            beat_logs=(runstack_beat, beat_log),
+        )
     finally:
         if beat is not None:
             _stop_group(beat)
@@ -149,11 +211,27 @@ def _team_setup(stack: Stack) -> dict:
     """The demo's tiny model and addition data, a one-stage pipeline (2 SFT steps) reading them."""
     datasets = {d["name"]: d for d in stack.ok("GET", "/datasets")}
     model = next(m for m in stack.ok("GET", "/base-models") if m["name"] == "tiny-llama-demo")
-    pipeline = stack.ok("POST", "/pipelines", 201, json={
-        "name": "tiny-sft", "base_model_id": model["id"],
-        "spec": {"seed": 1, "stages": [{"name": "sft", "method": "sft", "dataset_id": datasets["addition-train"]["id"],
-                                        "config": {"max_steps": 2, "logging_steps": 1, "save_steps": 1000},
-                                        "adapter": {"type": "none"}}]}})
+    pipeline = stack.ok(
+        "POST",
+        "/pipelines",
+        201,
+        json={
+            "name": "tiny-sft",
+            "base_model_id": model["id"],
+            "spec": {
+                "seed": 1,
+                "stages": [
+                    {
+                        "name": "sft",
+                        "method": "sft",
+                        "dataset_id": datasets["addition-train"]["id"],
+                        "config": {"max_steps": 2, "logging_steps": 1, "save_steps": 1000},
+                        "adapter": {"type": "none"},
+                    }
+                ],
+            },
+        },
+    )
     return {"pipeline": pipeline, "train": datasets["addition-train"]}
 
 
@@ -174,20 +252,49 @@ def test_schedules_fire_once_per_window_on_sqlite_and_the_filesystem_broker(stac
         hook = stack.ok("POST", "/webhooks", 201, json={"url": receiver.url, "kinds": ["run.succeeded", "run.failed"]})
 
         # 1. An interval schedule of 3 s, with both beats sending the tick every second.
-        every = stack.ok("POST", "/schedules", 201, json={
-            "name": "every-3s", "pipeline_id": pipeline["id"], "trigger": "interval", "interval_seconds": INTERVAL})
+        every = stack.ok(
+            "POST",
+            "/schedules",
+            201,
+            json={
+                "name": "every-3s",
+                "pipeline_id": pipeline["id"],
+                "trigger": "interval",
+                "interval_seconds": INTERVAL,
+            },
+        )
 
         # 2. A dataset schedule on the training data; two uploads 1 s apart, inside the 4 s debounce.
-        on_data = stack.ok("POST", "/schedules", 201, json={
-            "name": "on-new-data", "pipeline_id": pipeline["id"], "trigger": "dataset", "debounce_seconds": DEBOUNCE,
-            "bindings": {str(train["id"]): "latest"}})
+        on_data = stack.ok(
+            "POST",
+            "/schedules",
+            201,
+            json={
+                "name": "on-new-data",
+                "pipeline_id": pipeline["id"],
+                "trigger": "dataset",
+                "debounce_seconds": DEBOUNCE,
+                "bindings": {str(train["id"]): "latest"},
+            },
+        )
         uploads = []
         for extra in (1, 2):
-            rows = [{"prompt": f"{a}+{b}=", "completion": str(a + b)} for a in range(10) for b in range(10)
-                    if (a * 10 + b) % 5 != extra]
+            rows = [
+                {"prompt": f"{a}+{b}=", "completion": str(a + b)}
+                for a in range(10)
+                for b in range(10)
+                if (a * 10 + b) % 5 != extra
+            ]
             body = "".join(json.dumps(r) + "\n" for r in rows).encode()
-            uploads.append(stack.ok("POST", "/datasets", 201, data={"name": "addition-train", "kind": train["kind"]},
-                                    files={"file": (f"train-{extra}.jsonl", body, "application/jsonl")}))
+            uploads.append(
+                stack.ok(
+                    "POST",
+                    "/datasets",
+                    201,
+                    data={"name": "addition-train", "kind": train["kind"]},
+                    files={"file": (f"train-{extra}.jsonl", body, "application/jsonl")},
+                )
+            )
             time.sleep(1)
         assert [u["version"] for u in uploads] == [2, 3]
 
@@ -199,15 +306,26 @@ def test_schedules_fire_once_per_window_on_sqlite_and_the_filesystem_broker(stac
             done = [t for t in ticks if runs[t["run"]]["status"] == "succeeded"]
             return done if len(done) >= count else None
 
-        wait_until(lambda: fired(on_data, 1), timeout=120, interval=0.5,
-                   message=lambda: f"no dataset run succeeded:\n{_ticks(stack, on_data['id'])}\n{stack.tails()}")
-        wait_until(lambda: fired(every, 2), timeout=150, interval=0.5,
-                   message=lambda: f"no two interval runs succeeded:\n{_ticks(stack, every['id'])}\n{stack.tails()}")
+        wait_until(
+            lambda: fired(on_data, 1),
+            timeout=120,
+            interval=0.5,
+            message=lambda: f"no dataset run succeeded:\n{_ticks(stack, on_data['id'])}\n{stack.tails()}",
+        )
+        wait_until(
+            lambda: fired(every, 2),
+            timeout=150,
+            interval=0.5,
+            message=lambda: f"no two interval runs succeeded:\n{_ticks(stack, every['id'])}\n{stack.tails()}",
+        )
         stack.ok("POST", f"/schedules/{every['id']}/pause")
         time.sleep(3)  # a pass that read the schedule before the pause may still fire a window
-        wait_until(lambda: all(r["status"] in ("succeeded", "failed", "canceled")
-                               for r in stack.ok("GET", "/runs?limit=200")), timeout=120, interval=0.5,
-                   message=lambda: f"runs still going:\n{stack.tails()}")
+        wait_until(
+            lambda: all(r["status"] in ("succeeded", "failed", "canceled") for r in stack.ok("GET", "/runs?limit=200")),
+            timeout=120,
+            interval=0.5,
+            message=lambda: f"runs still going:\n{stack.tails()}",
+        )
 
         runs = {r["number"]: r for r in stack.ok("GET", "/runs?limit=200")}
         assert all(r["status"] == "succeeded" for r in runs.values()), runs
@@ -226,10 +344,17 @@ def test_schedules_fire_once_per_window_on_sqlite_and_the_filesystem_broker(stac
         assert len(interval_runs) == len(set(interval_runs)) >= 2 and None not in interval_runs, ticks
         # Windows that came while a run was training were handled then (skipped, naming it), by the cpu worker:
         # the schedule does not wait for the training worker to be free.
-        during = [t for t in ticks if t["outcome"] == "skipped" and any(
-            f"run #{n} is still running" in t["reason"] and runs[n]["started_at"]
-            and _at(runs[n]["started_at"]) <= _at(t["created_at"]) <= _at(runs[n]["finished_at"])
-            for n in interval_runs)]
+        during = [
+            t
+            for t in ticks
+            if t["outcome"] == "skipped"
+            and any(
+                f"run #{n} is still running" in t["reason"]
+                and runs[n]["started_at"]
+                and _at(runs[n]["started_at"]) <= _at(t["created_at"]) <= _at(runs[n]["finished_at"])
+                for n in interval_runs
+            )
+        ]
         assert during, ticks
         for log in stack.beat_logs:  # both beats kept sending the tick, about once a second
             assert log.read_text(errors="replace").count(TICK_SENT) >= 5, log
@@ -255,15 +380,27 @@ def test_schedules_fire_once_per_window_on_sqlite_and_the_filesystem_broker(stac
                     got[body["data"]["run"]["number"]] = request
             return got if set(got) >= set(runs) else None
 
-        got = wait_until(delivered, timeout=30, interval=0.5,
-                         message=lambda: f"webhooks: {[json.loads(r.body)['kind'] for r in receiver.requests]}")
+        got = wait_until(
+            delivered,
+            timeout=30,
+            interval=0.5,
+            message=lambda: f"webhooks: {[json.loads(r.body)['kind'] for r in receiver.requests]}",
+        )
         for number, request in got.items():
             headers = {k.lower(): v for k, v in request.headers.items()}
             assert headers["x-refinery-event"] == "run.succeeded"
-            assert signature_verify(secret=hook["secret"], timestamp=headers["x-refinery-timestamp"],
-                                    body=request.body, signature=headers["x-refinery-signature"])
-            assert not signature_verify(secret=hook["secret"] + "x", timestamp=headers["x-refinery-timestamp"],
-                                        body=request.body, signature=headers["x-refinery-signature"])
+            assert signature_verify(
+                secret=hook["secret"],
+                timestamp=headers["x-refinery-timestamp"],
+                body=request.body,
+                signature=headers["x-refinery-signature"],
+            )
+            assert not signature_verify(
+                secret=hook["secret"] + "x",
+                timestamp=headers["x-refinery-timestamp"],
+                body=request.body,
+                signature=headers["x-refinery-signature"],
+            )
         log = stack.ok("GET", f"/webhooks/{hook['id']}/deliveries")
         assert log and all(d["status"] == "succeeded" and d["status_code"] == 200 for d in log), log
 
@@ -273,8 +410,10 @@ def test_schedules_fire_once_per_window_on_sqlite_and_the_filesystem_broker(stac
             assert "database is locked" not in text and "OperationalError" not in text, f"{path}:\n{read_tail(path)}"
     finally:
         receiver.stop()
-    print(f"schedules on the embedded default: {time.monotonic() - started:.0f}s, {len(runs)} runs, "
-          f"{len(ticks)} interval ticks ({len(during)} skipped while a run trained), dataset window {late:.1f}s late")
+    print(
+        f"schedules on the embedded default: {time.monotonic() - started:.0f}s, {len(runs)} runs, "
+        f"{len(ticks)} interval ticks ({len(during)} skipped while a run trained), dataset window {late:.1f}s late"
+    )
 
 
 def _probe_slow_receiver() -> None:
@@ -343,14 +482,22 @@ def test_a_slow_webhook_receiver_does_not_lock_the_sqlite_database(tmp_path):
     so a receiver taking its time (here 3 s, within the 5 s timeout) kept every other writer of the stack
     waiting, and a few such deliveries in a row made them fail with "database is locked" (busy timeout 20 s)."""
     env = {k: v for k, v in os.environ.items() if k not in SERVICE_ENV + ("REFINERY_MODEL_ROOTS",)}
-    env.update({"REFINERY_VAR_DIR": str(tmp_path / "var"), "DJANGO_SETTINGS_MODULE": "refinery.settings.base",
-                "REFINERY_WEBHOOK_ALLOW_PRIVATE": "true",
-                "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "platform"), str(REPO_ROOT)])})
+    env.update(
+        {
+            "REFINERY_VAR_DIR": str(tmp_path / "var"),
+            "DJANGO_SETTINGS_MODULE": "refinery.settings.base",
+            "REFINERY_WEBHOOK_ALLOW_PRIVATE": "true",
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "platform"), str(REPO_ROOT)]),
+        }
+    )
     (tmp_path / "var").mkdir()
-    code = ("import django; django.setup(); "
-            "from tests.integration.test_schedules_embedded import _probe_slow_receiver; _probe_slow_receiver()")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                            timeout=120)
+    code = (
+        "import django; django.setup(); "
+        "from tests.integration.test_schedules_embedded import _probe_slow_receiver; _probe_slow_receiver()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     assert measured["deliveries"] == [["succeeded", 200]], measured

@@ -5,6 +5,7 @@ names no host path and no global run id. Through a real Celery worker, MLflow an
   checkpoint area are gone once the row says so; a failed or canceled one keeps its log tail on the row;
 - spec.json and trainer.log in MLflow contain neither the var dir nor `run-<global id>`.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 def wait_stage(stage: StageRun, worker, *, until, timeout: float = 240) -> StageRun:
-    wait_until(lambda: until(StageRun.objects.get(pk=stage.pk)), timeout=timeout, interval=0.2,
-               message=lambda: f"stage is {StageRun.objects.get(pk=stage.pk).status}; worker log:\n"
-                               f"{worker.log_tail(60)}")
+    wait_until(
+        lambda: until(StageRun.objects.get(pk=stage.pk)),
+        timeout=timeout,
+        interval=0.2,
+        message=lambda: f"stage is {StageRun.objects.get(pk=stage.pk).status}; worker log:\n{worker.log_tail(60)}",
+    )
     return StageRun.objects.get(pk=stage.pk)
 
 
@@ -39,29 +43,38 @@ def start(pipeline) -> tuple[Run, StageRun]:
 def assert_dirs_gone(stage: StageRun, worker) -> None:
     # The row is written first, then MLflow, then the folders go: give the worker a moment.
     work, area = stage_work_dir(stage), stage_checkpoint_dir(stage)
-    wait_until(lambda: not work.exists() and not area.exists(), timeout=60, interval=0.2,
-               message=lambda: f"left behind: {[str(p) for p in (work, area) if p.exists()]}; worker log:\n"
-                               f"{worker.log_tail(40)}")
+    wait_until(
+        lambda: not work.exists() and not area.exists(),
+        timeout=60,
+        interval=0.2,
+        message=lambda: (
+            f"left behind: {[str(p) for p in (work, area) if p.exists()]}; worker log:\n{worker.log_tail(40)}"
+        ),
+    )
     assert not work.parent.exists()  # the run's folder too (its only stage)
 
 
-def test_a_succeeded_stage_leaves_nothing_and_publishes_no_host_paths(celery_worker_process, demo_pipeline,
-                                                                     tmp_path):
+def test_a_succeeded_stage_leaves_nothing_and_publishes_no_host_paths(celery_worker_process, demo_pipeline, tmp_path):
     # Checkpoints every 8 steps: the area is used (and the log names its files) before it goes.
     run, stage = start(demo_pipeline({"name": "sft", "method": "sft", "config": {"save_steps": 8}}))
     seen_area = []
-    done = wait_stage(stage, celery_worker_process, until=lambda s: (
-        seen_area.append(stage_checkpoint_dir(s).exists()) or s.is_finished))
+    done = wait_stage(
+        stage,
+        celery_worker_process,
+        until=lambda s: seen_area.append(stage_checkpoint_dir(s).exists()) or s.is_finished,
+    )
     assert done.status == Status.SUCCEEDED, (done.error, done.log_tail)
     assert any(seen_area), "the checkpoint area was never created"
     assert_dirs_gone(done, celery_worker_process)
 
     var = str(Path(settings.VAR_DIR))
     global_ids = (f"run-{run.pk}", f'"run_id": {run.pk}', f'"stage_run_id": {done.pk}')
-    spec_text = artifacts_download(mlflow_run_id=done.mlflow_run_id, artifact_path="spec.json",
-                                   dst=tmp_path / "spec").read_text()
-    log_text = artifacts_download(mlflow_run_id=done.mlflow_run_id, artifact_path="trainer.log",
-                                  dst=tmp_path / "log").read_text()
+    spec_text = artifacts_download(
+        mlflow_run_id=done.mlflow_run_id, artifact_path="spec.json", dst=tmp_path / "spec"
+    ).read_text()
+    log_text = artifacts_download(
+        mlflow_run_id=done.mlflow_run_id, artifact_path="trainer.log", dst=tmp_path / "log"
+    ).read_text()
     for text in (spec_text, log_text):
         assert var not in text and str(Path(var).resolve()) not in text
         assert not any(marker in text for marker in global_ids), text[:2000]
@@ -90,8 +103,9 @@ def test_a_failed_stage_leaves_nothing(celery_worker_process, demo_pipeline, dem
 
 
 def test_a_canceled_stage_leaves_nothing(celery_worker_process, demo_pipeline):
-    run, stage = start(demo_pipeline({"name": "sft", "method": "sft",
-                                      "config": {"max_steps": 100_000, "save_steps": 5}}))
+    run, stage = start(
+        demo_pipeline({"name": "sft", "method": "sft", "config": {"max_steps": 100_000, "save_steps": 5}})
+    )
     wait_stage(stage, celery_worker_process, until=lambda s: s.status == Status.RUNNING and s.step > 5)
     assert stage_checkpoint_dir(stage).exists() and stage_work_dir(stage).exists()
     run_cancel(run=Run.objects.get(pk=run.pk))

@@ -1,5 +1,6 @@
 """End to end: a two-stage pipeline through a real Celery worker over Redis, a real MLflow server
 and the real trainer (full SFT, then LoRA SFT on its output)."""
+
 from __future__ import annotations
 
 import time
@@ -18,9 +19,14 @@ def test_a_two_stage_pipeline_runs_through_the_worker(celery_worker_process, mlf
     pipeline = demo_pipeline(
         {"name": "sft-full", "method": "sft"},
         # then teach the chat format with a LoRA adapter on top of stage 1's model
-        {"name": "sft-lora", "method": "sft", "input": "sft-full", "data": "chat",
-         "adapter": {"type": "lora", "r": 8, "alpha": 16, "target_modules": "all-linear"},
-         "config": {"learning_rate": 1e-2}},
+        {
+            "name": "sft-lora",
+            "method": "sft",
+            "input": "sft-full",
+            "data": "chat",
+            "adapter": {"type": "lora", "r": 8, "alpha": 16, "target_modules": "all-linear"},
+            "config": {"learning_rate": 1e-2},
+        },
         name="addition-two-stages",
     )
     started = time.monotonic()
@@ -28,13 +34,21 @@ def test_a_two_stage_pipeline_runs_through_the_worker(celery_worker_process, mlf
 
     def finished():
         return Run.objects.get(pk=run.pk).is_finished
-    wait_until(finished, timeout=300, interval=0.5,
-               message=lambda: f"run still {Run.objects.get(pk=run.pk).status}; worker log:\n"
-                               f"{celery_worker_process.log_tail(60)}")
+
+    wait_until(
+        finished,
+        timeout=300,
+        interval=0.5,
+        message=lambda: (
+            f"run still {Run.objects.get(pk=run.pk).status}; worker log:\n{celery_worker_process.log_tail(60)}"
+        ),
+    )
     run.refresh_from_db()
     full, lora = run.stages.order_by("index")
-    print(f"\n[measure] two-stage pipeline through the worker: {time.monotonic() - started:.1f}s "
-          f"(stage 1 {full.duration.total_seconds():.1f}s, stage 2 {lora.duration.total_seconds():.1f}s)")
+    print(
+        f"\n[measure] two-stage pipeline through the worker: {time.monotonic() - started:.1f}s "
+        f"(stage 1 {full.duration.total_seconds():.1f}s, stage 2 {lora.duration.total_seconds():.1f}s)"
+    )
     assert run.status == Status.SUCCEEDED, (run.error, full.error, lora.error, lora.log_tail)
     assert full.status == lora.status == Status.SUCCEEDED
     assert full.worker.startswith("pytest-") and full.attempt == lora.attempt == 1
@@ -48,10 +62,12 @@ def test_a_two_stage_pipeline_runs_through_the_worker(celery_worker_process, mlf
     # Stage 1 produced a model, stage 2 an adapter on top of it (which it downloaded from MLflow).
     assert full.outputs["kind"] == "model"
     assert {"config.json", "model.safetensors"} <= {
-        p.rsplit("/", 1)[-1] for p in artifact_list(mlflow_run_id=full.mlflow_run_id, path="model")}
+        p.rsplit("/", 1)[-1] for p in artifact_list(mlflow_run_id=full.mlflow_run_id, path="model")
+    }
     assert lora.outputs["kind"] == "adapter" and lora.outputs["artifact_path"] == "adapter"
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {
-        p.rsplit("/", 1)[-1] for p in artifact_list(mlflow_run_id=lora.mlflow_run_id, path="adapter")}
+        p.rsplit("/", 1)[-1] for p in artifact_list(mlflow_run_id=lora.mlflow_run_id, path="adapter")
+    }
     assert lora.outputs["base"]["source"] == "stage" and lora.outputs["base"]["stage"] == "sft-full"
     assert lora.outputs["base"]["mlflow_run_id"] == full.mlflow_run_id
     assert lora.trainable_params < lora.total_params  # only the adapter trained

@@ -1,5 +1,6 @@
 """jobs.deliver_notifications: its name and queue, its place in beat's schedule (so retries survive
 restarts), and the task function sending a due attempt."""
+
 from __future__ import annotations
 
 import pytest

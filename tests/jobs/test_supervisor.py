@@ -1,5 +1,6 @@
 """The supervisor, through the task function (no worker, no eager mode), with a real MLflow server
 and the real trainer on the demo kit."""
+
 from __future__ import annotations
 
 import os
@@ -26,9 +27,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def launch(sent_stages, mlflow_server):
     """launch(pipeline) -> (run, first stage): a run created, its wake-up recorded, not sent."""
+
     def make(pipeline):
         run = run_create(pipeline=pipeline, user=pipeline.created_by)
         return run, run.stages.order_by("index").first()
+
     return make
 
 
@@ -62,8 +65,12 @@ def test_a_stage_trains_and_lands_in_the_db_and_mlflow(demo_pipeline, launch):
     assert len(metric_history(stage.mlflow_run_id, "train/learning_rate")) == 16
 
     # Outputs: the model, the spec and the trainer log are artifacts of the stage's MLflow run.
-    assert stage.outputs == {"kind": "model", "artifact_path": "model", "mlflow_run_id": stage.mlflow_run_id,
-                             "base": None}
+    assert stage.outputs == {
+        "kind": "model",
+        "artifact_path": "model",
+        "mlflow_run_id": stage.mlflow_run_id,
+        "base": None,
+    }
     files = set(artifact_list(mlflow_run_id=stage.mlflow_run_id))
     assert {"model", "spec.json", "trainer.log"} <= files
     model_files = {p.rsplit("/", 1)[-1] for p in artifact_list(mlflow_run_id=stage.mlflow_run_id, path="model")}
@@ -89,15 +96,18 @@ def test_a_model_path_outside_the_model_roots_fails_the_stage_before_the_trainer
     run.refresh_from_db()
     assert stage.status == Status.FAILED and run.status == Status.FAILED
     assert "\n" not in stage.error and "/nonexistent" not in stage.error
-    assert stage.error.startswith("could not start the stage: base model 'tiny-llama': not a model folder (with a "
-                                  "config.json) inside this team's model roots")
+    assert stage.error.startswith(
+        "could not start the stage: base model 'tiny-llama': not a model folder (with a "
+        "config.json) inside this team's model roots"
+    )
     assert not stage_work_dir(stage).exists() and not stage_checkpoint_dir(stage).exists()
 
 
 def test_a_trainer_that_crashes_without_an_event_fails_the_stage(demo_pipeline, launch, settings, tmp_path):
     fake = tmp_path / "python"
-    fake.write_text("#!/bin/sh\necho 'loading shards' >&2\necho 'Fatal Python error: Segmentation fault' >&2\n"
-                    "exit 139\n")
+    fake.write_text(
+        "#!/bin/sh\necho 'loading shards' >&2\necho 'Fatal Python error: Segmentation fault' >&2\nexit 139\n"
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     settings.REFINERY_TRAINER_PYTHON = str(fake)
     run, stage = launch(demo_pipeline({"name": "sft", "method": "sft"}))
@@ -115,12 +125,19 @@ def test_cancel_during_training_stops_within_10s_and_keeps_partial_metrics(demo_
     worker = threading.Thread(target=lambda: result.setdefault("status", _run_and_close(stage.pk)))
     worker.start()
     try:
-        wait_until(lambda: StageMetric.objects.filter(stage_run=stage, key="train/loss").count() >= 3, timeout=120,
-                   message="no metrics arrived")
+        wait_until(
+            lambda: StageMetric.objects.filter(stage_run=stage, key="train/loss").count() >= 3,
+            timeout=120,
+            message="no metrics arrived",
+        )
         requested = time.monotonic()
         run_cancel(run=Run.objects.get(pk=run.pk))
-        wait_until(lambda: StageRun.objects.get(pk=stage.pk).status == Status.CANCELED, timeout=15, interval=0.05,
-                   message="the stage was not canceled")
+        wait_until(
+            lambda: StageRun.objects.get(pk=stage.pk).status == Status.CANCELED,
+            timeout=15,
+            interval=0.05,
+            message="the stage was not canceled",
+        )
         latency = time.monotonic() - requested
     finally:
         worker.join(timeout=60)
@@ -141,7 +158,8 @@ def test_cancel_during_training_stops_within_10s_and_keeps_partial_metrics(demo_
 
 
 def test_a_lost_lease_stops_the_trainer_and_the_next_attempt_resumes_from_the_checkpoint(
-        demo_pipeline, launch, settings, caplog):
+    demo_pipeline, launch, settings, caplog
+):
     """The reaper hands the stage on (as if the worker had died): the old supervisor stops its trainer
     without touching the row, and the next attempt resumes from the newest complete checkpoint."""
     import logging
@@ -153,14 +171,20 @@ def test_a_lost_lease_stops_the_trainer_and_the_next_attempt_resumes_from_the_ch
 
     caplog.set_level(logging.INFO, logger="jobs.supervisor")
     settings.REFINERY_HEARTBEAT_SECONDS = 1
-    run, stage = launch(demo_pipeline({"name": "sft", "method": "sft",
-                                       "config": {"max_steps": 120, "save_steps": 5, "save_total_limit": 1}}))
+    run, stage = launch(
+        demo_pipeline(
+            {"name": "sft", "method": "sft", "config": {"max_steps": 120, "save_steps": 5, "save_total_limit": 1}}
+        )
+    )
     result: dict = {}
     first = threading.Thread(target=lambda: result.setdefault("status", _run_and_close(stage.pk)))
     first.start()
     try:
-        wait_until(lambda: StageMetric.objects.filter(stage_run=stage, key="train/loss", step__gte=12).exists(),
-                   timeout=120, message="training did not get past step 12")
+        wait_until(
+            lambda: StageMetric.objects.filter(stage_run=stage, key="train/loss", step__gte=12).exists(),
+            timeout=120,
+            message="training did not get past step 12",
+        )
 
         def expire_and_reap() -> bool:
             # The supervisor's heartbeat renews about once a second and may do so between these two
@@ -186,12 +210,16 @@ def test_a_lost_lease_stops_the_trainer_and_the_next_attempt_resumes_from_the_ch
 
 
 def test_a_trainer_killed_by_sigkill_is_retried_and_resumes_without_losing_or_repeating_a_step(
-        demo_pipeline, launch, monkeypatch, sent_stages, django_capture_on_commit_callbacks):
+    demo_pipeline, launch, monkeypatch, sent_stages, django_capture_on_commit_callbacks
+):
     """kill -9 of the trainer (a failpoint SIGKILLs it right after step 23; the last complete checkpoint
     is step 20): the stage goes back to the queue, and the next attempt resumes at step 20 and succeeds."""
     monkeypatch.setenv("REFINERY_FAILPOINTS", "step.end@23:kill")
-    run, stage = launch(demo_pipeline({"name": "sft", "method": "sft",
-                                       "config": {"max_steps": 40, "save_steps": 10, "save_total_limit": 1}}))
+    run, stage = launch(
+        demo_pipeline(
+            {"name": "sft", "method": "sft", "config": {"max_steps": 40, "save_steps": 10, "save_total_limit": 1}}
+        )
+    )
     sent_stages.clear()
     with django_capture_on_commit_callbacks(execute=True):
         assert run_stage(stage.pk) == "retrying"
@@ -227,8 +255,10 @@ def test_a_trainer_killed_on_every_attempt_fails_after_the_last_one(demo_pipelin
     stage.refresh_from_db()
     run.refresh_from_db()
     assert stage.attempt == 2 and run.status == Status.FAILED
-    assert stage.error == ("the trainer was killed by SIGKILL at step 0 (by the out-of-memory killer, or kill -9); "
-                           "gave up after 2 attempts")
+    assert stage.error == (
+        "the trainer was killed by SIGKILL at step 0 (by the out-of-memory killer, or kill -9); "
+        "gave up after 2 attempts"
+    )
     assert "allocating 80 GiB" in stage.log_tail
     assert not stage_work_dir(stage).exists() and not stage_checkpoint_dir(stage).exists()  # gave up: ended
 
@@ -318,13 +348,20 @@ def test_a_hung_trainer_is_killed_and_the_stage_fails_as_stalled(demo_pipeline, 
     worker = threading.Thread(target=lambda: result.setdefault("status", _run_and_close(stage.pk)))
     worker.start()
     try:
-        wait_until(lambda: StageMetric.objects.filter(stage_run=stage, key="train/loss").count() >= 3, timeout=120,
-                   message="no metrics arrived")
+        wait_until(
+            lambda: StageMetric.objects.filter(stage_run=stage, key="train/loss").count() >= 3,
+            timeout=120,
+            message="no metrics arrived",
+        )
         pid = wait_until(lambda: _trainer_pid(stage), timeout=10, message="trainer process not found")
         os.kill(pid, signal.SIGSTOP)
         hung_at = time.monotonic()
-        wait_until(lambda: StageRun.objects.get(pk=stage.pk).is_finished, timeout=60, interval=0.1,
-                   message="the hung trainer was not noticed")
+        wait_until(
+            lambda: StageRun.objects.get(pk=stage.pk).is_finished,
+            timeout=60,
+            interval=0.1,
+            message="the hung trainer was not noticed",
+        )
         noticed = time.monotonic() - hung_at
     finally:
         worker.join(timeout=60)

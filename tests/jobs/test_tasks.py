@@ -1,4 +1,5 @@
 """The Celery tasks and the reaper's place in beat's schedule."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -76,6 +77,7 @@ def test_a_stage_queued_too_long_gets_its_wake_up_again_once(make_pipeline, sent
     StageRun.objects.filter(pk=stage.pk).update(dispatched_at=timezone.now() - timedelta(seconds=61))
     assert stage_redispatch_stale() == [stage.pk] and sent_stages == [stage.pk]
     assert stage_redispatch_stale() == []  # re-sent once per interval, not on every reaper tick
-    StageRun.objects.filter(pk=stage.pk).update(status=Status.RUNNING,
-                                                dispatched_at=timezone.now() - timedelta(seconds=600))
+    StageRun.objects.filter(pk=stage.pk).update(
+        status=Status.RUNNING, dispatched_at=timezone.now() - timedelta(seconds=600)
+    )
     assert stage_redispatch_stale() == []  # claimed stages are the lease's business

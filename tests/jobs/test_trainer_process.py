@@ -1,6 +1,7 @@
 """The trainer dies with its supervisor (jobs.supervisor.process, trainers.deathsig): the real trainer,
 started the way the supervisor starts it from a process that already runs a thread, is gone soon after
 that process is SIGKILLed; and a child whose parent is gone before it asks for the signal never starts."""
+
 from __future__ import annotations
 
 import json
@@ -59,18 +60,36 @@ def _kill_group(pid: int) -> None:
 def test_killing_the_supervisor_with_sigkill_kills_the_trainer(demo_kit, tmp_path):
     data = demo_kit["data"]["train"]
     spec = {
-        "version": 1, "stage": {"name": "sft", "index": 0, "stage_run_id": 1}, "method": "sft",
-        "config": {"max_steps": 100_000, "save_steps": 100_000, "logging_steps": 1}, "adapter": {"type": "none"},
+        "version": 1,
+        "stage": {"name": "sft", "index": 0, "stage_run_id": 1},
+        "method": "sft",
+        "config": {"max_steps": 100_000, "save_steps": 100_000, "logging_steps": 1},
+        "adapter": {"type": "none"},
         "model": {"name_or_path": demo_kit["model"], "revision": None, "adapter_path": None},
-        "data": {"train": {"path": data, "format": Path(data).suffix[1:], "kind": demo_kit["kinds"]["train"]},
-                 "eval": None},
-        "output_dir": str(tmp_path / "output"), "checkpoint_dir": str(tmp_path / "checkpoints"), "seed": 42,
+        "data": {
+            "train": {"path": data, "format": Path(data).suffix[1:], "kind": demo_kit["kinds"]["train"]},
+            "eval": None,
+        },
+        "output_dir": str(tmp_path / "output"),
+        "checkpoint_dir": str(tmp_path / "checkpoints"),
+        "seed": 42,
     }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "platform"), str(REPO_ROOT)])}
-    supervisor = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(tmp_path)], cwd=REPO_ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "platform"), str(REPO_ROOT)]),
+    }
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR, str(tmp_path)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     trainer_pid = holder_pid = None
     try:
         assert supervisor.stdout is not None
@@ -89,8 +108,7 @@ def test_killing_the_supervisor_with_sigkill_kills_the_trainer(demo_kit, tmp_pat
         killed = time.monotonic()
         os.kill(supervisor.pid, signal.SIGKILL)
         supervisor.wait(timeout=10)
-        wait_until(lambda: _gone(trainer_pid), timeout=10, interval=0.05,
-                   message="the trainer outlived its supervisor")
+        wait_until(lambda: _gone(trainer_pid), timeout=10, interval=0.05, message="the trainer outlived its supervisor")
         print(f"\n[measure] supervisor SIGKILLed to trainer gone: {time.monotonic() - killed:.2f}s")
     finally:
         _kill_group(supervisor.pid)
@@ -102,9 +120,21 @@ def test_killing_the_supervisor_with_sigkill_kills_the_trainer(demo_kit, tmp_pat
 
 def test_a_trainer_whose_parent_is_gone_before_it_starts_exits_at_once(tmp_path):
     """--parent-pid names a process that is not the trainer's parent (it died in between): no events, exit 1."""
-    result = subprocess.run([sys.executable, "-m", "trainers", "run", str(tmp_path / "spec.json"), "--parent-pid",
-                             str(os.getpid() + 1_000_000)], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainers",
+            "run",
+            str(tmp_path / "spec.json"),
+            "--parent-pid",
+            str(os.getpid() + 1_000_000),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1
     assert result.stdout == ""
     assert "is gone; not starting" in result.stderr
@@ -128,8 +158,9 @@ def test_runstack_children_get_sigterm_when_runstack_is_killed(tmp_path):
         "print('ready', flush=True)\n"
         "time.sleep(600)\n"
     )
-    parent = subprocess.Popen([sys.executable, "-c", parent_code, child_code], cwd=REPO_ROOT,
-                              stdout=subprocess.PIPE, start_new_session=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code, child_code], cwd=REPO_ROOT, stdout=subprocess.PIPE, start_new_session=True
+    )
     child_pid = None
     try:
         assert parent.stdout is not None

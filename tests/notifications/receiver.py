@@ -1,5 +1,6 @@
 """A real HTTP receiver on 127.0.0.1 for webhook tests: records each request and answers with the next
 status of its script (then 200)."""
+
 from __future__ import annotations
 
 import threading

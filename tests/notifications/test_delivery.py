@@ -1,5 +1,6 @@
 """Notifications: the outbox, signed webhooks to a real receiver on 127.0.0.1, retries after the backoff,
 the delivery log, redelivery, email, the SSRF guard, and run.failed/run.succeeded from the run state machine."""
+
 from __future__ import annotations
 
 import hashlib
@@ -49,11 +50,16 @@ def webhook(team, user, url, kinds=None) -> tuple[Endpoint, str]:
 
 
 def verified(request, secret: str) -> bool:
-    return signature_verify(secret=secret, timestamp=request.headers["X-Refinery-Timestamp"], body=request.body,
-                            signature=request.headers["X-Refinery-Signature"])
+    return signature_verify(
+        secret=secret,
+        timestamp=request.headers["X-Refinery-Timestamp"],
+        body=request.body,
+        signature=request.headers["X-Refinery-Signature"],
+    )
 
 
 # --- signature ------------------------------------------------------------------------------------
+
 
 def test_signature_is_hmac_sha256_of_timestamp_dot_body():
     body = b'{"kind":"test"}'
@@ -71,8 +77,10 @@ def test_signature_is_hmac_sha256_of_timestamp_dot_body():
 
 # --- the outbox -----------------------------------------------------------------------------------
 
-def test_the_event_is_written_in_the_callers_transaction(team_owner, sent_notifications,
-                                                         django_capture_on_commit_callbacks):
+
+def test_the_event_is_written_in_the_callers_transaction(
+    team_owner, sent_notifications, django_capture_on_commit_callbacks
+):
     team, user = team_owner
     webhook(team, user, "http://127.0.0.1:9/hook")
     with pytest.raises(RuntimeError), transaction.atomic():
@@ -100,7 +108,8 @@ def test_only_subscribed_active_endpoints_get_a_delivery(team_owner, sent_notifi
     assert [d.endpoint_id for d in Delivery.objects.all()] == [opted_in.pk]
     notify(team=team, kind=EventKind.RUN_FAILED, payload={})
     assert sorted(Delivery.objects.filter(event__kind="run.failed").values_list("endpoint_id", flat=True)) == [
-        default.pk]
+        default.pk
+    ]
 
 
 def test_unknown_kinds_are_refused(team_owner):
@@ -113,6 +122,7 @@ def test_unknown_kinds_are_refused(team_owner):
 
 
 # --- webhooks to a real receiver ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", SUBSCRIBABLE)
 def test_every_kind_is_delivered_signed(team_owner, webhook_receiver, sent_notifications, kind):
@@ -127,8 +137,13 @@ def test_every_kind_is_delivered_signed(team_owner, webhook_receiver, sent_notif
     assert request.headers["X-Refinery-Event"] == kind
     assert request.headers["Content-Type"] == "application/json"
     body = json.loads(request.body)
-    assert body == {"id": event.pk, "kind": kind, "created_at": event.created_at.isoformat(),
-                    "team": {"id": team.pk, "slug": team.slug}, "data": {"summary": "hello", "n": 1}}
+    assert body == {
+        "id": event.pk,
+        "kind": kind,
+        "created_at": event.created_at.isoformat(),
+        "team": {"id": team.pk, "slug": team.slug},
+        "data": {"summary": "hello", "n": 1},
+    }
     delivery = Delivery.objects.get()
     assert (delivery.status, delivery.status_code, delivery.attempt, delivery.error) == ("succeeded", 200, 1, "")
     assert delivery.response_ms is not None and delivery.delivered_at is not None
@@ -136,8 +151,9 @@ def test_every_kind_is_delivered_signed(team_owner, webhook_receiver, sent_notif
     assert secret not in Endpoint.objects.filter(pk=endpoint.pk).values_list("secret_ciphertext", flat=True)[0]
 
 
-def test_a_receiver_answering_500_gets_the_event_again_after_the_backoff(team_owner, webhook_receiver,
-                                                                          fast_backoff, sent_notifications):
+def test_a_receiver_answering_500_gets_the_event_again_after_the_backoff(
+    team_owner, webhook_receiver, fast_backoff, sent_notifications
+):
     team, user = team_owner
     _, secret = webhook(team, user, webhook_receiver.url)
     webhook_receiver.statuses = [500, 503]
@@ -218,6 +234,7 @@ def test_two_workers_never_send_the_same_attempt(webhook_receiver, sent_notifica
 
     def first_worker():
         from django.db import connection
+
         try:
             with transaction.atomic():
                 Delivery.objects.select_for_update().get(pk=delivery.pk)
@@ -303,11 +320,13 @@ def test_an_attempt_is_sent_outside_any_transaction_and_claimed_meanwhile(sent_n
 
 # --- email ----------------------------------------------------------------------------------------
 
+
 def test_email_goes_through_djangos_backend(team_owner, settings, sent_notifications):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     team, user = team_owner
-    endpoint, secret = endpoint_create(team=team, user=user, type="email", addresses="ops@example.com, ml@example.com",
-                                       kinds=["schedule.paused"])
+    endpoint, secret = endpoint_create(
+        team=team, user=user, type="email", addresses="ops@example.com, ml@example.com", kinds=["schedule.paused"]
+    )
     assert secret == "" and endpoint.addresses == ["ops@example.com", "ml@example.com"]
     notify(team=team, kind=EventKind.SCHEDULE_PAUSED, payload={"summary": "nightly-sft paused after 3 failures"})
     deliveries_send_due()
@@ -322,9 +341,18 @@ def test_email_goes_through_djangos_backend(team_owner, settings, sent_notificat
 
 # --- SSRF -----------------------------------------------------------------------------------------
 
-REFUSED = ["http://127.0.0.1:8000/hook", "http://localhost/hook", "http://10.1.2.3/", "http://192.168.0.1/",
-           "http://172.16.0.1/", "http://169.254.169.254/latest/meta-data/", "http://[::1]/", "http://0.0.0.0/",
-           "http://[::ffff:127.0.0.1]/", "http://2130706433/"]
+REFUSED = [
+    "http://127.0.0.1:8000/hook",
+    "http://localhost/hook",
+    "http://10.1.2.3/",
+    "http://192.168.0.1/",
+    "http://172.16.0.1/",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://[::1]/",
+    "http://0.0.0.0/",
+    "http://[::ffff:127.0.0.1]/",
+    "http://2130706433/",
+]
 
 
 @pytest.mark.parametrize("url", REFUSED)
@@ -336,11 +364,18 @@ def test_private_addresses_are_refused_unless_allowed(team_owner, settings, url)
     assert not Endpoint.objects.exists()
 
 
-@pytest.mark.parametrize(("url", "why"), [
-    ("ftp://example.org/x", "http:// or https://"), ("file:///etc/passwd", "http:// or https://"),
-    ("gopher://127.0.0.1:6379/", "http:// or https://"), ("http://user:pw@127.0.0.1/", "no user name"),
-    ("http://no-such-host.invalid/", "does not resolve"), ("", "enter the URL"), ("http:///path", "no host"),
-])
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("ftp://example.org/x", "http:// or https://"),
+        ("file:///etc/passwd", "http:// or https://"),
+        ("gopher://127.0.0.1:6379/", "http:// or https://"),
+        ("http://user:pw@127.0.0.1/", "no user name"),
+        ("http://no-such-host.invalid/", "does not resolve"),
+        ("", "enter the URL"),
+        ("http:///path", "no host"),
+    ],
+)
 def test_malformed_urls_are_refused(team_owner, url, why):
     team, user = team_owner
     with pytest.raises(NotificationError, match=why):
@@ -370,6 +405,7 @@ def test_redirects_are_not_followed(team_owner, webhook_receiver, sent_notificat
 
 # --- run.failed / run.succeeded from the state machine -----------------------------------------------
 
+
 def _finish_only_stage(pipeline, status, capture) -> NotificationEvent | None:
     with capture(execute=True):
         run = run_create(pipeline=pipeline, user=pipeline.created_by)
@@ -379,8 +415,9 @@ def _finish_only_stage(pipeline, status, capture) -> NotificationEvent | None:
     return run
 
 
-def test_a_failed_run_notifies_once(make_pipeline, sent_stages, sent_notifications,
-                                    django_capture_on_commit_callbacks, webhook_receiver):
+def test_a_failed_run_notifies_once(
+    make_pipeline, sent_stages, sent_notifications, django_capture_on_commit_callbacks, webhook_receiver
+):
     pipeline = make_pipeline(("a", "base"))
     _, secret = webhook(pipeline.team, pipeline.created_by, webhook_receiver.url)
     run = _finish_only_stage(pipeline, Status.FAILED, django_capture_on_commit_callbacks)
@@ -392,8 +429,9 @@ def test_a_failed_run_notifies_once(make_pipeline, sent_stages, sent_notificatio
     assert verified(webhook_receiver.requests[0], secret)
 
 
-def test_succeeded_runs_notify_only_endpoints_that_opted_in(make_pipeline, sent_stages, sent_notifications,
-                                                            django_capture_on_commit_callbacks):
+def test_succeeded_runs_notify_only_endpoints_that_opted_in(
+    make_pipeline, sent_stages, sent_notifications, django_capture_on_commit_callbacks
+):
     pipeline = make_pipeline(("a", "base"))
     webhook(pipeline.team, pipeline.created_by, "http://127.0.0.1:9/")
     _finish_only_stage(pipeline, Status.SUCCEEDED, django_capture_on_commit_callbacks)
@@ -401,8 +439,9 @@ def test_succeeded_runs_notify_only_endpoints_that_opted_in(make_pipeline, sent_
     assert event.kind == "run.succeeded" and not event.deliveries.exists()
 
 
-def test_a_canceled_run_notifies_nothing(make_pipeline, sent_stages, sent_notifications,
-                                         django_capture_on_commit_callbacks):
+def test_a_canceled_run_notifies_nothing(
+    make_pipeline, sent_stages, sent_notifications, django_capture_on_commit_callbacks
+):
     pipeline = make_pipeline(("a", "base"))
     with django_capture_on_commit_callbacks(execute=True):
         run = run_create(pipeline=pipeline, user=pipeline.created_by)
@@ -430,8 +469,7 @@ def test_the_verifier_in_the_docs_accepts_a_real_delivery(team_owner, webhook_re
     assert not namespace["verify"]("whsec_wrong", request.headers, request.body)
 
 
-def test_a_paused_endpoint_keeps_its_pending_attempts_until_resumed(team_owner, webhook_receiver,
-                                                                     sent_notifications):
+def test_a_paused_endpoint_keeps_its_pending_attempts_until_resumed(team_owner, webhook_receiver, sent_notifications):
     team, user = team_owner
     endpoint, _ = webhook(team, user, webhook_receiver.url)
     notify(team=team, kind=EventKind.RUN_FAILED, payload={})

@@ -1,6 +1,7 @@
 """Webhook pages and /api/v1/webhooks: the secret is shown once and stored encrypted, the delivery log shows
 status code, response time and attempt, Redeliver and "Send test event" reach a real receiver on
 127.0.0.1, and a refused URL is reported on the form with nothing written."""
+
 from __future__ import annotations
 
 import json
@@ -21,13 +22,14 @@ def _secret_in(html: str) -> str:
     return re.search(r'value="(whsec_[^"]+)" data-testid="webhook-secret"', html).group(1)
 
 
-def test_owner_creates_a_webhook_and_sees_its_secret_once(browser_client, team, webhook_receiver,
-                                                          sent_notifications):
+def test_owner_creates_a_webhook_and_sees_its_secret_once(browser_client, team, webhook_receiver, sent_notifications):
     page = browser_client.get(reverse("notifications:list"))
     assert page.status_code == 200 and b'data-testid="no-endpoints"' in page.content
     assert b">Webhooks</a>" in page.content  # the tab
-    response = browser_client.post(reverse("notifications:list"), {
-        "type": "webhook", "url": webhook_receiver.url, "kinds": ["run.failed", "gate.promoted"]})
+    response = browser_client.post(
+        reverse("notifications:list"),
+        {"type": "webhook", "url": webhook_receiver.url, "kinds": ["run.failed", "gate.promoted"]},
+    )
     assert response.status_code == 200
     secret = _secret_in(response.content.decode())
     endpoint = Endpoint.objects.get(team=team)
@@ -41,8 +43,12 @@ def test_owner_creates_a_webhook_and_sees_its_secret_once(browser_client, team, 
     assert browser_client.post(reverse("notifications:test", args=[endpoint.pk])).status_code == 302
     deliveries_send_due()
     (request,) = webhook_receiver.requests
-    assert signature_verify(secret=secret, timestamp=request.headers["X-Refinery-Timestamp"], body=request.body,
-                            signature=request.headers["X-Refinery-Signature"])
+    assert signature_verify(
+        secret=secret,
+        timestamp=request.headers["X-Refinery-Timestamp"],
+        body=request.body,
+        signature=request.headers["X-Refinery-Signature"],
+    )
     log = browser_client.get(reverse("notifications:detail", args=[endpoint.pk])).content.decode()
     first = Delivery.objects.get()
     assert f'data-delivery="{first.pk}"' in log and "Delivered" in log and f"{first.response_ms} ms" in log
@@ -62,8 +68,10 @@ def test_owner_creates_a_webhook_and_sees_its_secret_once(browser_client, team, 
 
 def test_a_refused_url_is_shown_on_the_form(browser_client, team, settings):
     settings.REFINERY_WEBHOOK_ALLOW_PRIVATE = False
-    response = browser_client.post(reverse("notifications:list"), {
-        "type": "webhook", "url": "http://169.254.169.254/latest/meta-data/", "kinds": ["run.failed"]})
+    response = browser_client.post(
+        reverse("notifications:list"),
+        {"type": "webhook", "url": "http://169.254.169.254/latest/meta-data/", "kinds": ["run.failed"]},
+    )
     assert response.status_code == 400
     assert b"loopback, private or link-local" in response.content
     response = browser_client.post(reverse("notifications:list"), {"type": "webhook", "url": "x", "kinds": []})
@@ -71,8 +79,9 @@ def test_a_refused_url_is_shown_on_the_form(browser_client, team, settings):
 
 
 def test_email_endpoints_from_the_page(browser_client, team):
-    response = browser_client.post(reverse("notifications:list"), {
-        "type": "email", "addresses": "ops@example.com", "kinds": ["schedule.paused"]})
+    response = browser_client.post(
+        reverse("notifications:list"), {"type": "email", "addresses": "ops@example.com", "kinds": ["schedule.paused"]}
+    )
     assert response.status_code == 200 and b"Email endpoint created" in response.content
     assert Endpoint.objects.get(team=team).addresses == ["ops@example.com"]
 
@@ -81,7 +90,12 @@ def test_another_teams_endpoint_and_delivery_are_404(browser_client, bob, webhoo
     theirs, _ = endpoint_create(team=bob.teams.get(), user=bob, url=webhook_receiver.url)
     delivery = notify(team=bob.teams.get(), kind=EventKind.RUN_FAILED, payload={}).deliveries.get()
     assert browser_client.get(reverse("notifications:detail", args=[theirs.pk])).status_code == 404
-    for name, args in (("test", [theirs.pk]), ("delete", [theirs.pk]), ("active", [theirs.pk]), ("redeliver", [theirs.pk, delivery.pk])):
+    for name, args in (
+        ("test", [theirs.pk]),
+        ("delete", [theirs.pk]),
+        ("active", [theirs.pk]),
+        ("redeliver", [theirs.pk, delivery.pk]),
+    ):
         assert browser_client.post(reverse(f"notifications:{name}", args=args)).status_code == 404, name
     assert Endpoint.objects.filter(pk=theirs.pk).exists() and Delivery.objects.count() == 1
 
@@ -105,8 +119,15 @@ def test_the_api_creates_tests_lists_and_redelivers(api, team, webhook_receiver,
     assert again.status_code == 202 and again.json()["attempt"] == 2
     deliveries_send_due()
     assert [json.loads(r.body)["kind"] for r in webhook_receiver.requests] == ["test", "test"]
-    assert all(signature_verify(secret=secret, timestamp=r.headers["X-Refinery-Timestamp"], body=r.body,
-                                signature=r.headers["X-Refinery-Signature"]) for r in webhook_receiver.requests)
+    assert all(
+        signature_verify(
+            secret=secret,
+            timestamp=r.headers["X-Refinery-Timestamp"],
+            body=r.body,
+            signature=r.headers["X-Refinery-Signature"],
+        )
+        for r in webhook_receiver.requests
+    )
 
     refused = api.post("/api/v1/webhooks", {"url": "ftp://example.org/", "kinds": ["run.failed"]})
     assert refused.status_code == 400 and "http:// or https://" in refused.json()["detail"]

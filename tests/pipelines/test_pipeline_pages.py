@@ -1,5 +1,6 @@
 """The pipeline pages for graphs: a merge in the editor, templates, editing into versions, the drawn graph
 with live status, re-runs from the run page, and evaluation/export results."""
+
 from __future__ import annotations
 
 import json
@@ -12,39 +13,55 @@ from refinery.data.services import dataset_version_create
 from refinery.pipelines.models import Pipeline
 from refinery.pipelines.presets import PRESETS
 from refinery.runs.models import Run, Status
-
 from tests.fixtures import ROWS
 
 
 def _dataset(team, user, name, kind, rows):
     data = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    return dataset_version_create(team=team, user=user, name=name, kind=kind, filename=f"{name}.jsonl",
-                                  chunks=iter([data])).version.dataset
+    return dataset_version_create(
+        team=team, user=user, name=name, kind=kind, filename=f"{name}.jsonl", chunks=iter([data])
+    ).version.dataset
 
 
 @pytest.fixture
 def seeded(team, alice, dataset_dir, tiny_model_dir):
     return {
         "sums": _dataset(team, alice, "sums", "prompt_completion", ROWS),
-        "ref": _dataset(team, alice, "sums-ref", "reference", [{"prompt": r["prompt"], "answer": r["completion"]}
-                                                               for r in ROWS]),
+        "ref": _dataset(
+            team, alice, "sums-ref", "reference", [{"prompt": r["prompt"], "answer": r["completion"]} for r in ROWS]
+        ),
         "prefs": _dataset(team, alice, "prefs", "preference", [{"prompt": "1+1=", "chosen": "2", "rejected": "3"}]),
-        "model": base_model_create(team=team, user=alice, name="tiny", source="local",
-                                   name_or_path=str(tiny_model_dir)),
+        "model": base_model_create(
+            team=team, user=alice, name="tiny", source="local", name_or_path=str(tiny_model_dir)
+        ),
     }
 
 
 def _soup_form(seeded, **overrides):
     ds = seeded["sums"].pk
     data = {
-        "name": "soup", "base_model_id": seeded["model"].pk, "seed": "1", "description": "",
-        "retention_dataset_id": seeded["ref"].pk, "auto_evaluate": "on",
-        "stages-0-name": "a", "stages-0-method": "sft", "stages-0-input": "base", "stages-0-dataset_id": ds,
-        "stages-0-eval_dataset_id": ds, "stages-0-adapter-type": "lora",
-        "stages-1-name": "b", "stages-1-method": "sft", "stages-1-input": "base", "stages-1-dataset_id": ds,
+        "name": "soup",
+        "base_model_id": seeded["model"].pk,
+        "seed": "1",
+        "description": "",
+        "retention_dataset_id": seeded["ref"].pk,
+        "auto_evaluate": "on",
+        "stages-0-name": "a",
+        "stages-0-method": "sft",
+        "stages-0-input": "base",
+        "stages-0-dataset_id": ds,
+        "stages-0-eval_dataset_id": ds,
+        "stages-0-adapter-type": "lora",
+        "stages-1-name": "b",
+        "stages-1-method": "sft",
+        "stages-1-input": "base",
+        "stages-1-dataset_id": ds,
         "stages-1-adapter-type": "none",
-        "stages-2-name": "mix", "stages-2-method": "merge", "stages-2-inputs": ["@0", "@1"],
-        "stages-2-config-merge_method": "ties", "stages-2-config-weights": "0.6, 0.4",
+        "stages-2-name": "mix",
+        "stages-2-method": "merge",
+        "stages-2-inputs": ["@0", "@1"],
+        "stages-2-config-merge_method": "ties",
+        "stages-2-config-weights": "0.6, 0.4",
     }
     data.update(overrides)
     return data
@@ -89,7 +106,7 @@ def test_every_template_opens_filled_in_and_saves(browser_client, seeded, key):
             continue
         if tag.group(1) == "select":
             picked = re.findall(r'<option value="([^"]*)"[^>]*\bselected\b', tag.group(3))
-            data.setdefault(name, []).extend(picked[:None if " multiple" in tag.group(2) else 1])
+            data.setdefault(name, []).extend(picked[: None if " multiple" in tag.group(2) else 1])
         elif attrs.get("type") == "checkbox":
             if " checked" in tag.group(2):
                 data.setdefault(name, []).append(attrs.get("value", "on"))
@@ -109,9 +126,10 @@ def test_editing_makes_a_new_version_and_runs_keep_theirs(browser_client, seeded
         browser_client.post(f"/pipelines/{pipeline.pk}/run/")
     edit = browser_client.get(f"/pipelines/{pipeline.pk}/edit/").content.decode()
     assert 'value="@0" selected' in edit and 'value="@1" selected' in edit  # the merge's inputs round-trip
-    response = browser_client.post(f"/pipelines/{pipeline.pk}/edit/",
-                                   _soup_form(seeded, **{"stages-2-config-merge_method": "linear",
-                                                         "stages-2-config-weights": ""}))
+    response = browser_client.post(
+        f"/pipelines/{pipeline.pk}/edit/",
+        _soup_form(seeded, **{"stages-2-config-merge_method": "linear", "stages-2-config-weights": ""}),
+    )
     assert response.status_code == 302
     pipeline.refresh_from_db()
     assert pipeline.version == 2 and pipeline.stages[2]["config"]["merge_method"] == "linear"
@@ -121,8 +139,9 @@ def test_editing_makes_a_new_version_and_runs_keep_theirs(browser_client, seeded
     assert "v1" in page and "ties" in page and "(latest is v2)" in page
 
 
-def test_the_run_page_draws_the_graph_with_live_status_and_re_runs(browser_client, seeded,
-                                                                    django_capture_on_commit_callbacks):
+def test_the_run_page_draws_the_graph_with_live_status_and_re_runs(
+    browser_client, seeded, django_capture_on_commit_callbacks
+):
     browser_client.post("/pipelines/new/", _soup_form(seeded))
     pipeline = Pipeline.objects.get()
     with django_capture_on_commit_callbacks(execute=False):
@@ -143,8 +162,15 @@ def test_the_run_page_draws_the_graph_with_live_status_and_re_runs(browser_clien
 
 
 def test_evaluation_and_export_results_show_on_the_run_page(browser_client, seeded, django_capture_on_commit_callbacks):
-    form = _soup_form(seeded, **{"stages-3-name": "ship", "stages-3-method": "export", "stages-3-input": "@2",
-                                 "stages-3-dataset_id": seeded["sums"].pk})
+    form = _soup_form(
+        seeded,
+        **{
+            "stages-3-name": "ship",
+            "stages-3-method": "export",
+            "stages-3-input": "@2",
+            "stages-3-dataset_id": seeded["sums"].pk,
+        },
+    )
     browser_client.post("/pipelines/new/", form)
     with django_capture_on_commit_callbacks(execute=False):
         browser_client.post(f"/pipelines/{Pipeline.objects.get().pk}/run/")
@@ -153,18 +179,25 @@ def test_evaluation_and_export_results_show_on_the_run_page(browser_client, seed
     assert evaluate.name == "evaluate-ship" and evaluate.spec["retention_data"]["name"] == "sums-ref"
     evaluate.status = Status.SUCCEEDED
     evaluate.summary = {
-        "metrics": {"eval/loss": 0.5, "baseline/loss": 2.0, "retention/accuracy": 0.6,
-                    "retention_baseline/accuracy": 0.8},
+        "metrics": {
+            "eval/loss": 0.5,
+            "baseline/loss": 2.0,
+            "retention/accuracy": 0.6,
+            "retention_baseline/accuracy": 0.8,
+        },
         "target": {"metric": "loss", "higher_is_better": False, "model": 0.5, "baseline": 2.0, "gain": 1.5},
-        "retention": {"metric": "accuracy", "higher_is_better": True, "model": 0.6, "baseline": 0.8,
-                      "forgetting": 0.2},
+        "retention": {"metric": "accuracy", "higher_is_better": True, "model": 0.6, "baseline": 0.8, "forgetting": 0.2},
         "samples": [{"prompt": "2+2=", "model": "4", "baseline": "7"}],
     }
     evaluate.save()
     export = run.stages.get(method="export")
-    export.summary = {"size_bytes": 4_000_000, "quantized_size_bytes": 1_000_000, "quantization": "int8_dynamic",
-                      "parameters": 1_000_000,
-                      "eval": {"metric": "perplexity", "higher_is_better": False, "before": 3.0, "after": 3.1}}
+    export.summary = {
+        "size_bytes": 4_000_000,
+        "quantized_size_bytes": 1_000_000,
+        "quantization": "int8_dynamic",
+        "parameters": 1_000_000,
+        "eval": {"metric": "perplexity", "higher_is_better": False, "before": 3.0, "after": 3.1},
+    }
     export.save()
     html = browser_client.get(f"/runs/{run.number}/").content.decode()
     assert 'data-testid="evaluation-evaluate-ship"' in html and "+1.5000" in html and "forgot 0.2000" in html
@@ -172,9 +205,9 @@ def test_evaluation_and_export_results_show_on_the_run_page(browser_client, seed
     assert "int8_dynamic" in html and "−75%" in html and "3.1000" in html
 
 
-def test_learning_vs_forgetting_has_one_point_per_evaluated_run_of_the_team(browser_client, seeded, bob,
-                                                                             django_assert_max_num_queries,
-                                                                             django_capture_on_commit_callbacks):
+def test_learning_vs_forgetting_has_one_point_per_evaluated_run_of_the_team(
+    browser_client, seeded, bob, django_assert_max_num_queries, django_capture_on_commit_callbacks
+):
     browser_client.post("/pipelines/new/", _soup_form(seeded))
     pipeline = Pipeline.objects.get()
     with django_capture_on_commit_callbacks(execute=False):
@@ -184,8 +217,10 @@ def test_learning_vs_forgetting_has_one_point_per_evaluated_run_of_the_team(brow
     for i, run in enumerate(Run.objects.order_by("number")[:2]):
         stage = run.stages.get(method="evaluate")
         stage.status = Status.SUCCEEDED
-        stage.summary = {"target": {"metric": "loss", "model": 1.0, "baseline": 2.0, "gain": 1.0 + i},
-                         "retention": {"metric": "accuracy", "model": 0.5, "baseline": 0.8, "forgetting": 0.3 - i}}
+        stage.summary = {
+            "target": {"metric": "loss", "model": 1.0, "baseline": 2.0, "gain": 1.0 + i},
+            "retention": {"metric": "accuracy", "model": 0.5, "baseline": 0.8, "forgetting": 0.3 - i},
+        }
         stage.save()
     with django_assert_max_num_queries(8):
         html = browser_client.get("/runs/forgetting/").content.decode()
@@ -209,11 +244,13 @@ def test_the_pipeline_page_graph_follows_the_latest_run(browser_client, seeded, 
     assert 'data-stage="a" data-status="queued"' in html and 'hx-trigger="every 2s"' in html
     run = Run.objects.get()
     run.stages.filter(name="a").update(status=Status.RUNNING)
-    fragment = browser_client.get(f"/pipelines/{pipeline.pk}/", headers={"HX-Request": "true",
-                                                                          "HX-Target": "pipeline-graph"})
+    fragment = browser_client.get(
+        f"/pipelines/{pipeline.pk}/", headers={"HX-Request": "true", "HX-Target": "pipeline-graph"}
+    )
     assert fragment.status_code == 200 and 'data-stage="a" data-status="running"' in fragment.content.decode()
     run.stages.filter(name="a").update(status=Status.QUEUED)
     browser_client.post(f"/runs/{run.number}/cancel/")
-    fragment = browser_client.get(f"/pipelines/{pipeline.pk}/", headers={"HX-Request": "true",
-                                                                          "HX-Target": "pipeline-graph"})
+    fragment = browser_client.get(
+        f"/pipelines/{pipeline.pk}/", headers={"HX-Request": "true", "HX-Target": "pipeline-graph"}
+    )
     assert fragment.status_code == 286  # the run ended: one last render, then polling stops

@@ -2,6 +2,7 @@
 saved (through the service, the editor and the API alike), naming the stage and the fix; nothing is saved.
 The shapes that work stay accepted: full fine-tuning then an adapter, an adapter merged by an export stage
 then another adapter, and evaluate/export/merge on adapters."""
+
 from __future__ import annotations
 
 import html
@@ -14,7 +15,6 @@ from refinery.data.services import dataset_version_create
 from refinery.pipelines.models import Pipeline
 from refinery.pipelines.services import pipeline_create
 from refinery.pipelines.specs import SpecError, pipeline_spec_normalize
-
 from tests.fixtures import ROWS
 
 STACKED = "stage 2 (dpo): its input 'sft' is a LoRA adapter; training another adapter on top of it is not supported"
@@ -22,8 +22,9 @@ STACKED = "stage 2 (dpo): its input 'sft' is a LoRA adapter; training another ad
 
 def _dataset(team, user, name, kind, rows):
     data = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    return dataset_version_create(team=team, user=user, name=name, kind=kind, filename=f"{name}.jsonl",
-                                  chunks=iter([data])).version.dataset
+    return dataset_version_create(
+        team=team, user=user, name=name, kind=kind, filename=f"{name}.jsonl", chunks=iter([data])
+    ).version.dataset
 
 
 @pytest.fixture
@@ -31,8 +32,9 @@ def seeded(team, alice, dataset_dir, tiny_model_dir):
     return {
         "sums": _dataset(team, alice, "sums", "prompt_completion", ROWS),
         "prefs": _dataset(team, alice, "prefs", "preference", [{"prompt": "1+1=", "chosen": "2", "rejected": "3"}]),
-        "model": base_model_create(team=team, user=alice, name="tiny", source="local",
-                                   name_or_path=str(tiny_model_dir)),
+        "model": base_model_create(
+            team=team, user=alice, name="tiny", source="local", name_or_path=str(tiny_model_dir)
+        ),
     }
 
 
@@ -42,13 +44,16 @@ def _spec(seeded, first="lora", second="lora", between=None):
     if between == "export":
         stages.append({"name": "merged", "method": "export", "input": "sft", "config": {"quantization": "none"}})
         source = "merged"
-    stages.append({"name": "dpo", "method": "dpo", "input": source, "dataset_id": seeded["prefs"].pk,
-                   "adapter": {"type": second}})
+    stages.append(
+        {"name": "dpo", "method": "dpo", "input": source, "dataset_id": seeded["prefs"].pk, "adapter": {"type": second}}
+    )
     return {"stages": stages}
 
 
-@pytest.mark.parametrize("first,second", [("lora", "lora"), ("lora", "dora"), ("dora", "ia3"), ("ia3", "lora"),
-                                          ("qlora", "lora"), ("layernorm", "lora")])
+@pytest.mark.parametrize(
+    "first,second",
+    [("lora", "lora"), ("lora", "dora"), ("dora", "ia3"), ("ia3", "lora"), ("qlora", "lora"), ("layernorm", "lora")],
+)
 def test_an_adapter_on_an_adapter_is_refused_by_the_service(team, seeded, first, second):
     with pytest.raises(SpecError) as caught:
         pipeline_spec_normalize(team=team, spec=_spec(seeded, first, second), base_model=seeded["model"])
@@ -58,13 +63,16 @@ def test_an_adapter_on_an_adapter_is_refused_by_the_service(team, seeded, first,
     assert "train 'sft' with full fine-tuning" in message and "export stage" in message
 
 
-@pytest.mark.parametrize("first,second,between", [
-    ("none", "lora", None),      # full SFT, then a LoRA DPO
-    ("lora", "none", None),      # a LoRA SFT, then full DPO (the trainer merges the input adapter first)
-    ("freeze", "lora", None),    # selective tuning outputs a whole model
-    ("freeze", "dora", None),
-    ("lora", "lora", "export"),  # the export stage merges the adapter into its base: a whole model
-])
+@pytest.mark.parametrize(
+    "first,second,between",
+    [
+        ("none", "lora", None),  # full SFT, then a LoRA DPO
+        ("lora", "none", None),  # a LoRA SFT, then full DPO (the trainer merges the input adapter first)
+        ("freeze", "lora", None),  # selective tuning outputs a whole model
+        ("freeze", "dora", None),
+        ("lora", "lora", "export"),  # the export stage merges the adapter into its base: a whole model
+    ],
+)
 def test_what_the_trainer_can_load_stays_accepted(team, seeded, first, second, between):
     spec = pipeline_spec_normalize(team=team, spec=_spec(seeded, first, second, between), base_model=seeded["model"])
     assert [s["name"] for s in spec["stages"]] == (["sft", "merged", "dpo"] if between else ["sft", "dpo"])
@@ -73,32 +81,42 @@ def test_what_the_trainer_can_load_stays_accepted(team, seeded, first, second, b
 
 def test_evaluate_export_and_merge_on_adapters_stay_accepted(team, seeded):
     ds = seeded["sums"].pk
-    spec = {"stages": [
-        {"name": "a", "method": "sft", "dataset_id": ds, "adapter": {"type": "lora"}},
-        {"name": "b", "method": "sft", "dataset_id": ds, "adapter": {"type": "dora"}},
-        {"name": "check", "method": "evaluate", "input": "a", "dataset_id": ds},
-        {"name": "ship", "method": "export", "input": "a", "config": {"quantization": "none"}},
-        {"name": "soup", "method": "merge", "inputs": ["a", "b"]},
-        {"name": "polish", "method": "sft", "input": "soup", "dataset_id": ds, "adapter": {"type": "lora"}},
-    ]}
+    spec = {
+        "stages": [
+            {"name": "a", "method": "sft", "dataset_id": ds, "adapter": {"type": "lora"}},
+            {"name": "b", "method": "sft", "dataset_id": ds, "adapter": {"type": "dora"}},
+            {"name": "check", "method": "evaluate", "input": "a", "dataset_id": ds},
+            {"name": "ship", "method": "export", "input": "a", "config": {"quantization": "none"}},
+            {"name": "soup", "method": "merge", "inputs": ["a", "b"]},
+            {"name": "polish", "method": "sft", "input": "soup", "dataset_id": ds, "adapter": {"type": "lora"}},
+        ]
+    }
     normalized = pipeline_spec_normalize(team=team, spec=spec, base_model=seeded["model"])
     assert [s["name"] for s in normalized["stages"]] == ["a", "b", "check", "ship", "soup", "polish"]
 
 
 def test_pipeline_create_refuses_it_and_saves_nothing(team, alice, seeded):
     with pytest.raises(SpecError, match="training another adapter on top of it is not supported"):
-        pipeline_create(team=team, user=alice, name="stacked", base_model_id=seeded["model"].pk,
-                        spec=_spec(seeded))
+        pipeline_create(team=team, user=alice, name="stacked", base_model_id=seeded["model"].pk, spec=_spec(seeded))
     assert not Pipeline.objects.exists()
 
 
 def test_the_editor_refuses_it_naming_the_stage_and_the_fix(browser_client, seeded):
     form = {
-        "name": "stacked", "base_model_id": seeded["model"].pk, "seed": "1", "description": "",
-        "stages-0-name": "sft", "stages-0-method": "sft", "stages-0-input": "base",
-        "stages-0-dataset_id": seeded["sums"].pk, "stages-0-adapter-type": "lora",
-        "stages-1-name": "dpo", "stages-1-method": "dpo", "stages-1-input": "@0",
-        "stages-1-dataset_id": seeded["prefs"].pk, "stages-1-adapter-type": "lora",
+        "name": "stacked",
+        "base_model_id": seeded["model"].pk,
+        "seed": "1",
+        "description": "",
+        "stages-0-name": "sft",
+        "stages-0-method": "sft",
+        "stages-0-input": "base",
+        "stages-0-dataset_id": seeded["sums"].pk,
+        "stages-0-adapter-type": "lora",
+        "stages-1-name": "dpo",
+        "stages-1-method": "dpo",
+        "stages-1-input": "@0",
+        "stages-1-dataset_id": seeded["prefs"].pk,
+        "stages-1-adapter-type": "lora",
     }
     response = browser_client.post("/pipelines/new/", form)
     assert response.status_code == 400

@@ -13,6 +13,7 @@ Plain unit tests may still skip (for example "needs CUDA" on a CPU machine);
 `--fail-on-any-skip` forbids those as well. Expected failures (xfail) are not
 skips. Loaded with `-p tests.plugins.fail_on_skip` (make test does this).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -23,11 +24,15 @@ MUST_RUN_MARKERS = ("integration", "browser", "chaos")
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("fail-on-skip")
     group.addoption(
-        "--fail-on-skip", action="store_true", default=False,
+        "--fail-on-skip",
+        action="store_true",
+        default=False,
         help="fail the session if an integration/browser test (or a whole module) was skipped",
     )
     group.addoption(
-        "--fail-on-any-skip", action="store_true", default=False,
+        "--fail-on-any-skip",
+        action="store_true",
+        default=False,
         help="fail the session if any test at all was skipped",
     )
 

@@ -3,6 +3,7 @@
 the run page's gate card, the alias history and the spec checks. The gate stage's numbers are given here
 (trainers/methods/gate.py makes them; tests/trainers/test_gate_stage.py and tests/integration/test_gates.py
 run it for real)."""
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,17 @@ pytestmark = pytest.mark.integration
 
 def _numbers(passed: bool, *, champion: float | None = 0.5, candidate: float = 0.4) -> dict:
     checks = [{"check": "gain", "passed": passed, "text": f"loss {candidate} vs {champion} (needs > 0)"}]
-    return {"passed": passed, "metric": "loss", "higher_is_better": False, "candidate": candidate,
-            "champion": champion, "gain": None if champion is None else champion - candidate, "checks": checks,
-            "reasons": [c["text"] for c in checks], "has_champion": champion is not None}
+    return {
+        "passed": passed,
+        "metric": "loss",
+        "higher_is_better": False,
+        "candidate": candidate,
+        "champion": champion,
+        "gain": None if champion is None else champion - candidate,
+        "checks": checks,
+        "reasons": [c["text"] for c in checks],
+        "has_champion": champion is not None,
+    }
 
 
 @pytest.fixture
@@ -45,10 +54,24 @@ def lab(alice, team, tmp_path, mlflow_server, sent_stages):
     base = BaseModelFactory(team=team, name="tiny", name_or_path="/models/tiny")
 
     def run(**gate) -> StageRun:
-        stages = [{"name": "sft", "method": "sft", "config": {"max_steps": 2}, "adapter": {"type": "none"},
-                   "dataset_id": data.dataset_id, "input": "base"},
-                  {"name": "gate", "method": "gate", "adapter": None, "dataset_id": data.dataset_id, "input": "sft",
-                   "config": {"registered_model": "support-bot", **gate}}]
+        stages = [
+            {
+                "name": "sft",
+                "method": "sft",
+                "config": {"max_steps": 2},
+                "adapter": {"type": "none"},
+                "dataset_id": data.dataset_id,
+                "input": "base",
+            },
+            {
+                "name": "gate",
+                "method": "gate",
+                "adapter": None,
+                "dataset_id": data.dataset_id,
+                "input": "sft",
+                "config": {"registered_model": "support-bot", **gate},
+            },
+        ]
         pipeline = PipelineFactory(team=team, base_model=base, created_by=alice, stages=stages)
         made = run_create(pipeline=pipeline, user=alice)
         sft, gate_stage = made.stages.order_by("index")
@@ -57,8 +80,11 @@ def lab(alice, team, tmp_path, mlflow_server, sent_stages):
         folder.mkdir()
         (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
         artifacts_upload(mlflow_run_id=mlflow_run_id, local_path=folder, artifact_path="model")
-        StageRun.objects.filter(pk=sft.pk).update(status=Status.SUCCEEDED, finished_at=timezone.now(), outputs={
-            "kind": "model", "artifact_path": "model", "mlflow_run_id": mlflow_run_id, "base": None})
+        StageRun.objects.filter(pk=sft.pk).update(
+            status=Status.SUCCEEDED,
+            finished_at=timezone.now(),
+            outputs={"kind": "model", "artifact_path": "model", "mlflow_run_id": mlflow_run_id, "base": None},
+        )
         stage_run_ensure(stage=gate_stage, params={"method": "gate"})
         StageRun.objects.filter(pk=gate_stage.pk).update(status=Status.RUNNING)
         return StageRun.objects.select_related("run__team").get(pk=gate_stage.pk)
@@ -97,7 +123,9 @@ def test_promote_keep_and_apply_once(lab, alice):
     tags = tracking_client().get_run(second.mlflow_run_id).data.tags
     assert tags["refinery.gate.outcome"] == "kept" and tags["refinery.gate.champion_version"] == "1"
     assert set(AuditEvent.objects.filter(action__startswith="gate.").values_list("action", flat=True)) == {
-        "gate.promoted", "gate.kept"}
+        "gate.promoted",
+        "gate.kept",
+    }
 
     # A kept entry is not a change: rollback still undoes the gate's promotion (to nothing before it).
     page = Client()
@@ -207,9 +235,18 @@ def test_gate_specs_are_checked_before_saving(db, alice, team, tmp_path):
     prefs = DatasetVersionFactory(dataset__team=team, dataset__name="p", dataset__kind="feedback", source=path)
 
     def errors(gate: dict, *, input="sft", dataset=data.dataset_id, retention=None) -> dict:
-        spec = {"stages": [{"name": "sft", "method": "sft", "dataset_id": data.dataset_id, "config": {"max_steps": 1}},
-                           {"name": "gate", "method": "gate", "dataset_id": dataset, "input": input,
-                            "config": {"registered_model": "bot", **gate}}]}
+        spec = {
+            "stages": [
+                {"name": "sft", "method": "sft", "dataset_id": data.dataset_id, "config": {"max_steps": 1}},
+                {
+                    "name": "gate",
+                    "method": "gate",
+                    "dataset_id": dataset,
+                    "input": input,
+                    "config": {"registered_model": "bot", **gate},
+                },
+            ]
+        }
         if retention:
             spec["retention_dataset_id"] = retention
         try:

@@ -5,6 +5,7 @@ sha256, base model, code version, seed) whose stages hold real artifacts uploade
 and every check of the registry itself queries MLflow directly. Error paths use a dead MLflow address, or
 replace one function of refinery.tracking.registry (the module boundary), or break the database write.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,21 +61,48 @@ def _dataset(team, name: str, rows: list[dict], tmp_path: Path):
 def _pipeline(team, user, tmp_path: Path):
     """sft (full) -> lora (adapter on sft) -> check (evaluate lora: held-out accuracy, retention loss)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    train = _dataset(team, "addition", [{"prompt": f"{a}+{b}=", "completion": str(a + b)}
-                                        for a in range(10) for b in range(10)], tmp_path)
-    held_out = _dataset(team, "addition-held-out", [{"prompt": f"{a}+{b}=", "completion": str(a + b)}
-                                                    for a in range(10, 14) for b in range(5)], tmp_path)
-    retention = _dataset(team, "general-chat", [{"prompt": f"say {w}", "completion": w}
-                                                for w in ("hi", "yes", "no", "ok")], tmp_path)
+    train = _dataset(
+        team,
+        "addition",
+        [{"prompt": f"{a}+{b}=", "completion": str(a + b)} for a in range(10) for b in range(10)],
+        tmp_path,
+    )
+    held_out = _dataset(
+        team,
+        "addition-held-out",
+        [{"prompt": f"{a}+{b}=", "completion": str(a + b)} for a in range(10, 14) for b in range(5)],
+        tmp_path,
+    )
+    retention = _dataset(
+        team, "general-chat", [{"prompt": f"say {w}", "completion": w} for w in ("hi", "yes", "no", "ok")], tmp_path
+    )
     base = BaseModelFactory(team=team, name="tiny-llama", name_or_path="/models/tiny-llama", revision="rev-abc123")
     stages = [
-        {"name": "sft", "method": "sft", "config": {"max_steps": 2, "learning_rate": 1e-3}, "adapter": {"type": "none"},
-         "dataset_id": train.dataset_id, "input": "base"},
-        {"name": "lora", "method": "sft", "config": {"max_steps": 2, "learning_rate": 3e-3},
-         "adapter": {"type": "lora", "r": 8, "alpha": 16}, "dataset_id": train.dataset_id,
-         "eval_dataset_id": held_out.dataset_id, "input": "sft"},
-        {"name": "check", "method": "evaluate", "config": {}, "adapter": None, "dataset_id": held_out.dataset_id,
-         "input": "lora"},
+        {
+            "name": "sft",
+            "method": "sft",
+            "config": {"max_steps": 2, "learning_rate": 1e-3},
+            "adapter": {"type": "none"},
+            "dataset_id": train.dataset_id,
+            "input": "base",
+        },
+        {
+            "name": "lora",
+            "method": "sft",
+            "config": {"max_steps": 2, "learning_rate": 3e-3},
+            "adapter": {"type": "lora", "r": 8, "alpha": 16},
+            "dataset_id": train.dataset_id,
+            "eval_dataset_id": held_out.dataset_id,
+            "input": "sft",
+        },
+        {
+            "name": "check",
+            "method": "evaluate",
+            "config": {},
+            "adapter": None,
+            "dataset_id": held_out.dataset_id,
+            "input": "lora",
+        },
     ]
     pipeline = PipelineFactory(team=team, base_model=base, created_by=user, stages=stages, seed=11, name="adder")
     pipeline.spec["retention_dataset_id"] = retention.dataset_id
@@ -106,17 +134,24 @@ def finished_run(team, user, tmp_path: Path, *, fail: tuple[str, ...] = (), pipe
     for stage in run.stages.order_by("index"):
         mlflow_run_id = stage_run_ensure(stage=stage, params={"method": stage.method})
         if stage.name in fail:
-            StageRun.objects.filter(pk=stage.pk).update(status=Status.FAILED, error="boom",
-                                                        finished_at=timezone.now())
+            StageRun.objects.filter(pk=stage.pk).update(status=Status.FAILED, error="boom", finished_at=timezone.now())
             continue
         kind = kinds[stage.name]
-        artifacts_upload(mlflow_run_id=mlflow_run_id, local_path=_files(tmp_path / f"out-{run.pk}" / stage.name, kind),
-                         artifact_path=kind)
-        outputs = {"kind": kind, "artifact_path": kind, "mlflow_run_id": mlflow_run_id,
-                   "base": refs.get("sft") if kind == "adapter" else None}
+        artifacts_upload(
+            mlflow_run_id=mlflow_run_id,
+            local_path=_files(tmp_path / f"out-{run.pk}" / stage.name, kind),
+            artifact_path=kind,
+        )
+        outputs = {
+            "kind": kind,
+            "artifact_path": kind,
+            "mlflow_run_id": mlflow_run_id,
+            "base": refs.get("sft") if kind == "adapter" else None,
+        }
         refs[stage.name] = {"source": "stage", "stage": stage.name, **outputs}
-        StageRun.objects.filter(pk=stage.pk).update(status=Status.SUCCEEDED, outputs=outputs,
-                                                    summary=summaries[stage.name], finished_at=timezone.now())
+        StageRun.objects.filter(pk=stage.pk).update(
+            status=Status.SUCCEEDED, outputs=outputs, summary=summaries[stage.name], finished_at=timezone.now()
+        )
     Run.objects.filter(pk=run.pk).update(status=Status.FAILED if fail else Status.SUCCEEDED)
     run.refresh_from_db()
     return run
@@ -149,19 +184,29 @@ def alice_run(alice, team, tmp_path, mlflow_server, sent_stages) -> Run:
 
 # --- promoting, against the real MLflow server ---------------------------------------------------------
 
+
 @integration
 @pytest.mark.django_db
 def test_promoting_an_adapter_registers_a_real_mlflow_version_with_metrics_and_lineage(
-        browser_client, alice_run, team, tmp_path):
+    browser_client, alice_run, team, tmp_path
+):
     run = alice_run
     lora = stage(run, "lora")
     page = browser_client.get(f"/registry/promote/?run={run.number}&stage=lora")
     assert page.status_code == 200 and b"Promote" in page.content
     assert b"accuracy gain" in page.content  # the evaluation that will be copied, previewed
 
-    response = browser_client.post("/registry/promote/", {
-        "run": run.number, "stage": "lora", "model": "__new__", "new_name": "adder-assistant",
-        "description": "adds small numbers", "alias": "staging"})
+    response = browser_client.post(
+        "/registry/promote/",
+        {
+            "run": run.number,
+            "stage": "lora",
+            "model": "__new__",
+            "new_name": "adder-assistant",
+            "description": "adds small numbers",
+            "alias": "staging",
+        },
+    )
     assert response.status_code == 302 and response["Location"] == "/registry/adder-assistant/"
 
     model = RegisteredModel.objects.get(team=team, name="adder-assistant")
@@ -183,8 +228,13 @@ def test_promoting_an_adapter_registers_a_real_mlflow_version_with_metrics_and_l
     # The registered source is usable: the alias downloads the stage's HF files.
     import mlflow.artifacts  # tests may talk to MLflow directly
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model.mlflow_name}@staging",
-                                                     dst_path=str(tmp_path / "dl"), tracking_uri=client.tracking_uri))
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{model.mlflow_name}@staging",
+            dst_path=str(tmp_path / "dl"),
+            tracking_uri=client.tracking_uri,
+        )
+    )
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in local.iterdir()}
 
     # Metrics copied at promotion: the stage's summary and the evaluation of this output.
@@ -202,7 +252,11 @@ def test_promoting_an_adapter_registers_a_real_mlflow_version_with_metrics_and_l
     assert lineage["base_model"]["name_or_path"] == "/models/tiny-llama"
     assert lineage["base_model"]["revision"] == "rev-abc123"
     assert [s["name"] for s in lineage["chain"]] == ["sft", "lora"]
-    assert {k: lineage["chain"][1]["adapter"][k] for k in ("type", "r", "alpha")} == {"type": "lora", "r": 8, "alpha": 16}
+    assert {k: lineage["chain"][1]["adapter"][k] for k in ("type", "r", "alpha")} == {
+        "type": "lora",
+        "r": 8,
+        "alpha": 16,
+    }
     assert lineage["chain"][0]["adapter"] == {"type": "none"}
     assert lineage["chain"][1]["config"]["learning_rate"] == pytest.approx(3e-3)
     shas = {(d["role"], d["stage"]): d["sha256"] for d in lineage["datasets"]}
@@ -246,8 +300,10 @@ def test_aliases_move_demote_and_roll_back_in_mlflow_and_in_the_history(browser_
     assert b"staging now points at v2 (was v1)" in response.content
     post(browser_client, url + "set/", {"alias": "production", "version": 2}, htmx=True)
     assert mlflow_aliases(model) == {"staging": 2, "production": 2}
-    assert dict(ModelAlias.objects.filter(registered_model=model).values_list("alias", "version__version")) == \
-        {"staging": 2, "production": 2}
+    assert dict(ModelAlias.objects.filter(registered_model=model).values_list("alias", "version__version")) == {
+        "staging": 2,
+        "production": 2,
+    }
 
     # Roll production back: v1 again, in MLflow and in the mirror.
     response = post(browser_client, url + "rollback/", {"alias": "production"}, htmx=True)
@@ -266,15 +322,21 @@ def test_aliases_move_demote_and_roll_back_in_mlflow_and_in_the_history(browser_
     assert b"production of adder has no earlier version to roll back to" in response.content
     assert mlflow_aliases(model) == {"staging": 2, "production": 1}
 
-    history = list(AliasEvent.objects.filter(registered_model=model).order_by("at", "id")
-                   .values_list("alias", "action", "version__version", "previous_version__version"))
+    history = list(
+        AliasEvent.objects.filter(registered_model=model)
+        .order_by("at", "id")
+        .values_list("alias", "action", "version__version", "previous_version__version")
+    )
     assert history == [
-        ("staging", "set", 1, None), ("production", "set", 1, None), ("staging", "set", 2, 1),
-        ("production", "set", 2, 1), ("production", "rolled_back", 1, 2), ("staging", "removed", None, 2),
+        ("staging", "set", 1, None),
+        ("production", "set", 1, None),
+        ("staging", "set", 2, 1),
+        ("production", "set", 2, 1),
+        ("production", "rolled_back", 1, 2),
+        ("staging", "removed", None, 2),
         ("staging", "rolled_back", 2, None),
     ]
-    assert set(AliasEvent.objects.filter(registered_model=model).values_list("user__username", flat=True)) == \
-        {"alice"}
+    assert set(AliasEvent.objects.filter(registered_model=model).values_list("user__username", flat=True)) == {"alice"}
 
     page = browser_client.get("/registry/adder/").content.decode()
     assert page.count('data-testid="event"') == 7
@@ -308,34 +370,39 @@ def test_the_registry_is_scoped_by_team(browser_client, alice, bob, alice_run, t
 
     # Names are per team: bob's "assistant" is another model, another MLflow name.
     bob_run = finished_run(bob_team, bob, tmp_path / "bob")
-    response = bob_client.post("/registry/promote/", {"run": bob_run.number, "stage": "sft", "model": "__new__",
-                                                      "new_name": "assistant"})
+    response = bob_client.post(
+        "/registry/promote/", {"run": bob_run.number, "stage": "sft", "model": "__new__", "new_name": "assistant"}
+    )
     assert response.status_code == 302
     bobs = RegisteredModel.objects.get(team=bob_team, name="assistant")
     assert bobs.mlflow_name != v1.registered_model.mlflow_name and bobs.versions.get().version == 1
     assert b"run #%d" % alice_run.number in browser_client.get("/registry/assistant/").content
-    assert tracking_client().get_model_version(bobs.mlflow_name, "1").run_id == stage(bob_run, "sft").outputs[
-        "mlflow_run_id"]
+    assert (
+        tracking_client().get_model_version(bobs.mlflow_name, "1").run_id
+        == stage(bob_run, "sft").outputs["mlflow_run_id"]
+    )
 
 
 @integration
 @pytest.mark.django_db
-def test_only_a_succeeded_model_or_adapter_can_be_promoted(browser_client, alice, team, tmp_path, mlflow_server,
-                                                          sent_stages, viewer):
+def test_only_a_succeeded_model_or_adapter_can_be_promoted(
+    browser_client, alice, team, tmp_path, mlflow_server, sent_stages, viewer
+):
     run = finished_run(team, alice, tmp_path, fail=("lora", "check"))
 
     page = browser_client.get(f"/registry/promote/?run={run.number}&stage=lora")
     assert page.status_code == 200 and b'data-testid="refusal"' in page.content
     assert b"has not succeeded (it is failed)" in page.content and b'data-testid="promote-form"' not in page.content
 
-    response = browser_client.post("/registry/promote/", {"run": run.number, "stage": "lora", "model": "__new__",
-                                                          "new_name": "adder"})
+    response = browser_client.post(
+        "/registry/promote/", {"run": run.number, "stage": "lora", "model": "__new__", "new_name": "adder"}
+    )
     assert response.status_code == 400 and b"has not succeeded" in response.content
 
     # A report (an evaluate stage's output) is no model.
-    StageRun.objects.filter(pk=stage(run, "check").pk).update(status=Status.SUCCEEDED,
-                                                              outputs={"kind": "report", "artifact_path": "report",
-                                                                       "mlflow_run_id": "x"})
+    StageRun.objects.filter(pk=stage(run, "check").pk).update(
+        status=Status.SUCCEEDED, outputs={"kind": "report", "artifact_path": "report", "mlflow_run_id": "x"}
+    )
     with pytest.raises(RegistryError, match="produced an evaluation report; only a model or an adapter"):
         model_promote(team=team, user=alice, stage_run=stage(run, "check"), model_name="adder")
     # Bad names and aliases are refused before MLflow is asked.
@@ -361,8 +428,9 @@ def test_only_a_succeeded_model_or_adapter_can_be_promoted(browser_client, alice
     # The form starts on the model this pipeline last went to; a new name with an existing model chosen is refused.
     page = browser_client.get(f"/registry/promote/?run={run.number}&stage=sft").content.decode()
     assert '<option value="adder-2" selected>' in page
-    response = browser_client.post("/registry/promote/", {"run": run.number, "stage": "sft", "model": "adder",
-                                                          "new_name": "typo"})
+    response = browser_client.post(
+        "/registry/promote/", {"run": run.number, "stage": "sft", "model": "adder", "new_name": "typo"}
+    )
     assert response.status_code == 400 and "New model…" in response.content.decode()
     assert not RegisteredModel.objects.filter(name="typo").exists()
 
@@ -370,8 +438,9 @@ def test_only_a_succeeded_model_or_adapter_can_be_promoted(browser_client, alice
 @integration
 @pytest.mark.django_db
 def test_a_failed_database_write_after_mlflow_undoes_the_mlflow_change(alice, alice_run, team, monkeypatch):
-    v1 = model_promote(team=team, user=alice, stage_run=stage(alice_run, "lora"), model_name="adder",
-                       alias="production")
+    v1 = model_promote(
+        team=team, user=alice, stage_run=stage(alice_run, "lora"), model_name="adder", alias="production"
+    )
     model = v1.registered_model
 
     def broken(**kwargs):
@@ -393,13 +462,15 @@ def test_a_failed_database_write_after_mlflow_undoes_the_mlflow_change(alice, al
 
 @integration
 @pytest.mark.django_db
-def test_mlflow_refusing_an_alias_change_leaves_everything_as_it_was(browser_client, alice, alice_run, team,
-                                                                     monkeypatch):
+def test_mlflow_refusing_an_alias_change_leaves_everything_as_it_was(
+    browser_client, alice, alice_run, team, monkeypatch
+):
     v1 = model_promote(team=team, user=alice, stage_run=stage(alice_run, "lora"), model_name="adder", alias="staging")
 
     def refused(**kwargs):
-        raise mlflow_registry.RegistryBackendError("MLflow refused to set the alias 'production': permission denied",
-                                                   code="PERMISSION_DENIED")
+        raise mlflow_registry.RegistryBackendError(
+            "MLflow refused to set the alias 'production': permission denied", code="PERMISSION_DENIED"
+        )
 
     monkeypatch.setattr(mlflow_registry, "alias_set", refused)
     response = post(browser_client, "/registry/adder/aliases/set/", {"alias": "production", "version": 1}, htmx=True)
@@ -411,41 +482,104 @@ def test_mlflow_refusing_an_alias_change_leaves_everything_as_it_was(browser_cli
 
 # --- MLflow down: a real dead address, no server needed -------------------------------------------------
 
+
 def _rows(team, user, *, versions: int, tag: str = "m") -> tuple[RegisteredModel, Run]:
     """A model with `versions` versions made as rows only (pages never call MLflow)."""
     number = (Run.objects.filter(team=team).order_by("-number").values_list("number", flat=True).first() or 0) + 1
-    run = Run.objects.create(team=team, number=number, name="rows", status=Status.SUCCEEDED, seed=1, code_version="c0",
-                             snapshot={"base_model": {"name": "tiny", "name_or_path": "/m/tiny", "revision": "r1"},
-                                       "pipeline": {"id": None, "name": "p", "version": 1}, "stages": []})
-    model = RegisteredModel.objects.create(team=team, name=f"{tag}-{number}", mlflow_name=f"test.team-{team.pk}.{tag}-"
-                                           f"{number}", created_by=user)
+    run = Run.objects.create(
+        team=team,
+        number=number,
+        name="rows",
+        status=Status.SUCCEEDED,
+        seed=1,
+        code_version="c0",
+        snapshot={
+            "base_model": {"name": "tiny", "name_or_path": "/m/tiny", "revision": "r1"},
+            "pipeline": {"id": None, "name": "p", "version": 1},
+            "stages": [],
+        },
+    )
+    model = RegisteredModel.objects.create(
+        team=team, name=f"{tag}-{number}", mlflow_name=f"test.team-{team.pk}.{tag}-{number}", created_by=user
+    )
     for i in range(1, versions + 1):
-        stage_run = StageRun.objects.create(run=run, index=i, name=f"s{i}", method="sft", status=Status.SUCCEEDED,
-                                            outputs={"kind": "model", "artifact_path": "model",
-                                                     "mlflow_run_id": f"r{i}"})
+        stage_run = StageRun.objects.create(
+            run=run,
+            index=i,
+            name=f"s{i}",
+            method="sft",
+            status=Status.SUCCEEDED,
+            outputs={"kind": "model", "artifact_path": "model", "mlflow_run_id": f"r{i}"},
+        )
         version = ModelVersion.objects.create(
-            registered_model=model, version=i, stage_run=stage_run, run=run, mlflow_run_id=f"r{i}",
-            artifact_path="model", kind="model", promoted_by=user,
-            metrics={"stage": {"train/loss": 1 / i}, "evaluations": [], "pending": [],
-                     "headline": [{"key": "train/loss", "label": "train/loss", "value": 1 / i, "better": "lower",
-                                   "stage": f"s{i}", "model": None}]},
-            lineage={"run": {"id": run.pk, "number": run.number, "name": run.name}, "stage": f"s{i}", "kind": "model",
-                     "source": f"runs:/r{i}/model", "pipeline": {"id": None, "name": "p", "version": 1},
-                     "base_model": {"name": "tiny", "name_or_path": "/m/tiny", "revision": "r1"},
-                     "adapter_base": None, "chain": [{"name": f"s{i}", "method": "sft", "input": "base", "inputs": [],
-                                                      "adapter": {"type": "lora", "r": 4}, "config": {"max_steps": 2},
-                                                      "train_data": None, "eval_data": None}],
-                     "datasets": [{"role": "train", "stage": f"s{i}", "name": "d", "version": 1, "rows": 3,
-                                   "sha256": f"{i:064x}", "dataset_id": 1, "kind": "prompt_completion"}],
-                     "code_version": "c0", "seed": 1, "overrides": {}})
+            registered_model=model,
+            version=i,
+            stage_run=stage_run,
+            run=run,
+            mlflow_run_id=f"r{i}",
+            artifact_path="model",
+            kind="model",
+            promoted_by=user,
+            metrics={
+                "stage": {"train/loss": 1 / i},
+                "evaluations": [],
+                "pending": [],
+                "headline": [
+                    {
+                        "key": "train/loss",
+                        "label": "train/loss",
+                        "value": 1 / i,
+                        "better": "lower",
+                        "stage": f"s{i}",
+                        "model": None,
+                    }
+                ],
+            },
+            lineage={
+                "run": {"id": run.pk, "number": run.number, "name": run.name},
+                "stage": f"s{i}",
+                "kind": "model",
+                "source": f"runs:/r{i}/model",
+                "pipeline": {"id": None, "name": "p", "version": 1},
+                "base_model": {"name": "tiny", "name_or_path": "/m/tiny", "revision": "r1"},
+                "adapter_base": None,
+                "chain": [
+                    {
+                        "name": f"s{i}",
+                        "method": "sft",
+                        "input": "base",
+                        "inputs": [],
+                        "adapter": {"type": "lora", "r": 4},
+                        "config": {"max_steps": 2},
+                        "train_data": None,
+                        "eval_data": None,
+                    }
+                ],
+                "datasets": [
+                    {
+                        "role": "train",
+                        "stage": f"s{i}",
+                        "name": "d",
+                        "version": 1,
+                        "rows": 3,
+                        "sha256": f"{i:064x}",
+                        "dataset_id": 1,
+                        "kind": "prompt_completion",
+                    }
+                ],
+                "code_version": "c0",
+                "seed": 1,
+                "overrides": {},
+            },
+        )
         if i == 1:
             ModelAlias.objects.create(registered_model=model, alias="production", version=version)
-            AliasEvent.objects.create(registered_model=model, alias="production", version=version, action="set",
-                                      user=user)
+            AliasEvent.objects.create(
+                registered_model=model, alias="production", version=version, action="set", user=user
+            )
         if i == 2:
             ModelAlias.objects.create(registered_model=model, alias="staging", version=version)
-            AliasEvent.objects.create(registered_model=model, alias="staging", version=version, action="set",
-                                      user=user)
+            AliasEvent.objects.create(registered_model=model, alias="staging", version=version, action="set", user=user)
     return model, run
 
 
@@ -458,28 +592,40 @@ def mlflow_down(settings, monkeypatch):
 @pytest.mark.django_db
 def test_mlflow_down_gives_a_clear_error_and_saves_nothing(browser_client, alice, team, mlflow_down):
     model, run = _rows(team, alice, versions=2)
-    StageRun.objects.create(run=run, index=9, name="fresh", method="sft", status=Status.SUCCEEDED,
-                            outputs={"kind": "model", "artifact_path": "model", "mlflow_run_id": "abc"})
+    StageRun.objects.create(
+        run=run,
+        index=9,
+        name="fresh",
+        method="sft",
+        status=Status.SUCCEEDED,
+        outputs={"kind": "model", "artifact_path": "model", "mlflow_run_id": "abc"},
+    )
     before = (RegisteredModel.objects.count(), ModelVersion.objects.count(), AliasEvent.objects.count())
 
-    response = browser_client.post("/registry/promote/", {"run": run.number, "stage": "fresh", "model": "__new__",
-                                                          "new_name": "brand-new", "alias": "staging"})
+    response = browser_client.post(
+        "/registry/promote/",
+        {"run": run.number, "stage": "fresh", "model": "__new__", "new_name": "brand-new", "alias": "staging"},
+    )
     assert response.status_code == 400
     assert b"could not reach the tracking server (MLflow) to create the registered model" in response.content
     assert b"127.0.0.1" not in response.content  # no internal address in the message
     response = browser_client.post("/registry/promote/", {"run": run.number, "stage": "fresh", "model": model.name})
     assert response.status_code == 400 and b"could not reach the tracking server" in response.content
 
-    response = post(browser_client, f"/registry/{model.name}/aliases/set/", {"alias": "production", "version": 2},
-                    htmx=True)
+    response = post(
+        browser_client, f"/registry/{model.name}/aliases/set/", {"alias": "production", "version": 2}, htmx=True
+    )
     assert b"could not reach the tracking server (MLflow) to set the alias" in response.content
     post(browser_client, f"/registry/{model.name}/aliases/remove/", {"alias": "production"})
     assert (RegisteredModel.objects.count(), ModelVersion.objects.count(), AliasEvent.objects.count()) == before
-    assert dict(ModelAlias.objects.filter(registered_model=model).values_list("alias", "version__version")) == \
-        {"production": 1, "staging": 2}
+    assert dict(ModelAlias.objects.filter(registered_model=model).values_list("alias", "version__version")) == {
+        "production": 1,
+        "staging": 2,
+    }
 
 
 # --- pages: constant queries, rows only ----------------------------------------------------------------
+
 
 def _count_queries(client: Client, url: str) -> int:
     with CaptureQueriesContext(connection) as ctx:
@@ -489,15 +635,20 @@ def _count_queries(client: Client, url: str) -> int:
 
 
 @pytest.mark.django_db
-def test_registry_pages_make_the_same_number_of_queries_for_2_and_10_versions(browser_client, alice, team,
-                                                                               django_assert_max_num_queries):
+def test_registry_pages_make_the_same_number_of_queries_for_2_and_10_versions(
+    browser_client, alice, team, django_assert_max_num_queries
+):
     small, _ = _rows(team, alice, versions=2, tag="small")
     _count_queries(browser_client, "/registry/")  # warm the session and the user
-    few = {"list": _count_queries(browser_client, "/registry/"),
-           "detail": _count_queries(browser_client, f"/registry/{small.name}/")}
+    few = {
+        "list": _count_queries(browser_client, "/registry/"),
+        "detail": _count_queries(browser_client, f"/registry/{small.name}/"),
+    }
     large, _ = _rows(team, alice, versions=10, tag="large")
-    many = {"list": _count_queries(browser_client, "/registry/"),
-            "detail": _count_queries(browser_client, f"/registry/{large.name}/")}
+    many = {
+        "list": _count_queries(browser_client, "/registry/"),
+        "detail": _count_queries(browser_client, f"/registry/{large.name}/"),
+    }
     print(f"\n[measure] registry queries with 2 versions {few}, with 10 versions {many}")
     assert many == few, (few, many)
     with django_assert_max_num_queries(few["detail"]):
@@ -524,15 +675,22 @@ def test_promote_pages_list_only_promotable_stages_and_the_button_shows_only_for
     from django.template.loader import render_to_string
 
     model, run = _rows(team, alice, versions=1)
-    report = StageRun.objects.create(run=run, index=7, name="check", method="evaluate", status=Status.SUCCEEDED,
-                                     outputs={"kind": "report", "artifact_path": "report", "mlflow_run_id": "x"})
+    report = StageRun.objects.create(
+        run=run,
+        index=7,
+        name="check",
+        method="evaluate",
+        status=Status.SUCCEEDED,
+        outputs={"kind": "report", "artifact_path": "report", "mlflow_run_id": "x"},
+    )
     failed = StageRun.objects.create(run=run, index=8, name="broken", method="sft", status=Status.FAILED)
     page = browser_client.get("/registry/promote/").content.decode()
     assert 'data-testid="promote-s1"' in page and "promote-check" not in page and "promote-broken" not in page
 
     good = run.stages.get(name="s1")
     assert f"/registry/promote/?run={run.number}&amp;stage=s1" in render_to_string(
-        "registry/_promote_button.html", {"run": run, "stage": good})
+        "registry/_promote_button.html", {"run": run, "stage": good}
+    )
     assert "Promote" not in render_to_string("registry/_promote_button.html", {"run": run, "stage": report})
     assert "Promote" not in render_to_string("registry/_promote_button.html", {"run": run, "stage": failed})
     assert browser_client.get(f"/registry/promote/?run={run.number}&stage=nope").status_code == 404
@@ -543,6 +701,7 @@ def test_promote_pages_list_only_promotable_stages_and_the_button_shows_only_for
 
 
 # --- pure rules ----------------------------------------------------------------------------------------
+
 
 def test_alias_names_are_checked_like_mlflow_and_stricter():
     assert alias_clean(" production ") == "production" and alias_clean("canary_2") == "canary_2"
@@ -579,4 +738,6 @@ def test_rollback_without_history_is_refused_clearly(alice, team):
     with pytest.raises(RegistryError, match="has no alias 'canary'"):
         alias_remove(team=team, user=alice, registered_model=model, alias="canary")
     with pytest.raises(RegistryError, match="already points at version 1"):
-        alias_set(team=team, user=alice, registered_model=model, alias="production", version=model.versions.get(version=1))
+        alias_set(
+            team=team, user=alice, registered_model=model, alias="production", version=model.versions.get(version=1)
+        )

@@ -5,6 +5,7 @@ real artifacts in real MLflow runs, and every check of the registry itself asks 
 scoping, permissions and refusals run on rows only, with MLflow at a dead address, so that any route that
 reached MLflow where it should not would fail loudly.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,27 +53,38 @@ def mlflow_down(settings, monkeypatch):
 
 def _state(team) -> tuple:
     """Every registry row of the team, to show that a refused call changed nothing."""
-    return (list(RegisteredModel.objects.filter(team=team).values_list("name", "description")),
-            list(ModelVersion.objects.filter(registered_model__team=team).values_list("pk", "version")),
-            list(ModelAlias.objects.filter(registered_model__team=team).values_list("alias", "version_id")),
-            AliasEvent.objects.filter(registered_model__team=team).count())
+    return (
+        list(RegisteredModel.objects.filter(team=team).values_list("name", "description")),
+        list(ModelVersion.objects.filter(registered_model__team=team).values_list("pk", "version")),
+        list(ModelAlias.objects.filter(registered_model__team=team).values_list("alias", "version_id")),
+        AliasEvent.objects.filter(registered_model__team=team).count(),
+    )
 
 
 # --- the main path, against the real MLflow server -----------------------------------------------------
 
+
 @integration
 @pytest.mark.django_db
-def test_promote_move_demote_and_roll_back_through_the_api_moves_mlflow(alice_api, alice, team, tmp_path,
-                                                                         mlflow_server, sent_stages):
+def test_promote_move_demote_and_roll_back_through_the_api_moves_mlflow(
+    alice_api, alice, team, tmp_path, mlflow_server, sent_stages
+):
     run = finished_run(team, alice, tmp_path)
     lora = stage(run, "lora")
 
-    response = alice_api.post(f"{API}/promote", {"run": run.number, "stage": "lora", "model": "adder",
-                                                 "description": "adds small numbers", "alias": "staging"})
+    response = alice_api.post(
+        f"{API}/promote",
+        {"run": run.number, "stage": "lora", "model": "adder", "description": "adds small numbers", "alias": "staging"},
+    )
     assert response.status_code == 201, response.content
     body = response.json()
-    assert (body["model"], body["version"], body["run"], body["stage"], body["kind"]) == \
-        ("adder", 1, run.number, "lora", "adapter")
+    assert (body["model"], body["version"], body["run"], body["stage"], body["kind"]) == (
+        "adder",
+        1,
+        run.number,
+        "lora",
+        "adapter",
+    )
     assert body["source_uri"] == f"runs:/{lora.outputs['mlflow_run_id']}/adapter"
     assert body["aliases"] == ["staging"] and body["promoted_by"] == "alice"
     assert {h["key"]: h["value"] for h in body["headline"]}["gain"] == pytest.approx(0.5)
@@ -93,9 +105,16 @@ def test_promote_move_demote_and_roll_back_through_the_api_moves_mlflow(alice_ap
     response = alice_api.put(f"{API}/adder/aliases/production", {"version": 1})
     assert response.status_code == 200, response.content
     assert response.json() == {
-        "event": {"alias": "production", "action": "set", "version": 1, "previous": None, "user": "alice",
-                  "at": response.json()["event"]["at"]},
-        "alias": {"alias": "production", "version": 1, "can_roll_back": False, "rollback_to": None}}
+        "event": {
+            "alias": "production",
+            "action": "set",
+            "version": 1,
+            "previous": None,
+            "user": "alice",
+            "at": response.json()["event"]["at"],
+        },
+        "alias": {"alias": "production", "version": 1, "can_roll_back": False, "rollback_to": None},
+    }
     response = alice_api.put(f"{API}/adder/aliases/production", {"version": 2})
     assert response.json()["event"]["previous"] == 1
     assert response.json()["alias"] == {"alias": "production", "version": 2, "can_roll_back": True, "rollback_to": 1}
@@ -108,8 +127,14 @@ def test_promote_move_demote_and_roll_back_through_the_api_moves_mlflow(alice_ap
 
     response = alice_api.delete(f"{API}/adder/aliases/staging")
     assert response.status_code == 200, response.content
-    assert response.json()["event"] | {"at": None} == {"alias": "staging", "action": "removed", "version": None,
-                                                       "previous": 1, "user": "alice", "at": None}
+    assert response.json()["event"] | {"at": None} == {
+        "alias": "staging",
+        "action": "removed",
+        "version": None,
+        "previous": 1,
+        "user": "alice",
+        "at": None,
+    }
     assert response.json()["alias"] == {"alias": "staging", "version": None, "can_roll_back": True, "rollback_to": 1}
     assert mlflow_aliases(model) == {"production": 1}
 
@@ -120,32 +145,52 @@ def test_promote_move_demote_and_roll_back_through_the_api_moves_mlflow(alice_ap
         {"alias": "production", "version": 1, "can_roll_back": False, "rollback_to": None},  # back where it began
     ]
     assert [(e["alias"], e["action"], e["version"], e["previous"], e["user"]) for e in aliases["history"]] == [
-        ("staging", "removed", None, 1, "alice"), ("production", "rolled_back", 1, 2, "alice"),
-        ("production", "set", 2, 1, "alice"), ("production", "set", 1, None, "alice"),
+        ("staging", "removed", None, 1, "alice"),
+        ("production", "rolled_back", 1, 2, "alice"),
+        ("production", "set", 2, 1, "alice"),
+        ("production", "set", 1, None, "alice"),
         ("staging", "set", 1, None, "alice"),
     ]
     detail = alice_api.get(f"{API}/adder").json()
     assert (detail["latest_version"], detail["version_count"], detail["aliases"]) == (2, 2, {"production": 1})
-    assert [(v["version"], v["stage"], v["aliases"]) for v in detail["versions"]] == \
-        [(2, "sft", []), (1, "lora", ["production"])]
+    assert [(v["version"], v["stage"], v["aliases"]) for v in detail["versions"]] == [
+        (2, "sft", []),
+        (1, "lora", ["production"]),
+    ]
     versions = alice_api.get(f"{API}/adder/versions").json()
     assert [v["version"] for v in versions] == [2, 1] and versions[1]["source_uri"] == body["source_uri"]
     one = alice_api.get(f"{API}/adder/versions/1").json()
     assert one["aliases"] == ["production"] and one["lineage"] == body["lineage"]
-    assert alice_api.get(API).json() == [{
-        "name": "adder", "description": "adds small numbers", "created_by": "alice",
-        "created_at": detail["created_at"], "version_count": 2, "latest_version": 2, "aliases": {"production": 1}}]
-    assert list(AuditEvent.objects.filter(team=team, action__startswith="registry.").order_by("pk")
-                .values_list("action", flat=True)) == [
-        "registry.promoted", "registry.promoted", "registry.alias_set", "registry.alias_set",
-        "registry.alias_rolled_back", "registry.alias_removed"]
+    assert alice_api.get(API).json() == [
+        {
+            "name": "adder",
+            "description": "adds small numbers",
+            "created_by": "alice",
+            "created_at": detail["created_at"],
+            "version_count": 2,
+            "latest_version": 2,
+            "aliases": {"production": 1},
+        }
+    ]
+    assert list(
+        AuditEvent.objects.filter(team=team, action__startswith="registry.")
+        .order_by("pk")
+        .values_list("action", flat=True)
+    ) == [
+        "registry.promoted",
+        "registry.promoted",
+        "registry.alias_set",
+        "registry.alias_set",
+        "registry.alias_rolled_back",
+        "registry.alias_removed",
+    ]
 
 
 @integration
 @pytest.mark.django_db
-def test_refusals_after_the_checks_are_400_naming_the_field_and_change_nothing(alice_api, alice, team, tmp_path,
-                                                                               mlflow_server, sent_stages,
-                                                                               monkeypatch):
+def test_refusals_after_the_checks_are_400_naming_the_field_and_change_nothing(
+    alice_api, alice, team, tmp_path, mlflow_server, sent_stages, monkeypatch
+):
     run = finished_run(team, alice, tmp_path)
     model_promote(team=team, user=alice, stage_run=stage(run, "lora"), model_name="adder", alias="production")
     before = _state(team)
@@ -157,15 +202,18 @@ def test_refusals_after_the_checks_are_400_naming_the_field_and_change_nothing(a
     # Already there; nothing to roll back to.
     response = alice_api.put(f"{API}/adder/aliases/production", {"version": 1})
     assert response.status_code == 400 and response.json()["errors"] == {
-        "alias": "production already points at version 1"}
+        "alias": "production already points at version 1"
+    }
     response = alice_api.post(f"{API}/adder/aliases/production/rollback")
     assert response.status_code == 400 and response.json()["errors"] == {
-        "alias": "production of adder has no earlier version to roll back to (demote it instead)"}
+        "alias": "production of adder has no earlier version to roll back to (demote it instead)"
+    }
 
     # MLflow refuses the alias: 400 with MLflow's reason, nothing moved here or there.
     def refused(**kwargs):
-        raise mlflow_registry.RegistryBackendError("MLflow refused to set the alias 'staging': permission denied",
-                                                   code="PERMISSION_DENIED")
+        raise mlflow_registry.RegistryBackendError(
+            "MLflow refused to set the alias 'staging': permission denied", code="PERMISSION_DENIED"
+        )
 
     monkeypatch.setattr(mlflow_registry, "alias_set", refused)
     response = alice_api.put(f"{API}/adder/aliases/staging", {"version": 1})
@@ -177,38 +225,62 @@ def test_refusals_after_the_checks_are_400_naming_the_field_and_change_nothing(a
 
 # --- reads, on rows (MLflow is never asked) -----------------------------------------------------------
 
+
 @pytest.mark.django_db
 def test_reads_answer_from_rows_without_mlflow(alice_api, alice, team, mlflow_down):
     model, run = _rows(team, alice, versions=3)
     response = alice_api.get(API)
     assert response.status_code == 200
-    assert response.json() == [{"name": model.name, "description": "", "created_by": "alice",
-                                "created_at": response.json()[0]["created_at"], "version_count": 3,
-                                "latest_version": 3, "aliases": {"production": 1, "staging": 2}}]
+    assert response.json() == [
+        {
+            "name": model.name,
+            "description": "",
+            "created_by": "alice",
+            "created_at": response.json()[0]["created_at"],
+            "version_count": 3,
+            "latest_version": 3,
+            "aliases": {"production": 1, "staging": 2},
+        }
+    ]
     detail = alice_api.get(f"{API}/{model.name}").json()
     assert detail["aliases"] == {"production": 1, "staging": 2}
-    assert [(v["version"], v["run"], v["stage"], v["kind"], v["aliases"], v["promoted_by"])
-            for v in detail["versions"]] == [(3, run.number, "s3", "model", [], "alice"),
-                                             (2, run.number, "s2", "model", ["staging"], "alice"),
-                                             (1, run.number, "s1", "model", ["production"], "alice")]
-    assert detail["versions"][2]["headline"] == [{"key": "train/loss", "label": "train/loss", "value": 1.0,
-                                                  "better": "lower", "stage": "s1", "model": None}]
+    assert [
+        (v["version"], v["run"], v["stage"], v["kind"], v["aliases"], v["promoted_by"]) for v in detail["versions"]
+    ] == [
+        (3, run.number, "s3", "model", [], "alice"),
+        (2, run.number, "s2", "model", ["staging"], "alice"),
+        (1, run.number, "s1", "model", ["production"], "alice"),
+    ]
+    assert detail["versions"][2]["headline"] == [
+        {"key": "train/loss", "label": "train/loss", "value": 1.0, "better": "lower", "stage": "s1", "model": None}
+    ]
     version = alice_api.get(f"{API}/{model.name}/versions/2").json()
     assert version["source_uri"] == "runs:/r2/model" and version["aliases"] == ["staging"]
     assert version["lineage"]["datasets"][0]["sha256"] == f"{2:064x}" and version["metrics"]["stage"] == {
-        "train/loss": 0.5}
+        "train/loss": 0.5
+    }
     assert [v["version"] for v in alice_api.get(f"{API}/{model.name}/versions").json()] == [3, 2, 1]
     aliases = alice_api.get(f"{API}/{model.name}/aliases").json()
     assert aliases["aliases"] == [
         {"alias": "staging", "version": 2, "can_roll_back": False, "rollback_to": None},
-        {"alias": "production", "version": 1, "can_roll_back": False, "rollback_to": None}]
+        {"alias": "production", "version": 1, "can_roll_back": False, "rollback_to": None},
+    ]
     assert {(e["alias"], e["action"], e["version"]) for e in aliases["history"]} == {
-        ("production", "set", 1), ("staging", "set", 2)}
+        ("production", "set", 1),
+        ("staging", "set", 2),
+    }
 
     assert alice_api.get(f"{API}/{model.name}/versions/9").json()["detail"] == f"{model.name} has no version 9"
     assert alice_api.get(f"{API}/{model.name}/versions/{2**40}").status_code == 404
-    for url in (f"{API}/nope", f"{API}/Has%20Space", f"{API}/nope/versions", f"{API}/nope/versions/1",
-                f"{API}/nope/aliases", f"{API}/{'x' * 300}", f"{API}/a%00b"):
+    for url in (
+        f"{API}/nope",
+        f"{API}/Has%20Space",
+        f"{API}/nope/versions",
+        f"{API}/nope/versions/1",
+        f"{API}/nope/aliases",
+        f"{API}/{'x' * 300}",
+        f"{API}/a%00b",
+    ):
         response = alice_api.get(url)
         assert response.status_code == 404, (url, response.content)
         assert response.json()["detail"] == "no registered model of that name in this team"
@@ -219,8 +291,9 @@ def test_the_whole_alias_history_comes_back_and_reads_make_constant_queries(alic
     small, _ = _rows(team, alice, versions=2, tag="small")
     large, _ = _rows(team, alice, versions=12, tag="large")
     first = large.versions.get(version=1)
-    AliasEvent.objects.bulk_create([AliasEvent(registered_model=large, alias="canary", version=first,
-                                               action="set", user=alice) for _ in range(60)])
+    AliasEvent.objects.bulk_create(
+        [AliasEvent(registered_model=large, alias="canary", version=first, action="set", user=alice) for _ in range(60)]
+    )
 
     def queries(url: str) -> int:
         with CaptureQueriesContext(connection) as ctx:
@@ -234,6 +307,7 @@ def test_the_whole_alias_history_comes_back_and_reads_make_constant_queries(alic
 
 
 # --- team scoping, roles and token scopes --------------------------------------------------------------
+
 
 def _writes(model_name: str, run_number: int) -> list[tuple[str, str, dict | None]]:
     return [
@@ -253,8 +327,12 @@ def test_another_teams_model_is_404_and_its_runs_cannot_be_promoted(alice, bob, 
     model, run = _rows(team, alice, versions=2)
     bob_api = api_for(bob, bob.teams.get())
     before = _state(team)
-    for url in (f"{API}/{model.name}", f"{API}/{model.name}/versions", f"{API}/{model.name}/versions/1",
-                f"{API}/{model.name}/aliases"):
+    for url in (
+        f"{API}/{model.name}",
+        f"{API}/{model.name}/versions",
+        f"{API}/{model.name}/versions/1",
+        f"{API}/{model.name}/aliases",
+    ):
         response = bob_api.get(url)
         assert response.status_code == 404 and model.name.encode() not in response.content, url
     assert bob_api.get(API).json() == []
@@ -285,11 +363,18 @@ def test_viewers_and_read_tokens_get_403_on_every_write(alice, team, viewer, mlf
 
 # --- bad input: 400 naming the field, before MLflow is asked ---------------------------------------------
 
+
 @pytest.mark.django_db
 def test_bad_promotions_are_400_naming_the_field(alice_api, alice, team, mlflow_down):
     model, run = _rows(team, alice, versions=1)
-    StageRun.objects.create(run=run, index=7, name="check", method="evaluate", status=Status.SUCCEEDED,
-                            outputs={"kind": "report", "artifact_path": "report", "mlflow_run_id": "x"})
+    StageRun.objects.create(
+        run=run,
+        index=7,
+        name="check",
+        method="evaluate",
+        status=Status.SUCCEEDED,
+        outputs={"kind": "report", "artifact_path": "report", "mlflow_run_id": "x"},
+    )
     StageRun.objects.create(run=run, index=8, name="broken", method="sft", status=Status.FAILED)
     before = _state(team)
     cases = [
@@ -309,15 +394,20 @@ def test_bad_promotions_are_400_naming_the_field(alice_api, alice, team, mlflow_
         body = {"run": run.number, "stage": "s1", "model": "fresh", **change}
         response = alice_api.post(f"{API}/promote", body)
         assert response.status_code == 400, (change, response.content)
-        assert list(response.json()["errors"]) == [field] and message in response.json()["errors"][field], \
-            (change, response.json())
+        assert list(response.json()["errors"]) == [field] and message in response.json()["errors"][field], (
+            change,
+            response.json(),
+        )
         assert message in response.json()["detail"]
     # Several fields wrong at once: each is named.
     response = alice_api.post(f"{API}/promote", {"run": 999, "stage": "s1", "model": "Bad", "alias": "v2"})
     assert set(response.json()["errors"]) == {"run", "model", "alias"}
     # Shape errors come from the schema (422): a missing field, a string for the run number, a NUL.
-    for body in ({"run": run.number, "stage": "s1"}, {"run": "one", "stage": "s1", "model": "m"},
-                 {"run": run.number, "stage": "s\x00", "model": "m"}):
+    for body in (
+        {"run": run.number, "stage": "s1"},
+        {"run": "one", "stage": "s1", "model": "m"},
+        {"run": run.number, "stage": "s\x00", "model": "m"},
+    ):
         assert alice_api.post(f"{API}/promote", body).status_code == 422, body
     assert _state(team) == before
 
@@ -343,8 +433,9 @@ def test_bad_alias_changes_are_400_naming_the_field(alice_api, alice, team, mlfl
     assert response.status_code == 400
     assert response.json()["errors"] == {"alias": f"{model.name} has no alias 'canary'"}
     response = alice_api.post(f"{url}/canary/rollback")
-    assert response.json()["errors"] == {"alias": f"canary of {model.name} has never changed: there is nothing to "
-                                                  "roll back"}
+    assert response.json()["errors"] == {
+        "alias": f"canary of {model.name} has never changed: there is nothing to roll back"
+    }
     response = alice_api.post(f"{url}/latest/rollback")
     assert response.status_code == 400 and "reserved by MLflow" in response.json()["errors"]["alias"]
     assert _state(team) == before
@@ -353,18 +444,26 @@ def test_bad_alias_changes_are_400_naming_the_field(alice_api, alice, team, mlfl
 @pytest.mark.django_db
 def test_mlflow_down_is_a_clear_400_and_saves_nothing(alice_api, alice, team, mlflow_down):
     model, run = _rows(team, alice, versions=2)
-    StageRun.objects.create(run=run, index=9, name="fresh", method="sft", status=Status.SUCCEEDED,
-                            outputs={"kind": "model", "artifact_path": "model", "mlflow_run_id": "abc"})
+    StageRun.objects.create(
+        run=run,
+        index=9,
+        name="fresh",
+        method="sft",
+        status=Status.SUCCEEDED,
+        outputs={"kind": "model", "artifact_path": "model", "mlflow_run_id": "abc"},
+    )
     before = _state(team)
     response = alice_api.put(f"{API}/{model.name}/aliases/production", {"version": 2})
     assert response.status_code == 400
-    assert response.json()["errors"]["alias"].startswith("could not reach the tracking server (MLflow) to set the "
-                                                         "alias 'production'")
+    assert response.json()["errors"]["alias"].startswith(
+        "could not reach the tracking server (MLflow) to set the alias 'production'"
+    )
     assert "127.0.0.1" not in response.content.decode()
     response = alice_api.delete(f"{API}/{model.name}/aliases/staging")
     assert response.status_code == 400 and "could not reach the tracking server" in response.json()["detail"]
-    response = alice_api.post(f"{API}/promote", {"run": run.number, "stage": "fresh", "model": model.name,
-                                                 "alias": "canary"})
+    response = alice_api.post(
+        f"{API}/promote", {"run": run.number, "stage": "fresh", "model": model.name, "alias": "canary"}
+    )
     assert response.status_code == 400 and list(response.json()["errors"]) == ["model"]
     assert "could not reach the tracking server (MLflow)" in response.json()["errors"]["model"]
     assert _state(team) == before
@@ -372,20 +471,28 @@ def test_mlflow_down_is_a_clear_400_and_saves_nothing(alice_api, alice, team, ml
 
 def test_the_openapi_schema_documents_every_registry_operation():
     schema = ninja_api.get_openapi_schema()
-    operations = {f"{m.upper()} {p}": op for p, ops in schema["paths"].items() for m, op in ops.items()
-                  if p.startswith(API)}
+    operations = {
+        f"{m.upper()} {p}": op for p, ops in schema["paths"].items() for m, op in ops.items() if p.startswith(API)
+    }
     assert set(operations) == {
-        f"GET {API}", f"POST {API}/promote", f"GET {API}/{{model_name}}", f"GET {API}/{{model_name}}/versions",
-        f"GET {API}/{{model_name}}/versions/{{version}}", f"GET {API}/{{model_name}}/aliases",
-        f"PUT {API}/{{model_name}}/aliases/{{alias}}", f"DELETE {API}/{{model_name}}/aliases/{{alias}}",
-        f"POST {API}/{{model_name}}/aliases/{{alias}}/rollback"}
+        f"GET {API}",
+        f"POST {API}/promote",
+        f"GET {API}/{{model_name}}",
+        f"GET {API}/{{model_name}}/versions",
+        f"GET {API}/{{model_name}}/versions/{{version}}",
+        f"GET {API}/{{model_name}}/aliases",
+        f"PUT {API}/{{model_name}}/aliases/{{alias}}",
+        f"DELETE {API}/{{model_name}}/aliases/{{alias}}",
+        f"POST {API}/{{model_name}}/aliases/{{alias}}/rollback",
+    }
     for key, operation in operations.items():
         assert operation["tags"] == ["registry"], key
     assert set(operations[f"POST {API}/promote"]["responses"]) == {201, 400}
     assert set(operations[f"PUT {API}/{{model_name}}/aliases/{{alias}}"]["responses"]) == {200, 400, 404}
     version = schema["components"]["schemas"]["VersionOut"]["properties"]
-    assert {"run", "stage", "kind", "metrics", "lineage", "source_uri", "promoted_by", "promoted_at",
-            "aliases"} <= set(version)
+    assert {"run", "stage", "kind", "metrics", "lineage", "source_uri", "promoted_by", "promoted_at", "aliases"} <= set(
+        version
+    )
     history = schema["components"]["schemas"]["AliasEventOut"]["properties"]
     assert {"action", "version", "previous", "user", "at"} <= set(history)
     assert json.dumps(schema)  # serializable as served at /api/v1/openapi.json

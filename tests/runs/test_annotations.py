@@ -1,5 +1,6 @@
 """Notes and tags on a run: anyone who may write in the team adds them (htmx swaps the panel), viewers only read,
 other teams see nothing; notes are searchable and tags filter the runs list."""
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,9 @@ HX = {"HX-Request": "true", "HX-Target": "run-annotations"}
 @pytest.fixture
 def run(team, alice):
     pipeline = PipelineFactory(team=team, name="adder")
-    return Run.objects.create(team=team, pipeline=pipeline, number=7, name="adder", snapshot={}, seed=1,
-                              code_version="test", created_by=alice)
+    return Run.objects.create(
+        team=team, pipeline=pipeline, number=7, name="adder", snapshot={}, seed=1, code_version="test", created_by=alice
+    )
 
 
 @pytest.fixture
@@ -45,8 +47,9 @@ def _panel(client, run) -> str:
 
 
 def test_a_member_adds_a_note_and_the_panel_shows_it(browser_client, run, alice):
-    response = browser_client.post(f"/runs/{run.number}/notes/", {"body": "  Loss plateaued at step 300.\nTry a "
-                                                                          "higher LR.  "}, headers=HX)
+    response = browser_client.post(
+        f"/runs/{run.number}/notes/", {"body": "  Loss plateaued at step 300.\nTry a higher LR.  "}, headers=HX
+    )
     assert response.status_code == 200
     html = response.content.decode()
     note = RunNote.objects.get()
@@ -98,9 +101,12 @@ def test_viewers_read_but_cannot_write(run, alice, viewer):
     assert 'data-testid="read-only"' in html
     assert "<form" not in html and "Delete" not in html
     note = RunNote.objects.get()
-    for url, data in [(f"/runs/{run.number}/notes/", {"body": "sneaky"}), (f"/runs/{run.number}/tags/", {"name": "x"}),
-                      (f"/runs/{run.number}/tags/remove/", {"name": "baseline"}),
-                      (f"/runs/{run.number}/notes/{note.pk}/delete/", {})]:
+    for url, data in [
+        (f"/runs/{run.number}/notes/", {"body": "sneaky"}),
+        (f"/runs/{run.number}/tags/", {"name": "x"}),
+        (f"/runs/{run.number}/tags/remove/", {"name": "baseline"}),
+        (f"/runs/{run.number}/notes/{note.pk}/delete/", {}),
+    ]:
         assert client.post(url, data, headers=HX).status_code == 403, url
     assert RunNote.objects.count() == 1 and list(RunTag.objects.values_list("name", flat=True)) == ["baseline"]
 
@@ -132,8 +138,16 @@ def test_another_team_cannot_see_or_touch_a_run(run, alice, bob):
 
 
 def test_a_note_of_another_run_is_not_reachable_through_this_one(browser_client, run, alice, team):
-    other = Run.objects.create(team=team, pipeline=run.pipeline, number=8, name="other", snapshot={}, seed=1,
-                               code_version="test", created_by=alice)
+    other = Run.objects.create(
+        team=team,
+        pipeline=run.pipeline,
+        number=8,
+        name="other",
+        snapshot={},
+        seed=1,
+        code_version="test",
+        created_by=alice,
+    )
     note = RunNote.objects.create(run=other, author=alice, body="on run 8")
     assert browser_client.post(f"/runs/{run.number}/notes/{note.pk}/delete/", headers=HX).status_code == 404
     assert RunNote.objects.filter(pk=note.pk).exists()

@@ -1,5 +1,6 @@
 """Compare: 2 to 10 runs or stages side by side: overlaid charts thinned in SQL, a config diff of the
 frozen snapshots, the final numbers with the best highlighted, CSV; team-scoped, constant queries."""
+
 from __future__ import annotations
 
 import csv
@@ -36,24 +37,40 @@ T0 = 1_700_000_000.0  # metric timestamps: unix seconds
 
 # --- rows ---------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def pipeline(team, alice):
     """Two full SFT stages, the second on the first's output (rows for the web side; nothing trains)."""
     data = DatasetVersionFactory(dataset__team=team, dataset__name="sums")
     stage = {"method": "sft", "config": {"max_steps": 100}, "adapter": {"type": "none"}, "dataset_id": data.dataset_id}
-    return PipelineFactory(team=team, name="adder", base_model=BaseModelFactory(team=team, name="tiny"),
-                           created_by=alice, seed=5, stages=[{**stage, "name": "sft", "input": "base"},
-                                                             {**stage, "name": "polish", "input": "sft"}])
+    return PipelineFactory(
+        team=team,
+        name="adder",
+        base_model=BaseModelFactory(team=team, name="tiny"),
+        created_by=alice,
+        seed=5,
+        stages=[{**stage, "name": "sft", "input": "base"}, {**stage, "name": "polish", "input": "sft"}],
+    )
 
 
-def make_run(pipeline, user, *, lr: float = 1e-4, seed: int = 5, loss: float = 0.5, steps: int = 5,
-             started=None, summaries: bool = True) -> Run:
+def make_run(
+    pipeline,
+    user,
+    *,
+    lr: float = 1e-4,
+    seed: int = 5,
+    loss: float = 0.5,
+    steps: int = 5,
+    started=None,
+    summaries: bool = True,
+) -> Run:
     """A finished run (real snapshot, via run_create) whose stages logged `steps` points each of train/loss
     and train/learning_rate, one a minute, and wrote their summaries."""
     run = run_create(pipeline=pipeline, user=user, seed=seed, overrides={"sft.config.learning_rate": lr})
     started = started or timezone.now() - timedelta(hours=1)
-    Run.objects.filter(pk=run.pk).update(status=Status.SUCCEEDED, started_at=started,
-                                         finished_at=started + timedelta(minutes=2 * steps + 1))
+    Run.objects.filter(pk=run.pk).update(
+        status=Status.SUCCEEDED, started_at=started, finished_at=started + timedelta(minutes=2 * steps + 1)
+    )
     t0 = started.timestamp()
     for stage in run.stages.order_by("index"):
         offset = stage.index * steps
@@ -63,11 +80,14 @@ def make_run(pipeline, user, *, lr: float = 1e-4, seed: int = 5, loss: float = 0
         if summaries:
             stage.summary = {"train/loss": loss / (stage.index + 1), "train/epoch": 1.0, "train/runtime": 60.0 * steps}
         stage.save()
-        stage_metrics_record(stage_run_id=stage.pk, points=[
-            (key, s, value, t0 + 60 * (offset + s))
-            for s in range(1, steps + 1)
-            for key, value in (("train/loss", loss * 2 / s), ("train/learning_rate", lr))
-        ])
+        stage_metrics_record(
+            stage_run_id=stage.pk,
+            points=[
+                (key, s, value, t0 + 60 * (offset + s))
+                for s in range(1, steps + 1)
+                for key, value in (("train/loss", loss * 2 / s), ("train/learning_rate", lr))
+            ],
+        )
     run.refresh_from_db()
     return run
 
@@ -89,6 +109,7 @@ def _diff_keys(html: str, cls: str = "is-diff") -> list[str]:
 
 # --- downsampling -------------------------------------------------------------------------------------------
 
+
 def test_downsample_keeps_short_series_and_caps_long_ones_keeping_ends_and_spikes():
     short = [(i, float(i)) for i in range(MAX_POINTS)]
     assert downsample(short) == short
@@ -107,15 +128,18 @@ def test_downsample_keeps_short_series_and_caps_long_ones_keeping_ends_and_spike
     assert len(downsample([(i, 0.0) for i in range(1001)], 1000)) <= 1000
 
 
-def test_sql_thins_on_the_stage_grid_exactly_as_downsample_does(pipeline, alice, bob,
-                                                                 django_assert_num_queries):
+def test_sql_thins_on_the_stage_grid_exactly_as_downsample_does(pipeline, alice, bob, django_assert_num_queries):
     run = make_run(pipeline, alice, steps=2)
     stage = run.stages.get(index=0)
     jagged = [((i * 7919) % 1000) / 100 for i in range(1, 5001)]  # a jagged curve over 5000 steps
-    stage_metrics_record(stage_run_id=stage.pk, points=[
-        (key, s, value, T0 + s) for s, v in enumerate(jagged, 1)
-        for key, value in (("eval/acc", v), ("train/beta", 0.1), ("train/loss", 3.0 if s == 2222 else 1.0))
-    ])
+    stage_metrics_record(
+        stage_run_id=stage.pk,
+        points=[
+            (key, s, value, T0 + s)
+            for s, v in enumerate(jagged, 1)
+            for key, value in (("eval/acc", v), ("train/beta", 0.1), ("train/loss", 3.0 if s == 2222 else 1.0))
+        ],
+    )
 
     grid = Grid(width=20, buckets=250)  # 5000 steps in 250 buckets
     points = compare_metric_points(team=run.team, grids={stage.pk: grid})[stage.pk]
@@ -144,18 +168,36 @@ def test_sql_thins_on_the_stage_grid_exactly_as_downsample_does(pipeline, alice,
 
 # --- config diff --------------------------------------------------------------------------------------------
 
+
 def _snapshot(**changes) -> dict:
     snapshot = {
         "pipeline": {"id": 1, "name": "adder", "version": 2, "updated_at": "2025-01-01T00:00:00"},
         "base_model": {"id": 3, "name": "tiny", "source": "local", "name_or_path": "/m/tiny", "revision": None},
         "stages": [
-            {"name": "sft", "method": "sft", "config": {"learning_rate": 1e-4, "max_steps": 100},
-             "adapter": {"type": "lora", "r": 8, "target_modules": ["q_proj", "v_proj"]}, "dataset_id": 4,
-             "eval_dataset_id": None, "input": "base",
-             "train_data": {"dataset_id": 4, "name": "sums", "version": 2, "version_id": 9, "sha256": SHA,
-                            "rows": 100, "storage_path": "3f/x.jsonl"}, "eval_data": None},
+            {
+                "name": "sft",
+                "method": "sft",
+                "config": {"learning_rate": 1e-4, "max_steps": 100},
+                "adapter": {"type": "lora", "r": 8, "target_modules": ["q_proj", "v_proj"]},
+                "dataset_id": 4,
+                "eval_dataset_id": None,
+                "input": "base",
+                "train_data": {
+                    "dataset_id": 4,
+                    "name": "sums",
+                    "version": 2,
+                    "version_id": 9,
+                    "sha256": SHA,
+                    "rows": 100,
+                    "storage_path": "3f/x.jsonl",
+                },
+                "eval_data": None,
+            },
         ],
-        "retention_data": None, "seed": 5, "code_version": "abc123", "overrides": {"sft.config.learning_rate": 1e-4},
+        "retention_data": None,
+        "seed": 5,
+        "code_version": "abc123",
+        "overrides": {"sft.config.learning_rate": 1e-4},
     }
     for path, value in changes.items():
         target = snapshot
@@ -169,13 +211,24 @@ def _snapshot(**changes) -> dict:
 def test_flatten_snapshot_names_every_input_by_dotted_key():
     flat = flatten_snapshot(_snapshot())
     assert flat == {
-        "pipeline.name": "adder", "pipeline.version": 2,
-        "base_model.name": "tiny", "base_model.source": "local", "base_model.name_or_path": "/m/tiny",
-        "base_model.revision": None, "retention_data": None, "seed": 5, "code_version": "abc123",
-        "stages.sft.method": "sft", "stages.sft.config.learning_rate": 1e-4, "stages.sft.config.max_steps": 100,
-        "stages.sft.adapter.type": "lora", "stages.sft.adapter.r": 8,
-        "stages.sft.adapter.target_modules": ["q_proj", "v_proj"], "stages.sft.input": "base",
-        "stages.sft.train_data": f"sums v2 sha256:{SHA}", "stages.sft.eval_data": None,
+        "pipeline.name": "adder",
+        "pipeline.version": 2,
+        "base_model.name": "tiny",
+        "base_model.source": "local",
+        "base_model.name_or_path": "/m/tiny",
+        "base_model.revision": None,
+        "retention_data": None,
+        "seed": 5,
+        "code_version": "abc123",
+        "stages.sft.method": "sft",
+        "stages.sft.config.learning_rate": 1e-4,
+        "stages.sft.config.max_steps": 100,
+        "stages.sft.adapter.type": "lora",
+        "stages.sft.adapter.r": 8,
+        "stages.sft.adapter.target_modules": ["q_proj", "v_proj"],
+        "stages.sft.input": "base",
+        "stages.sft.train_data": f"sums v2 sha256:{SHA}",
+        "stages.sft.eval_data": None,
     }  # no row ids, timestamps, storage paths or sweep overrides
     stage = flatten_snapshot(_snapshot(), stage="sft")
     assert stage["stage.name"] == "sft" and stage["stage.config.learning_rate"] == 1e-4 and stage["seed"] == 5
@@ -185,11 +238,16 @@ def test_flatten_snapshot_names_every_input_by_dotted_key():
 def test_config_diff_shows_only_what_differs_unless_asked_for_all():
     a = flatten_snapshot(_snapshot())
     b = flatten_snapshot(_snapshot(**{"stages.0.config.learning_rate": 3e-4, "seed": 6}))
-    c = flatten_snapshot(_snapshot(**{"stages.0.train_data.sha256": "f" * 64, "stages.0.adapter.r": 8,
-                                      "stages.0.config.new_knob": True}))  # a key only one run has
+    c = flatten_snapshot(
+        _snapshot(**{"stages.0.train_data.sha256": "f" * 64, "stages.0.adapter.r": 8, "stages.0.config.new_knob": True})
+    )  # a key only one run has
     rows = config_diff([a, b, c])
-    assert [r["key"] for r in rows] == ["seed", "stages.sft.config.learning_rate", "stages.sft.config.new_knob",
-                                        "stages.sft.train_data"]  # in snapshot order; the new key by its stage
+    assert [r["key"] for r in rows] == [
+        "seed",
+        "stages.sft.config.learning_rate",
+        "stages.sft.config.new_knob",
+        "stages.sft.train_data",
+    ]  # in snapshot order; the new key by its stage
     knob = rows[2]
     assert knob["values"] == [ABSENT, ABSENT, True] and [c["text"] for c in knob["cells"]] == ["—", "—", "true"]
     data = rows[3]["cells"]
@@ -204,26 +262,44 @@ def test_config_diff_shows_only_what_differs_unless_asked_for_all():
 
 # --- final numbers ------------------------------------------------------------------------------------------
 
+
 def test_summary_numbers_read_training_and_evaluate_summaries():
-    assert summary_numbers({"train/loss": 0.4, "train/epoch": 2, "nested": {"x": 1.5}, "note": "ok",
-                            "flag": True, "bad": float("nan")}) == {"train/loss": 0.4, "train/epoch": 2.0,
-                                                                    "nested/x": 1.5}
-    evaluation = {"metrics": {"eval/accuracy": 0.8, "eval/loss": 1.2}, "samples": [{"prompt": "1+1="}],
-                  "target": {"metric": "eval/accuracy", "value": 0.8, "gain": 0.3},
-                  "retention": {"metric": "retention/loss", "forgetting": 0.05}}
+    assert summary_numbers(
+        {"train/loss": 0.4, "train/epoch": 2, "nested": {"x": 1.5}, "note": "ok", "flag": True, "bad": float("nan")}
+    ) == {"train/loss": 0.4, "train/epoch": 2.0, "nested/x": 1.5}
+    evaluation = {
+        "metrics": {"eval/accuracy": 0.8, "eval/loss": 1.2},
+        "samples": [{"prompt": "1+1="}],
+        "target": {"metric": "eval/accuracy", "value": 0.8, "gain": 0.3},
+        "retention": {"metric": "retention/loss", "forgetting": 0.05},
+    }
     assert summary_numbers(evaluation) == {"eval/accuracy": 0.8, "eval/loss": 1.2, "gain": 0.3, "forgetting": 0.05}
     assert summary_numbers(None) == {}
 
 
 def test_metric_table_highlights_the_best_of_each_row():
-    assert [metric_goal(k) for k in ("sft/train/loss", "eval/perplexity", "evaluate/forgetting", "eval/accuracy",
-                                     "evaluate/gain", "train/learning_rate", "train/epoch")] == [
-        "min", "min", "min", "max", "max", None, None]
-    rows = {r["key"]: r for r in metric_table([
-        {"train/loss": 0.5, "eval/accuracy": 0.7, "train/epoch": 1.0, "forgetting": 0.1},
-        {"train/loss": 0.3, "eval/accuracy": 0.9, "train/epoch": 3.0},
-        {"train/loss": 0.3, "eval/accuracy": 0.8, "train/epoch": 2.0, "only/here": 1.0},
-    ])}
+    assert [
+        metric_goal(k)
+        for k in (
+            "sft/train/loss",
+            "eval/perplexity",
+            "evaluate/forgetting",
+            "eval/accuracy",
+            "evaluate/gain",
+            "train/learning_rate",
+            "train/epoch",
+        )
+    ] == ["min", "min", "min", "max", "max", None, None]
+    rows = {
+        r["key"]: r
+        for r in metric_table(
+            [
+                {"train/loss": 0.5, "eval/accuracy": 0.7, "train/epoch": 1.0, "forgetting": 0.1},
+                {"train/loss": 0.3, "eval/accuracy": 0.9, "train/epoch": 3.0},
+                {"train/loss": 0.3, "eval/accuracy": 0.8, "train/epoch": 2.0, "only/here": 1.0},
+            ]
+        )
+    }
     assert rows["train/loss"]["best"] == [1, 2]  # lower is better, ties both win
     assert rows["eval/accuracy"]["best"] == [1]  # higher is better
     assert rows["train/epoch"]["best"] == []  # bookkeeping: nothing is better
@@ -242,16 +318,19 @@ class FakeRun:
 
 
 def test_csv_rows_name_the_runs_and_defuse_spreadsheet_formulas():
-    items = [Item(run=FakeRun(1, "adder"), stage=None, color="#000"),
-             Item(run=FakeRun(2, "adder"), stage=FakeStage(5, "sft"), color="#111")]
+    items = [
+        Item(run=FakeRun(1, "adder"), stage=None, color="#000"),
+        Item(run=FakeRun(2, "adder"), stage=FakeStage(5, "sft"), color="#111"),
+    ]
     rows = metrics_csv_rows(items, metric_table([{"train/loss": 0.5, "=1+1": 2.0}, {"train/loss": 0.125}]))
     assert rows[0] == ["metric", "better", "#1 adder", "#2 adder · sft"]
     assert rows[1:] == [["train/loss", "lower", "0.5", "0.125"], ["'=1+1", "higher", "2.0", ""]]
-    config = config_csv_rows(items, config_diff([{"cmd": "=HYPERLINK(\"x\")", "n": -1}, {"cmd": "ok", "n": -2}]))
-    assert config[1:] == [["cmd", "yes", "'=HYPERLINK(\"x\")", "ok"], ["n", "yes", "-1", "-2"]]
+    config = config_csv_rows(items, config_diff([{"cmd": '=HYPERLINK("x")', "n": -1}, {"cmd": "ok", "n": -2}]))
+    assert config[1:] == [["cmd", "yes", '\'=HYPERLINK("x")', "ok"], ["n", "yes", "-1", "-2"]]
 
 
 # --- the page -----------------------------------------------------------------------------------------------
+
 
 def test_compare_page_overlays_diffs_and_tabulates_three_runs(browser_client, pipeline, alice):
     a = make_run(pipeline, alice, lr=1e-4, loss=0.5)
@@ -284,8 +363,10 @@ def test_compare_page_overlays_diffs_and_tabulates_three_runs(browser_client, pi
 
 def test_wall_time_toggle_renders_the_charts_alone_in_minutes(browser_client, pipeline, alice):
     a, b = make_run(pipeline, alice, steps=5), make_run(pipeline, alice, steps=5)
-    response = browser_client.get(f"/runs/compare/?{_query(a.number, b.number, x='time')}",
-                                  headers={"HX-Request": "true", "HX-Target": "compare-charts"})
+    response = browser_client.get(
+        f"/runs/compare/?{_query(a.number, b.number, x='time')}",
+        headers={"HX-Request": "true", "HX-Target": "compare-charts"},
+    )
     html = response.content.decode()
     assert response.status_code == 200 and "<html" not in html and 'data-testid="config-diff"' not in html
     loss = _charts(html)["cmp-time-train-loss"]
@@ -300,8 +381,9 @@ def test_a_long_run_sends_at_most_max_points_per_series(browser_client, pipeline
     a, b = make_run(pipeline, alice, steps=2), make_run(pipeline, alice, steps=2)
     a.stages.update(total_steps=4000, step=4000)
     for stage in a.stages.all():
-        stage_metrics_record(stage_run_id=stage.pk, points=[("train/reward", s, (s % 13) / 13, T0 + s)
-                                                            for s in range(1, 4001)])
+        stage_metrics_record(
+            stage_run_id=stage.pk, points=[("train/reward", s, (s % 13) / 13, T0 + s) for s in range(1, 4001)]
+        )
     html = browser_client.get(f"/runs/compare/?{_query(a.number, b.number)}").content.decode()
     series = _charts(html)["cmp-step-train-reward"]["series"]
     assert len(series) == 1 and 500 < len(series[0]["x"]) <= MAX_POINTS
@@ -343,8 +425,9 @@ def test_bad_picks_get_a_400_page(browser_client, pipeline, alice):
 
 def test_unknown_or_other_teams_runs_are_404(browser_client, client, pipeline, alice, bob):
     a, b = make_run(pipeline, alice), make_run(pipeline, alice)
-    bobs_pipeline = PipelineFactory(team=bob.teams.get(), base_model=BaseModelFactory(team=bob.teams.get()),
-                                    stages=pipeline.spec["stages"])
+    bobs_pipeline = PipelineFactory(
+        team=bob.teams.get(), base_model=BaseModelFactory(team=bob.teams.get()), stages=pipeline.spec["stages"]
+    )
     bobs_pipeline.spec["stages"][0]["dataset_id"] = DatasetVersionFactory(dataset__team=bob.teams.get()).dataset_id
     bobs_pipeline.spec["stages"][1]["dataset_id"] = bobs_pipeline.spec["stages"][0]["dataset_id"]
     bobs_pipeline.save()
@@ -369,26 +452,42 @@ def test_csv_exports_the_metric_table_and_the_config_diff(browser_client, pipeli
     assert response["Content-Disposition"] == f'attachment; filename="compare-metrics-{a.number}-{b.number}.csv"'
     rows = list(csv.reader(io.StringIO(response.content.decode())))
     assert rows[0] == ["metric", "better", f"#{a.number} adder", f"#{b.number} adder"]
-    assert [row[0] for row in rows[1:]] == [f"{stage}/train/{key}" for stage in ("sft", "polish")  # stage order
-                                            for key in ("epoch", "loss", "runtime")]
+    assert [row[0] for row in rows[1:]] == [
+        f"{stage}/train/{key}"
+        for stage in ("sft", "polish")  # stage order
+        for key in ("epoch", "loss", "runtime")
+    ]
     by_key = {row[0]: row[1:] for row in rows[1:]}
     assert by_key["sft/train/loss"] == ["lower", "0.5", "0.25"]
     assert by_key["polish/train/loss"] == ["lower", "0.25", "0.125"]
     assert by_key["sft/train/epoch"] == ["", "1.0", "1.0"]
 
-    config = list(csv.reader(io.StringIO(browser_client.get(
-        f"/runs/compare.csv?{_query(a.number, b.number, part='config')}").content.decode())))
-    assert config == [["key", "differs", f"#{a.number} adder", f"#{b.number} adder"],
-                      ["stages.sft.config.learning_rate", "yes", "0.0001", "0.0003"]]
-    everything = list(csv.reader(io.StringIO(browser_client.get(
-        f"/runs/compare.csv?{_query(a.number, b.number, part='config', all=1)}").content.decode())))
+    config = list(
+        csv.reader(
+            io.StringIO(
+                browser_client.get(f"/runs/compare.csv?{_query(a.number, b.number, part='config')}").content.decode()
+            )
+        )
+    )
+    assert config == [
+        ["key", "differs", f"#{a.number} adder", f"#{b.number} adder"],
+        ["stages.sft.config.learning_rate", "yes", "0.0001", "0.0003"],
+    ]
+    everything = list(
+        csv.reader(
+            io.StringIO(
+                browser_client.get(
+                    f"/runs/compare.csv?{_query(a.number, b.number, part='config', all=1)}"
+                ).content.decode()
+            )
+        )
+    )
     assert len(everything) > 10 and {row[1] for row in everything[1:]} == {"yes", "no"}
     data_row = next(row for row in everything if row[0] == "stages.sft.train_data")
     assert data_row[2] == data_row[3] and re.fullmatch(r"sums v1 sha256:[0-9a-f]{64}", data_row[2])
 
 
-def test_queries_do_not_grow_with_the_number_of_runs(browser_client, pipeline, alice,
-                                                     django_assert_max_num_queries):
+def test_queries_do_not_grow_with_the_number_of_runs(browser_client, pipeline, alice, django_assert_max_num_queries):
     runs = [make_run(pipeline, alice, lr=1e-4 * (i + 1), steps=3) for i in range(10)]
     counts = {}
     for n in (2, 10):
@@ -405,10 +504,11 @@ def test_queries_do_not_grow_with_the_number_of_runs(browser_client, pipeline, a
 
 def test_overlay_charts_skip_one_off_stages_and_runs_without_the_metric():
     sft, ev = FakeStage(1, "sft", "sft", 3), FakeStage(2, "evaluate", "evaluate")
-    items = [Item(run=FakeRun(1), stage=None, color="#111", stages=[sft, ev]),
-             Item(run=FakeRun(2), stage=None, color="#222", stages=[FakeStage(3, "sft", "sft", 3)])]
-    points = {1: {"train/loss": [(1, 2.0, T0), (3, float("inf"), T0 + 9)]}, 2: {"eval/accuracy": [(0, 0.9, T0)]},
-              3: {}}
+    items = [
+        Item(run=FakeRun(1), stage=None, color="#111", stages=[sft, ev]),
+        Item(run=FakeRun(2), stage=None, color="#222", stages=[FakeStage(3, "sft", "sft", 3)]),
+    ]
+    points = {1: {"train/loss": [(1, 2.0, T0), (3, float("inf"), T0 + 9)]}, 2: {"eval/accuracy": [(0, 0.9, T0)]}, 3: {}}
     charts = overlay_charts(items, points)
     assert [c["key"] for c in charts["main"]] == ["train/loss"]  # evaluate's one-off number: in the table
     (series,) = charts["main"][0]["data"]["series"]

@@ -1,6 +1,7 @@
 """Fault case 7: a wake-up is sent only when the transaction that queued the stage commits.
 Real PostgreSQL transactions (no test-case wrapping transaction), the send recorded instead of
 reaching the broker."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """Fair share: a wake-up claims the fairest queued stage across teams, never one stage twice, and no queued
 stage is left without a wake-up (refinery.runs.services.stage_claim's docstring has the argument)."""
+
 from __future__ import annotations
 
 import threading
@@ -27,32 +28,70 @@ def at(minutes: int) -> datetime:
 # the named stage, then the expected order and blocked teams.
 CASES = [
     pytest.param(
-        [(1, "A", 0), (2, "A", 1), (3, "B", 5)], {"A": (1, None, 0), "B": (0, None, None)}, 1,
-        [3, 1, 2], {}, id="fewest-running-team-first-even-if-its-stage-is-newer"),
+        [(1, "A", 0), (2, "A", 1), (3, "B", 5)],
+        {"A": (1, None, 0), "B": (0, None, None)},
+        1,
+        [3, 1, 2],
+        {},
+        id="fewest-running-team-first-even-if-its-stage-is-newer",
+    ),
     pytest.param(
-        [(1, "A", 0), (2, "A", 1), (3, "B", 5)], {"A": (0, None, 10), "B": (0, None, None)}, 1,
-        [3, 1, 2], {}, id="tie-on-running-goes-to-the-never-served-team"),
+        [(1, "A", 0), (2, "A", 1), (3, "B", 5)],
+        {"A": (0, None, 10), "B": (0, None, None)},
+        1,
+        [3, 1, 2],
+        {},
+        id="tie-on-running-goes-to-the-never-served-team",
+    ),
     pytest.param(
-        [(1, "A", 0), (3, "B", 5)], {"A": (0, None, 10), "B": (0, None, 4)}, 1,
-        [3, 1], {}, id="tie-goes-to-the-least-recently-served-team"),
+        [(1, "A", 0), (3, "B", 5)],
+        {"A": (0, None, 10), "B": (0, None, 4)},
+        1,
+        [3, 1],
+        {},
+        id="tie-goes-to-the-least-recently-served-team",
+    ),
     pytest.param(
-        [(1, "A", 0), (3, "B", 5)], {"A": (0, None, None), "B": (0, None, None)}, 3,
-        [1, 3], {}, id="both-never-served-the-oldest-queued-stage-wins"),
+        [(1, "A", 0), (3, "B", 5)],
+        {"A": (0, None, None), "B": (0, None, None)},
+        3,
+        [1, 3],
+        {},
+        id="both-never-served-the-oldest-queued-stage-wins",
+    ),
     pytest.param(
-        [(1, "A", 0), (2, "A", 1), (3, "A", 2)], {"A": (0, None, None)}, 3,
-        [3, 1, 2], {}, id="within-a-team-the-named-stage-first-then-oldest"),
+        [(1, "A", 0), (2, "A", 1), (3, "A", 2)],
+        {"A": (0, None, None)},
+        3,
+        [3, 1, 2],
+        {},
+        id="within-a-team-the-named-stage-first-then-oldest",
+    ),
     pytest.param(
-        [(1, "A", 0), (2, "A", 1), (3, "B", 5)], {"A": (2, 2, 0), "B": (3, None, 1)}, 1,
-        [3], {"A": 2}, id="a-team-at-its-limit-is-blocked-even-with-fewer-running"),
+        [(1, "A", 0), (2, "A", 1), (3, "B", 5)],
+        {"A": (2, 2, 0), "B": (3, None, 1)},
+        1,
+        [3],
+        {"A": 2},
+        id="a-team-at-its-limit-is-blocked-even-with-fewer-running",
+    ),
     pytest.param(
-        [(1, "A", 0), (3, "B", 5)], {"A": (1, 2, 0), "B": (1, 1, 1)}, 3,
-        [1], {"B": 1}, id="limit-of-one-with-one-running"),
+        [(1, "A", 0), (3, "B", 5)],
+        {"A": (1, 2, 0), "B": (1, 1, 1)},
+        3,
+        [1],
+        {"B": 1},
+        id="limit-of-one-with-one-running",
+    ),
+    pytest.param([(1, "A", 0)], {"A": (0, 0, None)}, 1, [], {"A": 0}, id="a-limit-of-zero-pauses-the-team"),
     pytest.param(
-        [(1, "A", 0)], {"A": (0, 0, None)}, 1,
-        [], {"A": 0}, id="a-limit-of-zero-pauses-the-team"),
-    pytest.param(
-        [(1, "A", 0), (2, "B", 0), (3, "C", 0)], {"A": (2, None, 3), "B": (1, 5, 2), "C": (1, None, 1)}, 1,
-        [3, 2, 1], {}, id="three-teams-by-running-then-last-served"),
+        [(1, "A", 0), (2, "B", 0), (3, "C", 0)],
+        {"A": (2, None, 3), "B": (1, 5, 2), "C": (1, None, 1)},
+        1,
+        [3, 2, 1],
+        {},
+        id="three-teams-by-running-then-last-served",
+    ),
     pytest.param([], {}, 1, [], {}, id="nothing-queued"),
 ]
 
@@ -62,8 +101,10 @@ def test_fair_pick_table(queued, loads, named, order, blocked):
     ids = {"A": 1, "B": 2, "C": 3}
     pick = fair_pick(
         queued=[QueuedStage(pk=pk, team_id=ids[team], queued_at=at(minute)) for pk, team, minute in queued],
-        teams={ids[t]: TeamLoad(running=r, limit=limit, last_served=None if served is None else at(served))
-               for t, (r, limit, served) in loads.items()},
+        teams={
+            ids[t]: TeamLoad(running=r, limit=limit, last_served=None if served is None else at(served))
+            for t, (r, limit, served) in loads.items()
+        },
         named=named,
     )
     assert pick.order == order
@@ -72,9 +113,11 @@ def test_fair_pick_table(queued, loads, named, order, blocked):
 
 # --- the claim against the database ----------------------------------------------------------------------
 
+
 @pytest.fixture
 def queue(make_pipeline, django_capture_on_commit_callbacks, sent_stages):
     """queue(pipeline, n) -> the n one-stage runs' stages, queued in that order (wake-ups in sent_stages)."""
+
     def make(pipeline, n: int = 1) -> list[StageRun]:
         stages = []
         for _ in range(n):
@@ -82,6 +125,7 @@ def queue(make_pipeline, django_capture_on_commit_callbacks, sent_stages):
                 run = run_create(pipeline=pipeline, user=pipeline.created_by)
             stages.append(run.stages.get())
         return stages
+
     return make
 
 
@@ -101,7 +145,8 @@ def test_a_wake_up_for_a_busy_teams_stage_claims_the_other_teams_stage(make_pipe
 
 @pytest.mark.django_db
 def test_a_team_at_its_running_stage_limit_waits_and_a_freed_slot_wakes_it(
-        make_pipeline, queue, sent_stages, django_capture_on_commit_callbacks):
+    make_pipeline, queue, sent_stages, django_capture_on_commit_callbacks
+):
     pipeline = make_pipeline(("a", "base"))
     TeamQuota.objects.create(team=pipeline.team, running_stages=1)
     one, two, three = queue(pipeline, 3)
@@ -124,7 +169,8 @@ def test_a_team_at_its_running_stage_limit_waits_and_a_freed_slot_wakes_it(
 
 @pytest.mark.django_db
 def test_a_requeued_stage_frees_its_slot_and_raising_the_limit_wakes_the_queue(
-        make_pipeline, queue, sent_stages, django_capture_on_commit_callbacks):
+    make_pipeline, queue, sent_stages, django_capture_on_commit_callbacks
+):
     pipeline = make_pipeline(("a", "base"))
     team_quota_set(team=pipeline.team, running_stages=1)
     one, two = queue(pipeline, 2)
@@ -145,7 +191,8 @@ def test_a_requeued_stage_frees_its_slot_and_raising_the_limit_wakes_the_queue(
 
 @pytest.mark.django_db
 def test_one_message_per_queued_stage_is_enough_for_every_stage_to_run(
-        make_pipeline, queue, sent_stages, django_capture_on_commit_callbacks):
+    make_pipeline, queue, sent_stages, django_capture_on_commit_callbacks
+):
     """Simulate the broker: the wake-ups sent are the only messages, delivered in order to 3 workers; each
     claimed stage finishes at the next delivery. With limits and two teams, every stage still runs, and no
     reaper re-send is needed."""
@@ -192,6 +239,7 @@ def test_a_late_wake_up_for_a_canceled_run_claims_nothing_when_nothing_is_queued
 
 # --- two workers racing (threads, each with its own connection) --------------------------------------
 
+
 def _in_threads(count: int, target) -> list:
     results: list = [None] * count
     errors: list[BaseException] = []
@@ -221,7 +269,8 @@ def test_racing_workers_never_claim_one_stage_twice(make_pipeline, queue):
     stages = queue(make_pipeline(("a", "base")), 3) + queue(make_pipeline(("b", "base")), 2)
     for _ in range(3):  # rounds: 6 workers race for 5 stages, all naming the same stage
         StageRun.objects.filter(pk__in=[s.pk for s in stages]).update(
-            status=Status.QUEUED, worker="", attempt=0, started_at=None, lease_expires_at=None)
+            status=Status.QUEUED, worker="", attempt=0, started_at=None, lease_expires_at=None
+        )
         claims = _in_threads(6, lambda i: stage_claim(stage_run_id=stages[0].pk, worker=f"w{i}"))
         won = [c.pk for c in claims if c is not None]
         assert sorted(won) == sorted(s.pk for s in stages)  # every stage once, one worker left empty-handed

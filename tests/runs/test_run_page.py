@@ -1,5 +1,6 @@
 """The run page: stage timeline, lineage, config, log tails, thinned charts, constant queries, team scoping,
 and no MLflow address handed to the browser."""
+
 from __future__ import annotations
 
 import json
@@ -31,6 +32,7 @@ def _empty_cache():
     yield
     cache.clear()
 
+
 MLFLOW_UI = "http://mlflow.internal.example:5000"
 
 
@@ -39,6 +41,7 @@ def start(django_capture_on_commit_callbacks, sent_stages):
     def run(pipeline):
         with django_capture_on_commit_callbacks(execute=True):
             return run_create(pipeline=pipeline, user=pipeline.created_by)
+
     return run
 
 
@@ -59,15 +62,21 @@ def finish(stage: StageRun, status: str, capture, **kwargs) -> StageRun:
 
 def chart_json(html: str, testid: str) -> dict:
     """The JSON a chart draws, from the inline <script class="chart-data"> in the element with `testid`."""
-    match = re.search(rf'data-testid="{re.escape(testid)}"[^>]*><script type="application/json" '
-                      rf'class="chart-data">(.*?)</script>', html, re.S)
+    match = re.search(
+        rf'data-testid="{re.escape(testid)}"[^>]*><script type="application/json" '
+        rf'class="chart-data">(.*?)</script>',
+        html,
+        re.S,
+    )
     assert match, f"no chart {testid}"
     return json.loads(match.group(1))
 
 
 def points_per_series(chart: dict) -> dict[str, list[tuple[int, float]]]:
-    return {s["label"]: [(x, v) for x, v in zip(chart["x"], s["values"], strict=True) if v is not None]
-            for s in chart["series"]}
+    return {
+        s["label"]: [(x, v) for x, v in zip(chart["x"], s["values"], strict=True) if v is not None]
+        for s in chart["series"]
+    }
 
 
 def test_timeline_lineage_config_and_log_tails(make_pipeline, start, django_capture_on_commit_callbacks, settings):
@@ -79,8 +88,12 @@ def test_timeline_lineage_config_and_log_tails(make_pipeline, start, django_capt
     stage_claim(stage_run_id=stages["c"].pk, worker="w2")  # a parallel branch
     for name in ("a", "c"):
         stage_update(stage_run_id=stages[name].pk, mlflow_run_id=f"{name * 32}")
-    finish(stages["a"], Status.SUCCEEDED, django_capture_on_commit_callbacks,
-           log_tail="step 1 loss 2.0\nstep 2 loss 1.5\ntraining done")
+    finish(
+        stages["a"],
+        Status.SUCCEEDED,
+        django_capture_on_commit_callbacks,
+        log_tail="step 1 loss 2.0\nstep 2 loss 1.5\ntraining done",
+    )
     run.mlflow_run_id, run.mlflow_experiment_id = "f" * 32, "7"
     run.save()
 
@@ -128,17 +141,26 @@ def test_live_fragment_polls_and_stops_when_the_run_ends(make_pipeline, start, d
     assert final.status_code == 286 and b'data-finished="1"' in final.content
 
 
-def test_a_5000_point_stage_is_thinned_to_1000_points_per_series(make_pipeline, start, monkeypatch,
-                                                                  django_capture_on_commit_callbacks):
+def test_a_5000_point_stage_is_thinned_to_1000_points_per_series(
+    make_pipeline, start, monkeypatch, django_capture_on_commit_callbacks
+):
     pipeline = make_pipeline(("a", "base"), ("b", "a"))
     run = start(pipeline)
     a, b = stages_of(run).values()
     StageRun.objects.filter(pk=a.pk).update(total_steps=5000)
-    stage_metrics_record(stage_run_id=a.pk, points=[
-        (key, step, value, 0.0) for step in range(1, 5001)
-        for key, value in (("train/loss", 10.0 / step), ("train/learning_rate", step * 1e-7),
-                           ("train/grad_norm", 1.0 + (step % 7)))
-    ] + [("eval/loss", step, 5.0 / step, 0.0) for step in range(100, 5001, 100)])
+    stage_metrics_record(
+        stage_run_id=a.pk,
+        points=[
+            (key, step, value, 0.0)
+            for step in range(1, 5001)
+            for key, value in (
+                ("train/loss", 10.0 / step),
+                ("train/learning_rate", step * 1e-7),
+                ("train/grad_norm", 1.0 + (step % 7)),
+            )
+        ]
+        + [("eval/loss", step, 5.0 / step, 0.0) for step in range(100, 5001, 100)],
+    )
     stage_metrics_record(stage_run_id=b.pk, points=[("train/loss", s, 0.5 / s, 0.0) for s in range(1, 11)])
     client = client_for(pipeline.created_by)
 
@@ -180,8 +202,11 @@ def test_index_probes_and_window_functions_pick_the_same_points(make_pipeline, s
     run = start(pipeline)
     a, b = stages_of(run).values()
     StageRun.objects.filter(pk=a.pk).update(total_steps=3000)
-    stage_metrics_record(stage_run_id=a.pk, points=[("train/loss", s, 1.0 / s, 0.0) for s in range(1, 3001)]
-                         + [("eval/loss", s, 2.0 / s, 0.0) for s in range(7, 3001, 97)])
+    stage_metrics_record(
+        stage_run_id=a.pk,
+        points=[("train/loss", s, 1.0 / s, 0.0) for s in range(1, 3001)]
+        + [("eval/loss", s, 2.0 / s, 0.0) for s in range(7, 3001, 97)],
+    )
     stage_metrics_record(stage_run_id=b.pk, points=[("train/loss", s, 0.1 * s, 0.0) for s in range(0, 40, 3)])
     stages = list(run.stages.order_by("index"))
     probed = downsample.stage_series_sampled(stages=stages)
@@ -204,8 +229,12 @@ def _run_with_stages(make_pipeline, start, n: int, capture):
     pipeline = make_pipeline(*[(name, names[i - 1] if i else "base") for i, name in enumerate(names)])
     run = start(pipeline)
     for i, stage in enumerate(run.stages.order_by("index")):
-        stage_metrics_record(stage_run_id=stage.pk, points=[
-            (key, step, 1.0 / step, 0.0) for step in range(1, 40) for key in ("train/loss", "train/learning_rate")])
+        stage_metrics_record(
+            stage_run_id=stage.pk,
+            points=[
+                (key, step, 1.0 / step, 0.0) for step in range(1, 40) for key in ("train/loss", "train/learning_rate")
+            ],
+        )
         if i < n - 1:
             stage_claim(stage_run_id=stage.pk, worker="w")
             finish(stage, Status.SUCCEEDED, capture, log_tail=f"log of {stage.name}")
@@ -220,6 +249,7 @@ def test_the_page_costs_the_same_queries_for_2_and_8_stages(make_pipeline, start
         client.get(f"/runs/{run.number}/")  # sessions and caches warm, as for a user who is watching
         for kind, headers in (("page", {}), ("poll", {"HX-Request": "true", "HX-Target": "run-live"})):
             from django.core.cache import cache
+
             cache.clear()  # nothing cached: the worst case
             with CaptureQueriesContext(connection) as queries:
                 response = client.get(f"/runs/{run.number}/", headers=headers)
@@ -240,16 +270,34 @@ def test_other_teams_get_404_everywhere(make_pipeline, start):
     stranger = UserFactory()
     TeamFactory(members=[stranger])
     client = client_for(stranger)
-    for url in (f"/runs/{run.number}/", f"/runs/{run.number}/metrics.json", f"/runs/{run.number}/artifacts/",
-                f"/runs/{run.number}/artifacts/?stage=a",
-                f"/runs/{run.number}/artifacts/download/?stage=a&path=spec.json"):
+    for url in (
+        f"/runs/{run.number}/",
+        f"/runs/{run.number}/metrics.json",
+        f"/runs/{run.number}/artifacts/",
+        f"/runs/{run.number}/artifacts/?stage=a",
+        f"/runs/{run.number}/artifacts/download/?stage=a&path=spec.json",
+    ):
         assert client.get(url).status_code == 404, url
     owner = client_for(pipeline.created_by)
     assert owner.get(f"/runs/{run.number}/artifacts/download/?stage=nope&path=x").status_code == 404
 
 
-@pytest.mark.parametrize("path", ["..", "../x", "a/../../b", "/etc/passwd", "~/x", "C:/x", "a\\..\\b",
-                                  "%2e%2e/x", "a/%2E%2E/b", "s3://bucket/x", "a\x00b"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "..",
+        "../x",
+        "a/../../b",
+        "/etc/passwd",
+        "~/x",
+        "C:/x",
+        "a\\..\\b",
+        "%2e%2e/x",
+        "a/%2E%2E/b",
+        "s3://bucket/x",
+        "a\x00b",
+    ],
+)
 def test_artifact_paths_that_could_leave_the_stage_are_refused(path):
     with pytest.raises(ArtifactPathError):
         artifact_path_clean(path)
@@ -289,10 +337,18 @@ def test_timeline_spans_wall_time_with_parallel_branches(make_pipeline, start):
     t0 = timezone.now() - timedelta(minutes=10)
     a, b, c = stages_of(run).values()
     a.queued_at, a.started_at, a.finished_at, a.status = t0, t0, t0 + timedelta(minutes=4), Status.SUCCEEDED
-    b.queued_at, b.started_at, b.finished_at, b.status = t0, t0 + timedelta(minutes=1), t0 + timedelta(minutes=6), \
-        Status.SUCCEEDED
-    c.queued_at, c.started_at, c.finished_at, c.status = (t0 + timedelta(minutes=4), t0 + timedelta(minutes=5),
-                                                          t0 + timedelta(minutes=10), Status.FAILED)
+    b.queued_at, b.started_at, b.finished_at, b.status = (
+        t0,
+        t0 + timedelta(minutes=1),
+        t0 + timedelta(minutes=6),
+        Status.SUCCEEDED,
+    )
+    c.queued_at, c.started_at, c.finished_at, c.status = (
+        t0 + timedelta(minutes=4),
+        t0 + timedelta(minutes=5),
+        t0 + timedelta(minutes=10),
+        Status.FAILED,
+    )
     rows = {r["stage"].name: r for r in _timeline([a, b, c], now=t0 + timedelta(minutes=10))["rows"]}
     assert rows["a"]["running"] == {"left": 0.0, "width": 40.0}
     assert rows["b"]["queued"]["width"] == 10.0 and rows["b"]["running"] == {"left": 10.0, "width": 50.0}

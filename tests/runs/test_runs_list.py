@@ -1,5 +1,6 @@
 """The runs list: filters (combinable, in the URL), full-text search on names and notes, sorting by any summary
 metric (RunMetric, refreshed when a stage finishes), pagination, live polling and a constant number of queries."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -24,7 +25,6 @@ from refinery.runs.services import run_create
 from refinery.runs.services.listing import run_summary_refresh
 from refinery.teams.models import Membership
 from refinery.teams.services import membership_add, user_create
-
 from tests.fixtures import ROWS
 
 HX_RESULTS = {"HX-Request": "true", "HX-Target": "run-results"}
@@ -36,28 +36,79 @@ def lab(team, alice, dataset_dir, tiny_model_dir):
     """Two pipelines on two base models and two datasets: "adder" (SFT on sums) and "checker" (SFT on more-sums,
     then an evaluation on it); carol is a member who starts runs too."""
     data = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
-    sums, more = (dataset_version_create(team=team, user=alice, name=name, kind="prompt_completion",
-                                         filename=f"{name}.jsonl", chunks=iter([data])).version.dataset
-                  for name in ("sums", "more-sums"))
-    tiny, tiny_b = (base_model_create(team=team, user=alice, name=name, source="local",
-                                      name_or_path=str(tiny_model_dir)) for name in ("tiny", "tiny-b"))
-    adder = pipeline_create(team=team, user=alice, name="adder", base_model_id=tiny.pk, spec={
-        "seed": 1, "auto_evaluate": False,
-        "stages": [{"name": "a", "method": "sft", "dataset_id": sums.pk, "config": {"max_steps": 2},
-                    "adapter": {"type": "lora"}}]})
-    checker = pipeline_create(team=team, user=alice, name="checker", base_model_id=tiny_b.pk, spec={
-        "seed": 2, "auto_evaluate": False,
-        "stages": [{"name": "a", "method": "sft", "dataset_id": more.pk, "config": {"max_steps": 2},
-                    "adapter": {"type": "lora"}},
-                   {"name": "check", "method": "evaluate", "input": "a", "dataset_id": more.pk}]})
+    sums, more = (
+        dataset_version_create(
+            team=team, user=alice, name=name, kind="prompt_completion", filename=f"{name}.jsonl", chunks=iter([data])
+        ).version.dataset
+        for name in ("sums", "more-sums")
+    )
+    tiny, tiny_b = (
+        base_model_create(team=team, user=alice, name=name, source="local", name_or_path=str(tiny_model_dir))
+        for name in ("tiny", "tiny-b")
+    )
+    adder = pipeline_create(
+        team=team,
+        user=alice,
+        name="adder",
+        base_model_id=tiny.pk,
+        spec={
+            "seed": 1,
+            "auto_evaluate": False,
+            "stages": [
+                {
+                    "name": "a",
+                    "method": "sft",
+                    "dataset_id": sums.pk,
+                    "config": {"max_steps": 2},
+                    "adapter": {"type": "lora"},
+                }
+            ],
+        },
+    )
+    checker = pipeline_create(
+        team=team,
+        user=alice,
+        name="checker",
+        base_model_id=tiny_b.pk,
+        spec={
+            "seed": 2,
+            "auto_evaluate": False,
+            "stages": [
+                {
+                    "name": "a",
+                    "method": "sft",
+                    "dataset_id": more.pk,
+                    "config": {"max_steps": 2},
+                    "adapter": {"type": "lora"},
+                },
+                {"name": "check", "method": "evaluate", "input": "a", "dataset_id": more.pk},
+            ],
+        },
+    )
     carol = user_create(username="carol", password="pw-carol-123")
     membership_add(team=team, user=carol, role=Membership.Role.MEMBER)
-    return {"team": team, "alice": alice, "carol": carol, "sums": sums, "more": more, "tiny": tiny,
-            "tiny_b": tiny_b, "adder": adder, "checker": checker}
+    return {
+        "team": team,
+        "alice": alice,
+        "carol": carol,
+        "sums": sums,
+        "more": more,
+        "tiny": tiny,
+        "tiny_b": tiny_b,
+        "adder": adder,
+        "checker": checker,
+    }
 
 
-def _run(lab, pipeline: str, *, user: str = "alice", name: str = "", status: str = Status.SUCCEEDED,
-         created: dt.datetime | None = None) -> Run:
+def _run(
+    lab,
+    pipeline: str,
+    *,
+    user: str = "alice",
+    name: str = "",
+    status: str = Status.SUCCEEDED,
+    created: dt.datetime | None = None,
+) -> Run:
     run = run_create(pipeline=lab[pipeline], user=lab[user], name=name)
     Run.objects.filter(pk=run.pk).update(status=status, **({"created_at": created} if created else {}))
     StageRun.objects.filter(run=run).update(status=status)
@@ -85,23 +136,51 @@ def _get(client, url: str, headers: dict | None = None) -> str:
 def _clone(run: Run, count: int, *, status: str = Status.SUCCEEDED, tags: int = 2, notes: int = 1) -> list[Run]:
     """`count` more runs like `run` (same snapshot and stages), each with tags, notes and summary metrics."""
     start = Run.objects.filter(team=run.team).aggregate(n=Max("number"))["n"]
-    runs = Run.objects.bulk_create([
-        Run(team=run.team, pipeline=run.pipeline, pipeline_version=run.pipeline_version, number=start + i + 1,
-            name=f"clone {start + i + 1}", status=status, snapshot=run.snapshot, seed=run.seed,
-            code_version=run.code_version, created_by=run.created_by) for i in range(count)])
+    runs = Run.objects.bulk_create(
+        [
+            Run(
+                team=run.team,
+                pipeline=run.pipeline,
+                pipeline_version=run.pipeline_version,
+                number=start + i + 1,
+                name=f"clone {start + i + 1}",
+                status=status,
+                snapshot=run.snapshot,
+                seed=run.seed,
+                code_version=run.code_version,
+                created_by=run.created_by,
+            )
+            for i in range(count)
+        ]
+    )
     stages = list(run.stages.order_by("index"))
-    StageRun.objects.bulk_create([
-        StageRun(run=r, index=s.index, name=s.name, method=s.method, spec=s.spec, status=status,
-                 summary={"train/loss": 1.0 / (r.number + 1)}, total_steps=10, step=5)
-        for r in runs for s in stages])
+    StageRun.objects.bulk_create(
+        [
+            StageRun(
+                run=r,
+                index=s.index,
+                name=s.name,
+                method=s.method,
+                spec=s.spec,
+                status=status,
+                summary={"train/loss": 1.0 / (r.number + 1)},
+                total_steps=10,
+                step=5,
+            )
+            for r in runs
+            for s in stages
+        ]
+    )
     RunTag.objects.bulk_create([RunTag(team=run.team, run=r, name=f"t{i}") for r in runs for i in range(tags)])
     RunNote.objects.bulk_create([RunNote(run=r, body=f"note {i} on {r.name}") for r in runs for i in range(notes)])
-    RunMetric.objects.bulk_create([RunMetric(team=run.team, run=r, key="a/train/loss", value=1.0 / (r.number + 1))
-                                   for r in runs])
+    RunMetric.objects.bulk_create(
+        [RunMetric(team=run.team, run=r, key="a/train/loss", value=1.0 / (r.number + 1)) for r in runs]
+    )
     return runs
 
 
 # --- filters ------------------------------------------------------------------------------------
+
 
 def test_every_filter_narrows_the_list_and_they_combine(browser_client, lab):
     r1 = _run(lab, "adder")
@@ -132,8 +211,10 @@ def test_every_filter_narrows_the_list_and_they_combine(browser_client, lab):
     assert shown(f"from={today - dt.timedelta(days=1)}") == {r1.number, r2.number, r3.number}
     assert shown(f"to={today - dt.timedelta(days=5)}") == {r4.number}
     # Combined: carol's runs of the checker pipeline in the last 20 days on tiny-b.
-    assert shown(f"user={lab['carol'].pk}&pipeline={lab['checker'].pk}&model={lab['tiny_b'].pk}"
-                 f"&from={today - dt.timedelta(days=20)}") == {r4.number}
+    assert shown(
+        f"user={lab['carol'].pk}&pipeline={lab['checker'].pk}&model={lab['tiny_b'].pk}"
+        f"&from={today - dt.timedelta(days=20)}"
+    ) == {r4.number}
     assert shown(f"status=running&tag=baseline&method=evaluate&dataset={lab['more'].pk}") == {r3.number}
     # Nonsense is ignored rather than an error.
     assert shown("status=bogus&pipeline=x&from=yesterday&sort=drop+table&page=-3&per_page=7") == everything
@@ -142,8 +223,9 @@ def test_every_filter_narrows_the_list_and_they_combine(browser_client, lab):
 def test_the_filters_live_in_the_url_and_htmx_swaps_only_the_results(browser_client, lab):
     run = _run(lab, "adder")
     _run(lab, "checker")
-    response = browser_client.get(f"/runs/?status=succeeded&q=&pipeline={lab['adder'].pk}&from=&tag=",
-                                  headers=HX_RESULTS)
+    response = browser_client.get(
+        f"/runs/?status=succeeded&q=&pipeline={lab['adder'].pk}&from=&tag=", headers=HX_RESULTS
+    )
     assert response.status_code == 200
     html = response.content.decode()
     assert 'id="run-filters"' not in html and 'id="run-results"' in html  # the form stays, with the caret
@@ -163,10 +245,16 @@ def test_another_teams_runs_and_ids_never_show(browser_client, lab, bob, tiny_mo
     bob_team = bob.teams.get()
     model = base_model_create(team=bob_team, user=bob, name="bobs", source="local", name_or_path=str(tiny_model_dir))
     data = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
-    ds = dataset_version_create(team=bob_team, user=bob, name="bobdata", kind="prompt_completion",
-                                filename="b.jsonl", chunks=iter([data])).version.dataset
-    theirs = pipeline_create(team=bob_team, user=bob, name="secret-pipeline", base_model_id=model.pk, spec={
-        "stages": [{"name": "a", "method": "sft", "dataset_id": ds.pk, "adapter": {"type": "lora"}}]})
+    ds = dataset_version_create(
+        team=bob_team, user=bob, name="bobdata", kind="prompt_completion", filename="b.jsonl", chunks=iter([data])
+    ).version.dataset
+    theirs = pipeline_create(
+        team=bob_team,
+        user=bob,
+        name="secret-pipeline",
+        base_model_id=model.pk,
+        spec={"stages": [{"name": "a", "method": "sft", "dataset_id": ds.pk, "adapter": {"type": "lora"}}]},
+    )
     other = run_create(pipeline=theirs, user=bob, name="secret-run")
     RunNote.objects.create(run=other, author=bob, body="adder secret")
     RunTag.objects.create(team=bob_team, run=other, name="bobtag")
@@ -181,12 +269,14 @@ def test_another_teams_runs_and_ids_never_show(browser_client, lab, bob, tiny_mo
 
 # --- search -------------------------------------------------------------------------------------
 
+
 def test_search_finds_names_and_notes_by_word_prefix_and_numbers(browser_client, lab):
     ablation = _run(lab, "adder", name="lora-rank ablation")
     noisy = _run(lab, "adder", name="baseline")
     _run(lab, "checker", name="checker nightly")
-    RunNote.objects.create(run=noisy, author=lab["alice"], body="The loss diverged after the warmup; retry with a "
-                                                                  "lower learning rate.")
+    RunNote.objects.create(
+        run=noisy, author=lab["alice"], body="The loss diverged after the warmup; retry with a lower learning rate."
+    )
     RunNote.objects.create(run=ablation, author=lab["alice"], body="Rank 16 is enough.")
 
     def found(q: str) -> set[int]:
@@ -207,6 +297,7 @@ def test_search_finds_names_and_notes_by_word_prefix_and_numbers(browser_client,
 
 # --- sorting by summary metrics -----------------------------------------------------------------
 
+
 def test_stage_summaries_become_sortable_run_metrics(browser_client, lab):
     runs = [_run(lab, "checker", name=f"c{i}") for i in range(4)]
     losses = [0.5, 0.2, None, 0.9]
@@ -219,7 +310,11 @@ def test_stage_summaries_become_sortable_run_metrics(browser_client, lab):
             summaries["check"] = {"metrics": {"eval/loss": 1 - gain}, "target": {"gain": gain, "metric": "eval/loss"}}
         _finish(run, **summaries)
     assert dict(RunMetric.objects.filter(run=runs[0]).values_list("key", "value")) == {
-        "a/train/loss": 0.5, "a/train/runtime": 3.0, "check/eval/loss": 0.9, "check/gain": 0.1}
+        "a/train/loss": 0.5,
+        "a/train/runtime": 3.0,
+        "check/eval/loss": 0.9,
+        "check/gain": 0.1,
+    }
 
     def order(query: str) -> list[int]:
         return _numbers(_get(browser_client, f"/runs/?{query}"))
@@ -245,16 +340,21 @@ def test_the_migration_backfills_metrics_of_existing_runs(lab):
     run = _run(lab, "checker")
     StageRun.objects.filter(run=run, name="a").update(summary={"train/loss": 0.25, "flag": True})
     StageRun.objects.filter(run=run, name="check").update(
-        summary={"metrics": {"eval/accuracy": 0.75}, "retention": {"forgetting": 0.01}})
+        summary={"metrics": {"eval/accuracy": 0.75}, "retention": {"forgetting": 0.01}}
+    )
     RunMetric.objects.all().delete()
     migration = importlib.import_module("refinery.runs.migrations.0005_notes_tags_metrics")
     migration.backfill_run_metrics(apps, None)
     assert dict(RunMetric.objects.filter(run=run).values_list("key", "value")) == {
-        "a/train/loss": 0.25, "check/eval/accuracy": 0.75, "check/forgetting": 0.01}
+        "a/train/loss": 0.25,
+        "check/eval/accuracy": 0.75,
+        "check/forgetting": 0.01,
+    }
     assert RunMetric.objects.get(key="a/train/loss").team_id == lab["team"].pk
 
 
 # --- pages, polling, queries --------------------------------------------------------------------
+
 
 def test_pages_are_numbered_and_a_page_past_the_end_shows_the_last(browser_client, lab):
     first = _run(lab, "adder")
@@ -274,7 +374,7 @@ def test_rows_poll_while_a_run_on_the_page_is_active_with_the_same_filters(brows
     _run(lab, "checker")
     html = _get(browser_client, f"/runs/?pipeline={lab['adder'].pk}&sort=number")
     tbody = re.search(r'<tbody id="run-rows"[^>]*>', html)[0]
-    assert f'hx-get="/runs/?pipeline={lab["adder"].pk}&amp;sort=number"' in tbody and 'every 2s' in tbody
+    assert f'hx-get="/runs/?pipeline={lab["adder"].pk}&amp;sort=number"' in tbody and "every 2s" in tbody
     rows = browser_client.get(f"/runs/?pipeline={lab['adder'].pk}&sort=number", headers=HX_ROWS)
     assert rows.status_code == 200 and _numbers(rows.content.decode()) == [running.number]
     assert 'id="run-filters"' not in rows.content.decode() and "<thead>" not in rows.content.decode()
@@ -295,17 +395,20 @@ def test_the_live_train_loss_column_still_shows_the_last_logged_point(browser_cl
     assert "0.625" in row
 
 
-QUERIES = ["", "?status=succeeded&tag=t1&q=clone", "?metric=a/train/loss&sort=metric", "?sort=name&page=2&per_page=25",
-           "?method=evaluate&dataset={more}&model={tiny_b}&user={alice}&from=2000-01-01"]
+QUERIES = [
+    "",
+    "?status=succeeded&tag=t1&q=clone",
+    "?metric=a/train/loss&sort=metric",
+    "?sort=name&page=2&per_page=25",
+    "?method=evaluate&dataset={more}&model={tiny_b}&user={alice}&from=2000-01-01",
+]
 
 
 @pytest.mark.parametrize("headers", [{}, HX_RESULTS, HX_ROWS], ids=["page", "results", "rows"])
-def test_a_page_costs_the_same_queries_for_5_or_50_runs(browser_client, lab, headers,
-                                                        django_assert_max_num_queries):
+def test_a_page_costs_the_same_queries_for_5_or_50_runs(browser_client, lab, headers, django_assert_max_num_queries):
     seed = _run(lab, "checker")
     _clone(seed, 4)
-    urls = ["/runs/" + q.format(more=lab["more"].pk, tiny_b=lab["tiny_b"].pk, alice=lab["alice"].pk)
-            for q in QUERIES]
+    urls = ["/runs/" + q.format(more=lab["more"].pk, tiny_b=lab["tiny_b"].pk, alice=lab["alice"].pk) for q in QUERIES]
     small = {}
     for url in urls:
         with CaptureQueriesContext(connection) as queries:
@@ -325,11 +428,14 @@ def test_a_page_costs_the_same_queries_for_5_or_50_runs(browser_client, lab, hea
 def test_filters_round_trip_through_the_url():
     from django.http import QueryDict
 
-    query = QueryDict("q=lora++rank&status=running&pipeline=3&tag=Paper&tag=x&from=2026-01-02&metric=a/gain"
-                      "&sort=-metric&page=2&per_page=100&junk=1")
+    query = QueryDict(
+        "q=lora++rank&status=running&pipeline=3&tag=Paper&tag=x&from=2026-01-02&metric=a/gain"
+        "&sort=-metric&page=2&per_page=100&junk=1"
+    )
     filters = RunFilters.from_query(query)
     assert filters.q == "lora rank" and filters.tag == ("paper", "x") and filters.date_from == dt.date(2026, 1, 2)
     assert RunFilters.from_query(QueryDict(filters.url()[1:])) == filters
-    assert filters.url(page=1, tag=()) == ("?q=lora+rank&status=running&pipeline=3&from=2026-01-02&metric=a%2Fgain"
-                                           "&sort=-metric&per_page=100")
+    assert filters.url(page=1, tag=()) == (
+        "?q=lora+rank&status=running&pipeline=3&from=2026-01-02&metric=a%2Fgain&sort=-metric&per_page=100"
+    )
     assert RunFilters().url() == "?" and not RunFilters().filtered

@@ -1,4 +1,5 @@
 """The run/stage state machine: creation, advancing, failure, cancel, the reaper, duplicate deliveries."""
+
 from __future__ import annotations
 
 import threading
@@ -21,9 +22,11 @@ from refinery.runs.services import (
 @pytest.fixture
 def start(django_capture_on_commit_callbacks, sent_stages):
     """start(pipeline) -> Run, with the after-commit wake-ups executed (and recorded in sent_stages)."""
+
     def run(pipeline, **kwargs) -> Run:
         with django_capture_on_commit_callbacks(execute=True):
             return run_create(pipeline=pipeline, user=pipeline.created_by, **kwargs)
+
     return run
 
 
@@ -41,6 +44,7 @@ def expire_lease(stage: StageRun) -> None:
 
 
 # --- guarded transitions ---------------------------------------------------------------------
+
 
 @pytest.mark.django_db
 def test_illegal_transitions_are_refused(make_pipeline, start):
@@ -70,6 +74,7 @@ def test_illegal_transitions_are_refused(make_pipeline, start):
 
 # --- creation and advancing ------------------------------------------------------------------
 
+
 @pytest.mark.django_db
 def test_run_create_snapshots_everything_and_queues_only_the_first_stage(make_pipeline, start, sent_stages):
     pipeline = make_pipeline(("a", "base"), ("b", "a"))
@@ -86,7 +91,10 @@ def test_run_create_snapshots_everything_and_queues_only_the_first_stage(make_pi
     assert snap["code_version"] == run.code_version
     train = snap["stages"][0]["train_data"]
     assert (train["sha256"], train["version"], train["storage_path"]) == (
-        version.sha256, version.version, version.storage_path)
+        version.sha256,
+        version.version,
+        version.storage_path,
+    )
     # Configs are frozen resolved: defaults the pipeline never named are in the snapshot.
     assert snap["stages"][0]["config"]["max_steps"] == 2
     assert "learning_rate" in snap["stages"][0]["config"]
@@ -103,8 +111,9 @@ def test_run_create_snapshots_everything_and_queues_only_the_first_stage(make_pi
 
 
 @pytest.mark.django_db
-def test_stage_finish_advances_to_the_next_stage_and_ends_the_run(make_pipeline, start, sent_stages,
-                                                                   django_capture_on_commit_callbacks):
+def test_stage_finish_advances_to_the_next_stage_and_ends_the_run(
+    make_pipeline, start, sent_stages, django_capture_on_commit_callbacks
+):
     run = start(make_pipeline(("a", "base"), ("b", "a")))
     a, b = stages_of(run).values()
 
@@ -113,8 +122,13 @@ def test_stage_finish_advances_to_the_next_stage_and_ends_the_run(make_pipeline,
     run.refresh_from_db()
     assert run.status == Status.RUNNING and run.started_at
 
-    finish(a, Status.SUCCEEDED, django_capture_on_commit_callbacks,
-           outputs={"kind": "model", "artifact_path": "model", "mlflow_run_id": "x"}, summary={"train/loss": 0.5})
+    finish(
+        a,
+        Status.SUCCEEDED,
+        django_capture_on_commit_callbacks,
+        outputs={"kind": "model", "artifact_path": "model", "mlflow_run_id": "x"},
+        summary={"train/loss": 0.5},
+    )
     b.refresh_from_db()
     assert b.status == Status.QUEUED and sent_stages == [a.pk, b.pk]
     run.refresh_from_db()
@@ -129,7 +143,8 @@ def test_stage_finish_advances_to_the_next_stage_and_ends_the_run(make_pipeline,
 
 @pytest.mark.django_db
 def test_failure_cancels_dependents_and_the_run_fails_once_other_branches_end(
-        make_pipeline, start, sent_stages, django_capture_on_commit_callbacks):
+    make_pipeline, start, sent_stages, django_capture_on_commit_callbacks
+):
     # a -> b -> c, and d on its own branch
     run = start(make_pipeline(("a", "base"), ("b", "a"), ("c", "b"), ("d", "base")))
     s = stages_of(run)
@@ -154,9 +169,11 @@ def test_failure_cancels_dependents_and_the_run_fails_once_other_branches_end(
 
 # --- cancel ----------------------------------------------------------------------------------
 
+
 @pytest.mark.django_db
 def test_cancel_ends_waiting_stages_at_once_and_asks_the_running_one_to_stop(
-        make_pipeline, start, django_capture_on_commit_callbacks):
+    make_pipeline, start, django_capture_on_commit_callbacks
+):
     run = start(make_pipeline(("a", "base"), ("b", "a"), ("c", "base")))
     s = stages_of(run)
     stage_claim(stage_run_id=s["a"].pk, worker="w1")  # a running, b pending, c queued
@@ -190,9 +207,11 @@ def test_cancel_of_a_queued_run_finishes_it_immediately(make_pipeline, start):
 
 # --- reaper ----------------------------------------------------------------------------------
 
+
 @pytest.mark.django_db
 def test_reaper_requeues_an_expired_lease_with_the_next_attempt_then_gives_up(
-        make_pipeline, start, sent_stages, django_capture_on_commit_callbacks):
+    make_pipeline, start, sent_stages, django_capture_on_commit_callbacks
+):
     run = start(make_pipeline(("a", "base"), ("b", "a")))
     a, b = stages_of(run).values()
     StageRun.objects.filter(pk=a.pk).update(max_attempts=2)
@@ -240,6 +259,7 @@ def test_reaper_finishes_a_lost_stage_that_was_being_canceled(make_pipeline, sta
 
 
 # --- concurrency -----------------------------------------------------------------------------
+
 
 def _in_threads(count: int, target) -> list:
     """Run target(i) in `count` threads released together; return their results (or raise theirs)."""

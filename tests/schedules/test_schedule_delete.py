@@ -1,5 +1,6 @@
 """Deleting a schedule: the service (its ticks go, the runs it started stay and keep saying which schedule and
 window started them), the Delete button on the schedule page and DELETE /api/v1/schedules/{id}."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
@@ -21,15 +22,35 @@ T0 = datetime(2026, 12, 5, 1, 0, tzinfo=UTC)  # 02:00 in Paris
 @pytest.fixture
 def pipeline(team, alice):
     version = DatasetVersionFactory(dataset__team=team, dataset__name="sums")
-    return PipelineFactory(team=team, name="sft-pipe", created_by=alice, stages=[
-        {"name": "sft", "method": "sft", "config": {"max_steps": 2}, "adapter": {"type": "none"},
-         "dataset_id": version.dataset_id, "input": "base"}])
+    return PipelineFactory(
+        team=team,
+        name="sft-pipe",
+        created_by=alice,
+        stages=[
+            {
+                "name": "sft",
+                "method": "sft",
+                "config": {"max_steps": 2},
+                "adapter": {"type": "none"},
+                "dataset_id": version.dataset_id,
+                "input": "base",
+            }
+        ],
+    )
 
 
 @pytest.fixture
 def schedule(pipeline, alice):
-    schedule = schedule_create(team=pipeline.team, user=alice, name="nightly-sft", pipeline_id=pipeline.pk,
-                               trigger="cron", cron="0 2 * * *", timezone="Europe/Paris", overlap="queue")
+    schedule = schedule_create(
+        team=pipeline.team,
+        user=alice,
+        name="nightly-sft",
+        pipeline_id=pipeline.pk,
+        trigger="cron",
+        cron="0 2 * * *",
+        timezone="Europe/Paris",
+        overlap="queue",
+    )
     Schedule.objects.filter(pk=schedule.pk).update(created_at=T0 - timedelta(hours=1))
     schedule.refresh_from_db()
     return schedule
@@ -42,8 +63,7 @@ def history(schedule, alice, sent_stages) -> dict:
     fired = schedule_tick_all(T0 + timedelta(seconds=5))[0]
     queued = schedule_tick_all(T0 + timedelta(days=1, seconds=5))[0]
     manual = schedule_run_now(schedule=schedule, user=alice)
-    assert (fired.outcome, queued.outcome, manual.outcome) == (TickOutcome.FIRED, TickOutcome.QUEUED,
-                                                              TickOutcome.FIRED)
+    assert (fired.outcome, queued.outcome, manual.outcome) == (TickOutcome.FIRED, TickOutcome.QUEUED, TickOutcome.FIRED)
     return {"fired": fired.run, "manual": manual.run, "manual_label": manual.window_label}
 
 
@@ -74,12 +94,25 @@ class TestService:
 
         # Nothing fires any more for it, and a new schedule may take its name.
         assert schedule_tick_all(T0 + timedelta(days=3)) == []
-        schedule_create(team=team, user=alice, name="nightly-sft", pipeline_id=schedule.pipeline_id,
-                        trigger="interval", interval_seconds=60, paused=True)
+        schedule_create(
+            team=team,
+            user=alice,
+            name="nightly-sft",
+            pipeline_id=schedule.pipeline_id,
+            trigger="interval",
+            interval_seconds=60,
+            paused=True,
+        )
 
     def test_a_schedule_that_never_fired_goes_without_touching_any_run(self, schedule, alice, team, sent_stages):
-        other = schedule_create(team=team, user=alice, name="other", pipeline_id=schedule.pipeline_id,
-                                trigger="interval", interval_seconds=60)
+        other = schedule_create(
+            team=team,
+            user=alice,
+            name="other",
+            pipeline_id=schedule.pipeline_id,
+            trigger="interval",
+            interval_seconds=60,
+        )
         kept = schedule_run_now(schedule=other, user=alice).run
         assert schedule_delete(schedule=schedule, user=alice) == 0
         kept.refresh_from_db()
@@ -104,8 +137,10 @@ class TestPage:
 
         fired = history["fired"]
         run_page = browser_client.get(f"/runs/{fired.number}/").content.decode()
-        assert ("Started by schedule nightly-sft, window 2026-12-05 02:00 Europe/Paris (the schedule has since "
-                "been deleted).") in run_page
+        assert (
+            "Started by schedule nightly-sft, window 2026-12-05 02:00 Europe/Paris (the schedule has since "
+            "been deleted)."
+        ) in run_page
         manual_page = browser_client.get(f"/runs/{history['manual'].number}/").content.decode()
         assert f"window {history['manual_label']} (run now) (the schedule has since been deleted)" in manual_page
         listing = browser_client.get("/runs/").content.decode()

@@ -1,4 +1,5 @@
 """Schedule pages and /api/v1/schedules: create, edit, buttons, tick history, team scoping."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,23 +17,56 @@ from tests.fixtures import ApiClient
 def pipeline(team, alice):
     first = DatasetVersionFactory(dataset__team=team, dataset__name="sums")
     DatasetVersionFactory(dataset=first.dataset)
-    return PipelineFactory(team=team, name="sft-pipe", created_by=alice, stages=[
-        {"name": "sft", "method": "sft", "config": {"max_steps": 2}, "adapter": {"type": "none"},
-         "dataset_id": first.dataset_id, "input": "base"}])
+    return PipelineFactory(
+        team=team,
+        name="sft-pipe",
+        created_by=alice,
+        stages=[
+            {
+                "name": "sft",
+                "method": "sft",
+                "config": {"max_steps": 2},
+                "adapter": {"type": "none"},
+                "dataset_id": first.dataset_id,
+                "input": "base",
+            }
+        ],
+    )
 
 
 @pytest.fixture
 def schedule(pipeline, alice):
-    return schedule_create(team=pipeline.team, user=alice, name="nightly-sft", pipeline_id=pipeline.pk,
-                           trigger="cron", cron="0 2 * * *", timezone="Europe/Paris")
+    return schedule_create(
+        team=pipeline.team,
+        user=alice,
+        name="nightly-sft",
+        pipeline_id=pipeline.pk,
+        trigger="cron",
+        cron="0 2 * * *",
+        timezone="Europe/Paris",
+    )
 
 
 def form(pipeline, **changes) -> dict:
     dataset = pipeline.team.datasets.get()
-    data = {"pipeline": pipeline.pk, "name": "nightly-sft", "version": "1", "trigger": "cron", "cron": "0 2 * * *",
-            "timezone": "Europe/Paris", "interval_seconds": "", "debounce_seconds": "60", "start_at": "",
-            "end_at": "", "max_runs": "", "overlap": "queue", "catch_up": "latest", "catch_up_limit": "10",
-            "failure_limit": "3", f"binding_{dataset.pk}": str(dataset.versions.get(version=1).pk)}
+    data = {
+        "pipeline": pipeline.pk,
+        "name": "nightly-sft",
+        "version": "1",
+        "trigger": "cron",
+        "cron": "0 2 * * *",
+        "timezone": "Europe/Paris",
+        "interval_seconds": "",
+        "debounce_seconds": "60",
+        "start_at": "",
+        "end_at": "",
+        "max_runs": "",
+        "overlap": "queue",
+        "catch_up": "latest",
+        "catch_up_limit": "10",
+        "failure_limit": "3",
+        f"binding_{dataset.pk}": str(dataset.versions.get(version=1).pk),
+    }
     data.update(changes)
     return data
 
@@ -88,23 +122,27 @@ class TestPages:
     def test_start_and_end_are_read_and_shown_in_the_schedules_time_zone(self, browser_client, pipeline):
         from datetime import UTC, datetime
 
-        response = browser_client.post("/schedules/new/", form(pipeline, start_at="2026-12-05T02:00",
-                                                               end_at="2027-01-01T00:00"))
+        response = browser_client.post(
+            "/schedules/new/", form(pipeline, start_at="2026-12-05T02:00", end_at="2027-01-01T00:00")
+        )
         assert response.status_code == 302  # version "1" of a pipeline whose version row was never written yet
         schedule = Schedule.objects.get()
         assert schedule.start_at == datetime(2026, 12, 5, 1, 0, tzinfo=UTC)  # 02:00 in Paris is 01:00 UTC
         page = browser_client.get(f"/schedules/{schedule.pk}/edit/").content.decode()
         assert 'value="2026-12-05T02:00"' in page and 'value="2027-01-01T00:00"' in page
-        browser_client.post(f"/schedules/{schedule.pk}/edit/", form(pipeline, start_at="2026-12-05T02:00",
-                                                                     end_at="2027-01-01T00:00"))
+        browser_client.post(
+            f"/schedules/{schedule.pk}/edit/", form(pipeline, start_at="2026-12-05T02:00", end_at="2027-01-01T00:00")
+        )
         schedule.refresh_from_db()
         assert schedule.start_at == datetime(2026, 12, 5, 1, 0, tzinfo=UTC)  # saving it again moves nothing
 
     def test_edit(self, browser_client, schedule, pipeline):
         page = browser_client.get(f"/schedules/{schedule.pk}/edit/").content.decode()
         assert 'value="0 2 * * *"' in page and 'value="Europe/Paris"' in page
-        response = browser_client.post(f"/schedules/{schedule.pk}/edit/",
-                                       form(pipeline, name="hourly", trigger="interval", interval_seconds="3600"))
+        response = browser_client.post(
+            f"/schedules/{schedule.pk}/edit/",
+            form(pipeline, name="hourly", trigger="interval", interval_seconds="3600"),
+        )
         assert response.status_code == 302
         schedule.refresh_from_db()
         assert (schedule.name, schedule.trigger, schedule.interval_seconds) == ("hourly", "interval", 3600)
@@ -129,8 +167,15 @@ class TestPages:
 class TestApi:
     def test_create_get_edit_pause_resume_run_now_ticks(self, api, pipeline, sent_stages):
         dataset = pipeline.team.datasets.get()
-        body = {"name": "nightly", "pipeline_id": pipeline.pk, "trigger": "cron", "cron": "30 2 * * *",
-                "timezone": "Europe/Paris", "overlap": "replace", "bindings": {str(dataset.pk): "latest"}}
+        body = {
+            "name": "nightly",
+            "pipeline_id": pipeline.pk,
+            "trigger": "cron",
+            "cron": "30 2 * * *",
+            "timezone": "Europe/Paris",
+            "overlap": "replace",
+            "bindings": {str(dataset.pk): "latest"},
+        }
         created = api.post("/api/v1/schedules", body)
         assert created.status_code == 201, created.content
         out = created.json()
@@ -150,8 +195,9 @@ class TestApi:
         assert ticks[0]["window_local"].endswith("Europe/Paris")
 
     def test_bad_input_names_the_field(self, api, pipeline):
-        response = api.post("/api/v1/schedules", {"name": "x", "pipeline_id": pipeline.pk, "trigger": "cron",
-                                                  "cron": "every night"})
+        response = api.post(
+            "/api/v1/schedules", {"name": "x", "pipeline_id": pipeline.pk, "trigger": "cron", "cron": "every night"}
+        )
         assert response.status_code == 400 and "cron" in response.json()["errors"]
         response = api.post("/api/v1/schedules", {"name": "x", "pipeline_id": pipeline.pk, "trigger": "interval"})
         assert response.json()["errors"] == {"interval_seconds": "required"}

@@ -1,4 +1,5 @@
 """Schedule services: one run per window, overlap policies, auto-pause, dataset trigger, bindings."""
+
 from __future__ import annotations
 
 import threading
@@ -28,8 +29,13 @@ T0 = datetime(2036, 12, 5, 1, 0, tzinfo=UTC)
 
 
 def make_schedule(pipeline, *, created_at=T0, **fields) -> Schedule:
-    fields = {"name": "nightly-sft", "pipeline_id": pipeline.pk, "trigger": "interval", "interval_seconds": 60,
-              **fields}
+    fields = {
+        "name": "nightly-sft",
+        "pipeline_id": pipeline.pk,
+        "trigger": "interval",
+        "interval_seconds": 60,
+        **fields,
+    }
     schedule = schedule_create(team=pipeline.team, user=pipeline.created_by, **fields)
     Schedule.objects.filter(pk=schedule.pk).update(created_at=created_at)
     schedule.refresh_from_db()
@@ -100,8 +106,9 @@ class TestFiring:
 
     def test_catch_up_after_a_stopped_beat(self, make_pipeline, sent_stages):
         latest = make_schedule(make_pipeline(("a", "base")), name="latest")
-        every = make_schedule(make_pipeline(("a", "base")), name="every", catch_up="all", catch_up_limit=3,
-                              overlap="replace")
+        every = make_schedule(
+            make_pipeline(("a", "base")), name="every", catch_up="all", catch_up_limit=3, overlap="replace"
+        )
         ticks = schedule_tick_all(T0 + timedelta(minutes=5, seconds=1))
         assert [t.window for t in ticks if t.schedule_id == latest.pk] == [T0 + timedelta(minutes=5)]
         assert [t.window for t in ticks if t.schedule_id == every.pk] == [T0 + timedelta(minutes=m) for m in (3, 4, 5)]
@@ -179,8 +186,9 @@ def test_auto_pause_after_n_failed_runs_in_a_row(make_pipeline, sent_stages, mon
     assert schedule_tick_all(T0 + timedelta(minutes=4)) == []
     schedule.refresh_from_db()
     assert schedule.paused
-    assert schedule.paused_reason == (f"paused itself after 2 failed runs in a row "
-                                      f"(run #{c.run.number}, run #{d.run.number})")
+    assert schedule.paused_reason == (
+        f"paused itself after 2 failed runs in a row (run #{c.run.number}, run #{d.run.number})"
+    )
     assert schedule.team.audit_events.filter(action="schedule.auto_paused").exists()
     from refinery.notifications.models import NotificationEvent
 
@@ -229,8 +237,14 @@ class TestDatasetTrigger:
         schedule = make_schedule(pipeline, trigger="dataset", debounce_seconds=30, created_at=timezone.now())
         for n in (1, 2):
             rows = "".join(json.dumps({"prompt": f"{i}+{n}=", "completion": str(i + n)}) + "\n" for i in range(5))
-            dataset_version_create(team=pipeline.team, user=pipeline.created_by, name=dataset.name,
-                                   kind=dataset.kind, filename="more.jsonl", chunks=[rows.encode()])
+            dataset_version_create(
+                team=pipeline.team,
+                user=pipeline.created_by,
+                name=dataset.name,
+                kind=dataset.kind,
+                filename="more.jsonl",
+                chunks=[rows.encode()],
+            )
         newest = dataset.latest_version
         assert newest.version == 3
         assert schedule_tick_all(timezone.now()) == []  # inside the debounce
@@ -245,7 +259,7 @@ class TestDatasetTrigger:
         dataset = pipeline.team.datasets.get()
         old = dataset.versions.get()
         DatasetVersionFactory(dataset=dataset)
-        with pytest.raises(ScheduleError, match="bound to \"latest\""):
+        with pytest.raises(ScheduleError, match='bound to "latest"'):
             make_schedule(pipeline, trigger="dataset", bindings={str(dataset.pk): old.pk})
         schedule = make_schedule(pipeline, bindings={str(dataset.pk): old.pk})
         [tick] = schedule_tick_all(T0)
@@ -283,8 +297,15 @@ class TestValidation:
     def test_update_changes_fields_and_audits(self, make_pipeline):
         pipeline = make_pipeline(("a", "base"))
         schedule = make_schedule(pipeline)
-        schedule_update(schedule=schedule, user=pipeline.created_by, name="weekly", pipeline_id=pipeline.pk,
-                        trigger="cron", cron="0  2 * * 1", timezone="Europe/Paris")
+        schedule_update(
+            schedule=schedule,
+            user=pipeline.created_by,
+            name="weekly",
+            pipeline_id=pipeline.pk,
+            trigger="cron",
+            cron="0  2 * * 1",
+            timezone="Europe/Paris",
+        )
         schedule.refresh_from_db()
         assert (schedule.name, schedule.cron, schedule.interval_seconds) == ("weekly", "0 2 * * 1", None)
         event = pipeline.team.audit_events.get(action="schedule.updated")
@@ -295,8 +316,10 @@ class TestValidation:
 def test_two_concurrent_passes_fire_each_window_once(make_pipeline, sent_stages):
     """Two beats (threads with their own PostgreSQL connections) pass over the same windows at once."""
     assert connection.vendor == "postgresql"
-    schedules = [make_schedule(make_pipeline(("a", "base")), name=f"s{i}", catch_up="all", catch_up_limit=5,
-                               overlap="replace") for i in range(3)]
+    schedules = [
+        make_schedule(make_pipeline(("a", "base")), name=f"s{i}", catch_up="all", catch_up_limit=5, overlap="replace")
+        for i in range(3)
+    ]
     now = T0 + timedelta(minutes=4, seconds=1)
     barrier, errors, results = threading.Barrier(2), [], []
 

@@ -13,6 +13,7 @@ The database is `transactional_db`: the team's rows are committed and each reque
 production: requests reach the app through its WSGI handler, with Django's own request signals (the test
 client would switch off its end-of-request connection handling).
 """
+
 from __future__ import annotations
 
 import io
@@ -64,10 +65,19 @@ def _build_team() -> FuzzTeam:
     membership_add(team=team, user=member, role=Membership.Role.MEMBER)
     version = DatasetVersionFactory(dataset__team=team)
     base_model = BaseModelFactory(team=team)
-    spec = {"seed": 5, "auto_evaluate": False, "stages": [
-        {"name": "sft", "method": "sft", "dataset_id": version.dataset_id, "config": {"max_steps": 2},
-         "adapter": {"type": "lora"}},
-    ]}
+    spec = {
+        "seed": 5,
+        "auto_evaluate": False,
+        "stages": [
+            {
+                "name": "sft",
+                "method": "sft",
+                "dataset_id": version.dataset_id,
+                "config": {"max_steps": 2},
+                "adapter": {"type": "lora"},
+            },
+        ],
+    }
     pipeline = pipeline_create(team=team, user=owner, name="fuzzed", base_model_id=base_model.pk, spec=spec)
     run = run_create(pipeline=pipeline, user=owner)
     # The owner fuzzes, so that team administration is reached beyond its 403; path ids name objects other
@@ -78,18 +88,37 @@ def _build_team() -> FuzzTeam:
     team_secret_set(team=team, user=owner, name="hf_token", value="hf_FuzzTokenValue0123456")
     endpoint, _ = endpoint_create(team=team, user=owner, url="http://127.0.0.1:9/fuzz-hook")
     delivery = notify(team=team, kind=EventKind.RUN_FAILED, payload={}).deliveries.get()
-    schedule = schedule_create(team=team, user=owner, name="fuzzed-nightly", pipeline_id=pipeline.pk,
-                               trigger="interval", interval_seconds=86400, paused=True)
+    schedule = schedule_create(
+        team=team,
+        user=owner,
+        name="fuzzed-nightly",
+        pipeline_id=pipeline.pk,
+        trigger="interval",
+        interval_seconds=86400,
+        paused=True,
+    )
     gate = gate_decision_make(run)  # awaiting approval, its model gone: approving is refused with a 400
     model = _registered_model(team, owner, run)
-    return FuzzTeam(token=token, path_ids={"dataset_id": version.dataset_id, "pipeline_id": pipeline.pk,
-                                           "number": run.number, "user_id": member.pk,
-                                           "invitation_id": invitation.pk, "token_id": spare_token.pk,
-                                           "name": "hf_token", "webhook_id": endpoint.pk,
-                                           "delivery_id": delivery.pk, "schedule_id": schedule.pk,
-                                           "gate_id": gate.pk, "model_name": model.name, "alias": "production",
-                                           "version": 1},
-                    base_model_id=base_model.pk)
+    return FuzzTeam(
+        token=token,
+        path_ids={
+            "dataset_id": version.dataset_id,
+            "pipeline_id": pipeline.pk,
+            "number": run.number,
+            "user_id": member.pk,
+            "invitation_id": invitation.pk,
+            "token_id": spare_token.pk,
+            "name": "hf_token",
+            "webhook_id": endpoint.pk,
+            "delivery_id": delivery.pk,
+            "schedule_id": schedule.pk,
+            "gate_id": gate.pk,
+            "model_name": model.name,
+            "alias": "production",
+            "version": 1,
+        },
+        base_model_id=base_model.pk,
+    )
 
 
 def _registered_model(team, owner, run):
@@ -98,16 +127,27 @@ def _registered_model(team, owner, run):
     from refinery.registry.models import AliasEvent, ModelAlias, ModelVersion, RegisteredModel
 
     stage = run.stages.get(name="sft")
-    model = RegisteredModel.objects.create(team=team, name="fuzzed-model", mlflow_name=f"test.team-{team.pk}.fuzzed",
-                                           created_by=owner)
+    model = RegisteredModel.objects.create(
+        team=team, name="fuzzed-model", mlflow_name=f"test.team-{team.pk}.fuzzed", created_by=owner
+    )
     for number in (1, 2):
-        version = ModelVersion.objects.create(registered_model=model, version=number, stage_run=stage, run=run,
-                                              mlflow_run_id="0" * 32, artifact_path="adapter", kind="adapter",
-                                              promoted_by=owner, metrics={"headline": []}, lineage={"stage": "sft"})
+        version = ModelVersion.objects.create(
+            registered_model=model,
+            version=number,
+            stage_run=stage,
+            run=run,
+            mlflow_run_id="0" * 32,
+            artifact_path="adapter",
+            kind="adapter",
+            promoted_by=owner,
+            metrics={"headline": []},
+            lineage={"stage": "sft"},
+        )
         if number == 1:
             ModelAlias.objects.create(registered_model=model, alias="production", version=version)
-            AliasEvent.objects.create(registered_model=model, alias="production", version=version, action="set",
-                                      user=owner)
+            AliasEvent.objects.create(
+                registered_model=model, alias="production", version=version, action="set", user=owner
+            )
     return model
 
 
@@ -124,8 +164,15 @@ def fuzz_team(transactional_db, sent_stages, sent_notifications, settings, monke
 
 
 @schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=DERANDOMIZE, database=None, print_blob=True,
-          phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=DERANDOMIZE,
+    database=None,
+    print_blob=True,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
 def test_api_fuzz(case, fuzz_team):
     headers = fuzz_team.headers
     case.call_and_validate(headers=headers, checks=[not_a_server_error])
@@ -138,23 +185,52 @@ def test_api_fuzz(case, fuzz_team):
 
 # --- what the fuzzer found, pinned -------------------------------------------------------------------------
 
+
 def _pipeline_body(team: FuzzTeam, **changes) -> dict:
-    body = {"name": "renamed", "base_model_id": team.base_model_id, "spec": {"stages": [
-        {"name": "sft", "method": "sft", "dataset_id": team.path_ids["dataset_id"], "config": {"max_steps": 2},
-         "adapter": {"type": "none"}}]}}
+    body = {
+        "name": "renamed",
+        "base_model_id": team.base_model_id,
+        "spec": {
+            "stages": [
+                {
+                    "name": "sft",
+                    "method": "sft",
+                    "dataset_id": team.path_ids["dataset_id"],
+                    "config": {"max_steps": 2},
+                    "adapter": {"type": "none"},
+                }
+            ]
+        },
+    }
     body.update(changes)
     return body
 
 
 NUL_BODIES = {
-    "pipeline name": lambda t: ("put", f"/api/v1/pipelines/{t.path_ids['pipeline_id']}",
-                                _pipeline_body(t, name="a\x00b"), "name"),
-    "stage config value": lambda t: ("post", "/api/v1/pipelines", _pipeline_body(t, spec={"stages": [
-        {"name": "sft", "method": "sft", "config": {"learning_rate": "\x00"}}]}), "learning_rate"),
-    "stage config key": lambda t: ("post", "/api/v1/pipelines", _pipeline_body(t, spec={"stages": [
-        {"name": "sft", "method": "sft", "config": {"a\x00": 1}}]}), "a\\u0000"),
-    "base model path": lambda t: ("post", "/api/v1/base-models",
-                                  {"name": "m", "source": "hub", "name_or_path": "org/m\x00"}, "name_or_path"),
+    "pipeline name": lambda t: (
+        "put",
+        f"/api/v1/pipelines/{t.path_ids['pipeline_id']}",
+        _pipeline_body(t, name="a\x00b"),
+        "name",
+    ),
+    "stage config value": lambda t: (
+        "post",
+        "/api/v1/pipelines",
+        _pipeline_body(t, spec={"stages": [{"name": "sft", "method": "sft", "config": {"learning_rate": "\x00"}}]}),
+        "learning_rate",
+    ),
+    "stage config key": lambda t: (
+        "post",
+        "/api/v1/pipelines",
+        _pipeline_body(t, spec={"stages": [{"name": "sft", "method": "sft", "config": {"a\x00": 1}}]}),
+        "a\\u0000",
+    ),
+    "base model path": lambda t: (
+        "post",
+        "/api/v1/base-models",
+        {"name": "m", "source": "hub", "name_or_path": "org/m\x00"},
+        "name_or_path",
+    ),
     "run name": lambda t: ("post", f"/api/v1/pipelines/{t.path_ids['pipeline_id']}/runs", {"name": "\x00"}, "name"),
 }
 
@@ -165,8 +241,9 @@ def test_a_nul_character_in_a_json_body_is_refused_by_name_not_a_500(client, fuz
     no NUL in text or jsonb). Any NUL in a body now gets 422 naming the field, and nothing is written."""
     method, url, body, where = NUL_BODIES[case](fuzz_team)
     before = _counts()
-    response = getattr(client, method)(url, json.dumps(body), content_type="application/json",
-                                       headers=fuzz_team.headers)
+    response = getattr(client, method)(
+        url, json.dumps(body), content_type="application/json", headers=fuzz_team.headers
+    )
     assert response.status_code == 422, response.content[:500]
     messages = " ".join(error["msg"] for error in response.json()["detail"])
     assert f"{where}: text must not contain NUL characters" in messages, messages
@@ -193,13 +270,21 @@ def test_a_run_seed_out_of_range_is_refused_not_a_500(client, fuzz_team, seed):
     """POST /api/v1/pipelines/{id}/runs with {"seed": 10**30} answered 500 ("bigint out of range"): the seed
     now has the bounds of a pipeline's seed (0 <= seed < 2**31), and no run is created."""
     before = _counts()
-    response = client.post(f"/api/v1/pipelines/{fuzz_team.path_ids['pipeline_id']}/runs", json.dumps({"seed": seed}),
-                           content_type="application/json", headers=fuzz_team.headers)
+    response = client.post(
+        f"/api/v1/pipelines/{fuzz_team.path_ids['pipeline_id']}/runs",
+        json.dumps({"seed": seed}),
+        content_type="application/json",
+        headers=fuzz_team.headers,
+    )
     assert response.status_code == 422, response.content[:500]
     assert response.json()["detail"][0]["loc"][-1] == "seed"
     assert _counts() == before
-    ok = client.post(f"/api/v1/pipelines/{fuzz_team.path_ids['pipeline_id']}/runs", json.dumps({"seed": 2**31 - 1}),
-                     content_type="application/json", headers=fuzz_team.headers)
+    ok = client.post(
+        f"/api/v1/pipelines/{fuzz_team.path_ids['pipeline_id']}/runs",
+        json.dumps({"seed": 2**31 - 1}),
+        content_type="application/json",
+        headers=fuzz_team.headers,
+    )
     assert ok.status_code == 201 and ok.json()["seed"] == 2**31 - 1, ok.content[:500]
 
 

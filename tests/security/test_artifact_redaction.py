@@ -1,5 +1,6 @@
 """Issue 11, hole 1: what a stage publishes (spec.json, trainer.log, the row's log tail) names no host
 path and no global run id. The end-to-end check is tests/integration/test_stage_dirs.py."""
+
 from __future__ import annotations
 
 import json
@@ -50,9 +51,13 @@ def test_log_lines_and_spec_lose_host_paths_and_global_ids(make_pipeline, sent_s
         "elsewhere <work>/stage/output",
     ]
 
-    spec = build_stage_spec(stage=stage, model={"name_or_path": f"{root}/llama", "revision": None,
-                                                "adapter_path": None},
-                            config={}, adapter=None, work_dir=work)
+    spec = build_stage_spec(
+        stage=stage,
+        model={"name_or_path": f"{root}/llama", "revision": None, "adapter_path": None},
+        config={},
+        adapter=None,
+        work_dir=work,
+    )
     assert spec["stage"]["run_id"] == run.pk  # the trainer's own copy keeps them
     public = json.loads(redacted_spec(spec, redactions))
     assert public["stage"] == {"name": "sft", "index": 0, "attempt": stage.attempt}

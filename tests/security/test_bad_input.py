@@ -1,5 +1,6 @@
 """Bad input to the web pages gets 400 (or 404), never a 500: a NUL character in a query string or a form post
 (PostgreSQL stores no NUL in text; each case below answered 500 before), and a team id that is not a number."""
+
 from __future__ import annotations
 
 from urllib.parse import urlencode
@@ -47,8 +48,9 @@ def test_a_nul_character_in_a_query_string_is_refused(world, db, key):
 
 def test_the_api_keeps_its_own_validation_and_uploads_are_not_parsed_early(world, db):
     """/api/ answers in its own shape (422 naming the field), and a multipart upload page is left to its view."""
-    response = _client(world, "member").get("/api/v1/runs", {"status": "a\x00"},
-                                            headers={"Authorization": f"Bearer {world.tokens['member']}"})
+    response = _client(world, "member").get(
+        "/api/v1/runs", {"status": "a\x00"}, headers={"Authorization": f"Bearer {world.tokens['member']}"}
+    )
     assert response.status_code == 422 and "NUL" in response.json()["detail"][0]["msg"]
     upload = _client(world, "member").post("/datasets/upload/", {"name": "a\x00", "kind": "prompt_completion"})
     assert upload.status_code == 400 and b"Null characters are not allowed" in upload.content

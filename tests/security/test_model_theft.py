@@ -4,6 +4,7 @@ Team B registered team A's stage checkpoint (var/work/run-N/stage-0/checkpoints/
 own base model and exported A's weights. Local paths are now accepted only inside the team's model
 roots, after resolving links and "..", with one message for every refusal; the worker checks again.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,7 +64,9 @@ def refused_message(team, user, path) -> str:
 def test_team_b_cannot_register_team_as_stage_checkpoint(settings, teams):
     """The attack as reported: a checkpoint of team A's stage, in the work dir and in the checkpoint area."""
     (team_a, alice), (team_b, bob) = teams
-    in_work_dir = model_folder(Path(settings.REFINERY_WORK_DIR) / "run-3" / "stage-0" / "checkpoints" / "checkpoint-200")
+    in_work_dir = model_folder(
+        Path(settings.REFINERY_WORK_DIR) / "run-3" / "stage-0" / "checkpoints" / "checkpoint-200"
+    )
     in_area = model_folder(Path(settings.REFINERY_CHECKPOINT_DIR) / str(team_a.pk) / "0123abcd" / "checkpoint-200")
     try:
         messages = {refused_message(team_b, bob, path) for path in (in_work_dir, in_area)}
@@ -100,8 +103,21 @@ def test_links_and_dotdot_out_of_the_own_root_are_refused(teams, tmp_path):
     config_link.mkdir()
     (config_link / "config.json").symlink_to(theirs / "config.json")
 
-    cases = [mine / "link-to-a", mine / "link-out", dotdot, f"{mine}/link-out/../../anywhere/model", sneaky,
-             config_link, outside, mine / "missing", mine, "relative/path", "/", "/etc", mine / "empty"]
+    cases = [
+        mine / "link-to-a",
+        mine / "link-out",
+        dotdot,
+        f"{mine}/link-out/../../anywhere/model",
+        sneaky,
+        config_link,
+        outside,
+        mine / "missing",
+        mine,
+        "relative/path",
+        "/",
+        "/etc",
+        mine / "empty",
+    ]
     (mine / "empty").mkdir()
     messages = {refused_message(team_b, bob, path) for path in cases}
     assert len(messages) == 1, messages  # one message: nothing tells which paths exist
@@ -135,10 +151,22 @@ def test_a_row_from_before_the_roots_cannot_be_trained_on(settings, teams, sent_
 
     version = DatasetVersionFactory(dataset__team=team_b)
     base = BaseModelFactory(team=team_b, name_or_path=str(theirs))  # bypasses the service, as an old row
-    pipeline = PipelineFactory(team=team_b, base_model=base, created_by=bob, stages=[
-        {"name": "export", "method": "export", "config": {}, "dataset_id": None, "input": "base"},
-        {"name": "sft", "method": "sft", "config": {"max_steps": 2}, "adapter": {"type": "none"},
-         "dataset_id": version.dataset_id, "input": "base"}])
+    pipeline = PipelineFactory(
+        team=team_b,
+        base_model=base,
+        created_by=bob,
+        stages=[
+            {"name": "export", "method": "export", "config": {}, "dataset_id": None, "input": "base"},
+            {
+                "name": "sft",
+                "method": "sft",
+                "config": {"max_steps": 2},
+                "adapter": {"type": "none"},
+                "dataset_id": version.dataset_id,
+                "input": "base",
+            },
+        ],
+    )
     run = run_create(pipeline=pipeline, user=bob)
     for stage in run.stages.all():
         with pytest.raises(StageSetupError, match=re.escape(REFUSED)):
@@ -146,8 +174,15 @@ def test_a_row_from_before_the_roots_cannot_be_trained_on(settings, teams, sent_
     assert local_model_layout(base) is None  # the web side does not read it either
     # The same row in team A's own run passes.
     own = BaseModelFactory(team=team_a, name_or_path=str(theirs))
-    a_run = run_create(pipeline=PipelineFactory(team=team_a, base_model=own, created_by=alice, stages=[
-        {"name": "export", "method": "export", "config": {}, "dataset_id": None, "input": "base"}]), user=alice)
+    a_run = run_create(
+        pipeline=PipelineFactory(
+            team=team_a,
+            base_model=own,
+            created_by=alice,
+            stages=[{"name": "export", "method": "export", "config": {}, "dataset_id": None, "input": "base"}],
+        ),
+        user=alice,
+    )
     assert model_reference(a_run.stages.get())["name_or_path"] == str(theirs)
 
 
@@ -165,8 +200,12 @@ def test_checkpoint_areas_are_per_team_opaque_and_stable(teams, make_pipeline, s
 
 def test_startup_check_refuses_roots_that_overlap_work_or_checkpoint_areas(settings, tmp_path):
     assert model_roots_check() == []
-    for bad in (str(Path(settings.VAR_DIR)), str(Path(settings.REFINERY_WORK_DIR) / "{team}"),
-                str(Path(settings.REFINERY_CHECKPOINT_DIR) / "x"), "relative/{team}"):
+    for bad in (
+        str(Path(settings.VAR_DIR)),
+        str(Path(settings.REFINERY_WORK_DIR) / "{team}"),
+        str(Path(settings.REFINERY_CHECKPOINT_DIR) / "x"),
+        "relative/{team}",
+    ):
         settings.REFINERY_MODEL_ROOTS = [str(tmp_path / "ok" / "{team}"), bad]
         assert {e.id for e in model_roots_check()} in ({"refinery.E101"}, {"refinery.E102"}), bad
     with pytest.raises(SystemCheckError, match="REFINERY_MODEL_ROOTS"):

@@ -19,6 +19,7 @@ rolled back after every test (each test runs in a savepoint inside the module's 
 never disturbs the next case. MLflow points at a dead address: pages that need it must still have checked
 the team before calling it (an outsider gets 404, never 503).
 """
+
 from __future__ import annotations
 
 import io
@@ -58,6 +59,7 @@ API_PREFIX = "/api/v1"
 
 # --- the world: team A's objects, built once per module -----------------------------------------------
 
+
 @dataclass
 class World:
     team: Any
@@ -85,8 +87,9 @@ class World:
 
 
 def _build_world() -> World:
-    owner, member, viewer, outsider = (UserFactory(username=f"pm-{p}") for p in ("owner", "member", "viewer",
-                                                                                   "outsider"))
+    owner, member, viewer, outsider = (
+        UserFactory(username=f"pm-{p}") for p in ("owner", "member", "viewer", "outsider")
+    )
     team = TeamFactory(name=f"{MARKER}-team", slug=f"{MARKER}-team", members=[owner])
     membership_add(team=team, user=member, role=Membership.Role.MEMBER)
     membership_add(team=team, user=viewer, role=Membership.Role.VIEWER)
@@ -97,10 +100,19 @@ def _build_world() -> World:
     first = DatasetVersionFactory(dataset__team=team, dataset__name=f"{MARKER}-sums")
     version = DatasetVersionFactory(dataset=first.dataset, version=2)
     base_model = BaseModelFactory(team=team, name=f"{MARKER}-base")
-    spec = {"seed": 5, "auto_evaluate": False, "stages": [
-        {"name": "sft", "method": "sft", "dataset_id": first.dataset_id, "config": {"max_steps": 4},
-         "adapter": {"type": "lora"}},
-    ]}
+    spec = {
+        "seed": 5,
+        "auto_evaluate": False,
+        "stages": [
+            {
+                "name": "sft",
+                "method": "sft",
+                "dataset_id": first.dataset_id,
+                "config": {"max_steps": 4},
+                "adapter": {"type": "lora"},
+            },
+        ],
+    }
     pipeline = pipeline_create(team=team, user=owner, name=f"{MARKER}-pipe", base_model_id=base_model.pk, spec=spec)
     run = run_create(pipeline=pipeline, user=owner)
     run.status = Status.SUCCEEDED
@@ -113,35 +125,74 @@ def _build_world() -> World:
     run2 = run_create(pipeline=pipeline, user=owner)
     note = RunNote.objects.create(run=run, author=owner, body=f"{MARKER} note")
     RunTag.objects.create(team=team, run=run, name="keep", created_by=owner)
-    sweep = sweep_create(pipeline=pipeline, user=owner, name=f"{MARKER}-sweep", mode="grid",
-                         parameters=[{"path": "sft.config.learning_rate", "values": ["1e-4", "3e-4"]}],
-                         metric="sft/train/loss", goal="min")
-    model = RegisteredModel.objects.create(team=team, name=f"{MARKER}-model", mlflow_name=f"test.{MARKER}-model",
-                                           created_by=owner)
+    sweep = sweep_create(
+        pipeline=pipeline,
+        user=owner,
+        name=f"{MARKER}-sweep",
+        mode="grid",
+        parameters=[{"path": "sft.config.learning_rate", "values": ["1e-4", "3e-4"]}],
+        metric="sft/train/loss",
+        goal="min",
+    )
+    model = RegisteredModel.objects.create(
+        team=team, name=f"{MARKER}-model", mlflow_name=f"test.{MARKER}-model", created_by=owner
+    )
     for number, alias in ((1, "production"), (2, "staging")):
-        mv = ModelVersion.objects.create(registered_model=model, version=number, stage_run=stage, run=run,
-                                         mlflow_run_id=stage.mlflow_run_id, artifact_path="adapter", kind="adapter",
-                                         promoted_by=owner, lineage=stage_lineage(stage, run, [stage]),
-                                         metrics={"stage": {"train/loss": 0.5}, "evaluations": [], "pending": [],
-                                                  "headline": []})
+        mv = ModelVersion.objects.create(
+            registered_model=model,
+            version=number,
+            stage_run=stage,
+            run=run,
+            mlflow_run_id=stage.mlflow_run_id,
+            artifact_path="adapter",
+            kind="adapter",
+            promoted_by=owner,
+            lineage=stage_lineage(stage, run, [stage]),
+            metrics={"stage": {"train/loss": 0.5}, "evaluations": [], "pending": [], "headline": []},
+        )
         ModelAlias.objects.create(registered_model=model, alias=alias, version=mv)
         AliasEvent.objects.create(registered_model=model, alias=alias, version=mv, action="set", user=owner)
-    invitation, invitation_key = invitation_create(team=team, actor=owner, role=Membership.Role.MEMBER,
-                                                   email=f"{MARKER}@example.com")
+    invitation, invitation_key = invitation_create(
+        team=team, actor=owner, role=Membership.Role.MEMBER, email=f"{MARKER}@example.com"
+    )
     team_secret_set(team=team, user=owner, name="hf_token", value="hf_" + MARKER + "TokenValue0123")
     endpoint, _ = endpoint_create(team=team, user=owner, url=f"http://127.0.0.1:9/{MARKER}-hook")
     event = notify(team=team, kind=EventKind.RUN_FAILED, payload={"summary": f"{MARKER} run failed"})
-    schedule = schedule_create(team=team, user=owner, name=f"{MARKER}-nightly", pipeline_id=pipeline.pk,
-                               trigger="interval", interval_seconds=86400, paused=True)
+    schedule = schedule_create(
+        team=team,
+        user=owner,
+        name=f"{MARKER}-nightly",
+        pipeline_id=pipeline.pk,
+        trigger="interval",
+        interval_seconds=86400,
+        paused=True,
+    )
     versions = {v.version: v for v in model.versions.all()}
     gate = gate_decision_make(run, model=model, champion=versions[1], candidate=versions[2])
-    return World(endpoint=endpoint, delivery=event.deliveries.get(), gate=gate,
-                 team=team, other_team=other_team, users=users, tokens=tokens, dataset=first.dataset,
-                 version=version, base_model=base_model, pipeline=pipeline, run=run, run2=run2, stage=stage,
-                 note=note, sweep=sweep, model=model,
-                 member_membership=Membership.objects.get(team=team, user=member),
-                 member_token=ApiToken.objects.get(team=team, user=member), invitation=invitation,
-                 invitation_key=invitation_key, schedule=schedule)
+    return World(
+        endpoint=endpoint,
+        delivery=event.deliveries.get(),
+        gate=gate,
+        team=team,
+        other_team=other_team,
+        users=users,
+        tokens=tokens,
+        dataset=first.dataset,
+        version=version,
+        base_model=base_model,
+        pipeline=pipeline,
+        run=run,
+        run2=run2,
+        stage=stage,
+        note=note,
+        sweep=sweep,
+        model=model,
+        member_membership=Membership.objects.get(team=team, user=member),
+        member_token=ApiToken.objects.get(team=team, user=member),
+        invitation=invitation,
+        invitation_key=invitation_key,
+        schedule=schedule,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +220,7 @@ def _no_mlflow_retries(monkeypatch):
 
 
 # --- the tables -----------------------------------------------------------------------------------------
+
 
 def anyone(status: int) -> dict[str, Any]:
     """The same answer for every principal (public pages, redirects, method not allowed)."""
@@ -259,19 +311,25 @@ GET_ONLY_POST = Case(anyone(405))  # a POST-only view answers GET with 405, befo
 #                                  {"GET": GET_ONLY_POST, "POST": Case(owner_only(302))}),
 WEB_ROUTES: dict[str, Route] = {
     "/": Route(methods={"GET": Case(anyone(302))}),
-    "login": Route(methods={
-        "GET": Case({"anonymous": 200, "outsider": 302, "viewer": 302, "member": 302, "owner": 302}),
-        "POST": Case({"anonymous": 200, "outsider": 302, "viewer": 302, "member": 302, "owner": 302}),
-    }),
+    "login": Route(
+        methods={
+            "GET": Case({"anonymous": 200, "outsider": 302, "viewer": 302, "member": 302, "owner": 302}),
+            "POST": Case({"anonymous": 200, "outsider": 302, "viewer": 302, "member": 302, "owner": 302}),
+        }
+    ),
     "logout": Route(methods={"GET": Case(anyone(405)), "POST": Case(anyone(302))}),
     # Liveness and readiness (refinery.core.health): public, GET/HEAD only. MLflow is down here: not ready.
     "healthz": Route(methods={"GET": Case(anyone(200)), "POST": Case(anyone(405))}),
     "readyz": Route(methods={"GET": Case(anyone(503)), "POST": Case(anyone(405))}),
-    "team-switch": Route(methods={
-        "GET": GET_ONLY_POST,
-        "POST": Case({"anonymous": LOGIN, "outsider": 404, "viewer": 302, "member": 302, "owner": 302},
-                     data=lambda w: {"team": w.team.pk}),
-    }),
+    "team-switch": Route(
+        methods={
+            "GET": GET_ONLY_POST,
+            "POST": Case(
+                {"anonymous": LOGIN, "outsider": 404, "viewer": 302, "member": 302, "owner": 302},
+                data=lambda w: {"team": w.team.pk},
+            ),
+        }
+    ),
     # runs
     "runs:list": Route(methods={"GET": Case(team_read())}),
     "runs:forgetting": Route(methods={"GET": Case(team_read())}),
@@ -283,16 +341,18 @@ WEB_ROUTES: dict[str, Route] = {
     "runs:compare-csv": Route(methods={"GET": Case(object_read(), query=compare_q)}),
     "runs:artifacts": Route(run_kw, {"GET": Case(object_read(), query=stage_q)}),
     # MLflow is down: members get 503, and only after the team check (the outsider gets 404).
-    "runs:artifact-download": Route(run_kw, {"GET": Case(object_read(503),
-                                                         query=lambda w: {"stage": w.stage.name,
-                                                                          "path": "adapter/config.json"})}),
+    "runs:artifact-download": Route(
+        run_kw, {"GET": Case(object_read(503), query=lambda w: {"stage": w.stage.name, "path": "adapter/config.json"})}
+    ),
     "runs:annotations": Route(run_kw, {"GET": Case(object_read())}),
     "runs:note-add": Route(run_kw, {"GET": GET_ONLY_POST, "POST": Case(object_write(), data=lambda w: {"body": "hi"})}),
-    "runs:note-delete": Route(lambda w: {"number": w.run.number, "pk": w.note.pk},
-                              {"GET": GET_ONLY_POST, "POST": Case(object_write())}),
+    "runs:note-delete": Route(
+        lambda w: {"number": w.run.number, "pk": w.note.pk}, {"GET": GET_ONLY_POST, "POST": Case(object_write())}
+    ),
     "runs:tag-add": Route(run_kw, {"GET": GET_ONLY_POST, "POST": Case(object_write(), data=lambda w: {"name": "new"})}),
-    "runs:tag-remove": Route(run_kw, {"GET": GET_ONLY_POST,
-                                      "POST": Case(object_write(), data=lambda w: {"name": "keep"})}),
+    "runs:tag-remove": Route(
+        run_kw, {"GET": GET_ONLY_POST, "POST": Case(object_write(), data=lambda w: {"name": "keep"})}
+    ),
     # pipelines
     "pipelines:list": Route(methods={"GET": Case(team_read())}),
     "pipelines:create": Route(methods={"GET": Case(team_write(200)), "POST": Case(team_write(400))}),
@@ -302,17 +362,21 @@ WEB_ROUTES: dict[str, Route] = {
     "pipelines:run": Route(pk("pipeline"), {"GET": GET_ONLY_POST, "POST": Case(object_write())}),
     # sweeps
     "sweeps:list": Route(methods={"GET": Case(team_read())}),
-    "sweeps:create": Route(methods={
-        "GET": Case(object_write(200), query=lambda w: {"pipeline": w.pipeline.pk}),
-        "POST": Case(object_write(400), data=lambda w: {"pipeline": w.pipeline.pk}),
-    }),
+    "sweeps:create": Route(
+        methods={
+            "GET": Case(object_write(200), query=lambda w: {"pipeline": w.pipeline.pk}),
+            "POST": Case(object_write(400), data=lambda w: {"pipeline": w.pipeline.pk}),
+        }
+    ),
     "sweeps:detail": Route(pk("sweep"), {"GET": Case(object_read())}),
     # schedules: the create form names a pipeline of team A (the outsider's 404); an empty form is a 400
     "schedules:list": Route(methods={"GET": Case(team_read())}),
-    "schedules:create": Route(methods={
-        "GET": Case(object_write(200), query=lambda w: {"pipeline": w.pipeline.pk}),
-        "POST": Case(object_write(400), data=lambda w: {"pipeline": w.pipeline.pk}),
-    }),
+    "schedules:create": Route(
+        methods={
+            "GET": Case(object_write(200), query=lambda w: {"pipeline": w.pipeline.pk}),
+            "POST": Case(object_write(400), data=lambda w: {"pipeline": w.pipeline.pk}),
+        }
+    ),
     "schedules:detail": Route(pk("schedule"), {"GET": Case(object_read())}),
     "schedules:edit": Route(pk("schedule"), {"GET": Case(object_write(200)), "POST": Case(object_write(400))}),
     "schedules:pause": Route(pk("schedule"), {"GET": GET_ONLY_POST, "POST": Case(object_write())}),
@@ -323,88 +387,158 @@ WEB_ROUTES: dict[str, Route] = {
     "registry:list": Route(methods={"GET": Case(team_read())}),
     # gates: an owner approves or rejects (members 403); MLflow is down here, so approving ends in an error
     # message on the run page (302) after every check passed
-    "runs:gate-approve": Route(lambda w: {"number": w.run.number, "stage": w.gate.stage_run.name}, {
-        "GET": GET_ONLY_POST, "POST": Case(owner_only(302))}),
-    "runs:gate-reject": Route(lambda w: {"number": w.run.number, "stage": w.gate.stage_run.name}, {
-        "GET": GET_ONLY_POST, "POST": Case(owner_only(302))}),
-    "registry:promote": Route(methods={
-        "GET": Case(object_write(200), query=promote_q),
-        "POST": Case(object_write(400), data=lambda w: {**promote_q(w), "model": "__new__", "new_name": ""}),
-    }),
+    "runs:gate-approve": Route(
+        lambda w: {"number": w.run.number, "stage": w.gate.stage_run.name},
+        {"GET": GET_ONLY_POST, "POST": Case(owner_only(302))},
+    ),
+    "runs:gate-reject": Route(
+        lambda w: {"number": w.run.number, "stage": w.gate.stage_run.name},
+        {"GET": GET_ONLY_POST, "POST": Case(owner_only(302))},
+    ),
+    "registry:promote": Route(
+        methods={
+            "GET": Case(object_write(200), query=promote_q),
+            "POST": Case(object_write(400), data=lambda w: {**promote_q(w), "model": "__new__", "new_name": ""}),
+        }
+    ),
     "registry:detail": Route(lambda w: {"name": w.model.name}, {"GET": Case(object_read())}),
     # MLflow is down: the alias services refuse with a message and the page redirects back.
-    "registry:alias-set": Route(lambda w: {"name": w.model.name}, {
-        "GET": GET_ONLY_POST, "POST": Case(object_write(), data=lambda w: {"alias": "staging", "version": "1"})}),
-    "registry:alias-remove": Route(lambda w: {"name": w.model.name}, {
-        "GET": GET_ONLY_POST, "POST": Case(object_write(), data=lambda w: {"alias": "staging"})}),
-    "registry:alias-rollback": Route(lambda w: {"name": w.model.name}, {
-        "GET": GET_ONLY_POST, "POST": Case(object_write(), data=lambda w: {"alias": "staging"})}),
+    "registry:alias-set": Route(
+        lambda w: {"name": w.model.name},
+        {"GET": GET_ONLY_POST, "POST": Case(object_write(), data=lambda w: {"alias": "staging", "version": "1"})},
+    ),
+    "registry:alias-remove": Route(
+        lambda w: {"name": w.model.name},
+        {"GET": GET_ONLY_POST, "POST": Case(object_write(), data=lambda w: {"alias": "staging"})},
+    ),
+    "registry:alias-rollback": Route(
+        lambda w: {"name": w.model.name},
+        {"GET": GET_ONLY_POST, "POST": Case(object_write(), data=lambda w: {"alias": "staging"})},
+    ),
     # datasets
     "data:list": Route(methods={"GET": Case(team_read())}),
     "data:upload": Route(methods={"GET": Case(team_write(200)), "POST": Case(team_write(400))}),
     "data:detail": Route(pk("dataset"), {"GET": Case(object_read())}),
-    "data:version-diff": Route(lambda w: {"pk": w.dataset.pk, "version": w.version.version},
-                               {"GET": Case(object_read())}),
+    "data:version-diff": Route(
+        lambda w: {"pk": w.dataset.pk, "version": w.version.version}, {"GET": Case(object_read())}
+    ),
     # base models
     "basemodels:list": Route(methods={"GET": Case(team_read())}),
-    "basemodels:create": Route(methods={"GET": Case(team_write(200)),
-                                        "POST": Case(team_write(400), data=lambda w: {"source": "nowhere"})}),
+    "basemodels:create": Route(
+        methods={"GET": Case(team_write(200)), "POST": Case(team_write(400), data=lambda w: {"source": "nowhere"})}
+    ),
     "basemodels:detail": Route(pk("base_model"), {"GET": Case(object_read())}),
     "basemodels:upload": Route(methods={"GET": Case(team_write(200)), "POST": Case(team_write(400))}),
     # datasets: team A's dataset is read by its pipeline, so a member's delete is refused back to the page
     "data:delete": Route(pk("dataset"), {"GET": GET_ONLY_POST, "POST": Case(object_write())}),
     # team administration: any signed-in user manages their own teams and tokens; owners manage members
     "teams:list": Route(methods={"GET": Case(team_read())}),
-    "teams:create": Route(methods={"GET": GET_ONLY_POST,
-                                   "POST": Case(team_read(302), data=lambda w: {"name": "a new team"})}),
+    "teams:create": Route(
+        methods={"GET": GET_ONLY_POST, "POST": Case(team_read(302), data=lambda w: {"name": "a new team"})}
+    ),
     "teams:tokens": Route(methods={"GET": Case(team_read())}),
-    "teams:token-create": Route(methods={"GET": GET_ONLY_POST, "POST": Case(
-        team_read(200), data=lambda w: {"name": "ci", "scope": "read", "expires_days": "30"})}),
+    "teams:token-create": Route(
+        methods={
+            "GET": GET_ONLY_POST,
+            "POST": Case(team_read(200), data=lambda w: {"name": "ci", "scope": "read", "expires_days": "30"}),
+        }
+    ),
     # The member's own token: the member and the team's owner may revoke it, nobody else can name it.
-    "teams:token-revoke": Route(lambda w: {"token_id": w.member_token.pk}, {"GET": GET_ONLY_POST, "POST": Case(
-        {"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 302, "owner": 302})}),
+    "teams:token-revoke": Route(
+        lambda w: {"token_id": w.member_token.pk},
+        {
+            "GET": GET_ONLY_POST,
+            "POST": Case({"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 302, "owner": 302}),
+        },
+    ),
     # An invitation link answers whoever holds it (signing in or up is part of accepting it), and names the
     # team it invites to: the key is the credential.
     "teams:invitation": Route(lambda w: {"key": w.invitation_key}, {"GET": Case(anyone(200), names_team=True)}),
     "teams:members": Route(lambda w: {"team_id": w.team.pk}, {"GET": Case(object_read())}),
-    "teams:member-role": Route(lambda w: {"team_id": w.team.pk, "membership_id": w.member_membership.pk}, {
-        "GET": GET_ONLY_POST, "POST": Case(owner_only(302), data=lambda w: {"role": "viewer"})}),
-    "teams:member-remove": Route(lambda w: {"team_id": w.team.pk, "membership_id": w.member_membership.pk},
-                                 {"GET": GET_ONLY_POST, "POST": Case(owner_only(302))}),
+    "teams:member-role": Route(
+        lambda w: {"team_id": w.team.pk, "membership_id": w.member_membership.pk},
+        {"GET": GET_ONLY_POST, "POST": Case(owner_only(302), data=lambda w: {"role": "viewer"})},
+    ),
+    "teams:member-remove": Route(
+        lambda w: {"team_id": w.team.pk, "membership_id": w.member_membership.pk},
+        {"GET": GET_ONLY_POST, "POST": Case(owner_only(302))},
+    ),
     # Anyone in the team may leave it, except its last owner (refused back to the members page).
-    "teams:leave": Route(lambda w: {"team_id": w.team.pk}, {"GET": GET_ONLY_POST, "POST": Case(object_write(302) | {
-        "viewer": 302})}),
-    "teams:invitation-create": Route(lambda w: {"team_id": w.team.pk}, {"GET": GET_ONLY_POST, "POST": Case(
-        owner_only(200), data=lambda w: {"role": "member", "email": "new@example.com"})}),
-    "teams:invitation-revoke": Route(lambda w: {"team_id": w.team.pk, "invitation_id": w.invitation.pk},
-                                     {"GET": GET_ONLY_POST, "POST": Case(owner_only(302))}),
+    "teams:leave": Route(
+        lambda w: {"team_id": w.team.pk}, {"GET": GET_ONLY_POST, "POST": Case(object_write(302) | {"viewer": 302})}
+    ),
+    "teams:invitation-create": Route(
+        lambda w: {"team_id": w.team.pk},
+        {
+            "GET": GET_ONLY_POST,
+            "POST": Case(owner_only(200), data=lambda w: {"role": "member", "email": "new@example.com"}),
+        },
+    ),
+    "teams:invitation-revoke": Route(
+        lambda w: {"team_id": w.team.pk, "invitation_id": w.invitation.pk},
+        {"GET": GET_ONLY_POST, "POST": Case(owner_only(302))},
+    ),
     # The audit log is the owners' alone: to anyone else it does not exist.
-    "teams:audit": Route(lambda w: {"team_id": w.team.pk}, {"GET": Case(
-        {"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 200})}),
+    "teams:audit": Route(
+        lambda w: {"team_id": w.team.pk},
+        {"GET": Case({"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 200})},
+    ),
     # The current team's secrets: owners only (the outsider owns team B and sees B's, which hold nothing).
-    "team-secrets": Route(methods={"GET": Case(
-        {"anonymous": LOGIN, "outsider": 200, "viewer": 404, "member": 404, "owner": 200})}),
-    "team-secret-delete": Route(lambda w: {"name": "hf_token"}, {"GET": GET_ONLY_POST, "POST": Case(
-        {"anonymous": LOGIN, "outsider": 302, "viewer": 404, "member": 404, "owner": 302})}),
+    "team-secrets": Route(
+        methods={"GET": Case({"anonymous": LOGIN, "outsider": 200, "viewer": 404, "member": 404, "owner": 200})}
+    ),
+    "team-secret-delete": Route(
+        lambda w: {"name": "hf_token"},
+        {
+            "GET": GET_ONLY_POST,
+            "POST": Case({"anonymous": LOGIN, "outsider": 302, "viewer": 404, "member": 404, "owner": 302}),
+        },
+    ),
     "team-quota": Route(methods={"GET": Case(team_read())}),
     # The current team's webhooks: owners only, a 404 to anyone else (the outsider owns team B: its own list).
-    "notifications:list": Route(methods={
-        "GET": Case({"anonymous": LOGIN, "outsider": 200, "viewer": 404, "member": 404, "owner": 200}),
-        "POST": Case({"anonymous": LOGIN, "outsider": 200, "viewer": 404, "member": 404, "owner": 200},
-                     data=lambda w: {"type": "webhook", "url": "http://127.0.0.1:9/new", "kinds": ["run.failed"]}),
-    }),
-    "notifications:detail": Route(pk("endpoint"), {"GET": Case(
-        {"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 200})}),
-    "notifications:test": Route(pk("endpoint"), {"GET": GET_ONLY_POST, "POST": Case(
-        {"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 302})}),
-    "notifications:active": Route(pk("endpoint"), {"GET": GET_ONLY_POST, "POST": Case(
-        {"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 302},
-        data=lambda w: {"active": "0"})}),
-    "notifications:delete": Route(pk("endpoint"), {"GET": GET_ONLY_POST, "POST": Case(
-        {"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 302})}),
-    "notifications:redeliver": Route(lambda w: {"pk": w.endpoint.pk, "delivery_id": w.delivery.pk}, {
-        "GET": GET_ONLY_POST,
-        "POST": Case({"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 302})}),
+    "notifications:list": Route(
+        methods={
+            "GET": Case({"anonymous": LOGIN, "outsider": 200, "viewer": 404, "member": 404, "owner": 200}),
+            "POST": Case(
+                {"anonymous": LOGIN, "outsider": 200, "viewer": 404, "member": 404, "owner": 200},
+                data=lambda w: {"type": "webhook", "url": "http://127.0.0.1:9/new", "kinds": ["run.failed"]},
+            ),
+        }
+    ),
+    "notifications:detail": Route(
+        pk("endpoint"), {"GET": Case({"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 200})}
+    ),
+    "notifications:test": Route(
+        pk("endpoint"),
+        {
+            "GET": GET_ONLY_POST,
+            "POST": Case({"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 302}),
+        },
+    ),
+    "notifications:active": Route(
+        pk("endpoint"),
+        {
+            "GET": GET_ONLY_POST,
+            "POST": Case(
+                {"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 302},
+                data=lambda w: {"active": "0"},
+            ),
+        },
+    ),
+    "notifications:delete": Route(
+        pk("endpoint"),
+        {
+            "GET": GET_ONLY_POST,
+            "POST": Case({"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 302}),
+        },
+    ),
+    "notifications:redeliver": Route(
+        lambda w: {"pk": w.endpoint.pk, "delivery_id": w.delivery.pk},
+        {
+            "GET": GET_ONLY_POST,
+            "POST": Case({"anonymous": LOGIN, "outsider": 404, "viewer": 404, "member": 404, "owner": 302}),
+        },
+    ),
     # The API's own pages (its operations are in API_ROUTES): the schema and docs are public, the root is 404.
     "api:openapi-json": Route(methods={"GET": Case(anyone(200))}),
     "api:openapi-view": Route(methods={"GET": Case(anyone(200))}),
@@ -414,8 +548,7 @@ WEB_ROUTES: dict[str, Route] = {
 
 def upload_body(w: World) -> dict:
     rows = "".join(json.dumps({"prompt": f"{i}+1=", "completion": str(i + 1)}) + "\n" for i in range(5))
-    return {"name": "uploaded", "kind": "prompt_completion",
-            "file": _named_file(rows.encode(), "rows.jsonl")}
+    return {"name": "uploaded", "kind": "prompt_completion", "file": _named_file(rows.encode(), "rows.jsonl")}
 
 
 def _named_file(content: bytes, name: str):
@@ -425,9 +558,21 @@ def _named_file(content: bytes, name: str):
 
 
 def pipeline_body(w: World) -> dict:
-    return {"name": "another-pipe", "base_model_id": w.base_model.pk, "spec": {"stages": [
-        {"name": "a", "method": "sft", "dataset_id": w.dataset.pk, "config": {"max_steps": 2},
-         "adapter": {"type": "none"}}]}}
+    return {
+        "name": "another-pipe",
+        "base_model_id": w.base_model.pk,
+        "spec": {
+            "stages": [
+                {
+                    "name": "a",
+                    "method": "sft",
+                    "dataset_id": w.dataset.pk,
+                    "config": {"max_steps": 2},
+                    "adapter": {"type": "none"},
+                }
+            ]
+        },
+    }
 
 
 def pipeline_id(w: World) -> dict:
@@ -451,8 +596,13 @@ def model_kw(w: World) -> dict:
 
 
 def schedule_body(w: World) -> dict:
-    return {"name": "another-schedule", "pipeline_id": w.pipeline.pk, "trigger": "cron", "cron": "0 2 * * *",
-            "timezone": "Europe/Paris"}
+    return {
+        "name": "another-schedule",
+        "pipeline_id": w.pipeline.pk,
+        "trigger": "cron",
+        "cron": "0 2 * * *",
+        "timezone": "Europe/Paris",
+    }
 
 
 # One entry per API operation, keyed "METHOD /api/v1/path{param}" as in the OpenAPI schema, with exactly that
@@ -465,15 +615,25 @@ API_ROUTES: dict[str, Route] = {
     "GET /api/v1/methods": Route(methods={"GET": Case(api_read(obj=False))}),
     "GET /api/v1/datasets": Route(methods={"GET": Case(api_read(obj=False))}),
     "POST /api/v1/datasets": Route(methods={"POST": Case(api_write(201, obj=False), data=upload_body)}),
-    "GET /api/v1/datasets/{dataset_id}": Route(lambda w: {"dataset_id": w.dataset.pk},
-                                               {"GET": Case(api_read())}),
+    "GET /api/v1/datasets/{dataset_id}": Route(lambda w: {"dataset_id": w.dataset.pk}, {"GET": Case(api_read())}),
     "GET /api/v1/base-models": Route(methods={"GET": Case(api_read(obj=False))}),
-    "POST /api/v1/base-models": Route(methods={"POST": Case(api_write(201, obj=False), data=lambda w: {
-        "name": "from-the-hub", "source": "hub", "name_or_path": "org/model"})}),
+    "POST /api/v1/base-models": Route(
+        methods={
+            "POST": Case(
+                api_write(201, obj=False),
+                data=lambda w: {"name": "from-the-hub", "source": "hub", "name_or_path": "org/model"},
+            )
+        }
+    ),
     "GET /api/v1/pipelines": Route(methods={"GET": Case(api_read(obj=False))}),
     # The outsider names team A's base model and dataset: refused as unknown in its own team (400).
-    "POST /api/v1/pipelines": Route(methods={"POST": Case(
-        {"anonymous": 401, "outsider": 400, "viewer": 403, "member": 201, "owner": 201}, data=pipeline_body)}),
+    "POST /api/v1/pipelines": Route(
+        methods={
+            "POST": Case(
+                {"anonymous": 401, "outsider": 400, "viewer": 403, "member": 201, "owner": 201}, data=pipeline_body
+            )
+        }
+    ),
     "GET /api/v1/pipelines/{pipeline_id}": Route(pipeline_id, {"GET": Case(api_read())}),
     "PUT /api/v1/pipelines/{pipeline_id}": Route(pipeline_id, {"PUT": Case(api_write(200), data=pipeline_body)}),
     "GET /api/v1/pipelines/{pipeline_id}/versions": Route(pipeline_id, {"GET": Case(api_read())}),
@@ -483,22 +643,35 @@ API_ROUTES: dict[str, Route] = {
     "POST /api/v1/runs/{number}/cancel": Route(lambda w: {"number": w.run2.number}, {"POST": Case(api_write(200))}),
     "POST /api/v1/runs/{number}/rerun": Route(run_kw, {"POST": Case(api_write(201))}),
     # team A's dataset is read by its pipeline: a member's delete is refused with 409
-    "DELETE /api/v1/datasets/{dataset_id}": Route(lambda w: {"dataset_id": w.dataset.pk},
-                                                  {"DELETE": Case(api_write(409))}),
-    "POST /api/v1/base-models/upload": Route(methods={"POST": Case(
-        {"anonymous": 401, "outsider": 400, "viewer": 403, "member": 400, "owner": 400},
-        data=lambda w: {"name": "uploaded-model", "file": _named_file(b"not a zip", "model.zip")})}),
+    "DELETE /api/v1/datasets/{dataset_id}": Route(
+        lambda w: {"dataset_id": w.dataset.pk}, {"DELETE": Case(api_write(409))}
+    ),
+    "POST /api/v1/base-models/upload": Route(
+        methods={
+            "POST": Case(
+                {"anonymous": 401, "outsider": 400, "viewer": 403, "member": 400, "owner": 400},
+                data=lambda w: {"name": "uploaded-model", "file": _named_file(b"not a zip", "model.zip")},
+            )
+        }
+    ),
     # schedules: the outsider names team A's pipeline in a new schedule: unknown in its own team (400)
     "GET /api/v1/schedules": Route(methods={"GET": Case(api_read(obj=False))}),
     # gates: reads for the team; approve/reject for owners (MLflow is down: approving is a 400 naming it)
     "GET /api/v1/gates": Route(methods={"GET": Case(api_read(obj=False))}),
     "GET /api/v1/gates/{gate_id}": Route(gate_id, {"GET": Case(api_read())}),
-    "POST /api/v1/gates/{gate_id}/approve": Route(gate_id, {"POST": Case(
-        {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 400})}),
-    "POST /api/v1/gates/{gate_id}/reject": Route(gate_id, {"POST": Case(
-        {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 200})}),
-    "POST /api/v1/schedules": Route(methods={"POST": Case(
-        {"anonymous": 401, "outsider": 400, "viewer": 403, "member": 201, "owner": 201}, data=schedule_body)}),
+    "POST /api/v1/gates/{gate_id}/approve": Route(
+        gate_id, {"POST": Case({"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 400})}
+    ),
+    "POST /api/v1/gates/{gate_id}/reject": Route(
+        gate_id, {"POST": Case({"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 200})}
+    ),
+    "POST /api/v1/schedules": Route(
+        methods={
+            "POST": Case(
+                {"anonymous": 401, "outsider": 400, "viewer": 403, "member": 201, "owner": 201}, data=schedule_body
+            )
+        }
+    ),
     "GET /api/v1/schedules/{schedule_id}": Route(schedule_id, {"GET": Case(api_read())}),
     "PUT /api/v1/schedules/{schedule_id}": Route(schedule_id, {"PUT": Case(api_write(200), data=schedule_body)}),
     "POST /api/v1/schedules/{schedule_id}/pause": Route(schedule_id, {"POST": Case(api_write(200))}),
@@ -510,70 +683,130 @@ API_ROUTES: dict[str, Route] = {
     # service with MLflow's reason (400); production has nothing to roll back to (400 before MLflow). The
     # outsider names team A's run in a promotion: no such run in its own team (400).
     "GET /api/v1/registered-models": Route(methods={"GET": Case(api_read(obj=False))}),
-    "POST /api/v1/registered-models/promote": Route(methods={"POST": Case(api_write(400, obj=False), data=lambda w: {
-        "run": w.run.number, "stage": w.stage.name, "model": "promoted-again", "alias": "canary"})}),
+    "POST /api/v1/registered-models/promote": Route(
+        methods={
+            "POST": Case(
+                api_write(400, obj=False),
+                data=lambda w: {
+                    "run": w.run.number,
+                    "stage": w.stage.name,
+                    "model": "promoted-again",
+                    "alias": "canary",
+                },
+            )
+        }
+    ),
     "GET /api/v1/registered-models/{model_name}": Route(model_kw, {"GET": Case(api_read())}),
     "GET /api/v1/registered-models/{model_name}/versions": Route(model_kw, {"GET": Case(api_read())}),
     "GET /api/v1/registered-models/{model_name}/versions/{version}": Route(
-        lambda w: {**model_kw(w), "version": 1}, {"GET": Case(api_read())}),
+        lambda w: {**model_kw(w), "version": 1}, {"GET": Case(api_read())}
+    ),
     "GET /api/v1/registered-models/{model_name}/aliases": Route(model_kw, {"GET": Case(api_read())}),
     "PUT /api/v1/registered-models/{model_name}/aliases/{alias}": Route(
-        lambda w: {**model_kw(w), "alias": "staging"}, {"PUT": Case(api_write(400), data=lambda w: {"version": 1})}),
+        lambda w: {**model_kw(w), "alias": "staging"}, {"PUT": Case(api_write(400), data=lambda w: {"version": 1})}
+    ),
     "DELETE /api/v1/registered-models/{model_name}/aliases/{alias}": Route(
-        lambda w: {**model_kw(w), "alias": "staging"}, {"DELETE": Case(api_write(400))}),
+        lambda w: {**model_kw(w), "alias": "staging"}, {"DELETE": Case(api_write(400))}
+    ),
     "POST /api/v1/registered-models/{model_name}/aliases/{alias}/rollback": Route(
-        lambda w: {**model_kw(w), "alias": "production"}, {"POST": Case(api_write(400))}),
+        lambda w: {**model_kw(w), "alias": "production"}, {"POST": Case(api_write(400))}
+    ),
     # team administration (/api/v1/team is the token's team: the outsider's is team B)
     "GET /api/v1/team/members": Route(methods={"GET": Case(api_read(obj=False))}),
-    "PATCH /api/v1/team/members/{user_id}": Route(lambda w: {"user_id": w.users["member"].pk}, {"PATCH": Case(
-        {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 200},
-        data=lambda w: {"role": "viewer"})}),
-    "DELETE /api/v1/team/members/{user_id}": Route(lambda w: {"user_id": w.users["member"].pk}, {"DELETE": Case(
-        {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 204})}),
+    "PATCH /api/v1/team/members/{user_id}": Route(
+        lambda w: {"user_id": w.users["member"].pk},
+        {
+            "PATCH": Case(
+                {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 200},
+                data=lambda w: {"role": "viewer"},
+            )
+        },
+    ),
+    "DELETE /api/v1/team/members/{user_id}": Route(
+        lambda w: {"user_id": w.users["member"].pk},
+        {"DELETE": Case({"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 204})},
+    ),
     # Each leaves its own team; the last owner of a team may not (the owner of A, and the outsider of B).
-    "POST /api/v1/team/leave": Route(methods={"POST": Case(
-        {"anonymous": 401, "outsider": 400, "viewer": 204, "member": 204, "owner": 400})}),
-    "GET /api/v1/team/invitations": Route(methods={"GET": Case(
-        {"anonymous": 401, "outsider": 200, "viewer": 403, "member": 403, "owner": 200})}),
-    "POST /api/v1/team/invitations": Route(methods={"POST": Case(
-        {"anonymous": 401, "outsider": 201, "viewer": 403, "member": 403, "owner": 201},
-        data=lambda w: {"role": "member", "email": "new@example.com"})}),
-    "DELETE /api/v1/team/invitations/{invitation_id}": Route(lambda w: {"invitation_id": w.invitation.pk}, {
-        "DELETE": Case({"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 200})}),
+    "POST /api/v1/team/leave": Route(
+        methods={"POST": Case({"anonymous": 401, "outsider": 400, "viewer": 204, "member": 204, "owner": 400})}
+    ),
+    "GET /api/v1/team/invitations": Route(
+        methods={"GET": Case({"anonymous": 401, "outsider": 200, "viewer": 403, "member": 403, "owner": 200})}
+    ),
+    "POST /api/v1/team/invitations": Route(
+        methods={
+            "POST": Case(
+                {"anonymous": 401, "outsider": 201, "viewer": 403, "member": 403, "owner": 201},
+                data=lambda w: {"role": "member", "email": "new@example.com"},
+            )
+        }
+    ),
+    "DELETE /api/v1/team/invitations/{invitation_id}": Route(
+        lambda w: {"invitation_id": w.invitation.pk},
+        {"DELETE": Case({"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 200})},
+    ),
     "GET /api/v1/team/tokens": Route(methods={"GET": Case(api_read(obj=False))}),
-    "POST /api/v1/team/tokens": Route(methods={"POST": Case(
-        {"anonymous": 401, "outsider": 201, "viewer": 201, "member": 201, "owner": 201},
-        data=lambda w: {"name": "ci", "scope": "read"})}),
-    "DELETE /api/v1/team/tokens/{token_id}": Route(lambda w: {"token_id": w.member_token.pk}, {"DELETE": Case(
-        {"anonymous": 401, "outsider": 404, "viewer": 404, "member": 200, "owner": 200})}),
-    "GET /api/v1/team/audit": Route(methods={"GET": Case(
-        {"anonymous": 401, "outsider": 200, "viewer": 403, "member": 403, "owner": 200})}),
-    "GET /api/v1/team/secrets": Route(methods={"GET": Case(
-        {"anonymous": 401, "outsider": 200, "viewer": 403, "member": 403, "owner": 200})}),
-    "PUT /api/v1/team/secrets/{name}": Route(lambda w: {"name": "hf_token"}, {"PUT": Case(
-        {"anonymous": 401, "outsider": 200, "viewer": 403, "member": 403, "owner": 200},
-        data=lambda w: {"value": "hf_AnotherTokenValue0123"})}),
-    "DELETE /api/v1/team/secrets/{name}": Route(lambda w: {"name": "hf_token"}, {"DELETE": Case(
-        {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 204})}),
+    "POST /api/v1/team/tokens": Route(
+        methods={
+            "POST": Case(
+                {"anonymous": 401, "outsider": 201, "viewer": 201, "member": 201, "owner": 201},
+                data=lambda w: {"name": "ci", "scope": "read"},
+            )
+        }
+    ),
+    "DELETE /api/v1/team/tokens/{token_id}": Route(
+        lambda w: {"token_id": w.member_token.pk},
+        {"DELETE": Case({"anonymous": 401, "outsider": 404, "viewer": 404, "member": 200, "owner": 200})},
+    ),
+    "GET /api/v1/team/audit": Route(
+        methods={"GET": Case({"anonymous": 401, "outsider": 200, "viewer": 403, "member": 403, "owner": 200})}
+    ),
+    "GET /api/v1/team/secrets": Route(
+        methods={"GET": Case({"anonymous": 401, "outsider": 200, "viewer": 403, "member": 403, "owner": 200})}
+    ),
+    "PUT /api/v1/team/secrets/{name}": Route(
+        lambda w: {"name": "hf_token"},
+        {
+            "PUT": Case(
+                {"anonymous": 401, "outsider": 200, "viewer": 403, "member": 403, "owner": 200},
+                data=lambda w: {"value": "hf_AnotherTokenValue0123"},
+            )
+        },
+    ),
+    "DELETE /api/v1/team/secrets/{name}": Route(
+        lambda w: {"name": "hf_token"},
+        {"DELETE": Case({"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 204})},
+    ),
     # webhooks: the token's team's, owners only (403 for members and viewers, 404 for team A's to the outsider)
-    "GET /api/v1/webhooks": Route(methods={"GET": Case(
-        {"anonymous": 401, "outsider": 200, "viewer": 403, "member": 403, "owner": 200})}),
-    "POST /api/v1/webhooks": Route(methods={"POST": Case(
-        {"anonymous": 401, "outsider": 201, "viewer": 403, "member": 403, "owner": 201},
-        data=lambda w: {"url": "http://127.0.0.1:9/new", "kinds": ["run.failed"]})}),
-    "DELETE /api/v1/webhooks/{webhook_id}": Route(webhook_id, {"DELETE": Case(
-        {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 204})}),
-    "POST /api/v1/webhooks/{webhook_id}/test": Route(webhook_id, {"POST": Case(
-        {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 202})}),
-    "GET /api/v1/webhooks/{webhook_id}/deliveries": Route(webhook_id, {"GET": Case(
-        {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 200})}),
+    "GET /api/v1/webhooks": Route(
+        methods={"GET": Case({"anonymous": 401, "outsider": 200, "viewer": 403, "member": 403, "owner": 200})}
+    ),
+    "POST /api/v1/webhooks": Route(
+        methods={
+            "POST": Case(
+                {"anonymous": 401, "outsider": 201, "viewer": 403, "member": 403, "owner": 201},
+                data=lambda w: {"url": "http://127.0.0.1:9/new", "kinds": ["run.failed"]},
+            )
+        }
+    ),
+    "DELETE /api/v1/webhooks/{webhook_id}": Route(
+        webhook_id, {"DELETE": Case({"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 204})}
+    ),
+    "POST /api/v1/webhooks/{webhook_id}/test": Route(
+        webhook_id, {"POST": Case({"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 202})}
+    ),
+    "GET /api/v1/webhooks/{webhook_id}/deliveries": Route(
+        webhook_id, {"GET": Case({"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 200})}
+    ),
     "POST /api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver": Route(
-        lambda w: {"webhook_id": w.endpoint.pk, "delivery_id": w.delivery.pk}, {"POST": Case(
-            {"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 202})}),
+        lambda w: {"webhook_id": w.endpoint.pk, "delivery_id": w.delivery.pk},
+        {"POST": Case({"anonymous": 401, "outsider": 404, "viewer": 403, "member": 403, "owner": 202})},
+    ),
 }
 
 
 # --- enumerating what exists ----------------------------------------------------------------------------
+
 
 def _api_schema_paths() -> set[str]:
     return set(api.get_openapi_schema()["paths"])
@@ -642,9 +875,14 @@ def test_every_api_url_pattern_is_an_operation_in_the_schema():
 
 # --- the matrix -----------------------------------------------------------------------------------------
 
+
 def _cases(table: dict[str, Route]) -> list:
-    return [pytest.param(key, method, who, id=f"{key} {method} {who}")
-            for key, route in table.items() for method in route.methods for who in PRINCIPALS]
+    return [
+        pytest.param(key, method, who, id=f"{key} {method} {who}")
+        for key, route in table.items()
+        for method in route.methods
+        for who in PRINCIPALS
+    ]
 
 
 def _web_url(key: str, route: Route, w: World) -> str:
@@ -716,10 +954,22 @@ def test_admin_is_for_staff_only(world, db):
 # the object lookup. That must not tell an outsider whether team A's object exists: the answer for team A's
 # id and for an id that exists nowhere is the same. An anonymous caller gets 401 before any validation.
 MALFORMED = {"name": 5, "seed": "not a number", "latest_data": "maybe", "spec": "nope", "version": []}
-UNKNOWN_IDS = {"pipeline_id": 987654, "number": 987654, "dataset_id": 987654, "user_id": 987654,
-               "invitation_id": 987654, "token_id": 987654, "name": "hf_token",
-               "webhook_id": 987654, "delivery_id": 987654, "schedule_id": 987654, "gate_id": 987654,
-               "model_name": "no-such-model", "alias": "staging", "version": 987654}
+UNKNOWN_IDS = {
+    "pipeline_id": 987654,
+    "number": 987654,
+    "dataset_id": 987654,
+    "user_id": 987654,
+    "invitation_id": 987654,
+    "token_id": 987654,
+    "name": "hf_token",
+    "webhook_id": 987654,
+    "delivery_id": 987654,
+    "schedule_id": 987654,
+    "gate_id": 987654,
+    "model_name": "no-such-model",
+    "alias": "staging",
+    "version": 987654,
+}
 
 
 @pytest.mark.parametrize("key", [key for key in API_ROUTES if "{" in key and not key.startswith("GET ")])
@@ -747,15 +997,29 @@ def test_api_validation_does_not_reveal_other_teams_objects(world, db, key):
     assert send(template.format(**ours)).status_code == 401, f"{key}: authentication comes first"
 
 
-LISTS = ["runs:list", "pipelines:list", "sweeps:list", "registry:list", "data:list", "basemodels:list",
-         "pipelines:stage-form", "GET /api/v1/datasets", "GET /api/v1/base-models", "GET /api/v1/pipelines",
-         "GET /api/v1/runs", "schedules:list", "GET /api/v1/schedules", "GET /api/v1/registered-models"]
+LISTS = [
+    "runs:list",
+    "pipelines:list",
+    "sweeps:list",
+    "registry:list",
+    "data:list",
+    "basemodels:list",
+    "pipelines:stage-form",
+    "GET /api/v1/datasets",
+    "GET /api/v1/base-models",
+    "GET /api/v1/pipelines",
+    "GET /api/v1/runs",
+    "schedules:list",
+    "GET /api/v1/schedules",
+    "GET /api/v1/registered-models",
+]
 
 
 @pytest.mark.parametrize("key", LISTS)
 def test_lists_show_team_a_to_its_member_and_nothing_of_it_to_the_outsider(world, db, key):
     """The outsider check of the matrix (no MARKER in its answers) is not vacuous: the same lists show team A's
     objects to a member."""
+
     def body(who: str) -> bytes:
         if key.startswith("GET "):
             response = Client().get(key[4:], headers={"Authorization": f"Bearer {world.tokens[who]}"})

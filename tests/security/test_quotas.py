@@ -1,6 +1,7 @@
 """Per-team quotas: queued runs (run, re-run, run with latest data, sweeps), dataset storage, the wall-clock
 budget per stage, the operator's command and admin, the read-only quota page. Each test first does what a
 team over its limit would do, and checks it is refused with a message naming the limit."""
+
 from __future__ import annotations
 
 import io
@@ -35,9 +36,22 @@ GiB = 1024**3
 
 def _pipeline(team, user):
     version = DatasetVersionFactory(dataset__team=team)
-    return PipelineFactory(team=team, base_model=BaseModelFactory(team=team), created_by=user, seed=3, stages=[
-        {"name": "a", "method": "sft", "config": {"max_steps": 2}, "adapter": {"type": "none"},
-         "dataset_id": version.dataset_id, "input": "base"}])
+    return PipelineFactory(
+        team=team,
+        base_model=BaseModelFactory(team=team),
+        created_by=user,
+        seed=3,
+        stages=[
+            {
+                "name": "a",
+                "method": "sft",
+                "config": {"max_steps": 2},
+                "adapter": {"type": "none"},
+                "dataset_id": version.dataset_id,
+                "input": "base",
+            }
+        ],
+    )
 
 
 @pytest.fixture
@@ -47,13 +61,16 @@ def pipeline(team, alice, sent_stages):
 
 # --- queued runs --------------------------------------------------------------------------------------
 
+
 @pytest.mark.django_db
 def test_a_run_over_the_queued_runs_limit_is_refused_naming_the_limit(team, alice, pipeline, api):
     team_quota_set(team=team, queued_runs=2)
     first = run_create(pipeline=pipeline, user=alice)
     run_create(pipeline=pipeline, user=alice)
-    message = (f"team {team.name!r} already has 2 queued or running runs (its limit is 2): wait for one to "
-               "finish or cancel one")
+    message = (
+        f"team {team.name!r} already has 2 queued or running runs (its limit is 2): wait for one to "
+        "finish or cancel one"
+    )
 
     with pytest.raises(RunError) as refused:
         run_create(pipeline=pipeline, user=alice)
@@ -86,22 +103,48 @@ def test_a_20_run_sweep_against_a_limit_of_10_is_refused_whole(team, alice, pipe
     run_create(pipeline=pipeline, user=alice)
     values = [f"{i}e-5" for i in range(1, 21)]
     with pytest.raises(SweepError) as refused:
-        sweep_create(pipeline=pipeline, user=alice, name="lr", mode="grid", metric="a/train/loss", goal="min",
-                     parameters=[{"path": "a.config.learning_rate", "values": values}])
-    assert refused.value.errors == {"runs": (
-        f"these 20 runs would give team {team.name!r} 21 queued or running runs (1 already), over its limit of "
-        "10: nothing was queued; wait for runs to finish, cancel some, or queue at most 9")}
+        sweep_create(
+            pipeline=pipeline,
+            user=alice,
+            name="lr",
+            mode="grid",
+            metric="a/train/loss",
+            goal="min",
+            parameters=[{"path": "a.config.learning_rate", "values": values}],
+        )
+    assert refused.value.errors == {
+        "runs": (
+            f"these 20 runs would give team {team.name!r} 21 queued or running runs (1 already), over its limit of "
+            "10: nothing was queued; wait for runs to finish, cancel some, or queue at most 9"
+        )
+    }
     assert Run.objects.filter(team=team).count() == 1 and not Sweep.objects.exists()
 
-    form = {"pipeline": pipeline.pk, "name": "lr", "mode": "grid", "samples": "8", "seed": "", "goal": "min",
-            "metric": "a/train/loss", "params-0-path": "a.config.learning_rate", "params-0-values": ", ".join(values),
-            "params-1-path": ""}
+    form = {
+        "pipeline": pipeline.pk,
+        "name": "lr",
+        "mode": "grid",
+        "samples": "8",
+        "seed": "",
+        "goal": "min",
+        "metric": "a/train/loss",
+        "params-0-path": "a.config.learning_rate",
+        "params-0-values": ", ".join(values),
+        "params-1-path": "",
+    }
     html = browser_client.post("/sweeps/new/", form).content.decode()
     assert "these 20 runs would give team" in html and "over its limit of" in html
     assert Run.objects.filter(team=team).count() == 1 and not Sweep.objects.exists()
 
-    nine = sweep_create(pipeline=pipeline, user=alice, name="lr9", mode="grid", metric="a/train/loss", goal="min",
-                        parameters=[{"path": "a.config.learning_rate", "values": values[:9]}])
+    nine = sweep_create(
+        pipeline=pipeline,
+        user=alice,
+        name="lr9",
+        mode="grid",
+        metric="a/train/loss",
+        goal="min",
+        parameters=[{"path": "a.config.learning_rate", "values": values[:9]}],
+    )
     assert nine.trials.count() == 9 and Run.objects.filter(team=team).count() == 10
 
 
@@ -134,6 +177,7 @@ def test_the_settings_read_sizes_and_refuse_garbage(monkeypatch):
 
 # --- dataset storage ----------------------------------------------------------------------------------
 
+
 def _jsonl(rows: int) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in (ROWS * 100)[:rows]).encode()
 
@@ -141,18 +185,26 @@ def _jsonl(rows: int) -> bytes:
 @pytest.mark.django_db
 def test_an_upload_over_the_storage_limit_is_refused_and_stores_nothing(team, alice, dataset_dir, api):
     first = _jsonl(100)
-    dataset_version_create(team=team, user=alice, name="a", kind="prompt_completion", filename="a.jsonl",
-                           chunks=iter([first]))
+    dataset_version_create(
+        team=team, user=alice, name="a", kind="prompt_completion", filename="a.jsonl", chunks=iter([first])
+    )
     team_quota_set(team=team, storage_bytes=len(first) + 1000)
     big = _jsonl(300)
 
     with pytest.raises(DatasetUploadError) as refused:
-        dataset_version_create(team=team, user=alice, name="b", kind="prompt_completion", filename="b.jsonl",
-                               chunks=(big[i:i + 500] for i in range(0, len(big), 500)))
+        dataset_version_create(
+            team=team,
+            user=alice,
+            name="b",
+            kind="prompt_completion",
+            filename="b.jsonl",
+            chunks=(big[i : i + 500] for i in range(0, len(big), 500)),
+        )
     assert str(refused.value) == (
         f"this upload ({format_bytes(len(big))}) would take team {team.name!r} to {format_bytes(len(first) + len(big))}"
         f" of datasets, over its limit of {format_bytes(len(first) + 1000)}: delete old dataset versions or ask an "
-        "operator for more")
+        "operator for more"
+    )
     assert DatasetVersion.objects.filter(dataset__team=team).count() == 1
     assert len([p for p in dataset_dir.rglob("*") if p.is_file()]) == 1  # only the first file
     assert not any((dataset_dir.parent / "tmp").glob("*"))  # the spooled part was removed
@@ -163,20 +215,23 @@ def test_an_upload_over_the_storage_limit_is_refused_and_stores_nothing(team, al
     assert response.status_code == 400 and "over its limit of" in response.json()["detail"]
 
     small = _jsonl(5)
-    assert dataset_version_create(team=team, user=alice, name="c", kind="prompt_completion", filename="c.jsonl",
-                                  chunks=iter([small])).created  # still fits
+    assert dataset_version_create(
+        team=team, user=alice, name="c", kind="prompt_completion", filename="c.jsonl", chunks=iter([small])
+    ).created  # still fits
 
 
 @pytest.mark.django_db
 def test_the_datasets_page_shows_storage_used_and_the_limit(team, alice, dataset_dir, browser_client):
-    dataset_version_create(team=team, user=alice, name="a", kind="prompt_completion", filename="a.jsonl",
-                           chunks=iter([_jsonl(10)]))
+    dataset_version_create(
+        team=team, user=alice, name="a", kind="prompt_completion", filename="a.jsonl", chunks=iter([_jsonl(10)])
+    )
     team_quota_set(team=team, storage_bytes=50 * GiB)
     html = browser_client.get("/datasets/").content.decode()
     assert f"Storage {format_bytes(len(_jsonl(10)))} of 50 GiB" in html
 
 
 # --- the quota page -------------------------------------------------------------------------------------
+
 
 @pytest.mark.django_db
 def test_the_quota_page_shows_the_teams_limits_and_usage_only(team, alice, bob, pipeline, browser_client, client):
@@ -185,8 +240,12 @@ def test_the_quota_page_shows_the_teams_limits_and_usage_only(team, alice, bob, 
     run_create(pipeline=pipeline, user=alice)
     stored = format_bytes(sum(DatasetVersion.objects.filter(dataset__team=team).values_list("size_bytes", flat=True)))
     html = browser_client.get("/teams/quota/").content.decode()
-    for row, used, limit in (("running_stages", "0", "2"), ("queued_runs", "1", "10"), ("stage_seconds", "—", "2h"),
-                             ("storage_bytes", stored, "50 GiB")):
+    for row, used, limit in (
+        ("running_stages", "0", "2"),
+        ("queued_runs", "1", "10"),
+        ("stage_seconds", "—", "2h"),
+        ("storage_bytes", stored, "50 GiB"),
+    ):
         cells = html.split(f'data-testid="quota-{row}"', 1)[1].split("</tr>", 1)[0]
         assert f">{used}<" in cells and f">{limit}<" in cells
     assert "77" not in html
@@ -195,13 +254,15 @@ def test_the_quota_page_shows_the_teams_limits_and_usage_only(team, alice, bob, 
 
 # --- wall-clock budget per stage ----------------------------------------------------------------------
 
+
 def test_the_budget_message_names_the_budget_and_the_time_run():
     from datetime import datetime, timedelta
 
     start = datetime(2026, 1, 1, tzinfo=UTC)
     assert stage_budget_exceeded(started_at=start, budget_seconds=7200, now=start + timedelta(seconds=7200)) is None
     assert stage_budget_exceeded(started_at=start, budget_seconds=7200, now=start + timedelta(seconds=7203)) == (
-        "stopped: over the team's wall-clock budget of 2h per stage (ran 2h 0m 3s)")
+        "stopped: over the team's wall-clock budget of 2h per stage (ran 2h 0m 3s)"
+    )
     assert stage_budget_exceeded(started_at=start, budget_seconds=None, now=start + timedelta(days=9)) is None
     assert stage_budget_exceeded(started_at=None, budget_seconds=5, now=start) is None
 
@@ -219,6 +280,7 @@ def test_a_stage_over_its_teams_budget_is_stopped_and_fails(demo_pipeline, sent_
 
     def work():
         from django.db import connection
+
         try:
             result["status"] = supervise_stage(stage_run_id=stage.pk, worker="w")
         finally:
@@ -228,8 +290,12 @@ def test_a_stage_over_its_teams_budget_is_stopped_and_fails(demo_pipeline, sent_
     worker.start()
     try:
         pid = wait_until(lambda: _trainer_pid(stage), timeout=60, message="trainer process not found")
-        wait_until(lambda: StageRun.objects.get(pk=stage.pk).is_finished, timeout=60, interval=0.2,
-                   message="the stage was not stopped at its budget")
+        wait_until(
+            lambda: StageRun.objects.get(pk=stage.pk).is_finished,
+            timeout=60,
+            interval=0.2,
+            message="the stage was not stopped at its budget",
+        )
     finally:
         worker.join(timeout=60)
     stage.refresh_from_db()
@@ -252,13 +318,28 @@ def _alive(pid: int) -> bool:
 
 # --- the operator's command and the formats -----------------------------------------------------------
 
+
 @pytest.mark.django_db
 def test_the_team_quota_command_sets_shows_and_resets(team, sent_stages, capsys):
-    call_command("team_quota", team.slug, "--running-stages", "2", "--queued-runs", "10", "--stage-seconds", "2h",
-                 "--storage", "50GiB")
+    call_command(
+        "team_quota",
+        team.slug,
+        "--running-stages",
+        "2",
+        "--queued-runs",
+        "10",
+        "--stage-seconds",
+        "2h",
+        "--storage",
+        "50GiB",
+    )
     quota = TeamQuota.objects.get(team=team)
     assert (quota.running_stages, quota.queued_runs, quota.stage_seconds, quota.storage_bytes) == (
-        2, 10, 7200, 50 * GiB)
+        2,
+        10,
+        7200,
+        50 * GiB,
+    )
     call_command("team_quota", team.name, "--queued-runs", "none")
     quota.refresh_from_db()
     assert quota.queued_runs is None and quota.running_stages == 2
@@ -266,8 +347,12 @@ def test_the_team_quota_command_sets_shows_and_resets(team, sent_stages, capsys)
     assert "running stages: 0 of 2" in out and "queued runs:    0 of no limit" in out
     assert "storage:        0 B of 50 GiB" in out
 
-    for bad, message in ((["--storage", "lots"], "not a size"), (["--running-stages", "-1"], "not a whole number"),
-                         (["--stage-seconds", "0"], "at least 1"), (["--reset", "--queued-runs", "2"], "alone")):
+    for bad, message in (
+        (["--storage", "lots"], "not a size"),
+        (["--running-stages", "-1"], "not a whole number"),
+        (["--stage-seconds", "0"], "at least 1"),
+        (["--reset", "--queued-runs", "2"], "alone"),
+    ):
         with pytest.raises(CommandError, match=message):
             call_command("team_quota", team.slug, *bad)
     with pytest.raises(CommandError, match="no team"):
@@ -276,8 +361,9 @@ def test_the_team_quota_command_sets_shows_and_resets(team, sent_stages, capsys)
     assert not TeamQuota.objects.filter(team=team).exists()
 
 
-@pytest.mark.parametrize(("text", "size"), [("50GiB", 50 * GiB), ("1.5 GB", 1_500_000_000), ("1024", 1024),
-                                            ("500mb", 500_000_000)])
+@pytest.mark.parametrize(
+    ("text", "size"), [("50GiB", 50 * GiB), ("1.5 GB", 1_500_000_000), ("1024", 1024), ("500mb", 500_000_000)]
+)
 def test_parse_size(text, size):
     assert parse_size(text) == size
 
@@ -301,8 +387,9 @@ def test_formats():
 
 
 @pytest.mark.django_db
-def test_an_operator_sets_limits_in_the_admin_and_the_teams_queue_wakes_up(team, alice, pipeline, sent_stages,
-                                                                            django_capture_on_commit_callbacks):
+def test_an_operator_sets_limits_in_the_admin_and_the_teams_queue_wakes_up(
+    team, alice, pipeline, sent_stages, django_capture_on_commit_callbacks
+):
     from django.contrib.auth import get_user_model
     from django.test import Client
 
@@ -312,9 +399,16 @@ def test_an_operator_sets_limits_in_the_admin_and_the_teams_queue_wakes_up(team,
     client.force_login(operator)
     sent_stages.clear()
     with django_capture_on_commit_callbacks(execute=True):
-        response = client.post("/admin/teams/teamquota/add/", {
-            "team": team.pk, "running_stages": "2", "queued_runs": "", "stage_seconds": "7200",
-            "storage_bytes": str(50 * GiB)})
+        response = client.post(
+            "/admin/teams/teamquota/add/",
+            {
+                "team": team.pk,
+                "running_stages": "2",
+                "queued_runs": "",
+                "stage_seconds": "7200",
+                "storage_bytes": str(50 * GiB),
+            },
+        )
     assert response.status_code == 302, response.content.decode()[:2000]
     quota = TeamQuota.objects.get(team=team)
     assert (quota.running_stages, quota.queued_runs, quota.stage_seconds) == (2, None, 7200)

@@ -1,5 +1,6 @@
 """Issue 11, hole 1: the revision field accepts only a commit hash, a tag or a branch name
 (git check-ref-format rules), in the service, the form and the API."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,11 +10,46 @@ from refinery.basemodels.models import BaseModel
 from refinery.basemodels.services import BaseModelError, base_model_create, revision_error
 from refinery.teams.services import api_token_create, user_create
 
-GOOD = ["main", "v1.0", "refs/pr/12", "release/2024-06", "abc1234", "0123456789abcdef0123456789abcdef01234567",
-        "feature_x", "v2.0.0-rc.1", "a" * 100, "user@example"]
-BAD = ["..", "main..dev", "-rf", "/main", "main/", "a//b", "a@{1}", "@", "has space", "tab\tname", "nul\x00",
-       "til~de", "car^et", "co:lon", "que?ry", "st*ar", "br[acket", "back\\slash", "main.lock", "a/b.lock",
-       ".hidden", "a/.hidden", "trailing.", "a" * 101, "del\x7f", "new\nline"]
+GOOD = [
+    "main",
+    "v1.0",
+    "refs/pr/12",
+    "release/2024-06",
+    "abc1234",
+    "0123456789abcdef0123456789abcdef01234567",
+    "feature_x",
+    "v2.0.0-rc.1",
+    "a" * 100,
+    "user@example",
+]
+BAD = [
+    "..",
+    "main..dev",
+    "-rf",
+    "/main",
+    "main/",
+    "a//b",
+    "a@{1}",
+    "@",
+    "has space",
+    "tab\tname",
+    "nul\x00",
+    "til~de",
+    "car^et",
+    "co:lon",
+    "que?ry",
+    "st*ar",
+    "br[acket",
+    "back\\slash",
+    "main.lock",
+    "a/b.lock",
+    ".hidden",
+    "a/.hidden",
+    "trailing.",
+    "a" * 101,
+    "del\x7f",
+    "new\nline",
+]
 
 
 @pytest.mark.parametrize("revision", GOOD)
@@ -63,7 +99,8 @@ def test_the_form_page_shows_the_revision_error():
     user_create(username="alice", password="pw-alice-123", team_name="Alpha")
     client = Client()
     client.login(username="alice", password="pw-alice-123")
-    response = client.post("/models/new/", {"name": "x", "source": "hub", "name_or_path": "org/m",
-                                            "revision": "main..evil"})
+    response = client.post(
+        "/models/new/", {"name": "x", "source": "hub", "name_or_path": "org/m", "revision": "main..evil"}
+    )
     assert response.status_code == 400 and "is not a commit hash, tag or branch name" in response.content.decode()
     assert not BaseModel.objects.exists()

@@ -2,6 +2,7 @@
 nothing, production settings that refuse a missing or weak secret key and pass
 `check --deploy` with no warnings, a Content Security Policy without inline script or eval,
 an offline API docs page, and sign-in throttling with Django's password validators."""
+
 from __future__ import annotations
 
 import io
@@ -31,8 +32,18 @@ from tests.conftest import REPO_ROOT
 
 TEMPLATES = REPO_ROOT / "templates"
 # What a DEBUG page (technical 404/500) shows and a friendly page must not.
-LEAKS = ["URLconf", "Traceback", "refinery.urls", "SECRET_KEY", "settings", "DEBUG", "Request Method",
-         "ZeroDivisionError", "site-packages", "urlpatterns"]
+LEAKS = [
+    "URLconf",
+    "Traceback",
+    "refinery.urls",
+    "SECRET_KEY",
+    "settings",
+    "DEBUG",
+    "Request Method",
+    "ZeroDivisionError",
+    "site-packages",
+    "urlpatterns",
+]
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -43,8 +54,9 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 
 def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 # ------------------------------------------------------------------------------ test-only views
@@ -97,8 +109,11 @@ for url in ["/static/css/app.css", "/static/js/app.js", "/static/vendor/htmx.min
     print(url, r.status_code)
     if hasattr(r, "close"): r.close()
 """
-    env = _clean_env(DJANGO_SETTINGS_MODULE="refinery.settings.base", REFINERY_VAR_DIR=str(tmp_path),
-                     DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    env = _clean_env(
+        DJANGO_SETTINGS_MODULE="refinery.settings.base",
+        REFINERY_VAR_DIR=str(tmp_path),
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+    )
     out = _python(code, env)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split("\n")
@@ -172,8 +187,14 @@ DOCUMENTED_DEPLOYMENT = {
 
 def _deploy_check(tmp_path, **env: str) -> subprocess.CompletedProcess:
     full = _clean_env(REFINERY_VAR_DIR=str(tmp_path), **{**DOCUMENTED_DEPLOYMENT, **env})
-    return subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-                          cwd=REPO_ROOT, env=full, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=REPO_ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_production_settings_pass_check_deploy_with_no_warnings(tmp_path):
@@ -184,21 +205,28 @@ def test_production_settings_pass_check_deploy_with_no_warnings(tmp_path):
 
 
 def test_production_settings_with_tls_switches_off_still_pass_and_say_what_they_silenced(tmp_path):
-    out = _deploy_check(tmp_path, DJANGO_SECRET_KEY=secrets.token_urlsafe(50), DJANGO_SECURE_SSL_REDIRECT="false",
-                        DJANGO_SECURE_HSTS_PRELOAD="false")
+    out = _deploy_check(
+        tmp_path,
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        DJANGO_SECURE_SSL_REDIRECT="false",
+        DJANGO_SECURE_HSTS_PRELOAD="false",
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "WARNINGS" not in out.stdout + out.stderr
     assert "(2 silenced)" in out.stdout
 
 
-@pytest.mark.parametrize("key, message", [
-    (None, "DJANGO_SECRET_KEY is not set"),
-    ("", "DJANGO_SECRET_KEY is not set"),
-    ("refinery-insecure-dev-key-change-me", "insecure development key"),
-    ("django-insecure-" + "x" * 60, "insecure development key"),
-    ("short-but-random-Q3k9", "too weak"),
-    ("a" * 64, "too weak"),
-])
+@pytest.mark.parametrize(
+    "key, message",
+    [
+        (None, "DJANGO_SECRET_KEY is not set"),
+        ("", "DJANGO_SECRET_KEY is not set"),
+        ("refinery-insecure-dev-key-change-me", "insecure development key"),
+        ("django-insecure-" + "x" * 60, "insecure development key"),
+        ("short-but-random-Q3k9", "too weak"),
+        ("a" * 64, "too weak"),
+    ],
+)
 def test_production_settings_refuse_a_missing_or_weak_secret_key(tmp_path, key, message):
     env = {} if key is None else {"DJANGO_SECRET_KEY": key}
     out = _deploy_check(tmp_path, **env)
@@ -225,12 +253,20 @@ print("csp", r.get("Content-Security-Policy"))
 print("csrf-cookie-secure", r.cookies["csrftoken"]["secure"])
 print("csrf-cookie-httponly", r.cookies["csrftoken"]["httponly"])
 """
-    env = _clean_env(REFINERY_VAR_DIR=str(tmp_path), DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
-                     **{**DOCUMENTED_DEPLOYMENT, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"})
+    env = _clean_env(
+        REFINERY_VAR_DIR=str(tmp_path),
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        **{**DOCUMENTED_DEPLOYMENT, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"},
+    )
     # The manifest storage needs collected static files, as a real deployment has them.
-    collect = subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=REPO_ROOT,
-                             env={**env, "REFINERY_STATIC_ROOT": str(tmp_path / "static")}, capture_output=True,
-                             text=True, timeout=300)
+    collect = subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
+        cwd=REPO_ROOT,
+        env={**env, "REFINERY_STATIC_ROOT": str(tmp_path / "static")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert collect.returncode == 0, collect.stderr[-3000:]
     out = _python(code, {**env, "REFINERY_STATIC_ROOT": str(tmp_path / "static")})
     assert out.returncode == 0, out.stderr[-3000:]
@@ -251,10 +287,13 @@ def test_plain_http_trial_is_possible_but_check_deploy_says_it_is_no_deployment(
     assert out.returncode != 0
     for check in ("security.W004", "security.W008", "security.W012", "security.W016"):
         assert check in out.stderr, out.stderr
-    code = ("import django; django.setup(); from django.conf import settings as s; "
-            "print(s.SECURE_SSL_REDIRECT, s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_HSTS_SECONDS)")
-    env = _clean_env(REFINERY_VAR_DIR=str(tmp_path), DJANGO_SECRET_KEY=key, DJANGO_HTTPS="false",
-                     **DOCUMENTED_DEPLOYMENT)
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print(s.SECURE_SSL_REDIRECT, s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_HSTS_SECONDS)"
+    )
+    env = _clean_env(
+        REFINERY_VAR_DIR=str(tmp_path), DJANGO_SECRET_KEY=key, DJANGO_HTTPS="false", **DOCUMENTED_DEPLOYMENT
+    )
     assert _python(code, env).stdout.split() == ["False", "False", "False", "0"]
 
 
@@ -276,7 +315,7 @@ def test_pages_send_a_strict_csp_whose_nonce_their_scripts_carry(client):
     assert policy["form-action"] == ["'self'"] and policy["base-uri"] == ["'self'"]
     assert policy["connect-src"] == ["'self'"] and policy["img-src"] == ["'self'", "data:"]
     html = response.content.decode()
-    nonce = nonces[0][len("'nonce-"):-1]
+    nonce = nonces[0][len("'nonce-") : -1]
     scripts = re.findall(r"<script\b[^>]*>", html)
     assert scripts and all(f'nonce="{nonce}"' in tag for tag in scripts), scripts
     assert '"allowEval":false' in html and '"includeIndicatorStyles":false' in html
@@ -330,7 +369,7 @@ def test_api_docs_page_uses_the_vendored_swagger_ui_and_no_other_site(client):
     outside = [u for u in urls if not re.match(r"https?://testserver(/|$)", u)]
     assert not outside, outside
     assert "cdn" not in html.lower()
-    nonce = next(s for s in _csp(response)["script-src"] if s.startswith("'nonce-"))[len("'nonce-"):-1]
+    nonce = next(s for s in _csp(response)["script-src"] if s.startswith("'nonce-"))[len("'nonce-") : -1]
     for tag in re.findall(r"<script\b[^>]*>", html):
         assert 'type="application/json"' in tag or f'nonce="{nonce}"' in tag, tag
     assert '"validatorUrl": null' in html  # Swagger UI would ask validator.swagger.io otherwise
@@ -343,7 +382,10 @@ def test_vendored_swagger_ui_is_recorded_and_complete():
     assert "sourceMappingURL" not in bundle  # collectstatic's manifest would look for the map
     assert "sourceMappingURL" not in (vendor / "swagger-ui" / "swagger-ui.css").read_text()
     versions = (vendor / "VERSIONS.txt").read_text()
-    assert "swagger-ui-dist 5.35.0" in versions and '"swagger-ui-dist": "5.35.0"' in (REPO_ROOT / "package.json").read_text()
+    assert (
+        "swagger-ui-dist 5.35.0" in versions
+        and '"swagger-ui-dist": "5.35.0"' in (REPO_ROOT / "package.json").read_text()
+    )
 
 
 # ------------------------------------------------------------------------- sign-in throttling
@@ -364,7 +406,9 @@ def test_the_11th_sign_in_in_a_minute_is_refused_even_with_the_right_password(se
     started = time.monotonic()
     for attempt in range(9):
         response = _sign_in(attacker, "ada", f"wrong-{attempt}")
-        assert response.status_code == 200 and "Please enter a correct username and password" in response.content.decode()
+        assert (
+            response.status_code == 200 and "Please enter a correct username and password" in response.content.decode()
+        )
     # The 10th wrong password locks the username out from this address...
     _assert_friendly(_sign_in(attacker, "ada", "wrong-9"), 429, "Too many failed sign-ins")
     # ... so the 11th attempt is refused even with the right password.
@@ -423,6 +467,7 @@ def test_throttling_settings_are_ten_failures_per_username_and_address(settings)
     assert settings.AUTHENTICATION_BACKENDS[-1] == "django.contrib.auth.backends.ModelBackend"
     from axes.backends import AxesStandaloneBackend
     from django.utils.module_loading import import_string
+
     assert issubclass(import_string(settings.AUTHENTICATION_BACKENDS[0]), AxesStandaloneBackend)
 
 
@@ -434,8 +479,12 @@ def test_base_settings_put_the_stock_axes_backend_first(tmp_path):
 
 def test_all_four_standard_password_validators_and_the_demo_password_passes_them(settings):
     names = [v["NAME"].rsplit(".", 1)[-1] for v in settings.AUTH_PASSWORD_VALIDATORS]
-    assert names == ["UserAttributeSimilarityValidator", "MinimumLengthValidator", "CommonPasswordValidator",
-                     "NumericPasswordValidator"]
+    assert names == [
+        "UserAttributeSimilarityValidator",
+        "MinimumLengthValidator",
+        "CommonPasswordValidator",
+        "NumericPasswordValidator",
+    ]
     demo = get_user_model()(username="demo")
     validate_password("refinery-demo", user=demo)  # the demo password `make run` prints
     for weak in ["password", "84736251", "short"]:  # common, numeric, too short
@@ -470,8 +519,14 @@ def test_make_run_turns_on_development_mode_only_when_asked():
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
 
     def dry_run(*args: str) -> str:
-        return subprocess.run(["make", "--no-print-directory", "-n", "run", *args], cwd=REPO_ROOT, env=env,
-                              capture_output=True, text=True, timeout=60).stdout
+        return subprocess.run(
+            ["make", "--no-print-directory", "-n", "run", *args],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
 
     dry = dry_run()
     assert "DJANGO_DEBUG" not in dry.strip().split("\n")[-1]

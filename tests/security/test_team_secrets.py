@@ -1,5 +1,6 @@
 """Issue 11, hole 5 (second half): hub tokens are per-team secrets, encrypted at rest, write-only, owners only,
 and reach a trainer only for a stage of their own team that loads its hub base model."""
+
 from __future__ import annotations
 
 import hashlib
@@ -85,6 +86,7 @@ def put(client, name, value):
 
 # --- storage -------------------------------------------------------------------------------------
 
+
 def test_the_value_is_stored_encrypted_and_decrypts(team, alice):
     secret = team_secret_set(team=team, user=alice, name="hf_token", value=f"  {TOKEN}\n")
     with connection.cursor() as cursor:
@@ -99,12 +101,15 @@ def test_the_value_is_stored_encrypted_and_decrypts(team, alice):
     assert again.pk == secret.pk and again.ciphertext != secret.ciphertext and TeamSecret.objects.count() == 1
 
 
-@pytest.mark.parametrize(("name", "value", "message"), [
-    ("hf_token", "short", "12 to 512 characters"),
-    ("hf_token", "hf_has a space inside it", "no spaces"),
-    ("hf_token", "hf_" + "x" * 600, "12 to 512 characters"),
-    ("aws_key", TOKEN, "unknown secret 'aws_key'"),
-])
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("hf_token", "short", "12 to 512 characters"),
+        ("hf_token", "hf_has a space inside it", "no spaces"),
+        ("hf_token", "hf_" + "x" * 600, "12 to 512 characters"),
+        ("aws_key", TOKEN, "unknown secret 'aws_key'"),
+    ],
+)
 def test_bad_values_are_refused_and_nothing_is_stored(team, alice, name, value, message):
     with pytest.raises(TeamSecretError, match=message) as caught:
         team_secret_set(team=team, user=alice, name=name, value=value)
@@ -144,6 +149,7 @@ def test_without_a_secrets_key_development_derives_one_and_production_refuses_to
 
 
 # --- the page ------------------------------------------------------------------------------------
+
 
 def test_owner_sets_replaces_and_deletes_without_ever_seeing_the_value(team, alice):
     client = login("alice")
@@ -207,6 +213,7 @@ def test_another_team_cannot_read_or_change_it(team, alice, bob):
 
 # --- the API -------------------------------------------------------------------------------------
 
+
 def test_the_api_is_write_only_and_for_owners(team, alice, member, viewer):
     api = api_client(alice, team)
     response = put(api, "hf_token", TOKEN)
@@ -264,8 +271,9 @@ def _token_seen(pipeline) -> str:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_trainer_gets_its_own_teams_token_only_for_hub_stages(demo_pipeline, sent_stages, mlflow_server,
-                                                                  settings, tmp_path, monkeypatch):
+def test_the_trainer_gets_its_own_teams_token_only_for_hub_stages(
+    demo_pipeline, sent_stages, mlflow_server, settings, tmp_path, monkeypatch
+):
     script = tmp_path / "fake-trainer"
     script.write_text(FAKE_TRAINER)
     script.chmod(0o755)
@@ -287,6 +295,11 @@ def test_the_trainer_gets_its_own_teams_token_only_for_hub_stages(demo_pipeline,
     stage = alpha.runs.get().stages.get()
     spec_dir = artifacts_download(mlflow_run_id=stage.mlflow_run_id, artifact_path="spec.json", dst=tmp_path / "a")
     mlrun = tracking_client().get_run(stage.mlflow_run_id)
-    texts = [spec_dir.read_text() if spec_dir.is_file() else "".join(p.read_text() for p in spec_dir.rglob("*")),
-             json.dumps(mlrun.data.params), json.dumps(mlrun.data.tags), stage.log_tail, stage.error]
+    texts = [
+        spec_dir.read_text() if spec_dir.is_file() else "".join(p.read_text() for p in spec_dir.rglob("*")),
+        json.dumps(mlrun.data.params),
+        json.dumps(mlrun.data.tags),
+        stage.log_tail,
+        stage.error,
+    ]
     assert not [t for t in texts if TOKEN in t]

@@ -4,6 +4,7 @@ The pure allow-list by a table, then end to end: a real trainer started by the s
 /proc/<pid>/environ while a failpoint holds it at a step) sees none of DATABASE_URL, DJANGO_SECRET_KEY,
 CELERY_BROKER_URL, MLFLOW_TRACKING_URI, REFINERY_SECRETS_KEY or the worker's HF_TOKEN, and still gets the
 failpoint switch the chaos suite relies on."""
+
 from __future__ import annotations
 
 import os
@@ -34,21 +35,52 @@ WORKER_SECRETS = {
 }
 
 
-@pytest.mark.parametrize(("name", "passed"), [
-    ("PATH", True), ("HOME", True), ("LANG", True), ("LC_ALL", True), ("LC_CTYPE", True), ("TZ", True),
-    ("TMPDIR", True), ("PYTHONPATH", True), ("PYTHONUNBUFFERED", True), ("VIRTUAL_ENV", True),
-    ("CUDA_VISIBLE_DEVICES", True), ("CUDA_HOME", True), ("NVIDIA_VISIBLE_DEVICES", True),
-    ("NVIDIA_DRIVER_CAPABILITIES", True), ("NCCL_DEBUG", True), ("PYTORCH_CUDA_ALLOC_CONF", True),
-    ("HF_HOME", True), ("HF_HUB_CACHE", True), ("TRANSFORMERS_CACHE", True), ("HF_HUB_OFFLINE", True),
-    ("TRANSFORMERS_OFFLINE", True), ("HF_DATASETS_OFFLINE", True), ("HF_HUB_DISABLE_TELEMETRY", True),
-    ("OMP_NUM_THREADS", True), ("MKL_NUM_THREADS", True), ("OPENBLAS_NUM_THREADS", True),
-    ("TOKENIZERS_PARALLELISM", True), ("REFINERY_FAILPOINTS", True),
-    *((name, False) for name in WORKER_SECRETS),
-    ("HF_TOKEN_PATH", False), ("HUGGINGFACE_TOKEN", False), ("DJANGO_SETTINGS_MODULE", False),
-    ("REFINERY_WORK_DIR", False), ("REFINERY_VAR_DIR", False), ("MLFLOW_S3_ENDPOINT_URL", False),
-    ("SSH_AUTH_SOCK", False), ("LD_PRELOAD", False), ("PYTHONSTARTUP", False), ("GITHUB_TOKEN", False),
-    ("path", False), ("HF_TOKEN ", False),
-])
+@pytest.mark.parametrize(
+    ("name", "passed"),
+    [
+        ("PATH", True),
+        ("HOME", True),
+        ("LANG", True),
+        ("LC_ALL", True),
+        ("LC_CTYPE", True),
+        ("TZ", True),
+        ("TMPDIR", True),
+        ("PYTHONPATH", True),
+        ("PYTHONUNBUFFERED", True),
+        ("VIRTUAL_ENV", True),
+        ("CUDA_VISIBLE_DEVICES", True),
+        ("CUDA_HOME", True),
+        ("NVIDIA_VISIBLE_DEVICES", True),
+        ("NVIDIA_DRIVER_CAPABILITIES", True),
+        ("NCCL_DEBUG", True),
+        ("PYTORCH_CUDA_ALLOC_CONF", True),
+        ("HF_HOME", True),
+        ("HF_HUB_CACHE", True),
+        ("TRANSFORMERS_CACHE", True),
+        ("HF_HUB_OFFLINE", True),
+        ("TRANSFORMERS_OFFLINE", True),
+        ("HF_DATASETS_OFFLINE", True),
+        ("HF_HUB_DISABLE_TELEMETRY", True),
+        ("OMP_NUM_THREADS", True),
+        ("MKL_NUM_THREADS", True),
+        ("OPENBLAS_NUM_THREADS", True),
+        ("TOKENIZERS_PARALLELISM", True),
+        ("REFINERY_FAILPOINTS", True),
+        *((name, False) for name in WORKER_SECRETS),
+        ("HF_TOKEN_PATH", False),
+        ("HUGGINGFACE_TOKEN", False),
+        ("DJANGO_SETTINGS_MODULE", False),
+        ("REFINERY_WORK_DIR", False),
+        ("REFINERY_VAR_DIR", False),
+        ("MLFLOW_S3_ENDPOINT_URL", False),
+        ("SSH_AUTH_SOCK", False),
+        ("LD_PRELOAD", False),
+        ("PYTHONSTARTUP", False),
+        ("GITHUB_TOKEN", False),
+        ("path", False),
+        ("HF_TOKEN ", False),
+    ],
+)
 def test_the_allow_list(name, passed):
     assert allowed(name) is passed
     env = trainer_environment(base_env={name: "value"}, extra={})
@@ -56,8 +88,9 @@ def test_the_allow_list(name, passed):
 
 
 def test_extra_wins_and_output_is_unbuffered():
-    env = trainer_environment(base_env={"PATH": "/bin", "PYTHONUNBUFFERED": "0", **WORKER_SECRETS},
-                              extra={"HF_TOKEN": "hf_team_token_abcd"})
+    env = trainer_environment(
+        base_env={"PATH": "/bin", "PYTHONUNBUFFERED": "0", **WORKER_SECRETS}, extra={"HF_TOKEN": "hf_team_token_abcd"}
+    )
     assert env == {"PATH": "/bin", "PYTHONUNBUFFERED": "1", "HF_TOKEN": "hf_team_token_abcd"}
     assert trainer_environment(base_env=WORKER_SECRETS) == {"PYTHONUNBUFFERED": "1"}
 
@@ -66,22 +99,38 @@ HUB = {"source": "hub", "name_or_path": "acme/gated-7b", "revision": "main"}
 LOCAL = {"source": "local", "name_or_path": "/srv/models/tiny", "revision": None}
 
 
-@pytest.mark.parametrize(("spec", "base", "used"), [
-    ({"model": {"name_or_path": "acme/gated-7b", "adapter_path": None}}, HUB, True),
-    ({"model": {"name_or_path": "acme/gated-7b", "adapter_path": "/w/inputs/sft/adapter"}}, HUB, True),  # adapter
-    ({"model": {"name_or_path": "/w/inputs/sft/model", "adapter_path": None}}, HUB, False),  # a full stage output
-    ({"model": {"name_or_path": "/w/inputs/sft/model"},
-      "aux_models": {"teacher": {"name_or_path": "acme/gated-7b"}}}, HUB, True),  # distill's teacher is the base
-    ({"model": {"name_or_path": "/w/inputs/a/model"},
-      "inputs": [{"stage": "a", "name_or_path": "/w/a"}, {"stage": "b", "name_or_path": "acme/gated-7b"}]}, HUB, True),
-    ({"model": {"name_or_path": "/srv/models/tiny"}}, LOCAL, False),  # a local base model needs no token
-    ({"model": {"name_or_path": "acme/gated-7b"}}, {}, False),
-])
+@pytest.mark.parametrize(
+    ("spec", "base", "used"),
+    [
+        ({"model": {"name_or_path": "acme/gated-7b", "adapter_path": None}}, HUB, True),
+        ({"model": {"name_or_path": "acme/gated-7b", "adapter_path": "/w/inputs/sft/adapter"}}, HUB, True),  # adapter
+        ({"model": {"name_or_path": "/w/inputs/sft/model", "adapter_path": None}}, HUB, False),  # a full stage output
+        (
+            {
+                "model": {"name_or_path": "/w/inputs/sft/model"},
+                "aux_models": {"teacher": {"name_or_path": "acme/gated-7b"}},
+            },
+            HUB,
+            True,
+        ),  # distill's teacher is the base
+        (
+            {
+                "model": {"name_or_path": "/w/inputs/a/model"},
+                "inputs": [{"stage": "a", "name_or_path": "/w/a"}, {"stage": "b", "name_or_path": "acme/gated-7b"}],
+            },
+            HUB,
+            True,
+        ),
+        ({"model": {"name_or_path": "/srv/models/tiny"}}, LOCAL, False),  # a local base model needs no token
+        ({"model": {"name_or_path": "acme/gated-7b"}}, {}, False),
+    ],
+)
 def test_hub_model_used(spec, base, used):
     assert hub_model_used(spec, base_model=base) is used
 
 
 # --- end to end: a real trainer under the supervisor ------------------------------------------------
+
 
 def _children_running(marker: str) -> list[int]:
     """Pids of this process's children whose command line contains `marker`."""

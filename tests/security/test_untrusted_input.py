@@ -7,6 +7,7 @@
    a JSON body sent as text/plain: 415.
 4. A catastrophic regular expression in GRPO's regex reward: fails quickly with a message naming it.
 """
+
 from __future__ import annotations
 
 import io
@@ -49,8 +50,15 @@ def parquet_bomb(*, rows: int, value_bytes: int, columns=("prompt", "completion"
     column = pa.DictionaryArray.from_arrays(indices, value)
     table = pa.table({name: column for name in columns})
     out = io.BytesIO()
-    pq.write_table(table, out, compression="zstd", compression_level=22, dictionary_pagesize_limit=2 * value_bytes,
-                   write_statistics=False, store_schema=False)
+    pq.write_table(
+        table,
+        out,
+        compression="zstd",
+        compression_level=22,
+        dictionary_pagesize_limit=2 * value_bytes,
+        write_statistics=False,
+        store_schema=False,
+    )
     return out.getvalue()
 
 
@@ -64,8 +72,10 @@ def bomb() -> bytes:
     content = parquet_bomb(rows=BOMB_ROWS, value_bytes=BOMB_VALUE_BYTES)
     metadata = pq.ParquetFile(io.BytesIO(content)).metadata
     declared = sum(metadata.row_group(0).column(i).total_uncompressed_size for i in range(2))
-    print(f"\nParquet bomb: {len(content)} bytes on disk, declares {declared:,} bytes uncompressed, "
-          f"decodes to {BOMB_DECODED:,} bytes")
+    print(
+        f"\nParquet bomb: {len(content)} bytes on disk, declares {declared:,} bytes uncompressed, "
+        f"decodes to {BOMB_DECODED:,} bytes"
+    )
     assert len(content) < 1024 and declared < 3 * BOMB_VALUE_BYTES and BOMB_DECODED > DEFAULT_DECODED_LIMIT
     return content
 
@@ -82,8 +92,9 @@ def test_the_bomb_read_as_before_needs_more_than_a_gibibyte(bomb, tmp_path):
         "print(batch.nbytes)"
     )
     env = {**os.environ, "ARROW_DEFAULT_MEMORY_POOL": "system"}
-    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
     assert done.returncode != 0 and "MemoryError" in done.stderr, (done.returncode, done.stdout, done.stderr[-500:])
 
 
@@ -131,23 +142,30 @@ def test_parquet_bomb_upload_is_refused_through_page_and_api_and_the_web_process
     message = decoded_size_message(DEFAULT_DECODED_LIMIT)
     assert message == "the file decompresses to more than 8,589,934,592 bytes (8 GiB), the limit per file"
     with peak_rss_growth() as page_rss:
-        response = browser_client.post("/datasets/upload/", {
-            "name": "bomb", "kind": "prompt_completion", "file": _upload_file(bomb, "bomb.parquet")})
+        response = browser_client.post(
+            "/datasets/upload/",
+            {"name": "bomb", "kind": "prompt_completion", "file": _upload_file(bomb, "bomb.parquet")},
+        )
     assert response.status_code == 400
     assert message in response.content.decode()
     _nothing_stored(dataset_dir)
 
     with peak_rss_growth() as api_rss:
-        response = api.post("/api/v1/datasets", {"name": "bomb", "kind": "prompt_completion"},
-                            files={"file": _upload_file(bomb, "bomb.parquet")})
+        response = api.post(
+            "/api/v1/datasets",
+            {"name": "bomb", "kind": "prompt_completion"},
+            files={"file": _upload_file(bomb, "bomb.parquet")},
+        )
     assert response.status_code == 400, response.content
     body = response.json()
     assert body["detail"] == "1 problem found; nothing was stored"
     assert body["issues"] == [{"row": None, "field": None, "message": message}]
     _nothing_stored(dataset_dir)
 
-    print(f"peak RSS growth of the web (test) process: page {page_rss['growth'] / 1e6:.1f} MB, "
-          f"API {api_rss['growth'] / 1e6:.1f} MB (peak RSS {max(page_rss['peak'], api_rss['peak']) / 1e6:.0f} MB)")
+    print(
+        f"peak RSS growth of the web (test) process: page {page_rss['growth'] / 1e6:.1f} MB, "
+        f"API {api_rss['growth'] / 1e6:.1f} MB (peak RSS {max(page_rss['peak'], api_rss['peak']) / 1e6:.0f} MB)"
+    )
     assert page_rss["growth"] < RSS_GROWTH_LIMIT
     assert api_rss["growth"] < RSS_GROWTH_LIMIT
 
@@ -156,8 +174,11 @@ def test_a_valid_parquet_upload_still_goes_through_the_child(api, dataset_dir, t
     table = pa.table({"prompt": [r["prompt"] for r in ROWS], "completion": [r["completion"] for r in ROWS]})
     out = io.BytesIO()
     pq.write_table(table, out, compression="zstd")
-    response = api.post("/api/v1/datasets", {"name": "sums", "kind": "prompt_completion"},
-                        files={"file": _upload_file(out.getvalue(), "sums.parquet")})
+    response = api.post(
+        "/api/v1/datasets",
+        {"name": "sums", "kind": "prompt_completion"},
+        files={"file": _upload_file(out.getvalue(), "sums.parquet")},
+    )
     assert response.status_code == 201, response.content
     assert response.json()["row_count"] == len(ROWS)
 
@@ -183,8 +204,15 @@ def test_a_conversation_bomb_is_measured_through_lists_and_structs(tmp_path):
     turns = pa.StructArray.from_arrays([role, content], names=["role", "content"])
     messages = pa.ListArray.from_arrays(pa.array(range(0, 2 * rows + 1, 2), pa.int32()), turns)
     path = tmp_path / "chat-bomb.parquet"
-    pq.write_table(pa.table({"messages": messages}), path, compression="zstd", compression_level=22,
-                   dictionary_pagesize_limit=1 << 24, write_statistics=False, store_schema=False)
+    pq.write_table(
+        pa.table({"messages": messages}),
+        path,
+        compression="zstd",
+        compression_level=22,
+        dictionary_pagesize_limit=1 << 24,
+        write_statistics=False,
+        store_schema=False,
+    )
     assert path.stat().st_size < 2048  # decodes to 20 GB
 
     report = validate_file(path, format="parquet", kind="chat")
@@ -195,10 +223,12 @@ def test_rows_are_expanded_in_slices_of_the_batch_limit_and_a_larger_row_is_a_pr
     prompts = [f"question {i:04d} " + "x" * 30 for i in range(1000)]
     prompts[700] = "y" * 90
     path = tmp_path / "rows.parquet"
-    pq.write_table(pa.table({"prompt": prompts, "completion": ["z" * 90 if i == 700 else "a" for i in range(1000)]}),
-                   path)
-    report = validate_file(path, format="parquet", kind="prompt_completion",
-                           limits=DecodeLimits(max_batch_bytes=150, max_value_bytes=100))
+    pq.write_table(
+        pa.table({"prompt": prompts, "completion": ["z" * 90 if i == 700 else "a" for i in range(1000)]}), path
+    )
+    report = validate_file(
+        path, format="parquet", kind="prompt_completion", limits=DecodeLimits(max_batch_bytes=150, max_value_bytes=100)
+    )
     assert report.row_count == 1000 and report.error_count == 1
     assert str(report.issues[0]) == "row 701: the row decodes to 180 bytes, more than the limit of 150 per row"
     assert [row["prompt"][:13] for row in report.preview[:3]] == ["question 0000", "question 0001", "question 0002"]
@@ -225,13 +255,15 @@ def test_decoded_sizes_are_counted_through_every_arrow_shape():
 def test_declared_row_group_size_is_checked_before_any_page_is_read(tmp_path):
     path = tmp_path / "big-group.parquet"
     pq.write_table(pa.table({"prompt": ["x" * 1000] * 100, "completion": ["y"] * 100}), path, use_dictionary=False)
-    report = validate_file(path, format="parquet", kind="prompt_completion",
-                           limits=DecodeLimits(max_row_group_bytes=10_000))
+    report = validate_file(
+        path, format="parquet", kind="prompt_completion", limits=DecodeLimits(max_row_group_bytes=10_000)
+    )
     assert report.error_count == 1 and report.row_count == 0
     message = report.issues[0].message
     assert message.startswith("row group 1 decompresses to ")
-    assert message.endswith("bytes, more than the limit of 10,000 bytes (9.8 KiB) per row group; "
-                            "write the file with smaller row groups")
+    assert message.endswith(
+        "bytes, more than the limit of 10,000 bytes (9.8 KiB) per row group; write the file with smaller row groups"
+    )
 
 
 def test_parquet_strings_that_are_not_utf8_are_a_problem_not_a_crash(tmp_path):
@@ -273,8 +305,14 @@ def test_validation_that_runs_out_of_its_memory_limit_fails_the_upload_clearly(
     pq.write_table(table, path, compression="zstd", dictionary_pagesize_limit=1 << 21)
 
     def upload(name):
-        return dataset_version_create(team=team, user=alice, name=name, kind="prompt_completion",
-                                      filename="wide.parquet", chunks=iter([path.read_bytes()]))
+        return dataset_version_create(
+            team=team,
+            user=alice,
+            name=name,
+            kind="prompt_completion",
+            filename="wide.parquet",
+            chunks=iter([path.read_bytes()]),
+        )
 
     settings.REFINERY_VALIDATION_MEMORY_BYTES = 640 * MiB
     settings.REFINERY_DATASET_MAX_BATCH_BYTES = 4 * GiB
@@ -294,8 +332,14 @@ def test_validation_that_runs_out_of_time_is_killed_and_fails_the_upload(team, a
     settings.REFINERY_VALIDATION_TIMEOUT_SECONDS = 0.3
     started = time.monotonic()
     with pytest.raises(DatasetUploadError) as refused:
-        dataset_version_create(team=team, user=alice, name="long", kind="prompt_completion", filename="long.jsonl",
-                               chunks=iter([path.read_bytes()]))
+        dataset_version_create(
+            team=team,
+            user=alice,
+            name="long",
+            kind="prompt_completion",
+            filename="long.jsonl",
+            chunks=iter([path.read_bytes()]),
+        )
     assert time.monotonic() - started < 10
     assert refused.value.message == f"file: {timeout_message(0.3)}; nothing was stored"
     _nothing_stored(dataset_dir)
@@ -306,8 +350,15 @@ def test_the_validation_child_gets_no_secrets(monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "postgres://user:pw@db/refinery")
     monkeypatch.setenv("HF_TOKEN", "hf_x")
     env = _child_environment()
-    assert set(env) == {"PATH", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "LANG", "ARROW_DEFAULT_MEMORY_POOL",
-                        "OMP_NUM_THREADS", "ARROW_IO_THREADS"}
+    assert set(env) == {
+        "PATH",
+        "PYTHONPATH",
+        "PYTHONDONTWRITEBYTECODE",
+        "LANG",
+        "ARROW_DEFAULT_MEMORY_POOL",
+        "OMP_NUM_THREADS",
+        "ARROW_IO_THREADS",
+    }
 
 
 # --- hole 3: oversized bodies and content types ---------------------------------------------------
@@ -319,16 +370,15 @@ def test_a_json_body_over_the_limit_gets_413_in_the_api_error_shape(api, setting
     response = api.client.post("/api/v1/pipelines", body, content_type="application/json", headers=api.headers)
     assert response.status_code == 413
     assert response["Content-Type"] == "application/json"
-    assert response.json() == {
-        "detail": f"the request body is larger than the limit of 10 MiB ({limit:,} bytes)"
-    }
+    assert response.json() == {"detail": f"the request body is larger than the limit of 10 MiB ({limit:,} bytes)"}
     assert not Pipeline.objects.exists()
 
 
 def test_a_form_over_the_limit_gets_a_plain_413_page(browser_client, settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
-    response = browser_client.post("/datasets/upload/", "name=" + "x" * 2000,
-                                   content_type="application/x-www-form-urlencoded")
+    response = browser_client.post(
+        "/datasets/upload/", "name=" + "x" * 2000, content_type="application/x-www-form-urlencoded"
+    )
     assert response.status_code == 413
     page = response.content.decode()
     assert "Too large to accept" in page
@@ -340,14 +390,14 @@ def test_json_sent_as_text_plain_gets_415(api):
     body = json.dumps({"name": "p", "spec": {"stages": []}})
     response = api.client.post("/api/v1/pipelines", body, content_type="text/plain", headers=api.headers)
     assert response.status_code == 415
-    assert response.json() == {"detail": "this route takes a JSON body: send it with Content-Type: "
-                                          "application/json (got text/plain)"}
+    assert response.json() == {
+        "detail": "this route takes a JSON body: send it with Content-Type: application/json (got text/plain)"
+    }
     assert not Pipeline.objects.exists()
 
 
 def test_other_api_errors_keep_their_shape(api):
-    response = api.client.post("/api/v1/pipelines", "{not json", content_type="application/json",
-                               headers=api.headers)
+    response = api.client.post("/api/v1/pipelines", "{not json", content_type="application/json", headers=api.headers)
     assert response.status_code == 400
     assert response.json() == {"detail": "Cannot parse request body"}
     response = api.client.get("/api/v1/runs", headers={"Authorization": "Bearer rfy_nope"})
@@ -392,8 +442,11 @@ def test_an_upload_over_the_limit_is_stopped_while_streaming(small_upload_limit,
     form = {"name": "big", "kind": "prompt_completion"}
 
     # The upload page's XHR: JSON it shows in place.
-    response = browser_client.post("/datasets/upload/", {**form, "file": _upload_file(FOUR_MIB_JSONL, "a.jsonl")},
-                                   headers={"X-Requested-With": "XMLHttpRequest"})
+    response = browser_client.post(
+        "/datasets/upload/",
+        {**form, "file": _upload_file(FOUR_MIB_JSONL, "a.jsonl")},
+        headers={"X-Requested-With": "XMLHttpRequest"},
+    )
     assert response.status_code == 413
     assert response.json() == {"detail": message, "error": message}
     # A plain form post: a page.
@@ -415,8 +468,11 @@ def test_an_upload_declared_over_the_limit_is_refused_before_a_byte_is_read(
     small_upload_limit, api, dataset_dir, settings
 ):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024
-    response = api.post("/api/v1/datasets", {"name": "big", "kind": "prompt_completion"},
-                        files={"file": _upload_file(FOUR_MIB_JSONL, "a.jsonl")})
+    response = api.post(
+        "/api/v1/datasets",
+        {"name": "big", "kind": "prompt_completion"},
+        files={"file": _upload_file(FOUR_MIB_JSONL, "a.jsonl")},
+    )
     assert response.status_code == 413
     assert response.json()["detail"].startswith("the upload is larger than the limit of 256 KiB")
     assert RECEIVED == []  # no file was started, let alone written
@@ -425,8 +481,11 @@ def test_an_upload_declared_over_the_limit_is_refused_before_a_byte_is_read(
 
 def test_an_upload_under_the_limit_still_works(small_upload_limit, api, dataset_dir, tmp_path):
     path = write_jsonl(tmp_path / "a.jsonl", ROWS)
-    response = api.post("/api/v1/datasets", {"name": "sums", "kind": "prompt_completion"},
-                        files={"file": _upload_file(path.read_bytes(), "a.jsonl")})
+    response = api.post(
+        "/api/v1/datasets",
+        {"name": "sums", "kind": "prompt_completion"},
+        files={"file": _upload_file(path.read_bytes(), "a.jsonl")},
+    )
     assert response.status_code == 201, response.content
     assert RECEIVED == [path.stat().st_size]
 

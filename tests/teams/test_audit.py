@@ -1,5 +1,6 @@
 """Every administrative and team action of the team-administration list leaves one audit row in the right team:
 performed here through its service (or, for sign-ins, through the login page)."""
+
 from __future__ import annotations
 
 import itertools
@@ -46,9 +47,20 @@ def world(db):
 
 def _spec(team):
     version = DatasetVersionFactory(dataset__team=team)
-    return {"seed": 3, "auto_evaluate": False, "stages": [
-        {"name": "sft", "method": "sft", "config": {"max_steps": 2}, "adapter": {"type": "none"},
-         "dataset_id": version.dataset_id, "input": "base"}]}
+    return {
+        "seed": 3,
+        "auto_evaluate": False,
+        "stages": [
+            {
+                "name": "sft",
+                "method": "sft",
+                "config": {"max_steps": 2},
+                "adapter": {"type": "none"},
+                "dataset_id": version.dataset_id,
+                "input": "base",
+            }
+        ],
+    }
 
 
 def _pipeline(w: World, name="adder"):
@@ -92,8 +104,15 @@ def _alias_moves(w, final):
 
 def _upload(w):
     body = "".join(json.dumps({"prompt": f"{i}+1=", "completion": str(i + 1)}) + "\n" for i in range(5)).encode()
-    dataset_version_create(team=w.team, user=w.owner, name="sums", kind="prompt_completion", filename="sums.jsonl",
-                           chunks=iter([body]), description="")
+    dataset_version_create(
+        team=w.team,
+        user=w.owner,
+        name="sums",
+        kind="prompt_completion",
+        filename="sums.jsonl",
+        chunks=iter([body]),
+        description="",
+    )
 
 
 def _failed_sign_in(w):
@@ -117,38 +136,76 @@ def _rerun(w):
 
 # (action, how, expected target, expected detail subset)
 CASES = [
-    ("auth.login", lambda w: Client(REMOTE_ADDR="203.0.113.7").login(username="olga", password="pw-olga-12345"),
-     "olga", {}),
+    (
+        "auth.login",
+        lambda w: Client(REMOTE_ADDR="203.0.113.7").login(username="olga", password="pw-olga-12345"),
+        "olga",
+        {},
+    ),
     ("auth.login_failed", _failed_sign_in, "olga", {"ip": "203.0.113.9"}),
     ("team.created", lambda w: team_create(name="Lab 2", owner=w.owner), "Lab 2", {}),
     ("token.created", _new_token, "ci (", {"scope": "read", "expires": "never"}),
     ("token.revoked", lambda w: api_token_revoke(token=_new_token(w), actor=w.owner), "ci (", {"owner": "olga"}),
     ("invitation.created", _invite, "new@example.com", {"role": "viewer"}),
-    ("invitation.accepted", lambda w: invitation_accept(invitation=_invite(w), user=UserFactory(username="nia")),
-     "nia", {"role": "viewer"}),
-    ("invitation.revoked", lambda w: invitation_revoke(team=w.team, actor=w.owner, invitation=_invite(w)),
-     "new@example.com", {"role": "viewer"}),
-    ("member.role_changed", lambda w: membership_role_change(team=w.team, actor=w.owner, membership=w.member,
-                                                             role=Role.VIEWER), "mia",
-     {"role": "viewer", "previous": "member"}),
-    ("member.removed", lambda w: membership_remove(team=w.team, actor=w.owner, membership=w.member), "mia",
-     {"role": "member"}),
+    (
+        "invitation.accepted",
+        lambda w: invitation_accept(invitation=_invite(w), user=UserFactory(username="nia")),
+        "nia",
+        {"role": "viewer"},
+    ),
+    (
+        "invitation.revoked",
+        lambda w: invitation_revoke(team=w.team, actor=w.owner, invitation=_invite(w)),
+        "new@example.com",
+        {"role": "viewer"},
+    ),
+    (
+        "member.role_changed",
+        lambda w: membership_role_change(team=w.team, actor=w.owner, membership=w.member, role=Role.VIEWER),
+        "mia",
+        {"role": "viewer", "previous": "member"},
+    ),
+    (
+        "member.removed",
+        lambda w: membership_remove(team=w.team, actor=w.owner, membership=w.member),
+        "mia",
+        {"role": "member"},
+    ),
     ("member.left", lambda w: membership_leave(team=w.team, user=w.member.user), "mia", {"role": "member"}),
     ("dataset.version_created", _upload, "sums v1", {}),
-    ("dataset.deleted", lambda w: dataset_delete(dataset=DatasetVersionFactory(dataset__team=w.team,
-                                                                             dataset__name="old").dataset,
-                                                 user=w.owner), "old", {"versions": 1}),
+    (
+        "dataset.deleted",
+        lambda w: dataset_delete(
+            dataset=DatasetVersionFactory(dataset__team=w.team, dataset__name="old").dataset, user=w.owner
+        ),
+        "old",
+        {"versions": 1},
+    ),
     ("pipeline.created", _pipeline, "adder", {}),
-    ("pipeline.updated", lambda w: pipeline_update(pipeline=(p := _pipeline(w)), user=w.owner, name="adder",
-                                                   base_model_id=p.base_model_id, spec=_spec(w.team)), "adder", {}),
+    (
+        "pipeline.updated",
+        lambda w: pipeline_update(
+            pipeline=(p := _pipeline(w)), user=w.owner, name="adder", base_model_id=p.base_model_id, spec=_spec(w.team)
+        ),
+        "adder",
+        {},
+    ),
     ("run.started", lambda w: run_create(pipeline=_pipeline(w), user=w.owner), "run #1", {"pipeline": "adder"}),
-    ("run.canceled", lambda w: run_cancel(run=run_create(pipeline=_pipeline(w), user=w.owner), user=w.owner),
-     "run #1", {}),
+    (
+        "run.canceled",
+        lambda w: run_cancel(run=run_create(pipeline=_pipeline(w), user=w.owner), user=w.owner),
+        "run #1",
+        {},
+    ),
     ("run.rerun", _rerun, "run #2", {"rerun_of": "#1"}),
     ("registry.promoted", lambda w: _promote(w, alias="staging"), "adder v1", {"alias": "staging"}),
     ("registry.alias_set", lambda w: _alias_moves(w, "set"), "adder@production", {"version": 2, "previous": 1}),
-    ("registry.alias_rolled_back", lambda w: _alias_moves(w, "rolled_back"), "adder@production",
-     {"version": 1, "previous": 2}),
+    (
+        "registry.alias_rolled_back",
+        lambda w: _alias_moves(w, "rolled_back"),
+        "adder@production",
+        {"version": 1, "previous": 2},
+    ),
     ("registry.alias_removed", lambda w: _alias_moves(w, "removed"), "adder@production", {"previous": 2}),
 ]
 

@@ -1,4 +1,5 @@
 """Invitations: hashed key, expiry, single use, revocation, owners only."""
+
 from __future__ import annotations
 
 from datetime import timedelta

@@ -1,4 +1,5 @@
 """Roles, removal and leaving: a team always keeps at least one owner, also under concurrent demotions."""
+
 from __future__ import annotations
 
 import threading
@@ -149,7 +150,8 @@ def test_two_concurrent_owner_demotions_cannot_both_succeed(second_action):
     # last owner's demotion): either way nothing changes and A stays owner.
     assert outcome["second"] != "succeeded"
     assert list(Membership.objects.filter(team=team, role=Role.OWNER).values_list("user__username", flat=True)) == [
-        "anna"]
+        "anna"
+    ]
 
 
 @pytest.mark.django_db(transaction=True)

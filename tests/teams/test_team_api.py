@@ -1,4 +1,5 @@
 """/api/v1/team: members, invitations, tokens and the audit log through the API."""
+
 from __future__ import annotations
 
 import json
@@ -41,9 +42,16 @@ def people(db):
 
 def test_the_team_routes_are_in_the_openapi_schema(client, db):
     paths = client.get("/api/v1/openapi.json").json()["paths"]
-    for path in ("/api/v1/team/members", "/api/v1/team/members/{user_id}", "/api/v1/team/invitations",
-                 "/api/v1/team/invitations/{invitation_id}", "/api/v1/team/tokens", "/api/v1/team/tokens/{token_id}",
-                 "/api/v1/team/audit", "/api/v1/team/leave"):
+    for path in (
+        "/api/v1/team/members",
+        "/api/v1/team/members/{user_id}",
+        "/api/v1/team/invitations",
+        "/api/v1/team/invitations/{invitation_id}",
+        "/api/v1/team/tokens",
+        "/api/v1/team/tokens/{token_id}",
+        "/api/v1/team/audit",
+        "/api/v1/team/leave",
+    ):
         assert path in paths, path
 
 
@@ -133,8 +141,9 @@ def test_audit_for_owners(people):
     assert event["user"] == "olga" and event["target"] == "vic" and event["label"] == "Role changed"
     assert event["text"] == "role: member · previous: viewer"
     everything = owner("GET", "/audit?limit=2").json()
-    assert everything["count"] == AuditEvent.objects.filter(team=people["team"]).count() and len(
-        everything["events"]) == 2
+    assert (
+        everything["count"] == AuditEvent.objects.filter(team=people["team"]).count() and len(everything["events"]) == 2
+    )
     assert everything["events"][0]["id"] > everything["events"][1]["id"]  # newest first
     for who in ("member", "viewer"):
         assert people["api"](people[who])("GET", "/audit").status_code == 403

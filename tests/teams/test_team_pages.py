@@ -1,4 +1,5 @@
 """Team settings pages as an owner, a member, a viewer and an outsider (another team's owner)."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -64,8 +65,10 @@ def test_a_user_without_a_team_can_create_one(db):
     assert client.get("/runs/").status_code == 200
 
 
-@pytest.mark.parametrize(("who", "status", "selects"), [("owner", 200, True), ("member", 200, False),
-                                                        ("viewer", 200, False), ("outsider", 404, False)])
+@pytest.mark.parametrize(
+    ("who", "status", "selects"),
+    [("owner", 200, True), ("member", 200, False), ("viewer", 200, False), ("outsider", 404, False)],
+)
 def test_members_page(people, who, status, selects):
     response = client_for(people[who]).get(f"/teams/{people['team'].pk}/members/")
     assert response.status_code == status
@@ -79,8 +82,9 @@ def test_members_page(people, who, status, selects):
 @pytest.mark.parametrize(("who", "status"), [("owner", 200), ("member", 403), ("viewer", 403), ("outsider", 404)])
 def test_role_change_inline(people, who, status):
     team, target = people["team"], m(people["team"], people["member"])
-    response = client_for(people[who]).post(f"/teams/{team.pk}/members/{target.pk}/role/", {"role": "viewer"},
-                                            headers={"HX-Request": "true"})
+    response = client_for(people[who]).post(
+        f"/teams/{team.pk}/members/{target.pk}/role/", {"role": "viewer"}, headers={"HX-Request": "true"}
+    )
     assert response.status_code == status
     target.refresh_from_db()
     assert target.role == (Role.VIEWER if status == 200 else Role.MEMBER)
@@ -91,8 +95,9 @@ def test_role_change_inline(people, who, status):
 
 def test_demoting_the_last_owner_shows_why_in_the_row(people):
     team, mine = people["team"], m(people["team"], people["owner"])
-    response = client_for(people["owner"]).post(f"/teams/{team.pk}/members/{mine.pk}/role/", {"role": "member"},
-                                                headers={"HX-Request": "true"})
+    response = client_for(people["owner"]).post(
+        f"/teams/{team.pk}/members/{mine.pk}/role/", {"role": "member"}, headers={"HX-Request": "true"}
+    )
     assert response.status_code == 400 and "at least one owner" in response.content.decode()
     mine.refresh_from_db()
     assert mine.role == Role.OWNER
@@ -131,8 +136,11 @@ def test_member_leaves_and_last_owner_cannot(people):
 def test_invitation_link_is_shown_once(people):
     team = people["team"]
     client = client_for(people["owner"])
-    response = client.post(f"/teams/{team.pk}/invitations/new/", {"role": "viewer", "email": "zoe@example.com"},
-                           headers={"HX-Request": "true"})
+    response = client.post(
+        f"/teams/{team.pk}/invitations/new/",
+        {"role": "viewer", "email": "zoe@example.com"},
+        headers={"HX-Request": "true"},
+    )
     assert response.status_code == 200
     html = response.content.decode()
     assert html.strip().startswith('<div class="grid-2" id="invite-card"')
@@ -143,7 +151,9 @@ def test_invitation_link_is_shown_once(people):
     assert "zoe@example.com" in page and key not in page
     for who in ("member", "viewer"):
         assert client_for(people[who]).post(f"/teams/{team.pk}/invitations/new/", {"role": "owner"}).status_code == 403
-    assert client_for(people["outsider"]).post(f"/teams/{team.pk}/invitations/new/", {"role": "owner"}).status_code == 404
+    assert (
+        client_for(people["outsider"]).post(f"/teams/{team.pk}/invitations/new/", {"role": "owner"}).status_code == 404
+    )
     assert Invitation.objects.count() == 1
 
 
@@ -166,11 +176,13 @@ def test_sign_up_through_an_invitation(people):
     assert page.status_code == 200 and "Join Lab" in page.content.decode()
     weak = client.post(f"/teams/join/{key}/", {"username": "zoe", "password1": "short", "password2": "short"})
     assert weak.status_code == 400 and "too short" in weak.content.decode()
-    taken = client.post(f"/teams/join/{key}/", {"username": "mia", "password1": "pw-zoe-12345",
-                                                "password2": "pw-zoe-12345"})
+    taken = client.post(
+        f"/teams/join/{key}/", {"username": "mia", "password1": "pw-zoe-12345", "password2": "pw-zoe-12345"}
+    )
     assert taken.status_code == 400 and "already exists" in taken.content.decode()
-    response = client.post(f"/teams/join/{key}/", {"username": "zoe", "password1": "pw-zoe-12345",
-                                                   "password2": "pw-zoe-12345"})
+    response = client.post(
+        f"/teams/join/{key}/", {"username": "zoe", "password1": "pw-zoe-12345", "password2": "pw-zoe-12345"}
+    )
     assert response.status_code == 302 and response["Location"] == f"/teams/{team.pk}/members/"
     assert Membership.objects.get(team=team, user__username="zoe").role == Role.VIEWER
     assert client.get("/runs/").status_code == 200  # signed in, in the team
@@ -237,12 +249,15 @@ def test_audit_page_filters_and_pages(people, settings):
     AuditEvent.objects.all().delete()  # the sign-ups, team creations and this sign-in
     for i in range(7):
         audit(team=team, user=people["member"], action="pipeline.created", target=f"p{i}")
-    audit(team=team, user=people["owner"], action="member.role_changed", target="vic", role="viewer",
-          previous="member")
+    audit(team=team, user=people["owner"], action="member.role_changed", target="vic", role="viewer", previous="member")
     audit(team=Team.objects.get(name="Elsewhere"), user=people["outsider"], action="pipeline.created", target="theirs")
+
     def cells(html):
-        return [c.split("</td>")[0] for c in html.split("<td>")[1:] if c.split("</td>")[0] in (
-            "vic", "theirs", *(f"p{i}" for i in range(7)))]
+        return [
+            c.split("</td>")[0]
+            for c in html.split("<td>")[1:]
+            if c.split("</td>")[0] in ("vic", "theirs", *(f"p{i}" for i in range(7)))
+        ]
 
     html = client.get(f"/teams/{team.pk}/audit/").content.decode()
     assert "8 events" in html and "Page 1 of 2" in html

@@ -1,4 +1,5 @@
 """API tokens: expiry and revocation give 401, a read token gets 403 on every write, the UI's rules."""
+
 from __future__ import annotations
 
 import json
@@ -61,10 +62,13 @@ def test_a_read_token_gets_403_on_every_write_route_and_changes_nothing(owner, t
     _, key = api_token_create(user=owner, team=team, scope=ApiToken.Scope.READ)
     operations = sorted(set(_write_operations()))
     assert len(operations) >= 10 and ("POST", "/api/v1/team/tokens") in operations
-    assert {("POST", "/api/v1/registered-models/promote"), ("PUT", "/api/v1/registered-models/1/aliases/1"),
-            ("DELETE", "/api/v1/registered-models/1/aliases/1"),
-            ("POST", "/api/v1/registered-models/1/aliases/1/rollback"), ("DELETE", "/api/v1/schedules/1")} <= set(
-        operations)
+    assert {
+        ("POST", "/api/v1/registered-models/promote"),
+        ("PUT", "/api/v1/registered-models/1/aliases/1"),
+        ("DELETE", "/api/v1/registered-models/1/aliases/1"),
+        ("POST", "/api/v1/registered-models/1/aliases/1/rollback"),
+        ("DELETE", "/api/v1/schedules/1"),
+    } <= set(operations)
     tokens_before = ApiToken.objects.count()
     for method, path in operations:
         response = call(key, method, path, body={})

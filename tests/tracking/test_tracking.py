@@ -1,4 +1,5 @@
 """refinery.tracking against a real MLflow server: the metric buffer, parent runs, links."""
+
 from __future__ import annotations
 
 import threading
@@ -97,10 +98,21 @@ def test_experiment_per_team(mlflow_server, settings):
 
 
 def test_flatten_names_params_by_path():
-    assert flatten({"config": {"learning_rate": 0.1, "nested": {"x": 1}}, "adapter": {"r": 8},
-                    "data": {"train": {"sha256": "ab"}}, "tags": ["a", "b"], "empty": {}}) == {
-        "config.learning_rate": "0.1", "config.nested.x": "1", "adapter.r": "8", "data.train.sha256": "ab",
-        "tags": "a,b", "empty": "{}",
+    assert flatten(
+        {
+            "config": {"learning_rate": 0.1, "nested": {"x": 1}},
+            "adapter": {"r": 8},
+            "data": {"train": {"sha256": "ab"}},
+            "tags": ["a", "b"],
+            "empty": {},
+        }
+    ) == {
+        "config.learning_rate": "0.1",
+        "config.nested.x": "1",
+        "adapter.r": "8",
+        "data.train.sha256": "ab",
+        "tags": "a,b",
+        "empty": "{}",
     }
 
 
@@ -126,7 +138,9 @@ def test_the_spool_on_disk_outlives_its_buffer_and_the_next_one_delivers_it(mlfl
     assert spool.stat().st_size == 0  # all delivered: the file starts over
     # What was accepted stays known after the spool is emptied (for a later resume).
     assert MetricBuffer(run_id=mlflow_run, spool_path=spool, client=object()).prior_steps == {
-        "train/loss": 301, "eval/loss": 300}
+        "train/loss": 301,
+        "eval/loss": 300,
+    }
 
 
 def test_a_full_spool_drops_its_oldest_points(tmp_path):
@@ -139,8 +153,7 @@ def test_a_full_spool_drops_its_oldest_points(tmp_path):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_reaper_closes_the_mlflow_run_of_a_run_canceled_between_stages(make_pipeline, sent_stages,
-                                                                          mlflow_server):
+def test_the_reaper_closes_the_mlflow_run_of_a_run_canceled_between_stages(make_pipeline, sent_stages, mlflow_server):
     """No supervisor is left to close the parent run when a run is canceled with its next stage queued."""
     from jobs.tasks import reap_stages
     from refinery.runs.models import Run

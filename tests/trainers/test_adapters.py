@@ -254,11 +254,23 @@ def test_qlora_without_cuda_and_bitsandbytes_fails_fast_with_one_line(demo_kit, 
 @pytest.mark.parametrize(
     "data,field,message",
     [
-        ({"type": "ia3", "r": 16}, "r", "r: ia3 does not use this field (only lora, dora, qlora do); leave it at its default (8)"),
+        (
+            {"type": "ia3", "r": 16},
+            "r",
+            "r: ia3 does not use this field (only lora, dora, qlora do); leave it at its default (8)",
+        ),
         ({"type": "none", "alpha": 32}, "alpha", "alpha: none does not use this field (only lora, dora, qlora do)"),
-        ({"type": "lora", "num_virtual_tokens": 8}, "num_virtual_tokens", "lora does not use this field (only prompt_tuning do)"),
+        (
+            {"type": "lora", "num_virtual_tokens": 8},
+            "num_virtual_tokens",
+            "lora does not use this field (only prompt_tuning do)",
+        ),
         ({"type": "dora", "freeze_layers": 2}, "freeze_layers", "freeze_layers: dora does not use this field"),
-        ({"type": "layernorm", "target_modules": "q_proj"}, "target_modules", "(only lora, dora, qlora, ia3 do); leave it at its default ('all-linear')"),
+        (
+            {"type": "layernorm", "target_modules": "q_proj"},
+            "target_modules",
+            "(only lora, dora, qlora, ia3 do); leave it at its default ('all-linear')",
+        ),
         ({"type": "ia3", "target_modules": "q proj"}, "target_modules", "not a module name: 'q proj'"),
         ({"type": "adapter9"}, "type", "type: must be one of none, lora, dora, qlora, ia3, prompt_tuning, layernorm"),
         ({"type": "prompt_tuning", "num_virtual_tokens": 0}, "num_virtual_tokens", "must be >= 1"),
@@ -307,7 +319,10 @@ def test_model_checks_need_only_names_and_layer_count():
     bitfit, freeze = AdapterConfig(type="bitfit"), AdapterConfig(type="freeze", freeze_layers=4)
     assert "0 bias parameters" in adapter_model_errors(bitfit, parameter_names=names, num_layers=2)["type"]
     assert adapter_model_errors(bitfit, parameter_names=[*names, "model.layers.0.mlp.up_proj.bias"], num_layers=2) == {}
-    assert "only 2 transformer layers" in adapter_model_errors(freeze, parameter_names=names, num_layers=2)["freeze_layers"]
+    assert (
+        "only 2 transformer layers"
+        in adapter_model_errors(freeze, parameter_names=names, num_layers=2)["freeze_layers"]
+    )
     assert adapter_model_errors(freeze, parameter_names=names, num_layers=4) == {}
 
 
@@ -315,7 +330,9 @@ def test_a_method_can_restrict_its_adapter_types(monkeypatch):
     from trainers.catalog import METHODS, Method
     from trainers.configs import SFTConfig
 
-    narrow = Method("narrow", "Narrow", "test", SFTConfig, ("prompt_completion",), "x:y", adapter_types=("none", "lora"))
+    narrow = Method(
+        "narrow", "Narrow", "test", SFTConfig, ("prompt_completion",), "x:y", adapter_types=("none", "lora")
+    )
     monkeypatch.setitem(METHODS, "narrow", narrow)
     _, _, errors = validate_stage("narrow", {}, {"type": "ia3"}, "prompt_completion")
     assert errors == {"adapter.type": "type: narrow cannot train a ia3 adapter; choose one of none, lora"}

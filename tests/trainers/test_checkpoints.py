@@ -22,14 +22,23 @@ def _run(spec, tmp_path, *, failpoints: str = "") -> tuple[int, list[dict], str]
     env = {k: v for k, v in os.environ.items() if k != "REFINERY_FAILPOINTS"}
     if failpoints:
         env["REFINERY_FAILPOINTS"] = failpoints
-    result = subprocess.run([sys.executable, "-m", "trainers", "run", str(path)], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=240)
+    result = subprocess.run(
+        [sys.executable, "-m", "trainers", "run", str(path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     return result.returncode, [json.loads(line) for line in result.stdout.splitlines()], result.stderr
 
 
 def _losses(events: list[dict]) -> dict[int, float]:
-    return {e["step"]: e["metrics"]["train/loss"] for e in events
-            if e["event"] == "metrics" and "train/loss" in e["metrics"]}
+    return {
+        e["step"]: e["metrics"]["train/loss"]
+        for e in events
+        if e["event"] == "metrics" and "train/loss" in e["metrics"]
+    }
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +49,16 @@ def reference(demo_kit, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
     path = demo_kit["data"]["train"]
     spec = {
-        "version": 1, "stage": {"name": "ref", "index": 0, "stage_run_id": 1}, "method": "sft", "config": CONFIG,
-        "adapter": {"type": "none"}, "model": {"name_or_path": demo_kit["model"], "revision": None, "adapter_path": None},
+        "version": 1,
+        "stage": {"name": "ref", "index": 0, "stage_run_id": 1},
+        "method": "sft",
+        "config": CONFIG,
+        "adapter": {"type": "none"},
+        "model": {"name_or_path": demo_kit["model"], "revision": None, "adapter_path": None},
         "data": {"train": {"path": path, "format": _fmt(path), "kind": demo_kit["kinds"]["train"]}, "eval": None},
-        "output_dir": str(out / "out"), "checkpoint_dir": str(out / "out" / "checkpoints"), "seed": 42,
+        "output_dir": str(out / "out"),
+        "checkpoint_dir": str(out / "out" / "checkpoints"),
+        "seed": 42,
     }
     rc, events, stderr = _run(spec, out)
     assert rc == 0, (stderr[-3000:], events[-1:])
@@ -52,13 +67,17 @@ def reference(demo_kit, tmp_path_factory):
     return losses
 
 
-@pytest.mark.parametrize("fault, resumes_at, partial", [
-    ("step.end@7:kill", 4, None),                   # killed mid-training
-    ("checkpoint.staged@8:kill", 4, ".tmp-checkpoint-8"),  # killed before the rename
-    ("checkpoint.renamed@8:kill", 4, "checkpoint-8"),      # renamed, never marked complete
-])
+@pytest.mark.parametrize(
+    "fault, resumes_at, partial",
+    [
+        ("step.end@7:kill", 4, None),  # killed mid-training
+        ("checkpoint.staged@8:kill", 4, ".tmp-checkpoint-8"),  # killed before the rename
+        ("checkpoint.renamed@8:kill", 4, "checkpoint-8"),  # renamed, never marked complete
+    ],
+)
 def test_a_killed_trainer_resumes_from_the_newest_complete_checkpoint_exactly(
-        make_spec, tmp_path, reference, fault, resumes_at, partial):
+    make_spec, tmp_path, reference, fault, resumes_at, partial
+):
     spec = make_spec(config=CONFIG)
     ckpt = spec["checkpoint_dir"]
 

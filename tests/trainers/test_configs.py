@@ -199,7 +199,9 @@ def test_method_configs_extend_the_shared_training_settings_and_keep_their_form_
             assert names.index("max_length") == names.index("gradient_accumulation_steps") + 1
     sft = [f.name for f in config_fields(METHODS["sft"].config_class)]
     assert sft[sft.index("lr_scheduler_type") + 1 : sft.index("lr_scheduler_type") + 3] == [
-        "completion_only_loss", "packing"]
+        "completion_only_loss",
+        "packing",
+    ]
     dpo = [f.name for f in config_fields(METHODS["dpo"].config_class)]
     assert dpo[:3] == ["loss_type", "beta", "label_smoothing"]  # a method's own fields come first
     # the shared rule still runs in every method: max_steps 0 is refused
@@ -221,17 +223,29 @@ def test_metric_facts_are_one_rule():
     from trainers.configs.gate import GATE_METRICS
     from trainers.metrics import EVAL_KINDS, PRIMARY_METRICS, higher_is_better, metric_goal, summary_numbers
 
-    assert PRIMARY_METRICS == {"prompt_completion": ("loss", False), "chat": ("loss", False),
-                               "reference": ("accuracy", True), "preference": ("preference_accuracy", True)}
+    assert PRIMARY_METRICS == {
+        "prompt_completion": ("loss", False),
+        "chat": ("loss", False),
+        "reference": ("accuracy", True),
+        "preference": ("preference_accuracy", True),
+    }
     assert all(GATE_METRICS[kind][0] == PRIMARY_METRICS[kind][0] for kind in EVAL_KINDS)
     assert METHODS["evaluate"].dataset_kinds == METHODS["gate"].dataset_kinds == EVAL_KINDS
-    for key, goal in (("eval/loss", "min"), ("retention/perplexity", "min"), ("forgetting", "min"),
-                      ("train/runtime", "min"), ("eval/accuracy", "max"), ("gain", "max"), ("Eval/NLL_loss", "min"),
-                      ("loss/accuracy", "max")):  # the last path segment decides
+    for key, goal in (
+        ("eval/loss", "min"),
+        ("retention/perplexity", "min"),
+        ("forgetting", "min"),
+        ("train/runtime", "min"),
+        ("eval/accuracy", "max"),
+        ("gain", "max"),
+        ("Eval/NLL_loss", "min"),
+        ("loss/accuracy", "max"),
+    ):  # the last path segment decides
         assert metric_goal(key) == goal, key
         assert higher_is_better(key) is (goal == "max")
     assert summary_numbers({"train": {"loss": 0.5, "ok": True}, "note": "x", "nan": float("nan")}) == {
-        "train/loss": 0.5}
+        "train/loss": 0.5
+    }
 
 
 def test_method_facts_the_web_side_reads():

@@ -178,8 +178,16 @@ def base(demo_kit, tmp_path_factory):
     """The random demo model after a quick SFT on addition (100 steps, batch 32): it knows some addition.
     The 20 held-out rows fit one eval batch, so SFT's eval/loss is the token-weighted mean NLL."""
     out = tmp_path_factory.mktemp("base")
-    log = _run(_sft_spec(out, demo_kit["model"], demo_kit["data"]["train"], "prompt_completion",
-                         config={"per_device_train_batch_size": 32}, eval_path=demo_kit["data"]["eval"]))
+    log = _run(
+        _sft_spec(
+            out,
+            demo_kit["model"],
+            demo_kit["data"]["train"],
+            "prompt_completion",
+            config={"per_device_train_batch_size": 32},
+            eval_path=demo_kit["data"]["eval"],
+        )
+    )
     return {"path": os.path.join(str(out), "model"), "summary": _finished(log)["summary"]}
 
 
@@ -187,10 +195,14 @@ def base(demo_kit, tmp_path_factory):
 def reference_run(base, demo_kit, tmp_path_factory):
     """Held-out reference rows (greedy answers) and the addition eval rows as retention set."""
     out = tmp_path_factory.mktemp("eval-reference")
-    spec = _eval_spec(out, base["path"], demo_kit["model"],
-                      eval_data=(demo_kit["data"]["reference"], "reference"),
-                      retention=(demo_kit["data"]["eval"], "prompt_completion"),
-                      config={"max_new_tokens": 8, "batch_size": 7})
+    spec = _eval_spec(
+        out,
+        base["path"],
+        demo_kit["model"],
+        eval_data=(demo_kit["data"]["reference"], "reference"),
+        retention=(demo_kit["data"]["eval"], "prompt_completion"),
+        config={"max_new_tokens": 8, "batch_size": 7},
+    )
     return {"log": _run(spec), "out": str(out)}
 
 
@@ -226,13 +238,21 @@ def test_reference_and_loss_metrics_match_an_independent_computation(reference_r
             assert metrics["retention/loss"] == pytest.approx(base["summary"]["eval/loss"], abs=1e-4)
 
     assert summary["target"] == {
-        "dataset": "reference", "metric": "accuracy", "higher_is_better": True, "rows": 20,
-        "model": metrics["eval/accuracy"], "baseline": metrics["baseline/accuracy"],
+        "dataset": "reference",
+        "metric": "accuracy",
+        "higher_is_better": True,
+        "rows": 20,
+        "model": metrics["eval/accuracy"],
+        "baseline": metrics["baseline/accuracy"],
         "gain": pytest.approx(metrics["eval/accuracy"] - metrics["baseline/accuracy"]),
     }
     assert summary["retention"] == {
-        "dataset": "prompt_completion", "metric": "loss", "higher_is_better": False, "rows": 20,
-        "model": metrics["retention/loss"], "baseline": metrics["retention_baseline/loss"],
+        "dataset": "prompt_completion",
+        "metric": "loss",
+        "higher_is_better": False,
+        "rows": 20,
+        "model": metrics["retention/loss"],
+        "baseline": metrics["retention_baseline/loss"],
         "forgetting": pytest.approx(metrics["retention/loss"] - metrics["retention_baseline/loss"]),
     }
     assert metrics["gain"] == summary["target"]["gain"] > 0
@@ -248,8 +268,14 @@ def test_event_stream_and_report_files(reference_run):
     # model and baseline: held-out set, retention set, samples
     assert started["total_steps"] == 6 and started["step"] == 0 and started["total_params"] > 100_000
     phases = [e["phase"] for e in log.of("progress") if "phase" in e]
-    assert phases == ["model: eval", "model: retention", "model: samples",
-                      "baseline: eval", "baseline: retention", "baseline: samples"]
+    assert phases == [
+        "model: eval",
+        "model: retention",
+        "model: samples",
+        "baseline: eval",
+        "baseline: retention",
+        "baseline: samples",
+    ]
     assert [e["step"] for e in log.of("progress") if "phase" in e] == [1, 2, 3, 4, 5, 6]
     (metrics_event,) = log.of("metrics")
     finished = _finished(log)
@@ -263,8 +289,9 @@ def test_event_stream_and_report_files(reference_run):
     with open(os.path.join(report_dir, "report.json")) as fh:
         report = json.load(fh)
     assert report["metrics"] == finished["summary"]["metrics"]
-    assert report["datasets"]["retention"]["rows"] == 20 and report["datasets"]["retention"]["kind"] == \
-        "prompt_completion"
+    assert (
+        report["datasets"]["retention"]["rows"] == 20 and report["datasets"]["retention"]["kind"] == "prompt_completion"
+    )
     # Default samples: the first 8 held-out prompts, answered greedily by both models.
     with open(os.path.join(report_dir, "generations.json")) as fh:
         table = json.load(fh)
@@ -278,13 +305,27 @@ def test_event_stream_and_report_files(reference_run):
 
 def test_chat_loss_matches_sft_eval_loss_and_a_hand_computation(demo_kit, tmp_path):
     sft_out = tmp_path / "chat-sft"
-    sft_log = _run(_sft_spec(sft_out, demo_kit["model"], demo_kit["data"]["chat"], "chat",
-                             config={"per_device_train_batch_size": 32, "max_steps": 30},
-                             eval_path=demo_kit["data"]["chat_eval"]))
+    sft_log = _run(
+        _sft_spec(
+            sft_out,
+            demo_kit["model"],
+            demo_kit["data"]["chat"],
+            "chat",
+            config={"per_device_train_batch_size": 32, "max_steps": 30},
+            eval_path=demo_kit["data"]["chat_eval"],
+        )
+    )
     model = os.path.join(str(sft_out), "model")
     out = tmp_path / "eval"
-    log = _run(_eval_spec(out, model, demo_kit["model"], eval_data=(demo_kit["data"]["chat_eval"], "chat"),
-                          config={"sample_count": 2, "max_new_tokens": 4}))
+    log = _run(
+        _eval_spec(
+            out,
+            model,
+            demo_kit["model"],
+            eval_data=(demo_kit["data"]["chat_eval"], "chat"),
+            config={"sample_count": 2, "max_new_tokens": 4},
+        )
+    )
     metrics = _finished(log)["summary"]["metrics"]
     rows = _read_jsonl(demo_kit["data"]["chat_eval"])
     for key, model_dir in (("eval/loss", model), ("baseline/loss", demo_kit["model"])):
@@ -315,10 +356,14 @@ SAMPLE_PROMPTS = ["3+4=", "9+9=", "12+5="]
 @pytest.fixture(scope="module")
 def preference_run(base, reward_model, demo_kit, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval-preference")
-    spec = _eval_spec(out, base["path"], demo_kit["model"],
-                      eval_data=(demo_kit["data"]["prefs_eval"], "preference"),
-                      config={"max_new_tokens": 6, "sample_prompts": "\n".join(SAMPLE_PROMPTS) + "\n\n"},
-                      reward_model=reward_model)
+    spec = _eval_spec(
+        out,
+        base["path"],
+        demo_kit["model"],
+        eval_data=(demo_kit["data"]["prefs_eval"], "preference"),
+        config={"max_new_tokens": 6, "sample_prompts": "\n".join(SAMPLE_PROMPTS) + "\n\n"},
+        reward_model=reward_model,
+    )
     return {"log": _run(spec), "out": str(out)}
 
 
@@ -327,14 +372,19 @@ def test_preference_metrics_match_hand_summed_log_probabilities(preference_run, 
     pairs = _read_jsonl(demo_kit["data"]["prefs_eval"])
     for prefix, model_dir in (("eval/", base["path"]), ("baseline/", demo_kit["model"])):
         hand = Hand(model_dir)
-        diffs = [hand.answer_logp(p["prompt"], p["chosen"])[0] - hand.answer_logp(p["prompt"], p["rejected"])[0]
-                 for p in pairs]
-        assert metrics[prefix + "preference_accuracy"] == pytest.approx(sum(d > 0 for d in diffs) / len(diffs),
-                                                                         abs=1e-9)
+        diffs = [
+            hand.answer_logp(p["prompt"], p["chosen"])[0] - hand.answer_logp(p["prompt"], p["rejected"])[0]
+            for p in pairs
+        ]
+        assert metrics[prefix + "preference_accuracy"] == pytest.approx(
+            sum(d > 0 for d in diffs) / len(diffs), abs=1e-9
+        )
         assert metrics[prefix + "logp_margin"] == pytest.approx(sum(diffs) / len(diffs), abs=1e-4)
     target = _finished(preference_run["log"])["summary"]["target"]
     assert target["metric"] == "preference_accuracy" and target["rows"] == len(pairs)
-    assert metrics["gain"] == pytest.approx(metrics["eval/preference_accuracy"] - metrics["baseline/preference_accuracy"])
+    assert metrics["gain"] == pytest.approx(
+        metrics["eval/preference_accuracy"] - metrics["baseline/preference_accuracy"]
+    )
     assert metrics["gain"] > 0
     assert _finished(preference_run["log"])["summary"]["retention"] is None
     assert "forgetting" not in metrics
@@ -357,7 +407,8 @@ def test_reward_model_scores_and_fixed_sample_prompts(preference_run, base, rewa
     chosen = scorer.score_pairs([p["prompt"] for p in pairs], [p["chosen"] for p in pairs])
     rejected = scorer.score_pairs([p["prompt"] for p in pairs], [p["rejected"] for p in pairs])
     assert metrics["eval/reward_accuracy"] == pytest.approx(
-        sum(c > r for c, r in zip(chosen, rejected)) / len(pairs), abs=1e-9)
+        sum(c > r for c, r in zip(chosen, rejected)) / len(pairs), abs=1e-9
+    )
     assert "baseline/reward_accuracy" not in metrics  # the reward model ranks the data: no model in it
 
     # The fixed prompt list (blank lines skipped), greedy answers of both models, as an MLflow table.
@@ -380,7 +431,10 @@ def subtraction_files(tmp_path_factory) -> dict[str, str]:
     rows = [{"prompt": f"{a}-{b}=", "completion": str(a - b)} for a in range(10) for b in range(a + 1)]
     random.Random(0).shuffle(rows)
     root = tmp_path_factory.mktemp("subtraction")
-    return {"train": _write_jsonl(root / "train.jsonl", rows[:45]), "eval": _write_jsonl(root / "eval.jsonl", rows[45:])}
+    return {
+        "train": _write_jsonl(root / "train.jsonl", rows[:45]),
+        "eval": _write_jsonl(root / "eval.jsonl", rows[45:]),
+    }
 
 
 def test_retention_full_fine_tune_forgets_more_than_rank_1_lora(base, subtraction_files, demo_kit, tmp_path):
@@ -388,24 +442,39 @@ def test_retention_full_fine_tune_forgets_more_than_rank_1_lora(base, subtractio
     evaluated on held-out subtraction with the addition training rows as retention set, against itself."""
     found = {}
     for name, adapter in (("full", {"type": "none"}), ("lora", {"type": "lora", "r": 1, "alpha": 2})):
-        sft = _run(_sft_spec(tmp_path / f"{name}-sft", base["path"], subtraction_files["train"], "prompt_completion",
-                             adapter=adapter))
+        sft = _run(
+            _sft_spec(
+                tmp_path / f"{name}-sft", base["path"], subtraction_files["train"], "prompt_completion", adapter=adapter
+            )
+        )
         outputs = _finished(sft)["outputs"]
-        model = ({"name_or_path": base["path"], "adapter_path": outputs["path"]} if outputs["kind"] == "adapter"
-                 else {"name_or_path": outputs["path"]})
-        log = _run(_eval_spec(tmp_path / f"{name}-eval", model, base["path"],
-                              eval_data=(subtraction_files["eval"], "prompt_completion"),
-                              retention=(demo_kit["data"]["train"], "prompt_completion"),
-                              config={"sample_count": 0}))
+        model = (
+            {"name_or_path": base["path"], "adapter_path": outputs["path"]}
+            if outputs["kind"] == "adapter"
+            else {"name_or_path": outputs["path"]}
+        )
+        log = _run(
+            _eval_spec(
+                tmp_path / f"{name}-eval",
+                model,
+                base["path"],
+                eval_data=(subtraction_files["eval"], "prompt_completion"),
+                retention=(demo_kit["data"]["train"], "prompt_completion"),
+                config={"sample_count": 0},
+            )
+        )
         found[name] = _finished(log)["summary"]
         if name == "lora":  # the adapter is applied as it is: the numbers match the base model plus the adapter
             hand = Hand(base["path"], outputs["path"])
             assert found[name]["retention"]["model"] == pytest.approx(
-                _loss(hand, _read_jsonl(demo_kit["data"]["train"])), abs=1e-4)
+                _loss(hand, _read_jsonl(demo_kit["data"]["train"])), abs=1e-4
+            )
     full, lora = found["full"], found["lora"]
-    print(f"forgetting (addition loss increase, nats/token): full {full['retention']['forgetting']:.3f}, "
-          f"LoRA r=1 {lora['retention']['forgetting']:.3f}; subtraction gain: full {full['target']['gain']:.3f}, "
-          f"LoRA r=1 {lora['target']['gain']:.3f}")
+    print(
+        f"forgetting (addition loss increase, nats/token): full {full['retention']['forgetting']:.3f}, "
+        f"LoRA r=1 {lora['retention']['forgetting']:.3f}; subtraction gain: full {full['target']['gain']:.3f}, "
+        f"LoRA r=1 {lora['target']['gain']:.3f}"
+    )
     for summary in (full, lora):
         assert summary["target"]["gain"] > 0.5  # both learned the new task
         assert summary["retention"]["metric"] == "loss" and summary["retention"]["rows"] == 80
@@ -424,18 +493,26 @@ def test_data_evaluate_cannot_read_is_refused_with_a_clear_message(demo_kit, tmp
     feedback = (demo_kit["data"]["feedback"], "feedback")
 
     log = EventLog()
-    assert execute(_eval_spec(tmp_path / "a", demo_kit["model"], demo_kit["model"], eval_data=feedback), log) \
+    assert (
+        execute(_eval_spec(tmp_path / "a", demo_kit["model"], demo_kit["model"], eval_data=feedback), log)
         == EXIT_FAILED
+    )
     error = log.of("failed")[0]["error"]
     assert "data.eval.kind" in error and "feedback" in error and "preference" in error, error
 
     log = EventLog()
-    spec = _eval_spec(tmp_path / "b", demo_kit["model"], demo_kit["model"],
-                      eval_data=(demo_kit["data"]["reference"], "reference"), retention=feedback)
+    spec = _eval_spec(
+        tmp_path / "b",
+        demo_kit["model"],
+        demo_kit["model"],
+        eval_data=(demo_kit["data"]["reference"], "reference"),
+        retention=feedback,
+    )
     assert execute(spec, log) == EXIT_FAILED
     error = log.of("failed")[0]["error"]
-    assert "data.retention: evaluate reads prompt_completion, chat, reference, preference data, not 'feedback'" \
-        in error, error
+    assert (
+        "data.retention: evaluate reads prompt_completion, chat, reference, preference data, not 'feedback'" in error
+    ), error
     assert [e["event"] for e in log.events] == ["failed"]  # refused before any model was loaded
 
     log = EventLog()
@@ -448,8 +525,9 @@ def test_data_evaluate_cannot_read_is_refused_with_a_clear_message(demo_kit, tmp
 def test_cancel_before_start(demo_kit, tmp_path):
     cancel.request_cancel()
     log = EventLog()
-    spec = _eval_spec(tmp_path, demo_kit["model"], demo_kit["model"],
-                      eval_data=(demo_kit["data"]["eval"], "prompt_completion"))
+    spec = _eval_spec(
+        tmp_path, demo_kit["model"], demo_kit["model"], eval_data=(demo_kit["data"]["eval"], "prompt_completion")
+    )
     assert execute(spec, log) == EXIT_CANCELED
     assert [e["event"] for e in log.events] == ["canceled"] and log.events[0]["step"] == 0
     assert not os.path.exists(tmp_path / "report")
@@ -465,8 +543,12 @@ def test_cancel_between_phases_and_max_rows(demo_kit, tmp_path):
                 cancel.request_cancel()
             return record
 
-    spec = _eval_spec(tmp_path / "canceled", demo_kit["model"], demo_kit["model"],
-                      eval_data=(demo_kit["data"]["eval"], "prompt_completion"))
+    spec = _eval_spec(
+        tmp_path / "canceled",
+        demo_kit["model"],
+        demo_kit["model"],
+        eval_data=(demo_kit["data"]["eval"], "prompt_completion"),
+    )
     log = CancelAfterFirstPhase()
     assert execute(spec, log) == EXIT_CANCELED
     assert [e["event"] for e in log.events] == ["started", "progress", "canceled"]
@@ -474,13 +556,19 @@ def test_cancel_between_phases_and_max_rows(demo_kit, tmp_path):
     assert not os.path.exists(tmp_path / "canceled" / "report")
 
     cancel.reset()
-    spec = _eval_spec(tmp_path / "capped", demo_kit["model"], demo_kit["model"],
-                      eval_data=(demo_kit["data"]["eval"], "prompt_completion"), config={"max_rows": 5})
+    spec = _eval_spec(
+        tmp_path / "capped",
+        demo_kit["model"],
+        demo_kit["model"],
+        eval_data=(demo_kit["data"]["eval"], "prompt_completion"),
+        config={"max_rows": 5},
+    )
     summary = _finished(_run(spec))["summary"]
     hand = Hand(demo_kit["model"])
     assert summary["target"]["rows"] == 5 and summary["target"]["gain"] == 0  # the model is its own baseline
-    assert summary["metrics"]["eval/loss"] == pytest.approx(_loss(hand, _read_jsonl(demo_kit["data"]["eval"])[:5]),
-                                                            abs=1e-4)
+    assert summary["metrics"]["eval/loss"] == pytest.approx(
+        _loss(hand, _read_jsonl(demo_kit["data"]["eval"])[:5]), abs=1e-4
+    )
     assert len(summary["samples"]) == 5  # sample_count 8, but only 5 prompts were read
 
 
@@ -491,9 +579,13 @@ def test_chat_scoring_without_generation_markers_finds_the_assistant_turns(demo_
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(demo_kit["model"])
-    messages = [{"role": "system", "content": "Add."}, {"role": "user", "content": "3+4="},
-                {"role": "assistant", "content": "7"}, {"role": "user", "content": "12+1="},
-                {"role": "assistant", "content": "13"}]
+    messages = [
+        {"role": "system", "content": "Add."},
+        {"role": "user", "content": "3+4="},
+        {"role": "assistant", "content": "7"},
+        {"role": "user", "content": "12+1="},
+        {"role": "assistant", "content": "13"},
+    ]
     ids, marked = chat_sequence(tok, messages)
     tok.chat_template = tok.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
     same_ids, found = chat_sequence(tok, messages)

@@ -1,5 +1,6 @@
 """The event stream decoded (trainers.events.decode): what the writer sends comes back typed, and what is
 not an event is refused."""
+
 import dataclasses
 import io
 import json
@@ -28,15 +29,23 @@ def _round_trip(event: str, **fields):
 
 
 def test_every_event_type_round_trips_through_the_writer():
-    started = _round_trip("started", total_steps=10, trainable_params=5, total_params=9, step=4,
-                          resumed_from="/ck/checkpoint-4")
+    started = _round_trip(
+        "started", total_steps=10, trainable_params=5, total_params=9, step=4, resumed_from="/ck/checkpoint-4"
+    )
     assert isinstance(started, Started) and isinstance(started.time, float)
-    assert (started.step, started.total_steps, started.trainable_params, started.total_params,
-            started.resumed_from) == (4, 10, 5, 9, "/ck/checkpoint-4")
+    assert (
+        started.step,
+        started.total_steps,
+        started.trainable_params,
+        started.total_params,
+        started.resumed_from,
+    ) == (4, 10, 5, 9, "/ck/checkpoint-4")
     assert _untimed(_round_trip("progress", step=3, total_steps=10, epoch=0.5)) == Progress(
-        step=3, total_steps=10, epoch=0.5)
-    metrics = _round_trip("metrics", step=2, metrics={"train/loss": 1.5, "n": 3, "nan": float("nan"), "flag": True,
-                                                      "text": "x"})
+        step=3, total_steps=10, epoch=0.5
+    )
+    metrics = _round_trip(
+        "metrics", step=2, metrics={"train/loss": 1.5, "n": 3, "nan": float("nan"), "flag": True, "text": "x"}
+    )
     assert isinstance(metrics, Metrics) and metrics.step == 2
     assert metrics.metrics == {"train/loss": 1.5, "n": 3.0}  # NaN (sent as null), booleans and text are no points
     assert _untimed(_round_trip("checkpoint", step=5, path="/ck/5")) == Checkpoint(step=5, path="/ck/5")
@@ -63,19 +72,22 @@ def test_missing_fields_take_their_defaults():
     assert decode('{"event": "progress", "step": 3.0}').step == 3
 
 
-@pytest.mark.parametrize("line", [
-    "Loading checkpoint shards: 100%",  # a library printing to stdout
-    "[1, 2]",
-    '"metrics"',
-    json.dumps({"step": 3}),  # no event
-    json.dumps({"event": "exploded"}),
-    json.dumps({"event": "metrics", "step": "three"}),
-    json.dumps({"event": "metrics", "step": True}),
-    json.dumps({"event": "metrics", "metrics": [1, 2]}),
-    json.dumps({"event": "progress", "epoch": "1"}),
-    json.dumps({"event": "finished", "outputs": "model"}),
-    json.dumps({"event": "started", "time": "now"}),
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Loading checkpoint shards: 100%",  # a library printing to stdout
+        "[1, 2]",
+        '"metrics"',
+        json.dumps({"step": 3}),  # no event
+        json.dumps({"event": "exploded"}),
+        json.dumps({"event": "metrics", "step": "three"}),
+        json.dumps({"event": "metrics", "step": True}),
+        json.dumps({"event": "metrics", "metrics": [1, 2]}),
+        json.dumps({"event": "progress", "epoch": "1"}),
+        json.dumps({"event": "finished", "outputs": "model"}),
+        json.dumps({"event": "started", "time": "now"}),
+    ],
+)
 def test_what_is_not_an_event_is_refused(line):
     with pytest.raises(BadEvent):
         decode(line)

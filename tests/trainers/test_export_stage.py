@@ -16,8 +16,14 @@ CARD = {
     "base_model": "demo/tiny-llama",
     "base_model_revision": "abc123",
     "stages": [
-        {"name": "sft-lora", "method": "sft", "adapter": "lora", "config": {"learning_rate": 0.01, "max_steps": 12},
-         "inputs": [], "data": {"name": "addition", "version": 2, "sha256": "f" * 64, "kind": "prompt_completion"}},
+        {
+            "name": "sft-lora",
+            "method": "sft",
+            "adapter": "lora",
+            "config": {"learning_rate": 0.01, "max_steps": 12},
+            "inputs": [],
+            "data": {"name": "addition", "version": 2, "sha256": "f" * 64, "kind": "prompt_completion"},
+        },
         {"name": "dpo|pass", "method": "dpo", "adapter": "none", "config": {"beta": 0.1}, "inputs": ["sft-lora"]},
         "a stage given as plain text",
     ],
@@ -46,8 +52,9 @@ def lora_dir(demo_kit, tmp_path_factory):
 
     torch.manual_seed(5)
     base = AutoModelForCausalLM.from_pretrained(demo_kit["model"], dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
-                                            task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    )
     path = str(tmp_path_factory.mktemp("export_lora"))
     model.save_pretrained(path)
     AutoTokenizer.from_pretrained(demo_kit["model"]).save_pretrained(path)
@@ -102,7 +109,7 @@ def _completion_loss_by_hand(model, tokenizer, rows):
         prompt_ids = tokenizer(row["prompt"])["input_ids"]
         ids = tokenizer(row["prompt"] + row["completion"] + tokenizer.eos_token)["input_ids"]
         assert ids[: len(prompt_ids)] == prompt_ids
-        labels = [-100] * len(prompt_ids) + ids[len(prompt_ids):]
+        labels = [-100] * len(prompt_ids) + ids[len(prompt_ids) :]
         with torch.no_grad():
             loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
         n = len(ids) - len(prompt_ids)
@@ -116,12 +123,16 @@ def test_a_lora_input_exports_merged_with_a_card_and_a_smaller_close_int8_copy(d
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "out"
-    log = _finished(_spec(demo_kit, lora_dir, out, eval_data="eval", card=CARD, quantization="int8_dynamic",
-                          max_rows=8))
+    log = _finished(
+        _spec(demo_kit, lora_dir, out, eval_data="eval", card=CARD, quantization="int8_dynamic", max_rows=8)
+    )
     model_path, quantized_path = str(out / "model"), str(out / "quantized")
     finished = log.of("finished")[0]
-    assert finished["outputs"] == {"kind": "model", "path": model_path,
-                                   "extra": [{"path": quantized_path, "artifact_path": "quantized"}]}
+    assert finished["outputs"] == {
+        "kind": "model",
+        "path": model_path,
+        "extra": [{"path": quantized_path, "artifact_path": "quantized"}],
+    }
 
     # The full model: safetensors, no PEFT modules, equal to merge_and_unload done here.
     files = set(os.listdir(model_path))
@@ -142,18 +153,31 @@ def test_a_lora_input_exports_merged_with_a_card_and_a_smaller_close_int8_copy(d
     assert summary["parameters"] == sum(p.numel() for p in exported.parameters())
     assert summary["size_bytes"] > 0 and 0 < summary["quantized_size_bytes"] < 0.7 * summary["size_bytes"]
     assert os.path.getsize(os.path.join(quantized_path, QUANTIZED_WEIGHTS)) < 0.5 * os.path.getsize(
-        os.path.join(model_path, "model.safetensors"))
+        os.path.join(model_path, "model.safetensors")
+    )
     quantized, q_tokenizer = load_int8_dynamic(quantized_path)
     assert "DynamicQuantizedLinear" in repr(quantized.model.layers[0].self_attn.q_proj)
     q_logits = _logits(quantized, q_tokenizer)
     diff = (q_logits - full_logits).abs()
-    print("int8 logits: max diff", float(diff.max()), "max |logit|", float(full_logits.abs().max()),
-          "mean diff", float(diff.mean()), "mean |logit|", float(full_logits.abs().mean()))
+    print(
+        "int8 logits: max diff",
+        float(diff.max()),
+        "max |logit|",
+        float(full_logits.abs().max()),
+        "mean diff",
+        float(diff.mean()),
+        "mean |logit|",
+        float(full_logits.abs().mean()),
+    )
     assert 0 < diff.max() < 0.2 * full_logits.abs().max()
     assert diff.mean() < 0.1 * full_logits.abs().mean()
     assert torch.nn.functional.cosine_similarity(q_logits.flatten(), full_logits.flatten(), dim=0) > 0.99
-    generated = quantized.generate(**q_tokenizer(["3+4="], return_tensors="pt"), max_new_tokens=3, do_sample=False,
-                                   pad_token_id=q_tokenizer.pad_token_id)
+    generated = quantized.generate(
+        **q_tokenizer(["3+4="], return_tensors="pt"),
+        max_new_tokens=3,
+        do_sample=False,
+        pad_token_id=q_tokenizer.pad_token_id,
+    )
     assert generated.shape[1] > 2
     with open(os.path.join(quantized_path, "README.md")) as fh:
         assert "load_state_dict" in fh.read()
@@ -190,21 +214,36 @@ def test_a_lora_input_exports_merged_with_a_card_and_a_smaller_close_int8_copy(d
     front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
     assert "library_name: transformers" in front and 'base_model: "demo/tiny-llama"' in front
     assert 'tags:\n- "refinery"\n- "sft"\n- "dpo"' in front
-    for text in ("# Refinery run #12 addition-lora", "addition v3", "`demo/tiny-llama` (revision `abc123`)",
-                 "| sft-lora | sft | lora |", "dpo\\|pass", "0123456789abcdef" * 4, "| 80 |",
-                 "sft-lora/train/loss | 0.4321", "nested/x", "dpo|pass (dpo) <- sft-lora", "deadbeef",
-                 "a stage given as plain text", "**reviewer**: ada", "| dtype | float32 |",
-                 f"| parameters | {summary['parameters']:,} |", f"{summary['size_bytes']:,} bytes",
-                 f"{summary['quantized_size_bytes']:,} bytes", "| loss |", "int8_dynamic"):
+    for text in (
+        "# Refinery run #12 addition-lora",
+        "addition v3",
+        "`demo/tiny-llama` (revision `abc123`)",
+        "| sft-lora | sft | lora |",
+        "dpo\\|pass",
+        "0123456789abcdef" * 4,
+        "| 80 |",
+        "sft-lora/train/loss | 0.4321",
+        "nested/x",
+        "dpo|pass (dpo) <- sft-lora",
+        "deadbeef",
+        "a stage given as plain text",
+        "**reviewer**: ada",
+        "| dtype | float32 |",
+        f"| parameters | {summary['parameters']:,} |",
+        f"{summary['size_bytes']:,} bytes",
+        f"{summary['quantized_size_bytes']:,} bytes",
+        "| loss |",
+        "int8_dynamic",
+    ):
         assert text in body, text
 
 
 @pytest.mark.parametrize("eval_data", ["reference", "chat_eval"])
-def test_without_quantization_only_the_full_model_is_exported_and_measured(demo_kit, lora_dir, tmp_path,
-                                                                           eval_data):
+def test_without_quantization_only_the_full_model_is_exported_and_measured(demo_kit, lora_dir, tmp_path, eval_data):
     out = tmp_path / "out"
-    log = _finished(_spec(demo_kit, lora_dir, out, eval_data=eval_data, quantization="none", max_rows=4,
-                          max_new_tokens=3))
+    log = _finished(
+        _spec(demo_kit, lora_dir, out, eval_data=eval_data, quantization="none", max_rows=4, max_new_tokens=3)
+    )
     finished = log.of("finished")[0]
     assert finished["outputs"] == {"kind": "model", "path": str(out / "model")}
     assert not os.path.exists(out / "quantized")
@@ -232,20 +271,23 @@ def test_export_reports_the_figures_the_evaluate_stage_reports_for_the_same_mode
     """One library computes every number: export's "before" (and every before metric) equals the evaluate
     stage's eval/<metric> for the exported model on the same rows."""
     out = tmp_path / "export"
-    finished = _finished(_spec(demo_kit, lora_dir, out, eval_data=eval_data, quantization="none", max_rows=6,
-                               max_new_tokens=3)).of("finished")[0]
+    finished = _finished(
+        _spec(demo_kit, lora_dir, out, eval_data=eval_data, quantization="none", max_rows=6, max_new_tokens=3)
+    ).of("finished")[0]
     evaluation = finished["summary"]["eval"]
     model = {"name_or_path": str(out / "model")}
     path, kind = demo_kit["data"][eval_data], demo_kit["kinds"][eval_data]
-    log = _finished({
-        "method": "evaluate",
-        "config": {"max_rows": 6, "max_new_tokens": 3, "sample_count": 0},
-        "model": model,
-        "data": {"eval": {"path": path, "kind": kind}},
-        "aux_models": {"baseline": model},
-        "output_dir": str(tmp_path / "evaluate"),
-        "checkpoint_dir": str(tmp_path / "evaluate" / "checkpoints"),
-    })
+    log = _finished(
+        {
+            "method": "evaluate",
+            "config": {"max_rows": 6, "max_new_tokens": 3, "sample_count": 0},
+            "model": model,
+            "data": {"eval": {"path": path, "kind": kind}},
+            "aux_models": {"baseline": model},
+            "output_dir": str(tmp_path / "evaluate"),
+            "checkpoint_dir": str(tmp_path / "evaluate" / "checkpoints"),
+        }
+    )
     measured = {k: v for e in log.of("metrics") for k, v in e["metrics"].items()}
     target = log.of("finished")[0]["summary"]["target"]
     assert evaluation["metric"] == target["metric"] and evaluation["higher_is_better"] == target["higher_is_better"]
@@ -258,9 +300,18 @@ def test_export_reports_the_figures_the_evaluate_stage_reports_for_the_same_mode
 def test_the_card_tolerates_odd_facts():
     from trainers.methods.export import model_card
 
-    text = model_card({"stages": "not a list", "datasets": {"d": {"rows": 3}}, "metrics": [1, 2],
-                       "lineage": "a <- b", "base_model": {"name_or_path": "org/m"}, "x": None, "run": 5},
-                      {"dtype": "bfloat16", "parameters": 10, "size_bytes": 2048, "quantized": None})
+    text = model_card(
+        {
+            "stages": "not a list",
+            "datasets": {"d": {"rows": 3}},
+            "metrics": [1, 2],
+            "lineage": "a <- b",
+            "base_model": {"name_or_path": "org/m"},
+            "x": None,
+            "run": 5,
+        },
+        {"dtype": "bfloat16", "parameters": 10, "size_bytes": 2048, "quantized": None},
+    )
     assert 'base_model: "org/m"' in text and "| d |" in text and "a <- b" in text and "Refinery run 5" in text
 
 

@@ -49,8 +49,16 @@ def kit(demo_kit, tmp_path_factory):
 
     torch.manual_seed(3)
     base = AutoModelForCausalLM.from_pretrained(demo_kit["model"], dtype=torch.float32)
-    lora = get_peft_model(base, LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=["q_proj", "v_proj"],
-                                           init_lora_weights=False, task_type="CAUSAL_LM"))
+    lora = get_peft_model(
+        base,
+        LoraConfig(
+            r=LORA_R,
+            lora_alpha=LORA_ALPHA,
+            target_modules=["q_proj", "v_proj"],
+            init_lora_weights=False,
+            task_type="CAUSAL_LM",
+        ),
+    )
     paths["lora-c"] = str(root / "lora-c")
     lora.save_pretrained(paths["lora-c"])
 
@@ -129,8 +137,13 @@ def test_linear_merge_of_full_models_and_an_adapter_is_their_weighted_average(de
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = _spec(demo_kit, [_full(kit, "sft-a"), _full(kit, "sft-b"), _adapter(demo_kit, kit, "lora-c")],
-                 tmp_path / "out", merge_method="linear", weights="2, 1, 1")
+    spec = _spec(
+        demo_kit,
+        [_full(kit, "sft-a"), _full(kit, "sft-b"), _adapter(demo_kit, kit, "lora-c")],
+        tmp_path / "out",
+        merge_method="linear",
+        weights="2, 1, 1",
+    )
     log = _finished(spec)
 
     finished = log.of("finished")[0]
@@ -168,8 +181,13 @@ def test_linear_merge_of_full_models_and_an_adapter_is_their_weighted_average(de
 
 
 def test_task_arithmetic_adds_the_weighted_task_vectors_to_the_base(demo_kit, kit, tmp_path):
-    spec = _spec(demo_kit, [_full(kit, "sft-a"), _adapter(demo_kit, kit, "lora-c")], tmp_path / "out",
-                 merge_method="task_arithmetic", weights="0.7, 0.3")
+    spec = _spec(
+        demo_kit,
+        [_full(kit, "sft-a"), _adapter(demo_kit, kit, "lora-c")],
+        tmp_path / "out",
+        merge_method="task_arithmetic",
+        weights="0.7, 0.3",
+    )
     log = _finished(spec)
     assert log.of("finished")[0]["summary"]["weights"] == [0.7, 0.3]
     assert log.of("started")[0]["total_steps"] == 5  # base, 2 inputs, merge, save
@@ -196,8 +214,15 @@ def test_the_all_at_once_methods_pass_their_settings_to_merge_state_dicts(demo_k
     # In the model's own tensor order: DARE's random drops follow it.
     order = list(AutoModelForCausalLM.from_pretrained(kit["sft-a"]).state_dict())
     base, a, b = (_in_order(_weights(p), order) for p in (demo_kit["model"], kit["sft-a"], kit["sft-b"]))
-    expected = merge_state_dicts(method, [a, b], base=base, weights=[1.0, 0.5] if method != "model_stock" else None,
-                                 density=0.4, majority_sign_method="frequency", seed=7)
+    expected = merge_state_dicts(
+        method,
+        [a, b],
+        base=base,
+        weights=[1.0, 0.5] if method != "model_stock" else None,
+        density=0.4,
+        majority_sign_method="frequency",
+        seed=7,
+    )
     _assert_state_close(_weights(str(tmp_path / "out" / "model")), expected)
     if method == "model_stock":
         assert summary["weights"] == [] and summary["density"] is None

@@ -1,4 +1,5 @@
 """Merge methods against results worked out by hand on small tensors (trainers/merge_math.py)."""
+
 import math
 
 import pytest
@@ -19,8 +20,7 @@ def test_task_arithmetic_adds_weighted_task_vectors_to_the_base():
     base = torch.tensor([1.0, 1.0, 1.0, 1.0])
     # task vectors: M1 - base = [2, -3, 0, -0.5], M2 - base = [-2, 3, 1, -1.25]
     assert merge_tensors("task_arithmetic", [M1, M2], base=base).tolist() == [1.0, 1.0, 2.0, -0.75]
-    assert merge_tensors("task_arithmetic", [M1, M2], base=base, weights=[0.5, 0.5]).tolist() == [
-        1.0, 1.0, 1.5, 0.125]
+    assert merge_tensors("task_arithmetic", [M1, M2], base=base, weights=[0.5, 0.5]).tolist() == [1.0, 1.0, 1.5, 0.125]
 
 
 def test_ties_trims_elects_a_sign_and_averages_the_agreeing_values():

@@ -231,9 +231,7 @@ def test_dpo_with_lora_learns_and_outputs_an_adapter(dpo_lora_run, sft_model, he
     assert 0 < started["trainable_params"] < started["total_params"] / 4
 
 
-def test_next_stage_from_an_adapter_uses_the_merged_model_as_reference(
-    dpo_lora_run, sft_model, train_prefs, tmp_path
-):
+def test_next_stage_from_an_adapter_uses_the_merged_model_as_reference(dpo_lora_run, sft_model, train_prefs, tmp_path):
     """TRL alone would reload the reference from the base directory and miss the merged adapter."""
     import torch
     from trainers.measures import load_model
@@ -255,9 +253,7 @@ def test_next_stage_from_an_adapter_uses_the_merged_model_as_reference(
 
 
 def test_dpo_cancel_then_resume_from_checkpoint(sft_model, train_prefs, tmp_path):
-    spec = _spec(
-        "dpo", model=sft_model, train=train_prefs, config={"max_steps": 6, "save_steps": 2}, out=str(tmp_path)
-    )
+    spec = _spec("dpo", model=sft_model, train=train_prefs, config={"max_steps": 6, "save_steps": 2}, out=str(tmp_path))
 
     class CancelAfterStep3(EventLog):
         def emit(self, event, **fields):

@@ -140,8 +140,16 @@ def test_reward_adapter_scores_data_as_training_measured(reward_run, sft_model, 
 def test_full_reward_model_is_a_scorer_and_a_language_model_is_refused(sft_model, preference_files, tmp_path):
     from trainers.scoring import RewardModelError, load_reward_model
 
-    log = _run(_spec("reward", tmp_path, sft_model, preference_files["train"], "preference",
-                     config={"max_steps": 3, "save_steps": 1000}))
+    log = _run(
+        _spec(
+            "reward",
+            tmp_path,
+            sft_model,
+            preference_files["train"],
+            "preference",
+            config={"max_steps": 3, "save_steps": 1000},
+        )
+    )
     outputs = log.of("finished")[0]["outputs"]
     assert outputs == {"kind": "model", "path": os.path.join(str(tmp_path), "model")}
     scorer = load_reward_model(outputs["path"])
@@ -197,18 +205,36 @@ def test_grpo_raises_the_exact_match_reward(grpo_run, sft_model, demo_kit):
 def test_grpo_kl_reference_is_the_input_model_with_its_adapter_merged(demo_kit, tmp_path):
     """TRL reloads the KL reference from the model's path, which would drop an input adapter: the first step's
     KL would then be well above 0 (about 0.02 here) instead of 0 (policy and reference are the same model)."""
-    sft = _run(_spec("sft", tmp_path / "sft", demo_kit["model"], demo_kit["data"]["train"], "prompt_completion",
-                     config={"max_steps": 30, "save_steps": 1000}, adapter={"type": "lora", "r": 16, "alpha": 32}))
+    sft = _run(
+        _spec(
+            "sft",
+            tmp_path / "sft",
+            demo_kit["model"],
+            demo_kit["data"]["train"],
+            "prompt_completion",
+            config={"max_steps": 30, "save_steps": 1000},
+            adapter={"type": "lora", "r": 16, "alpha": 32},
+        )
+    )
     adapter = sft.of("finished")[0]["outputs"]["path"]
-    log = _run(_spec(
-        "grpo",
-        tmp_path / "grpo",
-        {"name_or_path": demo_kit["model"], "adapter_path": adapter},
-        demo_kit["data"]["reference"],
-        "reference",
-        config={"reward_length_penalty_weight": 1.0, "length_target": 2, "length_scale": 2, "max_steps": 2,
-                "max_completion_length": 4, "beta": 0.04, "save_steps": 1000},
-    ))
+    log = _run(
+        _spec(
+            "grpo",
+            tmp_path / "grpo",
+            {"name_or_path": demo_kit["model"], "adapter_path": adapter},
+            demo_kit["data"]["reference"],
+            "reference",
+            config={
+                "reward_length_penalty_weight": 1.0,
+                "length_target": 2,
+                "length_scale": 2,
+                "max_steps": 2,
+                "max_completion_length": 4,
+                "beta": 0.04,
+                "save_steps": 1000,
+            },
+        )
+    )
     assert _series(log, "train/kl")[0] == pytest.approx(0.0, abs=1e-6)
 
 
@@ -233,8 +259,12 @@ def test_grpo_scores_with_the_reward_stage_model(reward_run, sft_model, demo_kit
     )
     log = _run(spec)
     summary = log.of("finished")[0]["summary"]
-    for name in ("train/rewards/reward_model/mean", "train/rewards/numeric_match/mean", "eval/reward",
-                 "eval/reward_initial"):
+    for name in (
+        "train/rewards/reward_model/mean",
+        "train/rewards/numeric_match/mean",
+        "eval/reward",
+        "eval/reward_initial",
+    ):
         assert math.isfinite(summary[name]), name
     assert summary["train/rewards/reward_model/std"] > 0  # the reward model tells the sampled answers apart
     assert log.of("finished")[0]["outputs"]["kind"] == "adapter"
@@ -254,8 +284,10 @@ def test_distill_student_converges_on_the_teacher(sft_model, demo_kit, tmp_path)
     log = _run(spec)
     summary = log.of("finished")[0]["summary"]
     before, after = summary["eval/teacher_agreement_initial"], summary["eval/teacher_agreement"]
-    print(f"distill held-out agreement with the teacher: {before:.2f} -> {after:.2f}; "
-          f"eval divergence {summary['eval/loss_initial']:.3f} -> {summary['eval/loss']:.3f}")
+    print(
+        f"distill held-out agreement with the teacher: {before:.2f} -> {after:.2f}; "
+        f"eval divergence {summary['eval/loss_initial']:.3f} -> {summary['eval/loss']:.3f}"
+    )
     assert before <= 0.1 and after >= 0.5
     assert summary["eval/loss"] < summary["eval/loss_initial"] / 4
     losses = _series(log, "train/loss")

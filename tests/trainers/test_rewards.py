@@ -205,22 +205,30 @@ def test_methods_take_their_data_kinds():
     ok = {"reward_exact_match_weight": 1}
     assert validate_stage("grpo", ok, {"type": "none"}, "reference")[2] == {}
     assert validate_stage("grpo", ok, {"type": "lora"}, "chat")[2] == {}
-    assert "needs reference or prompt_completion or chat data" in (
-        validate_stage("grpo", ok, {}, "preference")[2]["dataset_kind"]
+    assert (
+        "needs reference or prompt_completion or chat data"
+        in (validate_stage("grpo", ok, {}, "preference")[2]["dataset_kind"])
     )
     assert validate_stage("reward", {}, {"type": "lora"}, "preference")[2] == {}
     assert "reward cannot train on 'reference' data" in validate_stage("reward", {}, {}, "reference")[2]["dataset_kind"]
     assert validate_stage("distill", {}, {"type": "none"}, "prompt_completion")[2] == {}
-    assert "cannot train a prompt_tuning adapter" in (
-        validate_stage("reward", {}, {"type": "prompt_tuning"}, "preference")[2]["adapter.type"]
+    assert (
+        "cannot train a prompt_tuning adapter"
+        in (validate_stage("reward", {}, {"type": "prompt_tuning"}, "preference")[2]["adapter.type"])
     )
 
 
 def test_methods_declare_their_aux_models():
     described = {m["name"]: m for m in json.loads(json.dumps([m.describe() for m in METHODS.values()]))}
     assert described["grpo"]["aux_models"] == [
-        {"key": "reward_model", "stage_field": "reward_model_stage", "stage_methods": ["reward"],
-         "not_methods": [], "base_when_empty": False, "platform": False}
+        {
+            "key": "reward_model",
+            "stage_field": "reward_model_stage",
+            "stage_methods": ["reward"],
+            "not_methods": [],
+            "base_when_empty": False,
+            "platform": False,
+        }
     ]
     assert METHODS["distill"].aux_sources({"teacher_stage": ""}) == {"teacher": "base"}
     assert METHODS["distill"].aux_sources({"teacher_stage": "sft"}) == {"teacher": "sft"}

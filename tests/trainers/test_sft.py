@@ -243,10 +243,13 @@ def _collated_epoch(spec_dict) -> tuple[list[dict], object]:
 
 def test_packing_pads_fewer_tokens_and_learns_alike(make_spec, tmp_path):
     # Demo examples are ~7 tokens: 32-token packs hold ~4, so 4 packs per step see about the 16 rows of a plain batch.
-    plain = make_spec(config={"max_length": 32, "per_device_train_batch_size": 16, "num_train_epochs": 4},
-                      out=str(tmp_path / "plain"))
-    packed = make_spec(config={"max_length": 32, "per_device_train_batch_size": 4, "num_train_epochs": 4,
-                               "packing": True}, out=str(tmp_path / "packed"))
+    plain = make_spec(
+        config={"max_length": 32, "per_device_train_batch_size": 16, "num_train_epochs": 4}, out=str(tmp_path / "plain")
+    )
+    packed = make_spec(
+        config={"max_length": 32, "per_device_train_batch_size": 4, "num_train_epochs": 4, "packing": True},
+        out=str(tmp_path / "packed"),
+    )
 
     counts = {}
     for name, spec in (("plain", plain), ("packed", packed)):
@@ -267,8 +270,10 @@ def test_packing_pads_fewer_tokens_and_learns_alike(make_spec, tmp_path):
         code, log = _run(spec)
         assert code == 0
         curves[name] = _losses(log)
-    print(f"loss: plain {curves['plain'][0]:.3f} -> {curves['plain'][-1]:.3f}, "
-          f"packed {curves['packed'][0]:.3f} -> {curves['packed'][-1]:.3f}")
+    print(
+        f"loss: plain {curves['plain'][0]:.3f} -> {curves['plain'][-1]:.3f}, "
+        f"packed {curves['packed'][0]:.3f} -> {curves['packed'][-1]:.3f}"
+    )
     assert len(curves["plain"]) == len(curves["packed"]) == 20
     for losses in curves.values():
         assert losses[-1] < losses[0] - 2
@@ -285,12 +290,12 @@ def test_loss_mask_covers_completions_only_by_default(completion_only, make_spec
     for batch in batches:
         for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
             real = [i for i in ids if i != tokenizer.pad_token_id]
-            assert labels[len(real):] == [-100] * (len(ids) - len(real))  # padding never counts
+            assert labels[len(real) :] == [-100] * (len(ids) - len(real))  # padding never counts
             prompt = next(p for p in by_prompt if tuple(real[: len(p)]) == p)
-            completion = real[len(prompt):]
+            completion = real[len(prompt) :]
             assert tokenizer.decode(completion) == by_prompt[prompt]["completion"] + tokenizer.eos_token
             prompt_labels = labels[: len(prompt)]
             assert prompt_labels == ([-100] * len(prompt) if completion_only else list(prompt))
-            assert labels[len(prompt): len(real)] == completion
+            assert labels[len(prompt) : len(real)] == completion
             checked += 1
     assert checked == demo_kit["train_pairs"]

@@ -21,33 +21,45 @@ class EvaluateConfig:
     """
 
     max_rows: int = param(
-        200, min=0, max=1_000_000, group="evaluation",
+        200,
+        min=0,
+        max=1_000_000,
+        group="evaluation",
         help="Evaluate at most this many rows of each dataset (the first ones, in file order); 0 means all.",
     )
     batch_size: int = param(16, min=1, max=1024, group="evaluation", help="Rows per forward pass or generation batch.")
     max_new_tokens: int = param(
-        32, min=1, max=4096, group="generation",
+        32,
+        min=1,
+        max=4096,
+        group="generation",
         help="Longest generated answer, in tokens (reference data and sample generations).",
     )
     accuracy_reward: str = param(
-        "numeric_match", choices=ACCURACY_REWARDS, group="evaluation",
+        "numeric_match",
+        choices=ACCURACY_REWARDS,
+        group="evaluation",
         help="The GRPO reward that decides whether a generated answer to a reference row is correct "
         "(accuracy is the share that score 1); exact_match is always reported as well.",
     )
     sample_prompts: str = param(
-        "", group="generation",
+        "",
+        group="generation",
         help="Prompts to generate sample answers for, one per line (the same list every run, so runs compare). "
         "Empty: the first sample_count prompts of the held-out set.",
     )
-    sample_count: int = param(8, min=0, max=100, group="generation", help="Sample generations to store when "
-                              "sample_prompts is empty.")
+    sample_count: int = param(
+        8, min=0, max=100, group="generation", help="Sample generations to store when sample_prompts is empty."
+    )
     baseline_stage: str = param(
-        "", group="comparison",
+        "",
+        group="comparison",
         help="The model this one is compared with (gain on the held-out set, forgetting on the retention set): "
         "the name of an earlier stage, or empty for the run's base model.",
     )
     reward_model_stage: str = param(
-        "", group="comparison",
+        "",
+        group="comparison",
         help="Name of an earlier stage with method 'reward' whose model scores the generated answers and the "
         "preference pairs (optional).",
     )

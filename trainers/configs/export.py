@@ -19,15 +19,24 @@ class ExportConfig:
     """
 
     quantization: str = param(
-        "int8_dynamic", choices=QUANTIZATIONS, group="export",
+        "int8_dynamic",
+        choices=QUANTIZATIONS,
+        group="export",
         help="none: only the full-precision export. int8_dynamic: linear layers stored as int8 and computed with "
         "dynamic activation quantization (CPU inference). bnb_8bit / bnb_4bit: bitsandbytes LLM.int8 / NF4 "
         "(CUDA only; refused at start on a worker without it).",
     )
     max_rows: int = param(
-        200, min=0, max=1_000_000, group="evaluation",
+        200,
+        min=0,
+        max=1_000_000,
+        group="evaluation",
         help="Evaluate before and after quantization on at most this many rows of the dataset; 0 means all.",
     )
     max_new_tokens: int = param(
-        32, min=1, max=4096, group="evaluation", help="Longest generated answer when evaluating reference data.",
+        32,
+        min=1,
+        max=4096,
+        group="evaluation",
+        help="Longest generated answer when evaluating reference data.",
     )

@@ -170,8 +170,7 @@ class GRPOConfig(TrainingConfig):
     # --- optimization ---
     learning_rate: float = fields.learning_rate(
         1e-3,
-        "The default suits the tiny demo model; for real models use about 1e-6 (full fine-tuning) "
-        "or 1e-5 (LoRA).",
+        "The default suits the tiny demo model; for real models use about 1e-6 (full fine-tuning) or 1e-5 (LoRA).",
     )
     num_train_epochs: float = fields.num_train_epochs(30.0, "Real models usually need 1.")
     per_device_train_batch_size: int = param(

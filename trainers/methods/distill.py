@@ -57,8 +57,9 @@ def load_teacher(spec: StageSpec):
     return teacher.eval()
 
 
-def teacher_agreement(student, teacher, tokenizer, prompts: list[Any], teacher_answers: list[str], *,
-                      max_new_tokens: int) -> float:
+def teacher_agreement(
+    student, teacher, tokenizer, prompts: list[Any], teacher_answers: list[str], *, max_new_tokens: int
+) -> float:
     """The share of prompts whose greedy student answer equals the teacher's (whitespace-normalised)."""
     student_answers = greedy_answers(student, tokenizer, prompts, max_new_tokens=max_new_tokens)
     return sum(s == t for s, t in zip(student_answers, teacher_answers)) / len(prompts)

@@ -71,9 +71,7 @@ def _read(file: DataFile | None, role: str, max_rows: int) -> _Data | None:
     if file is None:
         return None
     if file.kind not in EVAL_KINDS:
-        raise ValueError(
-            f"data.{role}: evaluate reads {', '.join(EVAL_KINDS)} data, not {file.kind!r} ({file.path})"
-        )
+        raise ValueError(f"data.{role}: evaluate reads {', '.join(EVAL_KINDS)} data, not {file.kind!r} ({file.path})")
     rows = read_rows(file)
     return _Data(role=role, file=file, rows=rows[:max_rows] if max_rows else rows, total_rows=len(rows))
 
@@ -174,8 +172,12 @@ class _Measurer:
                 missing.append(prompt)
         if missing:
             found = generate_answers(
-                self.model, self.tokenizer, missing, max_new_tokens=self.cfg.max_new_tokens,
-                batch_size=self.cfg.batch_size, on_batch=self.progress.tick,
+                self.model,
+                self.tokenizer,
+                missing,
+                max_new_tokens=self.cfg.max_new_tokens,
+                batch_size=self.cfg.batch_size,
+                on_batch=self.progress.tick,
             )
             self._answers.update((_key(p), a) for p, a in zip(missing, found))
         return [self._answers[_key(p)] for p in prompts]
@@ -183,8 +185,14 @@ class _Measurer:
     def measure(self, data: _Data) -> tuple[dict[str, float], dict[str, Any]]:
         """``(metrics, details)`` of this model on ``data`` (details: per-row results for the report)."""
         metrics, details = measure(
-            self.model, self.tokenizer, data.rows, data.kind, accuracy_reward=self.cfg.accuracy_reward,
-            max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size, answer=self.answers,
+            self.model,
+            self.tokenizer,
+            data.rows,
+            data.kind,
+            accuracy_reward=self.cfg.accuracy_reward,
+            max_new_tokens=self.cfg.max_new_tokens,
+            batch_size=self.cfg.batch_size,
+            answer=self.answers,
             on_batch=self.progress.tick,
         )
         if details.get("tokens") == 0:
@@ -218,8 +226,14 @@ def _load(ref: ModelRef):
     return load_model(ref.name_or_path, ref.adapter_path, revision=ref.revision, device="auto")
 
 
-def _reward_metrics(reward_ref: ModelRef, held_out: _Data, generated: dict[str, list[str]], cfg,
-                    metrics: dict[str, float], progress: _Progress) -> dict[str, Any]:
+def _reward_metrics(
+    reward_ref: ModelRef,
+    held_out: _Data,
+    generated: dict[str, list[str]],
+    cfg,
+    metrics: dict[str, float],
+    progress: _Progress,
+) -> dict[str, Any]:
     """Score both models' answers to the held-out prompts with the reward model (``reward_score``) and, for
     preference data, the pairs themselves (``reward_accuracy``); adds them to ``metrics`` and returns the
     scores for the report."""
@@ -284,8 +298,14 @@ def run(spec: StageSpec, events: Events) -> dict[str, Any]:
             model, tokenizer = _load(ref)
             if role == "model":
                 total = sum(p.numel() for p in model.parameters())
-                events.emit("started", total_steps=len(phases), trainable_params=0, total_params=total, step=0,
-                            resumed_from=None)
+                events.emit(
+                    "started",
+                    total_steps=len(phases),
+                    trainable_params=0,
+                    total_params=total,
+                    step=0,
+                    resumed_from=None,
+                )
             measurer = _Measurer(model, tokenizer, cfg, progress)
             for data in datasets:
                 progress.check_cancel()
@@ -350,10 +370,13 @@ def run(spec: StageSpec, events: Events) -> dict[str, Any]:
         "samples": sample_rows,
     }
     if reward_ref is not None and not use_reward_model:
-        report["notes"] = ["the reward model was not used: it scores answers to held-out prompts, and there is no "
-                           "held-out data"]
-    table = {"columns": ["prompt", "model", "baseline"], "data": [[r["prompt"], r["model"], r["baseline"]]
-                                                                   for r in sample_rows]}
+        report["notes"] = [
+            "the reward model was not used: it scores answers to held-out prompts, and there is no held-out data"
+        ]
+    table = {
+        "columns": ["prompt", "model", "baseline"],
+        "data": [[r["prompt"], r["model"], r["baseline"]] for r in sample_rows],
+    }
 
     def build(path: str) -> None:
         from ..events import jsonable

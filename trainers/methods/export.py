@@ -86,8 +86,10 @@ def quantization_unavailable_reason(quantization: str) -> str | None:
     """Why this worker cannot make ``quantization``, as one line, or None when it can."""
     if quantization == "int8_dynamic":
         if _quantize_dynamic() is None:
-            return (f"int8_dynamic needs torch.ao.quantization.quantize_dynamic, which torch {torch.__version__} "
-                    "no longer has; choose none, or bnb_8bit / bnb_4bit on a GPU worker")
+            return (
+                f"int8_dynamic needs torch.ao.quantization.quantize_dynamic, which torch {torch.__version__} "
+                "no longer has; choose none, or bnb_8bit / bnb_4bit on a GPU worker"
+            )
         if torch.backends.quantized.engine == "none":
             return "int8_dynamic needs a quantized CPU engine (fbgemm, x86, onednn or qnnpack); this torch has none"
         return None
@@ -109,8 +111,9 @@ def _read_eval_rows(spec: StageSpec, max_rows: int) -> list[dict[str, Any]]:
 def _evaluate(model, tokenizer, rows: list[dict[str, Any]], kind: str, cfg, beat: Heartbeat) -> dict[str, float]:
     """The evaluate stage's measures of ``rows`` (:func:`trainers.measures.measure`; reference answers are scored
     with an evaluate stage's default accuracy reward), plus the number of scored tokens for loss kinds."""
-    metrics, details = measure(model, tokenizer, rows, kind, accuracy_reward=ACCURACY_REWARD,
-                               max_new_tokens=cfg.max_new_tokens, on_batch=beat)
+    metrics, details = measure(
+        model, tokenizer, rows, kind, accuracy_reward=ACCURACY_REWARD, max_new_tokens=cfg.max_new_tokens, on_batch=beat
+    )
     if "tokens" in details:
         metrics["tokens"] = float(details["tokens"])
     return metrics
@@ -271,8 +274,19 @@ def _human_bytes(n: Any) -> str:
     return f"{int(n):,} bytes"
 
 
-KNOWN_CARD_KEYS = ("title", "run", "pipeline", "base_model", "base_model_revision", "stages", "datasets",
-                   "metrics", "lineage", "code_version", "seed")
+KNOWN_CARD_KEYS = (
+    "title",
+    "run",
+    "pipeline",
+    "base_model",
+    "base_model_revision",
+    "stages",
+    "datasets",
+    "metrics",
+    "lineage",
+    "code_version",
+    "seed",
+)
 
 
 def model_card(card: dict[str, Any] | None, export: dict[str, Any]) -> str:
@@ -327,10 +341,13 @@ def model_card(card: dict[str, Any] | None, export: dict[str, Any]) -> str:
     if evaluation:
         after_name = quantized["method"] if quantized else None
         lines += ["## Evaluation of this export", ""]
-        lines += [f"On {evaluation.get('rows')} rows of held-out {evaluation.get('kind')} data"
-                  f"{' (' + _cell(evaluation['data']) + ')' if evaluation.get('data') else ''}; "
-                  f"{'higher' if evaluation.get('higher_is_better') else 'lower'} {evaluation.get('metric')} "
-                  "is better.", ""]
+        lines += [
+            f"On {evaluation.get('rows')} rows of held-out {evaluation.get('kind')} data"
+            f"{' (' + _cell(evaluation['data']) + ')' if evaluation.get('data') else ''}; "
+            f"{'higher' if evaluation.get('higher_is_better') else 'lower'} {evaluation.get('metric')} "
+            "is better.",
+            "",
+        ]
         before, after = evaluation.get("before_metrics") or {}, evaluation.get("after_metrics") or {}
         header = ["metric", "full precision"] + ([after_name] if after_name else [])
         lines += _table(header, [[k, before.get(k)] + ([after.get(k)] if after_name else []) for k in before])
@@ -349,10 +366,17 @@ def model_card(card: dict[str, Any] | None, export: dict[str, Any]) -> str:
                 continue
             data = stage.get("data")
             if isinstance(data, dict):
-                data = " ".join(str(x) for x in (data.get("name"), data.get("version") and f"v{data['version']}")
-                                if x)
-            table_rows.append([stage.get("name"), stage.get("method"), stage.get("adapter"),
-                               stage.get("inputs"), stage.get("config"), data])
+                data = " ".join(str(x) for x in (data.get("name"), data.get("version") and f"v{data['version']}") if x)
+            table_rows.append(
+                [
+                    stage.get("name"),
+                    stage.get("method"),
+                    stage.get("adapter"),
+                    stage.get("inputs"),
+                    stage.get("config"),
+                    data,
+                ]
+            )
         if table_rows:
             lines += _table(["stage", "method", "adapter", "inputs", "settings", "data"], table_rows)
         lines += (_bullets(others) if others else []) + [""]
@@ -364,9 +388,19 @@ def model_card(card: dict[str, Any] | None, export: dict[str, Any]) -> str:
         lines += ["## Datasets", ""]
         dicts = [d for d in datasets if isinstance(d, dict)] if isinstance(datasets, list) else []
         if dicts:
-            lines += _table(["name", "version", "kind", "rows", "sha256"],
-                            [[d.get("name"), d.get("version"), d.get("kind"), d.get("rows"),
-                              f"`{d['sha256']}`" if d.get("sha256") else None] for d in dicts])
+            lines += _table(
+                ["name", "version", "kind", "rows", "sha256"],
+                [
+                    [
+                        d.get("name"),
+                        d.get("version"),
+                        d.get("kind"),
+                        d.get("rows"),
+                        f"`{d['sha256']}`" if d.get("sha256") else None,
+                    ]
+                    for d in dicts
+                ],
+            )
         rest = [d for d in datasets if not isinstance(d, dict)] if isinstance(datasets, list) else [datasets]
         lines += (_bullets(rest) if rest else []) + [""]
 
@@ -390,9 +424,17 @@ def model_card(card: dict[str, Any] | None, export: dict[str, Any]) -> str:
     if other:
         lines += ["## Other facts", ""] + _bullets(other) + [""]
 
-    lines += ["## Usage", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-              'model = AutoModelForCausalLM.from_pretrained("path/to/model")',
-              'tokenizer = AutoTokenizer.from_pretrained("path/to/model")', "```", ""]
+    lines += [
+        "## Usage",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        'model = AutoModelForCausalLM.from_pretrained("path/to/model")',
+        'tokenizer = AutoTokenizer.from_pretrained("path/to/model")',
+        "```",
+        "",
+    ]
     if quantized:
         lines += [f"The quantized copy (`{quantized['dir']}/`) has its own README on how to load it.", ""]
     return "\n".join(lines)
@@ -400,35 +442,57 @@ def model_card(card: dict[str, Any] | None, export: dict[str, Any]) -> str:
 
 def _quantized_readme(quantization: str, export: dict[str, Any]) -> str:
     quantized = export["quantized"]
-    lines = [f"# {quantization} copy", "",
-             f"A quantized copy of the model in `../model` ({export.get('parameters'):,} parameters, "
-             f"{_human_bytes(export.get('size_bytes'))} in {export.get('dtype')}), made by Refinery's export stage.",
-             "", f"Size on disk: {_human_bytes(quantized.get('size_bytes'))}.", ""]
+    lines = [
+        f"# {quantization} copy",
+        "",
+        f"A quantized copy of the model in `../model` ({export.get('parameters'):,} parameters, "
+        f"{_human_bytes(export.get('size_bytes'))} in {export.get('dtype')}), made by Refinery's export stage.",
+        "",
+        f"Size on disk: {_human_bytes(quantized.get('size_bytes'))}.",
+        "",
+    ]
     if quantization == "int8_dynamic":
         lines += [
             "Every `nn.Linear` (the LM head included) is PyTorch dynamic int8 "
             "(`torch.ao.quantization.quantize_dynamic`, qint8 weights, activations quantized per batch); "
             "embeddings and norms stay float32. CPU inference only. The weights are the quantized model's "
             f"state dict in `{QUANTIZED_WEIGHTS}` (torch {quantized.get('torch_version')}, "
-            f"engine {quantized.get('engine')}). To load it:", "",
-            "```python", "import torch", "from torch import nn",
-            "from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer", "",
+            f"engine {quantized.get('engine')}). To load it:",
+            "",
+            "```python",
+            "import torch",
+            "from torch import nn",
+            "from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer",
+            "",
             'path = "path/to/quantized"',
             "model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)",
             "model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)",
             f'model.load_state_dict(torch.load(f"{{path}}/{QUANTIZED_WEIGHTS}", weights_only=True))',
-            "tokenizer = AutoTokenizer.from_pretrained(path)", "```", "",
-            "(or `trainers.methods.export.load_int8_dynamic(path)`).", ""]
+            "tokenizer = AutoTokenizer.from_pretrained(path)",
+            "```",
+            "",
+            "(or `trainers.methods.export.load_int8_dynamic(path)`).",
+            "",
+        ]
     else:
         kind = "LLM.int8 (8-bit)" if quantization == "bnb_8bit" else "NF4 4-bit with double quantization"
-        lines += [f"bitsandbytes {kind}; needs a CUDA GPU and bitsandbytes. The quantization settings are in "
-                  "config.json, so it loads as usual:", "",
-                  "```python", "from transformers import AutoModelForCausalLM",
-                  'model = AutoModelForCausalLM.from_pretrained("path/to/quantized", device_map="auto")', "```", ""]
+        lines += [
+            f"bitsandbytes {kind}; needs a CUDA GPU and bitsandbytes. The quantization settings are in "
+            "config.json, so it loads as usual:",
+            "",
+            "```python",
+            "from transformers import AutoModelForCausalLM",
+            'model = AutoModelForCausalLM.from_pretrained("path/to/quantized", device_map="auto")',
+            "```",
+            "",
+        ]
     evaluation = export.get("eval")
     if evaluation and evaluation.get("after") is not None:
-        lines += [f"Held-out {evaluation['metric']}: {_fmt(evaluation['before'])} at full precision, "
-                  f"{_fmt(evaluation['after'])} quantized ({evaluation['rows']} rows).", ""]
+        lines += [
+            f"Held-out {evaluation['metric']}: {_fmt(evaluation['before'])} at full precision, "
+            f"{_fmt(evaluation['after'])} quantized ({evaluation['rows']} rows).",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -475,8 +539,9 @@ def run(spec: StageSpec, events: Events) -> dict[str, Any]:
     model.eval()
     dtype = stored_dtype(spec.model)
     _, parameters = count_parameters(model)
-    events.emit("started", total_steps=total_steps, trainable_params=0, total_params=parameters, step=0,
-                resumed_from=None)
+    events.emit(
+        "started", total_steps=total_steps, trainable_params=0, total_params=parameters, step=0, resumed_from=None
+    )
     if (stop := advance()) is not None:
         return stop
 
@@ -507,8 +572,11 @@ def run(spec: StageSpec, events: Events) -> dict[str, Any]:
     metric, higher = PRIMARY_METRICS[kind] if kind else (None, None)
     before = after = None
     if rows is not None:
-        device = _cuda_device() if quantization.startswith("bnb_") or (
-            quantization == "none" and torch.cuda.is_available()) else torch.device("cpu")
+        device = (
+            _cuda_device()
+            if quantization.startswith("bnb_") or (quantization == "none" and torch.cuda.is_available())
+            else torch.device("cpu")
+        )
         t0 = time.monotonic()
         before = _evaluate(model.to(device), tokenizer, rows, kind, cfg, beat)
         before["seconds"] = time.monotonic() - t0
@@ -533,14 +601,22 @@ def run(spec: StageSpec, events: Events) -> dict[str, Any]:
             how = "bitsandbytes on a CUDA GPU; loads with from_pretrained"
         quantized_size = dir_size(quantized_path)
         export["quantized"] = {
-            "method": quantization, "dir": "quantized", "how": how, "size_bytes": quantized_size,
-            "torch_version": torch.__version__, "engine": torch.backends.quantized.engine,
+            "method": quantization,
+            "dir": "quantized",
+            "how": how,
+            "size_bytes": quantized_size,
+            "torch_version": torch.__version__,
+            "engine": torch.backends.quantized.engine,
         }
-        events.emit("metrics", step=step + 1, metrics={
-            "export/quantized_size_mb": quantized_size / 1e6,
-            "export/size_ratio": quantized_size / size,
-            "export/quantize_seconds": time.monotonic() - t0,
-        })
+        events.emit(
+            "metrics",
+            step=step + 1,
+            metrics={
+                "export/quantized_size_mb": quantized_size / 1e6,
+                "export/size_ratio": quantized_size / size,
+                "export/quantize_seconds": time.monotonic() - t0,
+            },
+        )
         events.emit("artifact", name="quantized", path=quantized_path)
         if (stop := advance()) is not None:
             return stop
@@ -575,8 +651,11 @@ def run(spec: StageSpec, events: Events) -> dict[str, Any]:
         _write_text_atomically(os.path.join(quantized_path, CARD), _quantized_readme(quantization, export))
     step += 1
     beat.progress(step)
-    print(f"[export] {model_path}: {size:,} bytes"
-          + (f"; {quantization} copy {quantized_size:,} bytes" if quantized_size else ""), file=sys.stderr)
+    print(
+        f"[export] {model_path}: {size:,} bytes"
+        + (f"; {quantization} copy {quantized_size:,} bytes" if quantized_size else ""),
+        file=sys.stderr,
+    )
 
     outputs: dict[str, Any] = {"kind": "model", "path": model_path}
     if quantized_path:

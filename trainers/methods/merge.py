@@ -136,25 +136,35 @@ def _signature(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {key: tuple(t.shape) for key, t in state.items()}
 
 
-def _check_fits(name: str, model_type: str, signature: dict[str, tuple[int, ...]],
-                ref_name: str, ref_type: str, ref_signature: dict[str, tuple[int, ...]]) -> None:
+def _check_fits(
+    name: str,
+    model_type: str,
+    signature: dict[str, tuple[int, ...]],
+    ref_name: str,
+    ref_type: str,
+    ref_signature: dict[str, tuple[int, ...]],
+) -> None:
     """Refuse ``name``'s model when it does not share the reference model's architecture and tensor shapes."""
     what = f"the input of stage {name!r}" if name != "base" else "the base model"
     ref_what = f"the input of stage {ref_name!r}" if ref_name != "base" else "the base model"
     if model_type != ref_type:
-        raise MergeInputError(f"{what} is a {model_type} model, {ref_what} a {ref_type} model: "
-                              "merged models must share one architecture")
+        raise MergeInputError(
+            f"{what} is a {model_type} model, {ref_what} a {ref_type} model: merged models must share one architecture"
+        )
     missing = sorted(set(ref_signature) - set(signature))
     extra = sorted(set(signature) - set(ref_signature))
     if missing or extra:
         detail = f"it lacks {missing[:3]}" if missing else f"it has {extra[:3]} in addition"
-        raise MergeInputError(f"{what} does not have the tensors of {ref_what} ({detail}): "
-                              "merged models must share one architecture")
+        raise MergeInputError(
+            f"{what} does not have the tensors of {ref_what} ({detail}): merged models must share one architecture"
+        )
     for key, shape in ref_signature.items():
         if signature[key] != shape:
-            raise MergeInputError(f"{what} does not fit {ref_what}: tensor {key!r} has shape {signature[key]} "
-                                  f"there and {shape} in {ref_what}; merged models must share one architecture "
-                                  "and parameter shapes")
+            raise MergeInputError(
+                f"{what} does not fit {ref_what}: tensor {key!r} has shape {signature[key]} "
+                f"there and {shape} in {ref_what}; merged models must share one architecture "
+                "and parameter shapes"
+            )
 
 
 def _weights(method: str, given: list[float], names: list[str]) -> list[float]:
@@ -167,8 +177,10 @@ def _weights(method: str, given: list[float], names: list[str]) -> list[float]:
     if not given:
         return [1.0 / n] * n if method == "linear" else [1.0] * n
     if len(given) != n:
-        raise MergeInputError(f"{len(given)} weight{'s' if len(given) != 1 else ''} for {n} inputs "
-                              f"({', '.join(names)}): give one weight per input, in that order, or none")
+        raise MergeInputError(
+            f"{len(given)} weight{'s' if len(given) != 1 else ''} for {n} inputs "
+            f"({', '.join(names)}): give one weight per input, in that order, or none"
+        )
     if method == "linear":
         total = sum(given)
         if total <= 0:
@@ -225,8 +237,9 @@ def run(spec: StageSpec, events: Events) -> dict[str, Any]:
         if not started:
             started = True
             total = sum(p.numel() for p in model.parameters())
-            events.emit("started", total_steps=total_steps, trainable_params=0, total_params=total, step=0,
-                        resumed_from=None)
+            events.emit(
+                "started", total_steps=total_steps, trainable_params=0, total_params=total, step=0, resumed_from=None
+            )
         beat.progress(step)
         return state
 
@@ -285,8 +298,10 @@ def run(spec: StageSpec, events: Events) -> dict[str, Any]:
     if (stop := canceled()) is not None:
         return stop
 
-    path = publish_dir(lambda tmp: _save(vessel, tokenizer, tmp, dtype=dtype, spec=spec, names=names,
-                                         weights=weights), os.path.join(spec.output_dir, "model"))
+    path = publish_dir(
+        lambda tmp: _save(vessel, tokenizer, tmp, dtype=dtype, spec=spec, names=names, weights=weights),
+        os.path.join(spec.output_dir, "model"),
+    )
     step += 1
     size = dir_size(path)
     beat.progress(step)
@@ -304,26 +319,46 @@ def run(spec: StageSpec, events: Events) -> dict[str, Any]:
     return {"status": "finished", "outputs": {"kind": "model", "path": path}, "summary": summary}
 
 
-def _merge_all(method: str, states: list[dict[str, torch.Tensor]], base: dict[str, torch.Tensor] | None,
-               weights: list[float], cfg, *, seed: int, beat: Heartbeat) -> dict[str, torch.Tensor]:
+def _merge_all(
+    method: str,
+    states: list[dict[str, torch.Tensor]],
+    base: dict[str, torch.Tensor] | None,
+    weights: list[float],
+    cfg,
+    *,
+    seed: int,
+    beat: Heartbeat,
+) -> dict[str, torch.Tensor]:
     """:func:`merge_state_dicts` over all inputs, a few tensors per call with a heartbeat in between. The seed
     is set once, before the first call, so DARE's random drops are those of a single call."""
     keys = list(states[0])
     merged: dict[str, torch.Tensor] = {}
     for begin in range(0, len(keys), CHUNK_TENSORS):
         chunk = keys[begin : begin + CHUNK_TENSORS]
-        merged.update(merge_state_dicts(
-            method, [{k: s[k] for k in chunk} for s in states],
-            base=None if base is None else {k: base[k] for k in chunk},
-            weights=weights or None, density=cfg.density, majority_sign_method=cfg.majority_sign_method,
-            seed=seed if begin == 0 else None,
-        ))
+        merged.update(
+            merge_state_dicts(
+                method,
+                [{k: s[k] for k in chunk} for s in states],
+                base=None if base is None else {k: base[k] for k in chunk},
+                weights=weights or None,
+                density=cfg.density,
+                majority_sign_method=cfg.majority_sign_method,
+                seed=seed if begin == 0 else None,
+            )
+        )
         beat()
     return merged
 
 
-def _accumulate(method: str, merged: dict[str, torch.Tensor] | None, state: dict[str, torch.Tensor],
-                base: dict[str, torch.Tensor] | None, weight: float, *, beat: Heartbeat) -> dict[str, torch.Tensor]:
+def _accumulate(
+    method: str,
+    merged: dict[str, torch.Tensor] | None,
+    state: dict[str, torch.Tensor],
+    base: dict[str, torch.Tensor] | None,
+    weight: float,
+    *,
+    beat: Heartbeat,
+) -> dict[str, torch.Tensor]:
     """Add one input to the running sum, in place on the first input's tensors (computed in float64 per tensor).
 
     linear: sum_i w_i * m_i. task_arithmetic: base + sum_i w_i * (m_i - base). The same arithmetic as
@@ -346,8 +381,9 @@ def _accumulate(method: str, merged: dict[str, torch.Tensor] | None, state: dict
     return merged
 
 
-def _save(model, tokenizer, path: str, *, dtype: torch.dtype, spec: StageSpec, names: list[str],
-          weights: list[float]) -> None:
+def _save(
+    model, tokenizer, path: str, *, dtype: torch.dtype, spec: StageSpec, names: list[str], weights: list[float]
+) -> None:
     save_model_dir(model, tokenizer, path, dtype=dtype)
     cfg = spec.config
     facts = {

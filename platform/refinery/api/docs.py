@@ -5,6 +5,7 @@ falls back to one that loads Swagger UI from cdn.jsdelivr.net; this page uses ne
 under the Content Security Policy: no inline script (the settings travel as a JSON data block,
 static/js/api-docs.js starts Swagger UI).
 """
+
 from __future__ import annotations
 
 from typing import Any

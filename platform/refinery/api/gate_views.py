@@ -3,6 +3,7 @@ candidate awaiting approval (docs/schedules.md, "Promotion gates").
 
 Lookups stay inside the token's team (another team's decision answers 404); approving and rejecting need an
 owner with a read-write token (403 otherwise); a decision that cannot be reviewed as asked is 400."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -45,19 +46,33 @@ class ReviewIn(In):
 
 
 def _out(d: GateDecision) -> dict:
-    return {"id": d.pk, "run": d.run.number, "stage": d.stage_run.name, "candidate_stage": d.candidate_stage,
-            "model": d.model_name, "alias": d.alias, "outcome": d.outcome, "passed": d.passed, "message": d.message,
-            "candidate_version": d.candidate.version if d.candidate else None,
-            "champion_version": d.champion.version if d.champion else None, "require_approval": d.require_approval,
-            "numbers": d.numbers or {}, "decided_at": d.decided_at,
-            "reviewed_by": d.reviewed_by.get_username() if d.reviewed_by else None, "reviewed_at": d.reviewed_at,
-            "review_note": d.review_note}
+    return {
+        "id": d.pk,
+        "run": d.run.number,
+        "stage": d.stage_run.name,
+        "candidate_stage": d.candidate_stage,
+        "model": d.model_name,
+        "alias": d.alias,
+        "outcome": d.outcome,
+        "passed": d.passed,
+        "message": d.message,
+        "candidate_version": d.candidate.version if d.candidate else None,
+        "champion_version": d.champion.version if d.champion else None,
+        "require_approval": d.require_approval,
+        "numbers": d.numbers or {},
+        "decided_at": d.decided_at,
+        "reviewed_by": d.reviewed_by.get_username() if d.reviewed_by else None,
+        "reviewed_at": d.reviewed_at,
+        "review_note": d.review_note,
+    }
 
 
 def _decisions(request):
-    return (GateDecision.objects.filter(team=request.team)
-            .select_related("run", "stage_run", "candidate", "champion", "reviewed_by")
-            .defer("run__snapshot", "stage_run__spec", "stage_run__log_tail", "stage_run__summary"))
+    return (
+        GateDecision.objects.filter(team=request.team)
+        .select_related("run", "stage_run", "candidate", "champion", "reviewed_by")
+        .defer("run__snapshot", "stage_run__spec", "stage_run__log_tail", "stage_run__summary")
+    )
 
 
 def _get(request, gate_id: int) -> GateDecision | None:
@@ -71,8 +86,12 @@ def _not_found(gate_id: int):
 
 
 @router.get("", response=list[GateOut])
-def list_gates(request, run: int | None = None, outcome: Literal[tuple(GateDecision.Outcome.values)] | None = None,
-               limit: int = 100):
+def list_gates(
+    request,
+    run: int | None = None,
+    outcome: Literal[tuple(GateDecision.Outcome.values)] | None = None,
+    limit: int = 100,
+):
     """The team's gate decisions, newest first; `run` (a run number) and `outcome` (e.g. awaiting_approval)
     filter them."""
     found = _decisions(request)
@@ -80,7 +99,7 @@ def list_gates(request, run: int | None = None, outcome: Literal[tuple(GateDecis
         found = found.filter(run__number=run)
     if outcome:
         found = found.filter(outcome=outcome)
-    return [_out(d) for d in found[:max(1, min(limit, 500))]]
+    return [_out(d) for d in found[: max(1, min(limit, 500))]]
 
 
 @router.get("/{int:gate_id}", response={200: GateOut, 404: ErrorOut})

@@ -10,6 +10,7 @@ run or stage); MLflow refusing or being unreachable is a 400 too, and changes no
 The serializers are plain functions from rows to dicts next to their schemas, so a field added to a
 version or an alias event (a gate decision, say) is one line in each.
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -49,6 +50,7 @@ MAX_INT = 2**31 - 1  # version and run numbers are 32-bit columns
 
 # --- schemas ---------------------------------------------------------------------------------------------
 
+
 class VersionSummaryOut(Schema):
     version: int
     run: int = Field(description="the number of the run that made it")
@@ -57,18 +59,23 @@ class VersionSummaryOut(Schema):
     promoted_by: str | None
     promoted_at: datetime
     aliases: list[str] = Field(description="the aliases that point at this version now")
-    headline: list[dict[str, Any]] = Field(description="the numbers tables show: [{key, label, value, better, "
-                                                       "stage, model}]")
+    headline: list[dict[str, Any]] = Field(
+        description="the numbers tables show: [{key, label, value, better, stage, model}]"
+    )
 
 
 class VersionOut(VersionSummaryOut):
     model: str = Field(description="the registered model's name")
     source_uri: str = Field(description="where its files are: runs:/<MLflow run>/<artifact path>")
-    metrics: dict[str, Any] = Field(description="copied at promotion: {stage: {key: number} of the stage's "
-                                                "summary, evaluations: [{stage, target, retention, metrics}], "
-                                                "headline, pending}")
-    lineage: dict[str, Any] = Field(description="run, pipeline version, base model and revision, datasets by "
-                                                "sha256, the stage chain, code version, seed")
+    metrics: dict[str, Any] = Field(
+        description="copied at promotion: {stage: {key: number} of the stage's "
+        "summary, evaluations: [{stage, target, retention, metrics}], "
+        "headline, pending}"
+    )
+    lineage: dict[str, Any] = Field(
+        description="run, pipeline version, base model and revision, datasets by "
+        "sha256, the stage chain, code version, seed"
+    )
 
 
 class ModelOut(Schema):
@@ -102,8 +109,9 @@ class AliasEventOut(Schema):
 
 
 class AliasesOut(Schema):
-    aliases: list[AliasStateOut] = Field(description="staging and production, then every other alias that is "
-                                                     "set or has history")
+    aliases: list[AliasStateOut] = Field(
+        description="staging and production, then every other alias that is set or has history"
+    )
     history: list[AliasEventOut] = Field(description="every change, newest first")
 
 
@@ -114,8 +122,7 @@ class AliasChangeOut(Schema):
 
 class PromoteIn(In):
     run: int = Field(description="the run's number")
-    stage: str = Field(description="the name of a succeeded stage of that run whose output is a model or an "
-                                   "adapter")
+    stage: str = Field(description="the name of a succeeded stage of that run whose output is a model or an adapter")
     model: str = Field(description="the registered model's name; created on first use")
     description: str = Field("", description="the new model's description (first promotion only)")
     alias: str | None = Field(None, description="an alias to point at the new version, e.g. staging")
@@ -127,6 +134,7 @@ class AliasSetIn(In):
 
 # --- serializers -----------------------------------------------------------------------------------------
 
+
 def _username(user) -> str | None:
     return user.get_username() if user is not None else None
 
@@ -134,27 +142,46 @@ def _username(user) -> str | None:
 def _version_summary(version: ModelVersion, alias_names: list[str]) -> dict:
     # the stage's name is in the lineage, copied at promotion: no query per version
     return {
-        "version": version.version, "run": version.run.number,
-        "stage": (version.lineage or {}).get("stage") or version.stage_run.name, "kind": version.kind,
-        "promoted_by": _username(version.promoted_by), "promoted_at": version.promoted_at,
-        "aliases": alias_names, "headline": (version.metrics or {}).get("headline") or [],
+        "version": version.version,
+        "run": version.run.number,
+        "stage": (version.lineage or {}).get("stage") or version.stage_run.name,
+        "kind": version.kind,
+        "promoted_by": _username(version.promoted_by),
+        "promoted_at": version.promoted_at,
+        "aliases": alias_names,
+        "headline": (version.metrics or {}).get("headline") or [],
     }
 
 
 def _version_out(version: ModelVersion, model: RegisteredModel, alias_names: list[str]) -> dict:
-    return {**_version_summary(version, alias_names), "model": model.name, "source_uri": version.source_uri,
-            "metrics": version.metrics or {}, "lineage": version.lineage or {}}
+    return {
+        **_version_summary(version, alias_names),
+        "model": model.name,
+        "source_uri": version.source_uri,
+        "metrics": version.metrics or {},
+        "lineage": version.lineage or {},
+    }
 
 
 def _model_out(model: RegisteredModel, *, latest: int | None, count: int, aliases: dict[str, int]) -> dict:
-    return {"name": model.name, "description": model.description, "created_by": _username(model.created_by),
-            "created_at": model.created_at, "version_count": count, "latest_version": latest, "aliases": aliases}
+    return {
+        "name": model.name,
+        "description": model.description,
+        "created_by": _username(model.created_by),
+        "created_at": model.created_at,
+        "version_count": count,
+        "latest_version": latest,
+        "aliases": aliases,
+    }
 
 
 def _state_out(state: AliasState) -> dict:
-    return {"alias": state.alias, "version": state.version.version if state.version else None,
-            "can_roll_back": state.can_roll_back,
-            "rollback_to": state.rollback_to.version if state.rollback_to else None}
+    return {
+        "alias": state.alias,
+        "version": state.version.version if state.version else None,
+        "can_roll_back": state.can_roll_back,
+        "rollback_to": state.rollback_to.version if state.rollback_to else None,
+    }
 
 
 def _number(version: ModelVersion | None) -> int | None:
@@ -164,11 +191,18 @@ def _number(version: ModelVersion | None) -> int | None:
 def _event_out(event: AliasEvent) -> dict:
     # model_page attaches the version it already loaded (and sets previous_version from its rows): no query
     version = event.version_row if hasattr(event, "version_row") else event.version
-    return {"alias": event.alias, "action": event.action, "version": _number(version),
-            "previous": _number(event.previous_version), "user": _username(event.user), "at": event.at}
+    return {
+        "alias": event.alias,
+        "action": event.action,
+        "version": _number(version),
+        "previous": _number(event.previous_version),
+        "user": _username(event.user),
+        "at": event.at,
+    }
 
 
 # --- lookups ---------------------------------------------------------------------------------------------
+
 
 def _model(request, model_name: str) -> RegisteredModel | None:
     """The team's model, or None; a name no model can have is not looked up."""
@@ -207,12 +241,19 @@ def _alias_change(model: RegisteredModel, event: AliasEvent) -> dict:
 
 # --- models ----------------------------------------------------------------------------------------------
 
+
 @router.get("", response=list[ModelOut])
 def list_registered_models(request):
     """The team's registered models: description, newest version and where each alias points."""
-    return [_model_out(m, latest=m.latest.version if m.latest else None, count=m.version_count,
-                       aliases={row.alias: row.version.version for row in m.alias_rows})
-            for m in registered_model_list(team=request.team)]
+    return [
+        _model_out(
+            m,
+            latest=m.latest.version if m.latest else None,
+            count=m.version_count,
+            aliases={row.alias: row.version.version for row in m.alias_rows},
+        )
+        for m in registered_model_list(team=request.team)
+    ]
 
 
 @router.post("/promote", response={201: VersionOut, 400: ErrorOut})
@@ -221,8 +262,9 @@ def promote(request, payload: PromoteIn):
     optionally pointing `alias` at it. Its metrics and lineage are copied from the run now."""
     _require_write(request)
     errors: dict[str, str] = {}
-    checks = [("model", model_name_clean, payload.model)] + ([("alias", alias_clean, payload.alias)]
-                                                             if payload.alias else [])
+    checks = [("model", model_name_clean, payload.model)] + (
+        [("alias", alias_clean, payload.alias)] if payload.alias else []
+    )
     for field, clean, value in checks:  # the services' own checks, run first to name the field
         try:
             clean(value)
@@ -232,8 +274,14 @@ def promote(request, payload: PromoteIn):
     if errors:
         return _refused(errors)
     try:
-        version = model_promote(team=request.team, user=request.user, stage_run=stage, model_name=payload.model,
-                                description=payload.description, alias=payload.alias or None)
+        version = model_promote(
+            team=request.team,
+            user=request.user,
+            stage_run=stage,
+            model_name=payload.model,
+            description=payload.description,
+            alias=payload.alias or None,
+        )
     except RegistryError as exc:
         return _refused({"model": str(exc)})
     return 201, _version_out(version, version.registered_model, sorted(a.alias for a in version.aliases.all()))
@@ -270,12 +318,19 @@ def get_registered_model(request, model_name: str):
         return 404, NO_MODEL
     page = model_page(registered_model=model, history_limit=0)
     aliases = {s.alias: s.version.version for s in page.aliases if s.version is not None}
-    return 200, {**_model_out(model, latest=page.versions[0].version if page.versions else None,
-                              count=len(page.versions), aliases=dict(sorted(aliases.items()))),
-                 "versions": [_version_summary(v, v.alias_names) for v in page.versions]}
+    return 200, {
+        **_model_out(
+            model,
+            latest=page.versions[0].version if page.versions else None,
+            count=len(page.versions),
+            aliases=dict(sorted(aliases.items())),
+        ),
+        "versions": [_version_summary(v, v.alias_names) for v in page.versions],
+    }
 
 
 # --- versions --------------------------------------------------------------------------------------------
+
 
 @router.get("/{model_name}/versions", response={200: list[VersionOut], 404: ErrorOut})
 def list_model_versions(request, model_name: str):
@@ -299,6 +354,7 @@ def get_model_version(request, model_name: str, version: int):
 
 
 # --- aliases ---------------------------------------------------------------------------------------------
+
 
 @router.get("/{model_name}/aliases", response={200: AliasesOut, 404: ErrorOut})
 def list_model_aliases(request, model_name: str):
@@ -349,8 +405,7 @@ def remove_model_alias(request, model_name: str, alias: str):
     return 200, _alias_change(model, event)
 
 
-@router.post("/{model_name}/aliases/{alias}/rollback",
-             response={200: AliasChangeOut, 400: ErrorOut, 404: ErrorOut})
+@router.post("/{model_name}/aliases/{alias}/rollback", response={200: AliasChangeOut, 400: ErrorOut, 404: ErrorOut})
 def rollback_model_alias(request, model_name: str, alias: str):
     """Point `alias` back at the version it had before its last change not undone yet; repeated rollbacks walk
     back through the history. 400 when there is nothing to roll back to."""

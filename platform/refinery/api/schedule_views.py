@@ -2,6 +2,7 @@
 
 Every lookup is inside the token's team (another team's schedule answers 404); writes need a member
 or owner with a read-write token (403 otherwise)."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -95,19 +96,47 @@ class TickOut(Schema):
 
 def _out(schedule: Schedule) -> dict:
     return {
-        **{f: getattr(schedule, f) for f in ("id", "name", "pipeline_id", "trigger", "cron", "timezone",
-                                             "interval_seconds", "debounce_seconds", "bindings", "start_at",
-                                             "end_at", "max_runs", "overlap", "catch_up", "catch_up_limit",
-                                             "failure_limit", "paused", "paused_reason", "created_at", "gate")},
+        **{
+            f: getattr(schedule, f)
+            for f in (
+                "id",
+                "name",
+                "pipeline_id",
+                "trigger",
+                "cron",
+                "timezone",
+                "interval_seconds",
+                "debounce_seconds",
+                "bindings",
+                "start_at",
+                "end_at",
+                "max_runs",
+                "overlap",
+                "catch_up",
+                "catch_up_limit",
+                "failure_limit",
+                "paused",
+                "paused_reason",
+                "created_at",
+                "gate",
+            )
+        },
         "version": schedule.pipeline_version.number,
         "next_fires": schedule_next_fires(schedule=schedule),
     }
 
 
 def _tick_out(tick) -> dict:
-    return {"window": tick.window, "window_local": tick.window_label, "manual": tick.manual,
-            "outcome": tick.outcome, "reason": tick.reason, "run": tick.run.number if tick.run else None,
-            "run_status": tick.run.status if tick.run else None, "created_at": tick.created_at}
+    return {
+        "window": tick.window,
+        "window_local": tick.window_label,
+        "manual": tick.manual,
+        "outcome": tick.outcome,
+        "reason": tick.reason,
+        "run": tick.run.number if tick.run else None,
+        "run_status": tick.run.status if tick.run else None,
+        "created_at": tick.created_at,
+    }
 
 
 def _get(request, schedule_id: int) -> Schedule | None:

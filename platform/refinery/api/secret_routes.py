@@ -2,6 +2,7 @@
 
 GET lists names and metadata (who set it, when, last four characters); PUT sets or replaces a value;
 DELETE removes it. No route ever returns a value."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -40,9 +41,13 @@ def _owner(request) -> bool:
 def _out(name: str, secret: TeamSecret | None) -> dict:
     out = {"name": name, "label": TeamSecret.Name(name).label, "set": secret is not None}
     if secret is not None:
-        out.update(ends_with=secret.last4, created_at=secret.created_at, updated_at=secret.updated_at,
-                   created_by=getattr(secret.created_by, "username", None),
-                   updated_by=getattr(secret.updated_by, "username", None))
+        out.update(
+            ends_with=secret.last4,
+            created_at=secret.created_at,
+            updated_at=secret.updated_at,
+            created_by=getattr(secret.created_by, "username", None),
+            updated_by=getattr(secret.updated_by, "username", None),
+        )
     return out
 
 

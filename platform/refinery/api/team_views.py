@@ -3,6 +3,7 @@
 Reading the member list and managing one's own tokens is open to every member; changing members,
 invitations, other people's tokens and the audit log are for owners (403 otherwise). Every lookup is
 inside the token's team, so another team's member, invitation or token answers 404."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -113,21 +114,43 @@ def _owner_only(request, what: str) -> None:
 
 
 def _member_out(m: Membership) -> dict:
-    return {"user_id": m.user_id, "username": m.user.get_username(), "email": m.user.email, "role": m.role,
-            "joined_at": m.created_at}
+    return {
+        "user_id": m.user_id,
+        "username": m.user.get_username(),
+        "email": m.user.email,
+        "role": m.role,
+        "joined_at": m.created_at,
+    }
 
 
 def _invitation_out(i: Invitation) -> dict:
-    return {"id": i.pk, "role": i.role, "email": i.email, "state": i.state,
-            "created_by": i.created_by.get_username() if i.created_by else None, "created_at": i.created_at,
-            "expires_at": i.expires_at, "accepted_by": i.accepted_by.get_username() if i.accepted_by else None,
-            "accepted_at": i.accepted_at, "revoked_at": i.revoked_at}
+    return {
+        "id": i.pk,
+        "role": i.role,
+        "email": i.email,
+        "state": i.state,
+        "created_by": i.created_by.get_username() if i.created_by else None,
+        "created_at": i.created_at,
+        "expires_at": i.expires_at,
+        "accepted_by": i.accepted_by.get_username() if i.accepted_by else None,
+        "accepted_at": i.accepted_at,
+        "revoked_at": i.revoked_at,
+    }
 
 
 def _token_out(t: ApiToken) -> dict:
-    return {"id": t.pk, "name": t.name, "user": t.user.get_username(), "prefix": t.key_prefix, "scope": t.scope,
-            "created_at": t.created_at, "expires_at": t.expires_at, "last_used_at": t.last_used_at,
-            "revoked_at": t.revoked_at, "active": t.is_active}
+    return {
+        "id": t.pk,
+        "name": t.name,
+        "user": t.user.get_username(),
+        "prefix": t.key_prefix,
+        "scope": t.scope,
+        "created_at": t.created_at,
+        "expires_at": t.expires_at,
+        "last_used_at": t.last_used_at,
+        "revoked_at": t.revoked_at,
+        "active": t.is_active,
+    }
 
 
 def _membership_or_404(request, user_id: int) -> Membership:
@@ -148,8 +171,9 @@ def change_role(request, user_id: int, payload: RoleIn):
     _owner_only(request, "change roles")
     membership = _membership_or_404(request, user_id)
     try:
-        membership = membership_role_change(team=request.team, actor=request.user, membership=membership,
-                                            role=payload.role)
+        membership = membership_role_change(
+            team=request.team, actor=request.user, membership=membership, role=payload.role
+        )
     except TeamError as exc:
         return 400, {"detail": str(exc)}
     return 200, _member_out(membership)
@@ -188,8 +212,9 @@ def create_invitation(request, payload: InvitationIn):
     """An expiring, single-use invitation link. The link is in this answer only; only its hash is stored."""
     _owner_only(request, "invite people")
     try:
-        invitation, key = invitation_create(team=request.team, actor=request.user, role=payload.role,
-                                            email=payload.email, days=payload.days)
+        invitation, key = invitation_create(
+            team=request.team, actor=request.user, role=payload.role, email=payload.email, days=payload.days
+        )
     except TeamError as exc:
         return 400, {"detail": str(exc)}
     url = request.build_absolute_uri(reverse("teams:invitation", args=[key]))
@@ -223,8 +248,9 @@ def create_token(request, payload: TokenIn):
     """A new token for you in this team. `key` is in this answer only. `expires_days`: 30, 90, 365 or 0 (never)."""
     try:
         expires_at = expiry_from_days(payload.expires_days)
-        token, key = api_token_create(user=request.user, team=request.team, name=payload.name, scope=payload.scope,
-                                      expires_at=expires_at)
+        token, key = api_token_create(
+            user=request.user, team=request.team, name=payload.name, scope=payload.scope, expires_at=expires_at
+        )
     except (TeamError, ValueError) as exc:
         return 400, {"detail": str(exc)}
     return 201, {**_token_out(token), "key": key}
@@ -250,8 +276,22 @@ def list_audit(request, action: str | None = None, user_id: int | None = None, l
     _owner_only(request, "read the audit log")
     limit, offset = max(1, min(limit, 500)), max(0, offset)
     events = audit_event_list(team=request.team, action=action or None, user_id=user_id)
-    page = list(events[offset:offset + limit])
-    return {"count": events.count(), "offset": offset, "limit": limit, "events": [
-        {"id": e.pk, "created_at": e.created_at, "user": e.user.get_username() if e.user else None,
-         "action": e.action, "label": action_label(e.action), "target": e.target, "detail": e.detail,
-         "text": detail_text(e.detail)} for e in page]}
+    page = list(events[offset : offset + limit])
+    return {
+        "count": events.count(),
+        "offset": offset,
+        "limit": limit,
+        "events": [
+            {
+                "id": e.pk,
+                "created_at": e.created_at,
+                "user": e.user.get_username() if e.user else None,
+                "action": e.action,
+                "label": action_label(e.action),
+                "target": e.target,
+                "detail": e.detail,
+                "text": detail_text(e.detail),
+            }
+            for e in page
+        ],
+    }

@@ -1,4 +1,5 @@
 """/api/v1: token-authenticated, team-scoped, OpenAPI at /api/v1/openapi.json."""
+
 from __future__ import annotations
 
 from django.http import HttpRequest
@@ -52,8 +53,9 @@ class JsonBodyParser(Parser):
 
     def parse_body(self, request: HttpRequest):
         content_type = request.content_type or ""
-        if content_type != "application/json" and not (content_type.startswith("application/") and
-                                                       content_type.endswith("+json")):
+        if content_type != "application/json" and not (
+            content_type.startswith("application/") and content_type.endswith("+json")
+        ):
             raise UnsupportedMediaType(
                 f"this route takes a JSON body: send it with Content-Type: application/json "
                 f"(got {content_type or 'no content type'})"
@@ -102,42 +104,83 @@ def _require_write(request: HttpRequest) -> None:
 
 def _version_out(version, created: bool = True) -> dict:
     return {
-        "id": version.pk, "dataset_id": version.dataset_id, "name": version.dataset.name,
-        "kind": version.dataset.kind, "version": version.version, "sha256": version.sha256,
-        "format": version.format, "row_count": version.row_count, "size_bytes": version.size_bytes,
-        "columns": version.columns, "created_at": version.created_at, "created": created,
+        "id": version.pk,
+        "dataset_id": version.dataset_id,
+        "name": version.dataset.name,
+        "kind": version.dataset.kind,
+        "version": version.version,
+        "sha256": version.sha256,
+        "format": version.format,
+        "row_count": version.row_count,
+        "size_bytes": version.size_bytes,
+        "columns": version.columns,
+        "created_at": version.created_at,
+        "created": created,
     }
 
 
 def _dataset_out(dataset: Dataset) -> dict:
     versions = list(dataset.versions.order_by("-version"))
     return {
-        "id": dataset.pk, "name": dataset.name, "kind": dataset.kind, "description": dataset.description,
+        "id": dataset.pk,
+        "name": dataset.name,
+        "kind": dataset.kind,
+        "description": dataset.description,
         "latest_version": versions[0].version if versions else None,
-        "versions": [{"version": v.version, "sha256": v.sha256, "rows": v.row_count, "format": v.format,
-                      "created_at": v.created_at.isoformat()} for v in versions],
+        "versions": [
+            {
+                "version": v.version,
+                "sha256": v.sha256,
+                "rows": v.row_count,
+                "format": v.format,
+                "created_at": v.created_at.isoformat(),
+            }
+            for v in versions
+        ],
     }
 
 
 def _run_out(run: Run) -> dict:
     stages = []
     for stage in run.stages.order_by("index"):
-        stages.append({
-            "index": stage.index, "name": stage.name, "method": stage.method, "status": stage.status,
-            "attempt": stage.attempt, "step": stage.step, "total_steps": stage.total_steps,
-            "progress": stage.progress, "trainable_params": stage.trainable_params,
-            "total_params": stage.total_params, "mlflow_run_id": stage.mlflow_run_id, "error": stage.error,
-            "outputs": stage.outputs, "summary": stage.summary, "metrics": stage_metric_summary(stage_run=stage),
-            "started_at": stage.started_at, "finished_at": stage.finished_at,
-        })
+        stages.append(
+            {
+                "index": stage.index,
+                "name": stage.name,
+                "method": stage.method,
+                "status": stage.status,
+                "attempt": stage.attempt,
+                "step": stage.step,
+                "total_steps": stage.total_steps,
+                "progress": stage.progress,
+                "trainable_params": stage.trainable_params,
+                "total_params": stage.total_params,
+                "mlflow_run_id": stage.mlflow_run_id,
+                "error": stage.error,
+                "outputs": stage.outputs,
+                "summary": stage.summary,
+                "metrics": stage_metric_summary(stage_run=stage),
+                "started_at": stage.started_at,
+                "finished_at": stage.finished_at,
+            }
+        )
     return {
-        "number": run.number, "name": run.name, "status": run.status, "pipeline_id": run.pipeline_id,
+        "number": run.number,
+        "name": run.name,
+        "status": run.status,
+        "pipeline_id": run.pipeline_id,
         "pipeline_version": run.pipeline_version.number if run.pipeline_version_id else None,
         "rerun_of": run.rerun_of.number if run.rerun_of_id else None,
-        "seed": run.seed, "code_version": run.code_version, "mlflow_experiment_id": run.mlflow_experiment_id,
+        "seed": run.seed,
+        "code_version": run.code_version,
+        "mlflow_experiment_id": run.mlflow_experiment_id,
         "mlflow_run_id": run.mlflow_run_id,
-        "error": run.error, "created_at": run.created_at, "started_at": run.started_at,
-        "finished_at": run.finished_at, "snapshot": run.snapshot, "stages": stages,
+        "error": run.error,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "snapshot": run.snapshot,
+        "stages": stages,
     }
 
 
@@ -178,14 +221,27 @@ def upload_dataset(request, name: Form[str], kind: Form[str], file: File[Uploade
     _require_write(request)
     where = nul_path({"name": name, "kind": kind, "description": description})  # Django cleans file names
     if where is not None:
-        return 400, {"detail": f"{where}: {NUL_MESSAGE}", "error_count": 1,
-                     "issues": [{"row": None, "field": where, "message": NUL_MESSAGE}]}
+        return 400, {
+            "detail": f"{where}: {NUL_MESSAGE}",
+            "error_count": 1,
+            "issues": [{"row": None, "field": where, "message": NUL_MESSAGE}],
+        }
     try:
-        result = dataset_version_create(team=request.team, user=request.user, name=name, kind=kind,
-                                        filename=file.name, chunks=file.chunks(), description=description)
+        result = dataset_version_create(
+            team=request.team,
+            user=request.user,
+            name=name,
+            kind=kind,
+            filename=file.name,
+            chunks=file.chunks(),
+            description=description,
+        )
     except DatasetUploadError as exc:
-        return 400, {"detail": exc.message, "error_count": exc.error_count,
-                     "issues": [{"row": i.row, "field": i.field, "message": i.message} for i in exc.issues]}
+        return 400, {
+            "detail": exc.message,
+            "error_count": exc.error_count,
+            "issues": [{"row": i.row, "field": i.field, "message": i.message} for i in exc.issues],
+        }
     return (201 if result.created else 200), _version_out(result.version, result.created)
 
 
@@ -212,8 +268,9 @@ def upload_base_model(request, name: Form[str], file: File[UploadedFile], descri
     no pickle files) into the team's own model root, and register it as a local base model."""
     _require_write(request)
     try:
-        return 201, base_model_upload(team=request.team, user=request.user, name=name, filename=file.name,
-                                      fileobj=file, description=description)
+        return 201, base_model_upload(
+            team=request.team, user=request.user, name=name, filename=file.name, fileobj=file, description=description
+        )
     except BaseModelError as exc:
         return (413 if exc.too_large else 400), {"detail": str(exc), "errors": exc.errors}
 
@@ -231,9 +288,14 @@ def create_pipeline(request, payload: PipelineIn):
     """Create a pipeline. Each stage's config is validated by its method's typed config."""
     _require_write(request)
     try:
-        pipeline = pipeline_create(team=request.team, user=request.user, name=payload.name,
-                                   base_model_id=payload.base_model_id, description=payload.description,
-                                   spec=payload.spec.dict())
+        pipeline = pipeline_create(
+            team=request.team,
+            user=request.user,
+            name=payload.name,
+            base_model_id=payload.base_model_id,
+            description=payload.description,
+            spec=payload.spec.dict(),
+        )
     except SpecError as exc:
         return 400, {"detail": str(exc), "errors": exc.errors}
     return 201, pipeline
@@ -256,8 +318,14 @@ def update_pipeline(request, pipeline_id: int, payload: PipelineIn):
     except Pipeline.DoesNotExist:
         return 404, {"detail": f"pipeline #{pipeline_id} not found in this team"}
     try:
-        pipeline_update(pipeline=pipeline, user=request.user, name=payload.name, base_model_id=payload.base_model_id,
-                        spec=payload.spec.dict(), description=payload.description)
+        pipeline_update(
+            pipeline=pipeline,
+            user=request.user,
+            name=payload.name,
+            base_model_id=payload.base_model_id,
+            spec=payload.spec.dict(),
+            description=payload.description,
+        )
     except SpecError as exc:
         return 400, {"detail": str(exc), "errors": exc.errors}
     return 200, pipeline_get(team=request.team, pk=pipeline_id)

@@ -4,6 +4,7 @@ POST creates one and returns its signing secret once (stored encrypted, never re
 them; DELETE removes one; POST .../test queues a test event; GET .../deliveries is the delivery log; POST
 .../deliveries/{id}/redeliver queues the same event again. Members and viewers get 403; another team's
 endpoint or delivery answers 404."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -33,8 +34,9 @@ class EndpointIn(In):
     type: Literal["webhook", "email"] = "webhook"
     url: str = Field("", max_length=2000, description="webhook: the http(s) URL to POST to")
     addresses: list[str] = Field(default_factory=list, max_length=20, description="email: the recipients")
-    kinds: list[str] | None = Field(None, max_length=20, description="event kinds; default: every kind but "
-                                                                   "run.succeeded (opt-in)")
+    kinds: list[str] | None = Field(
+        None, max_length=20, description="event kinds; default: every kind but run.succeeded (opt-in)"
+    )
 
 
 class EndpointOut(Schema):
@@ -69,15 +71,34 @@ class DeliveryOut(Schema):
 
 
 def _endpoint_out(e: Endpoint) -> dict:
-    return {"id": e.pk, "type": e.type, "url": e.url, "addresses": e.addresses, "kinds": e.kinds,
-            "active": e.active, "secret_ends_with": e.secret_last4, "created_at": e.created_at,
-            "created_by": getattr(e.created_by, "username", None)}
+    return {
+        "id": e.pk,
+        "type": e.type,
+        "url": e.url,
+        "addresses": e.addresses,
+        "kinds": e.kinds,
+        "active": e.active,
+        "secret_ends_with": e.secret_last4,
+        "created_at": e.created_at,
+        "created_by": getattr(e.created_by, "username", None),
+    }
 
 
 def _delivery_out(d: Delivery) -> dict:
-    return {"id": d.pk, "event_id": d.event_id, "kind": d.event.kind, "attempt": d.attempt, "manual": d.manual,
-            "status": d.status, "status_code": d.status_code, "response_ms": d.response_ms, "error": d.error,
-            "next_attempt_at": d.next_attempt_at, "delivered_at": d.delivered_at, "created_at": d.created_at}
+    return {
+        "id": d.pk,
+        "event_id": d.event_id,
+        "kind": d.event.kind,
+        "attempt": d.attempt,
+        "manual": d.manual,
+        "status": d.status,
+        "status_code": d.status_code,
+        "response_ms": d.response_ms,
+        "error": d.error,
+        "next_attempt_at": d.next_attempt_at,
+        "delivered_at": d.delivered_at,
+        "created_at": d.created_at,
+    }
 
 
 def _owner(request) -> bool:
@@ -102,8 +123,14 @@ def create_webhook(request, payload: EndpointIn):
     if not _owner(request):
         return 403, OWNERS_ONLY
     try:
-        endpoint, secret = endpoint_create(team=request.team, user=request.user, type=payload.type, url=payload.url,
-                                           addresses=payload.addresses, kinds=payload.kinds)
+        endpoint, secret = endpoint_create(
+            team=request.team,
+            user=request.user,
+            type=payload.type,
+            url=payload.url,
+            addresses=payload.addresses,
+            kinds=payload.kinds,
+        )
     except NotificationError as exc:
         return 400, {"detail": str(exc)}
     return 201, {**_endpoint_out(endpoint), "secret": secret}
@@ -143,8 +170,9 @@ def list_deliveries(request, webhook_id: int, limit: int = 100):
     return 200, [_delivery_out(d) for d in delivery_list(endpoint=endpoint)[:limit]]
 
 
-@router.post("/{webhook_id}/deliveries/{delivery_id}/redeliver",
-             response={202: DeliveryOut, 403: ErrorOut, 404: ErrorOut})
+@router.post(
+    "/{webhook_id}/deliveries/{delivery_id}/redeliver", response={202: DeliveryOut, 403: ErrorOut, 404: ErrorOut}
+)
 def redeliver(request, webhook_id: int, delivery_id: int):
     """Queue the delivery's event to the same endpoint again (a new attempt)."""
     if not _owner(request):

@@ -5,6 +5,7 @@ config.json inside one of the team's roots, and nothing in it links outside that
 refusal gives the same message, so that an error never tells which paths exist on the server.
 The check runs when a model is registered and again on the worker before a stage reads it.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,10 @@ class ModelPathRefused(Exception):
 
     def __init__(self, team_id: int):
         roots = ", ".join(str(root) for root in model_roots(team_id)) or "none configured"
-        super().__init__(f"not a model folder (with a config.json) inside this team's model roots ({roots}); "
-                         "upload the model, or ask an operator to place it there")
+        super().__init__(
+            f"not a model folder (with a config.json) inside this team's model roots ({roots}); "
+            "upload the model, or ask an operator to place it there"
+        )
 
 
 def _templates() -> list[str]:
@@ -46,8 +49,11 @@ def team_upload_root(team_id: int) -> Path | None:
 
 def _private_areas() -> list[Path]:
     """Folders no model path may point into whatever the roots say: stage work dirs, checkpoints, datasets."""
-    return [Path(settings.REFINERY_WORK_DIR), Path(settings.REFINERY_CHECKPOINT_DIR),
-            Path(settings.REFINERY_DATASET_DIR)]
+    return [
+        Path(settings.REFINERY_WORK_DIR),
+        Path(settings.REFINERY_CHECKPOINT_DIR),
+        Path(settings.REFINERY_DATASET_DIR),
+    ]
 
 
 def _resolved(path: Path) -> Path:
@@ -116,12 +122,17 @@ def model_roots_check(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     for template in _templates():
         fixed = Path(template.split(TEAM_PLACEHOLDER, 1)[0] or "/")
         if not Path(template).is_absolute():
-            errors.append(checks.Error(f"REFINERY_MODEL_ROOTS: {template!r} is not an absolute folder",
-                                       id="refinery.E101"))
+            errors.append(
+                checks.Error(f"REFINERY_MODEL_ROOTS: {template!r} is not an absolute folder", id="refinery.E101")
+            )
             continue
         for area in _private_areas():
             if _overlaps(_resolved(fixed), _resolved(area)):
-                errors.append(checks.Error(
-                    f"REFINERY_MODEL_ROOTS: {template!r} overlaps {area} (stage work dirs, checkpoints and datasets "
-                    "must be outside every model root)", id="refinery.E102"))
+                errors.append(
+                    checks.Error(
+                        f"REFINERY_MODEL_ROOTS: {template!r} overlaps {area} (stage work dirs, checkpoints and datasets "
+                        "must be outside every model root)",
+                        id="refinery.E102",
+                    )
+                )
     return errors

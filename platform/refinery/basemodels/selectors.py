@@ -22,5 +22,8 @@ def base_model_runs(*, team, model: BaseModel, limit: int = 200) -> list:
     with its stages and its key metric (`run.key_metric`: the last train/loss, as on the runs list)."""
     from refinery.runs.selectors import run_list
 
-    return list(run_list(team=team, key_metric="train/loss").filter(snapshot__base_model__id=model.pk)
-                .order_by("-number")[:limit])
+    return list(
+        run_list(team=team, key_metric="train/loss")
+        .filter(snapshot__base_model__id=model.pk)
+        .order_by("-number")[:limit]
+    )

@@ -2,6 +2,7 @@
 
 A local model must live in one of the team's model roots (refinery.basemodels.paths); a model
 archive uploaded by the team is unpacked into its own root (refinery.basemodels.uploads)."""
+
 from __future__ import annotations
 
 import json
@@ -109,11 +110,15 @@ def inspect_local_model(path: str, *, team_id: int) -> dict:
         if not isinstance(config, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
-        raise BaseModelError({"name_or_path": f"name_or_path: the model's config.json is not valid JSON ({exc})"}) from None
+        raise BaseModelError(
+            {"name_or_path": f"name_or_path: the model's config.json is not valid JSON ({exc})"}
+        ) from None
     try:
         parameter_count = _safetensors_parameter_count(folder)
     except (OSError, ValueError, struct.error, TypeError, AttributeError):
-        raise BaseModelError({"name_or_path": "name_or_path: a .safetensors file of the model has no valid header"}) from None
+        raise BaseModelError(
+            {"name_or_path": "name_or_path: a .safetensors file of the model has no valid header"}
+        ) from None
     chat_template = ""
     tok_config = folder / "tokenizer_config.json"
     if tok_config.is_file():
@@ -133,8 +138,9 @@ def inspect_local_model(path: str, *, team_id: int) -> dict:
 
 
 @transaction.atomic
-def base_model_create(*, team, user, name: str, source: str, name_or_path: str, revision: str = "",
-                      description: str = "") -> BaseModel:
+def base_model_create(
+    *, team, user, name: str, source: str, name_or_path: str, revision: str = "", description: str = ""
+) -> BaseModel:
     errors: dict[str, str] = {}
     name = (name or "").strip()
     name_or_path = (name_or_path or "").strip()
@@ -161,8 +167,14 @@ def base_model_create(*, team, user, name: str, source: str, name_or_path: str, 
     if errors:
         raise BaseModelError(errors)
     model = BaseModel.objects.create(
-        team=team, name=name, source=source, name_or_path=name_or_path, revision=revision,
-        description=description, created_by=user, **details,
+        team=team,
+        name=name,
+        source=source,
+        name_or_path=name_or_path,
+        revision=revision,
+        description=description,
+        created_by=user,
+        **details,
     )
     audit(team=team, user=user, action="base_model.created", target=name, source=source, ref=model.reference)
     return model
@@ -185,8 +197,12 @@ def base_model_upload(*, team, user, name: str, filename: str, fileobj, descript
         raise BaseModelError({"name": f"name: this team already has a model called {name!r}"})
     root = team_upload_root(team.pk)
     if root is None:
-        raise BaseModelError({"file": "file: uploads are off here: no model root of this team's own is configured "
-                                      "(REFINERY_MODEL_ROOTS has no {team} folder)"})
+        raise BaseModelError(
+            {
+                "file": "file: uploads are off here: no model root of this team's own is configured "
+                "(REFINERY_MODEL_ROOTS has no {team} folder)"
+            }
+        )
     try:
         folder = model_archive_extract(fileobj=fileobj, filename=filename or "", root=root, name=name)
     except ModelArchiveError as exc:
@@ -194,8 +210,14 @@ def base_model_upload(*, team, user, name: str, filename: str, fileobj, descript
         error.too_large = exc.too_large
         raise error from None
     try:
-        return base_model_create(team=team, user=user, name=name, source=BaseModel.Source.LOCAL,
-                                 name_or_path=str(folder), description=description)
+        return base_model_create(
+            team=team,
+            user=user,
+            name=name,
+            source=BaseModel.Source.LOCAL,
+            name_or_path=str(folder),
+            description=description,
+        )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

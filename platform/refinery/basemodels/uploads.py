@@ -7,6 +7,7 @@ can run code when loaded and are refused, as is everything else: links, devices,
 the bytes are written, whatever the headers claim). The archive is extracted into a hidden temp
 folder in the root and renamed into place in one step; on any failure nothing is left behind.
 """
+
 from __future__ import annotations
 
 import posixpath
@@ -67,12 +68,14 @@ def _file_allowed(filename: str) -> None:
     if lowered.endswith(PICKLE_SUFFIXES):
         raise ModelArchiveError(
             f"{filename}: pickle files (.bin, .pt, .pth, .pkl, .ckpt) can run code when loaded; "
-            "convert the weights to .safetensors and upload those")
+            "convert the weights to .safetensors and upload those"
+        )
     if filename in ALLOWED_NAMES or lowered.endswith(ALLOWED_SUFFIXES):
         return
     raise ModelArchiveError(
         f"{filename}: not a file a model folder holds; an archive may contain config and tokenizer files "
-        "(.json, .txt, .model, .jinja) and .safetensors weights only")
+        "(.json, .txt, .model, .jinja) and .safetensors weights only"
+    )
 
 
 class _Budget:
@@ -92,8 +95,10 @@ class _Budget:
     def add(self, size: int) -> None:
         self.bytes += size
         if self.bytes > self.max_bytes:
-            raise ModelArchiveError(f"the archive holds more than {self.max_bytes} bytes once extracted "
-                                    "(REFINERY_MAX_MODEL_UPLOAD_BYTES)", too_large=True)
+            raise ModelArchiveError(
+                f"the archive holds more than {self.max_bytes} bytes once extracted (REFINERY_MAX_MODEL_UPLOAD_BYTES)",
+                too_large=True,
+            )
 
 
 def _write(stream: IO[bytes], target: Path, budget: _Budget) -> None:
@@ -179,8 +184,9 @@ def _flatten(into: Path) -> Path:
     if len(entries) == 1 and entries[0].is_dir():
         return entries[0]
     if any(entry.is_dir() for entry in entries):
-        raise ModelArchiveError("the archive mixes files and folders at its top: archive one model folder, "
-                                "or its files")
+        raise ModelArchiveError(
+            "the archive mixes files and folders at its top: archive one model folder, or its files"
+        )
     return into
 
 

@@ -52,8 +52,7 @@ def base_model_create_view(request):
         else:
             messages.success(request, f"Registered base model {model.name}.")
             return redirect("basemodels:list")
-    return render(request, "basemodels/form.html", {"form": form, "nav": "models"},
-                  status=400 if form.errors else 200)
+    return render(request, "basemodels/form.html", {"form": form, "nav": "models"}, status=400 if form.errors else 200)
 
 
 @require_http_methods(["GET", "POST"])
@@ -66,9 +65,14 @@ def base_model_upload_view(request):
         if form.is_valid():
             upload = form.cleaned_data["file"]
             try:
-                model = base_model_upload(team=request.team, user=request.user, name=form.cleaned_data["name"],
-                                          filename=upload.name, fileobj=upload,
-                                          description=form.cleaned_data["description"])
+                model = base_model_upload(
+                    team=request.team,
+                    user=request.user,
+                    name=form.cleaned_data["name"],
+                    filename=upload.name,
+                    fileobj=upload,
+                    description=form.cleaned_data["description"],
+                )
             except BaseModelError as exc:
                 for field, message in exc.errors.items():
                     form.add_error(field if field in form.fields else None, message.split(": ", 1)[-1])
@@ -78,5 +82,9 @@ def base_model_upload_view(request):
                 return redirect("basemodels:detail", pk=model.pk)
         else:
             status = 400
-    return render(request, "basemodels/upload.html",
-                  {"form": form, "nav": "models", "max_bytes": settings.REFINERY_MAX_MODEL_UPLOAD_BYTES}, status=status)
+    return render(
+        request,
+        "basemodels/upload.html",
+        {"form": form, "nav": "models", "max_bytes": settings.REFINERY_MAX_MODEL_UPLOAD_BYTES},
+        status=status,
+    )

@@ -1,4 +1,5 @@
 """Team-scoped access for views: every page works inside the user's current team."""
+
 from __future__ import annotations
 
 from functools import wraps

@@ -1,4 +1,5 @@
 """Authentication backends."""
+
 from __future__ import annotations
 
 from axes.backends import AxesStandaloneBackend

@@ -7,6 +7,7 @@ Both are public (no session, no token), answer only GET/HEAD, are never cached, 
 the HTTPS redirect (SECURE_REDIRECT_EXEMPT), so a load balancer can probe the plain-HTTP backend.
 They tell nothing about teams or data; a failing check is named, its error only logged.
 """
+
 from __future__ import annotations
 
 import logging

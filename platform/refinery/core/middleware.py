@@ -9,6 +9,7 @@ there (a NUL, a number out of range) still ends as 400, through `process_excepti
 /api/ validates its own input (422 naming the field) and is left alone, so that the fuzzer still sees any
 5xx there (tests/security/test_api_fuzz.py).
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,8 +48,8 @@ class RejectUnstorableInputMiddleware:
 
     def process_exception(self, request, exception):
         if isinstance(exception, DataError) and not request.path.startswith("/api/"):
-            logger.warning("refused a value the database cannot store: %s %s", request.method, request.path,
-                           exc_info=exception)
-            return _bad_request("a value in this request cannot be stored (a NUL character, or a number out of "
-                                "range).")
+            logger.warning(
+                "refused a value the database cannot store: %s %s", request.method, request.path, exc_info=exception
+            )
+            return _bad_request("a value in this request cannot be stored (a NUL character, or a number out of range).")
         return None

@@ -16,6 +16,7 @@ Two pieces, both in settings:
 API paths (/api/) answer the API's JSON error shape `{"detail": ...}`; the upload
 page's XHR gets JSON it shows in place; a browser gets a plain 413 page.
 """
+
 from __future__ import annotations
 
 from django.conf import settings

@@ -1,6 +1,7 @@
 """The task queue as the web side sees it: queue and task names (the contract with the workers in jobs/) and
 the Celery app that sends tasks by name. jobs/app.py configures this same app for the workers (task routes,
 task modules, beat); nothing here imports jobs/, so the apps stay below it."""
+
 from __future__ import annotations
 
 from enum import StrEnum

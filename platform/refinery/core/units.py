@@ -1,4 +1,5 @@
 """How sizes and durations read in messages and pages: one spelling everywhere."""
+
 from __future__ import annotations
 
 

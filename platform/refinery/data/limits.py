@@ -1,4 +1,5 @@
 """The limits that reading an untrusted dataset file runs under, from settings (see docs/security.md)."""
+
 from __future__ import annotations
 
 from django.conf import settings

@@ -48,8 +48,11 @@ _SNAPSHOT_KEYS = ("train_data", "eval_data", "retention_data")
 def _versions_in(snapshot: dict, dataset_id: int) -> set[int]:
     refs = [stage.get(key) for stage in snapshot.get("stages") or [] for key in _SNAPSHOT_KEYS]
     refs.append(snapshot.get("retention_data"))
-    return {ref["version_id"] for ref in refs
-            if isinstance(ref, dict) and ref.get("dataset_id") == dataset_id and ref.get("version_id")}
+    return {
+        ref["version_id"]
+        for ref in refs
+        if isinstance(ref, dict) and ref.get("dataset_id") == dataset_id and ref.get("version_id")
+    }
 
 
 def _json_containment() -> bool:
@@ -71,7 +74,7 @@ def dataset_version_runs(*, team, dataset: Dataset, limit: int = 500) -> dict[in
             uses |= Q(snapshot__stages__contains=[{key: {"dataset_id": dataset.pk}}])
         runs = runs.filter(uses)
     out: dict[int, list] = {}
-    for run in runs.order_by("-number")[:limit if containment else limit * 20]:
+    for run in runs.order_by("-number")[: limit if containment else limit * 20]:
         for version_id in _versions_in(run.snapshot or {}, dataset.pk):
             if len(out.setdefault(version_id, [])) < limit:
                 out[version_id].append(run)
@@ -112,8 +115,9 @@ def _row_hashes(version: DatasetVersion, columns: list[str]) -> Counter:
     """How often each row content (over `columns`) occurs, streaming the file: 8-byte hashes, no rows kept."""
     counts: Counter = Counter()
     for row in iter_rows(version.path, version.format, version.dataset.kind, limits=decode_limits()):
-        text = json.dumps([row.get(c) for c in columns], ensure_ascii=False, separators=(",", ":"),
-                          sort_keys=True, default=str)
+        text = json.dumps(
+            [row.get(c) for c in columns], ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str
+        )
         counts[hashlib.blake2b(text.encode(), digest_size=8).digest()] += 1
     return counts
 
@@ -136,9 +140,14 @@ def dataset_version_diff(*, old: DatasetVersion, new: DatasetVersion, compute: b
     columns_removed = tuple(c for c in old.columns if c not in new.columns)
     too_big = [v for v in (old, new) if v.row_count > _diff_limit_rows() or v.size_bytes > _diff_limit_bytes()]
     if too_big:
-        return VersionDiff(0, 0, 0, columns_added, columns_removed,
-                           skipped=f"v{too_big[0].version} is too large to compare here "
-                                   f"({too_big[0].row_count:,} rows)")
+        return VersionDiff(
+            0,
+            0,
+            0,
+            columns_added,
+            columns_removed,
+            skipped=f"v{too_big[0].version} is too large to compare here ({too_big[0].row_count:,} rows)",
+        )
     if old.sha256 == new.sha256:
         return VersionDiff(0, 0, new.row_count, columns_added, columns_removed)
     cached = cache.get(_diff_key(old, new))
@@ -150,7 +159,12 @@ def dataset_version_diff(*, old: DatasetVersion, new: DatasetVersion, compute: b
     except (DatasetError, OSError) as exc:
         return VersionDiff(0, 0, 0, columns_added, columns_removed, skipped=f"could not read the files: {exc}")
     unchanged = sum((before & after).values())
-    diff = VersionDiff(added=sum(after.values()) - unchanged, removed=sum(before.values()) - unchanged,
-                       unchanged=unchanged, columns_added=columns_added, columns_removed=columns_removed)
+    diff = VersionDiff(
+        added=sum(after.values()) - unchanged,
+        removed=sum(before.values()) - unchanged,
+        unchanged=unchanged,
+        columns_added=columns_added,
+        columns_removed=columns_removed,
+    )
     cache.set(_diff_key(old, new), diff, DIFF_CACHE_SECONDS)
     return diff

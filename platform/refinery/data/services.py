@@ -1,4 +1,5 @@
 """Dataset services: stream-validate an upload, store it by content hash, version it."""
+
 from __future__ import annotations
 
 import os
@@ -104,14 +105,16 @@ def dataset_version_create(
     spooled = _spool(chunks, suffix=f".{fmt}")
     try:
         try:
-            report = validate_file_in_child(spooled, format=fmt, kind=kind, limits=decode_limits(),
-                                            child=child_limits())
+            report = validate_file_in_child(
+                spooled, format=fmt, kind=kind, limits=decode_limits(), child=child_limits()
+            )
         except ValidationAborted as exc:
             raise DatasetUploadError(f"file: {exc}; nothing was stored") from None
         if not report.ok:
             raise DatasetUploadError(
                 f"{report.error_count} problem{'s' if report.error_count != 1 else ''} found; nothing was stored",
-                issues=list(report.issues), error_count=report.error_count,
+                issues=list(report.issues),
+                error_count=report.error_count,
             )
     except BaseException:
         spooled.unlink(missing_ok=True)
@@ -119,8 +122,17 @@ def dataset_version_create(
 
     relative, newly_stored = _store(spooled, sha256=report.sha256, fmt=fmt)
     try:
-        return _version_record(team=team, user=user, name=name, kind=kind, description=description,
-                               fmt=fmt, filename=filename, relative=relative, report=report)
+        return _version_record(
+            team=team,
+            user=user,
+            name=name,
+            kind=kind,
+            description=description,
+            fmt=fmt,
+            filename=filename,
+            relative=relative,
+            report=report,
+        )
     except BaseException:
         if newly_stored and not DatasetVersion.objects.filter(storage_path=relative).exists():
             (settings.REFINERY_DATASET_DIR / relative).unlink(missing_ok=True)
@@ -142,16 +154,30 @@ def _version_record(*, team, user, name, kind, description, fmt, filename, relat
         return UploadResult(version=latest, created=False)
     number = (dataset.versions.aggregate(n=Max("version"))["n"] or 0) + 1
     version = DatasetVersion.objects.create(
-        dataset=dataset, version=number, sha256=report.sha256, format=fmt,
-        original_filename=os.path.basename(filename)[:255], storage_path=relative,
-        size_bytes=report.size_bytes, row_count=report.row_count, columns=list(report.columns),
-        stats=report.stats, preview=report.preview, created_by=user,
+        dataset=dataset,
+        version=number,
+        sha256=report.sha256,
+        format=fmt,
+        original_filename=os.path.basename(filename)[:255],
+        storage_path=relative,
+        size_bytes=report.size_bytes,
+        row_count=report.row_count,
+        columns=list(report.columns),
+        stats=report.stats,
+        preview=report.preview,
+        created_by=user,
     )
     if description and not dataset.description:
         dataset.description = description
         dataset.save(update_fields=["description"])
-    audit(team=team, user=user, action="dataset.version_created", target=f"{name} v{number}",
-          sha256=report.sha256, rows=report.row_count)
+    audit(
+        team=team,
+        user=user,
+        action="dataset.version_created",
+        target=f"{name} v{number}",
+        sha256=report.sha256,
+        rows=report.row_count,
+    )
     return UploadResult(version=version, created=True)
 
 
@@ -202,14 +228,18 @@ def dataset_delete(*, dataset: Dataset, user) -> int:
     version_ids = {v.pk for v in versions}
     pipelines = _pipelines_reading(dataset)
     if pipelines:
-        raise DatasetInUse(f"dataset {dataset.name!r} is read by pipeline{'s' if len(pipelines) > 1 else ''} "
-                           f"{', '.join(repr(p) for p in pipelines)}: change {'them' if len(pipelines) > 1 else 'it'} "
-                           "to read another dataset first")
+        raise DatasetInUse(
+            f"dataset {dataset.name!r} is read by pipeline{'s' if len(pipelines) > 1 else ''} "
+            f"{', '.join(repr(p) for p in pipelines)}: change {'them' if len(pipelines) > 1 else 'it'} "
+            "to read another dataset first"
+        )
     runs = _active_runs_reading(dataset, version_ids)
     if runs:
-        raise DatasetInUse(f"dataset {dataset.name!r} is being read by unfinished run"
-                           f"{'s' if len(runs) > 1 else ''} {', '.join(f'#{n}' for n in runs)}: "
-                           "wait for them to end or cancel them first")
+        raise DatasetInUse(
+            f"dataset {dataset.name!r} is being read by unfinished run"
+            f"{'s' if len(runs) > 1 else ''} {', '.join(f'#{n}' for n in runs)}: "
+            "wait for them to end or cancel them first"
+        )
     paths = {v.storage_path for v in versions}
     name, count = dataset.name, len(versions)
     dataset.delete()

@@ -82,8 +82,13 @@ def validate_file_in_child(
     command = [sys.executable, "-s", "-P", "-m", "refinery.data.validate_child"]
     try:
         done = subprocess.run(
-            command, input=json.dumps(request).encode(), capture_output=True, env=_child_environment(),
-            cwd=_PLATFORM_DIR, timeout=child.timeout_seconds, check=False,
+            command,
+            input=json.dumps(request).encode(),
+            capture_output=True,
+            env=_child_environment(),
+            cwd=_PLATFORM_DIR,
+            timeout=child.timeout_seconds,
+            check=False,
         )
     except subprocess.TimeoutExpired:  # subprocess.run has killed the child
         raise ValidationAborted(timeout_message(child.timeout_seconds)) from None
@@ -162,8 +167,11 @@ def main() -> int:
         from refinery.data.validation import validate_file
 
         report = validate_file(
-            request["path"], format=request["format"], kind=request["kind"],
-            limits=DecodeLimits(**request["limits"]), max_errors=request["max_errors"],
+            request["path"],
+            format=request["format"],
+            kind=request["kind"],
+            limits=DecodeLimits(**request["limits"]),
+            max_errors=request["max_errors"],
             max_line_bytes=request["max_line_bytes"],
         )
         answer = {"report": report.to_dict()}

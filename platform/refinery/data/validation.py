@@ -433,9 +433,7 @@ def _open_parquet(stream: BinaryIO, kind: KindSpec, max_line_bytes: int, limits:
     # Strings stay dictionary-encoded as Arrow reads them: a value repeated on a million rows is
     # held once, and its decoded size is counted before any row is expanded into Python objects.
     byte_columns = [column.path for column in parquet.schema if column.physical_type == "BYTE_ARRAY"]
-    parquet = pq.ParquetFile(
-        stream, pre_buffer=False, buffer_size=_CHUNK_BYTES, read_dictionary=byte_columns or None
-    )
+    parquet = pq.ParquetFile(stream, pre_buffer=False, buffer_size=_CHUNK_BYTES, read_dictionary=byte_columns or None)
     return _Table(
         list(schema.names),
         _parquet_records(parquet, batch_rows, limits),
@@ -564,13 +562,18 @@ def _parquet_records(parquet: Any, batch_rows: int, limits: DecodeLimits) -> Ite
         start = held = 0
         for index, size in enumerate(row_sizes):
             problems = [
-                (name, f'field "{name}" decodes to {sizes[index]:,} bytes, more than the limit of '
-                       f"{limits.max_value_bytes:,} bytes per value")
+                (
+                    name,
+                    f'field "{name}" decodes to {sizes[index]:,} bytes, more than the limit of '
+                    f"{limits.max_value_bytes:,} bytes per value",
+                )
                 for name, sizes in too_long
                 if sizes[index] > limits.max_value_bytes
             ]
             if not problems and size > limits.max_batch_bytes:
-                message = f"the row decodes to {size:,} bytes, more than the limit of {limits.max_batch_bytes:,} per row"
+                message = (
+                    f"the row decodes to {size:,} bytes, more than the limit of {limits.max_batch_bytes:,} per row"
+                )
                 problems = [(None, message)]
             if problems or (held + size > limits.max_batch_bytes and index > start):
                 for row in _python_rows(batch.slice(start, index - start), number):
@@ -617,8 +620,13 @@ def _row_bytes(array: pa.Array) -> pa.Array:
     if pa.types.is_string_view(kind) or pa.types.is_binary_view(kind):
         array = array.cast(pa.large_binary())
         kind = array.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) or \
-            pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+    if (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+        or pa.types.is_fixed_size_binary(kind)
+    ):
         return pc.binary_length(array).cast(pa.int64()).fill_null(0)
     if isinstance(array, (pa.ListArray, pa.LargeListArray)):  # a MapArray is a ListArray of key-value structs
         return _segment_sums(_row_bytes(array.values), array.offsets)

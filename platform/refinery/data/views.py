@@ -40,8 +40,12 @@ def dataset_upload_view(request):
             upload = form.cleaned_data["file"]
             try:
                 result = dataset_version_create(
-                    team=request.team, user=request.user, name=form.cleaned_data["name"],
-                    kind=form.cleaned_data["kind"], filename=upload.name, chunks=upload.chunks(),
+                    team=request.team,
+                    user=request.user,
+                    name=form.cleaned_data["name"],
+                    kind=form.cleaned_data["kind"],
+                    filename=upload.name,
+                    chunks=upload.chunks(),
                     description=form.cleaned_data["description"],
                 )
             except DatasetUploadError as exc:
@@ -49,7 +53,9 @@ def dataset_upload_view(request):
             else:
                 version = result.version
                 if result.created:
-                    messages.success(request, f"Stored {version} · {version.row_count:,} rows · sha256 {version.sha256[:12]}")
+                    messages.success(
+                        request, f"Stored {version} · {version.row_count:,} rows · sha256 {version.sha256[:12]}"
+                    )
                 else:
                     messages.info(request, f"Identical to {version}; no new version made.")
                 url = reverse("data:detail", args=[version.dataset_id])
@@ -80,8 +86,13 @@ def _chat_preview(request, version: DatasetVersion) -> dict:
             rendered = render_chat_template(template, messages_)
         except (ChatTemplateError, DatasetError, OSError, StopIteration, KeyError, TypeError, ValueError) as exc:
             error = str(exc)
-    return {"models": models, "chosen_model": chosen, "rendered": rendered, "template_error": error,
-            "template_source": "default ChatML" if not (chosen and chosen.chat_template) else chosen.name}
+    return {
+        "models": models,
+        "chosen_model": chosen,
+        "rendered": rendered,
+        "template_error": error,
+        "template_source": "default ChatML" if not (chosen and chosen.chat_template) else chosen.name,
+    }
 
 
 def _dataset_or_404(request, pk: int) -> Dataset:
@@ -98,10 +109,14 @@ def _history(request, dataset: Dataset, versions: list[DatasetVersion]) -> list[
     rows = []
     for i, version in enumerate(versions):
         previous = versions[i + 1] if i + 1 < len(versions) else None
-        rows.append({
-            "v": version, "previous": previous, "runs": runs.get(version.pk, []),
-            "diff": dataset_version_diff(old=previous, new=version, compute=False) if previous else None,
-        })
+        rows.append(
+            {
+                "v": version,
+                "previous": previous,
+                "runs": runs.get(version.pk, []),
+                "diff": dataset_version_diff(old=previous, new=version, compute=False) if previous else None,
+            }
+        )
     return rows
 
 

@@ -1,5 +1,6 @@
 """Wake-up call to the delivery worker, after commit. The Delivery rows stay the source of truth: beat's
 periodic `jobs.deliver_notifications` picks up anything a lost message left behind."""
+
 from __future__ import annotations
 
 from django.db import transaction

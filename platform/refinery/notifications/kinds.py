@@ -1,4 +1,5 @@
 """The kinds of notification events: one list, read by the models, forms, API and docs."""
+
 from __future__ import annotations
 
 from django.db import models

@@ -4,6 +4,7 @@
 reports, so a rolled-back change leaves no event. `Endpoint` is where a team's events go (a signed webhook,
 or email addresses). `Delivery` is one attempt to send one event to one endpoint: the delivery log; a retry
 or a redelivery is a new row (attempt + 1), due at `next_attempt_at`."""
+
 from __future__ import annotations
 
 from django.conf import settings

@@ -1,4 +1,5 @@
 """Reads, always inside one team."""
+
 from __future__ import annotations
 
 from django.db.models import QuerySet

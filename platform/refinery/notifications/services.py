@@ -5,6 +5,7 @@ transaction, and asks for a worker after commit. The worker (`deliveries_send_du
 SELECT ... FOR UPDATE SKIP LOCKED, one at a time, sends each outside any transaction, and records the
 outcome; a failed attempt schedules the next one (a new row) after the backoff in
 REFINERY_WEBHOOK_BACKOFF_SECONDS, until REFINERY_WEBHOOK_MAX_ATTEMPTS."""
+
 from __future__ import annotations
 
 import json
@@ -44,22 +45,25 @@ class NotificationError(Exception):
 
 # --- the outbox ---------------------------------------------------------------------------------
 
+
 def notify(*, team: Team | int, kind: str, payload: dict) -> NotificationEvent:
     """Record an event in the caller's transaction and queue its deliveries (sent after commit)."""
     kind = EventKind(kind)
     team_id = team.pk if isinstance(team, Team) else team
     with transaction.atomic():
         event = NotificationEvent.objects.create(team_id=team_id, kind=kind, payload=payload)
-        endpoints = [e for e in Endpoint.objects.filter(team_id=team_id, active=True).only("id", "kinds")
-                     if kind in e.kinds]
+        endpoints = [
+            e for e in Endpoint.objects.filter(team_id=team_id, active=True).only("id", "kinds") if kind in e.kinds
+        ]
         _deliveries_create(event, endpoints)
     return event
 
 
 def _deliveries_create(event: NotificationEvent, endpoints, *, attempt: int = 1, manual: bool = False) -> list:
     now = timezone.now()
-    rows = Delivery.objects.bulk_create([
-        Delivery(event=event, endpoint=e, attempt=attempt, manual=manual, next_attempt_at=now) for e in endpoints])
+    rows = Delivery.objects.bulk_create(
+        [Delivery(event=event, endpoint=e, attempt=attempt, manual=manual, next_attempt_at=now) for e in endpoints]
+    )
     if rows:
         enqueue_delivery_on_commit()
     return rows
@@ -67,11 +71,17 @@ def _deliveries_create(event: NotificationEvent, endpoints, *, attempt: int = 1,
 
 def event_body(event: NotificationEvent) -> dict:
     """The JSON every endpoint receives (see docs/notifications.md)."""
-    return {"id": event.pk, "kind": event.kind, "created_at": event.created_at.isoformat(),
-            "team": {"id": event.team_id, "slug": event.team.slug}, "data": event.payload}
+    return {
+        "id": event.pk,
+        "kind": event.kind,
+        "created_at": event.created_at.isoformat(),
+        "team": {"id": event.team_id, "slug": event.team.slug},
+        "data": event.payload,
+    }
 
 
 # --- endpoints ----------------------------------------------------------------------------------
+
 
 def _kinds(kinds) -> list[str]:
     if kinds is None:
@@ -79,8 +89,9 @@ def _kinds(kinds) -> list[str]:
     kinds = [str(k) for k in kinds]
     unknown = [k for k in kinds if k not in SUBSCRIBABLE]
     if unknown:
-        raise NotificationError(f"unknown event kind(s) {', '.join(map(repr, unknown))} "
-                                f"(known: {', '.join(SUBSCRIBABLE)})")
+        raise NotificationError(
+            f"unknown event kind(s) {', '.join(map(repr, unknown))} (known: {', '.join(SUBSCRIBABLE)})"
+        )
     if not kinds:
         raise NotificationError("choose at least one event kind")
     return [k for k in SUBSCRIBABLE if k in kinds]
@@ -103,8 +114,9 @@ def _addresses(addresses) -> list[str]:
 
 
 @transaction.atomic
-def endpoint_create(*, team: Team, user, type: str = Endpoint.Type.WEBHOOK, url: str = "",
-                    addresses=None, kinds=None) -> tuple[Endpoint, str]:
+def endpoint_create(
+    *, team: Team, user, type: str = Endpoint.Type.WEBHOOK, url: str = "", addresses=None, kinds=None
+) -> tuple[Endpoint, str]:
     """A new endpoint and, for a webhook, its signing secret in plain text (shown once, stored encrypted;
     "" for email). The caller checked that `user` owns `team`."""
     if type not in Endpoint.Type.values:
@@ -140,9 +152,10 @@ def endpoint_secret(endpoint: Endpoint) -> str:
     try:
         return secrets_cipher().decrypt(endpoint.secret_ciphertext.encode()).decode()
     except InvalidToken:
-        raise NotificationError("the endpoint's secret cannot be decrypted with REFINERY_SECRETS_KEY "
-                                "(was the key changed without listing the old one?); create the endpoint again"
-                                ) from None
+        raise NotificationError(
+            "the endpoint's secret cannot be decrypted with REFINERY_SECRETS_KEY "
+            "(was the key changed without listing the old one?); create the endpoint again"
+        ) from None
 
 
 @transaction.atomic
@@ -151,8 +164,12 @@ def endpoint_active_set(*, endpoint: Endpoint, user, active: bool) -> Endpoint:
     if endpoint.active != active:
         endpoint.active = active
         endpoint.save(update_fields=["active"])
-        audit(team=endpoint.team, user=user, action="webhook.resumed" if active else "webhook.paused",
-              target=endpoint.target[:200])
+        audit(
+            team=endpoint.team,
+            user=user,
+            action="webhook.resumed" if active else "webhook.paused",
+            target=endpoint.target[:200],
+        )
         if active and endpoint.deliveries.filter(status=Delivery.Status.PENDING).exists():
             enqueue_delivery_on_commit()
     return endpoint
@@ -161,9 +178,15 @@ def endpoint_active_set(*, endpoint: Endpoint, user, active: bool) -> Endpoint:
 @transaction.atomic
 def endpoint_send_test(*, endpoint: Endpoint, user) -> Delivery:
     """A test event, to this endpoint only (whatever it subscribes to)."""
-    event = NotificationEvent.objects.create(team=endpoint.team, kind=EventKind.TEST, payload={
-        "message": "a test event from Refinery", "requested_by": getattr(user, "username", None),
-        "endpoint_id": endpoint.pk})
+    event = NotificationEvent.objects.create(
+        team=endpoint.team,
+        kind=EventKind.TEST,
+        payload={
+            "message": "a test event from Refinery",
+            "requested_by": getattr(user, "username", None),
+            "endpoint_id": endpoint.pk,
+        },
+    )
     return _deliveries_create(event, [endpoint], manual=True)[0]
 
 
@@ -175,6 +198,7 @@ def delivery_redeliver(*, delivery: Delivery) -> Delivery:
 
 
 # --- sending (the worker) -------------------------------------------------------------------------
+
 
 def _backoff(attempt: int) -> float | None:
     """Seconds before attempt `attempt + 1`, or None when `attempt` was the last."""
@@ -191,13 +215,21 @@ def _post(endpoint: Endpoint, event: NotificationEvent, delivery: Delivery) -> t
     body = json.dumps(event_body(event), separators=(",", ":"), sort_keys=True).encode()
     timestamp = int(time.time())
     headers = {
-        "Content-Type": "application/json", "User-Agent": "Refinery-Webhooks/1",
-        "X-Refinery-Event": event.kind, "X-Refinery-Delivery": str(delivery.pk),
+        "Content-Type": "application/json",
+        "User-Agent": "Refinery-Webhooks/1",
+        "X-Refinery-Event": event.kind,
+        "X-Refinery-Delivery": str(delivery.pk),
         "X-Refinery-Timestamp": str(timestamp),
         "X-Refinery-Signature": signature_compute(secret=endpoint_secret(endpoint), timestamp=timestamp, body=body),
     }
-    with requests.post(url, data=body, headers=headers, timeout=settings.REFINERY_WEBHOOK_TIMEOUT_SECONDS,
-                       allow_redirects=False, stream=True) as response:
+    with requests.post(
+        url,
+        data=body,
+        headers=headers,
+        timeout=settings.REFINERY_WEBHOOK_TIMEOUT_SECONDS,
+        allow_redirects=False,
+        stream=True,
+    ) as response:
         if 200 <= response.status_code < 300:
             return response.status_code, ""
         head = response.raw.read(RESPONSE_BYTES_KEPT, decode_content=True)  # never the whole body
@@ -209,8 +241,13 @@ def _email(endpoint: Endpoint, event: NotificationEvent) -> None:
     subject = f"[Refinery] {event.get_kind_display()} ({event.team.name})"
     text = json.dumps(body, indent=2, sort_keys=True)
     summary = (event.payload or {}).get("summary", "")
-    send_mail(subject, (summary + "\n\n" if summary else "") + text, settings.DEFAULT_FROM_EMAIL,
-              list(endpoint.addresses), fail_silently=False)
+    send_mail(
+        subject,
+        (summary + "\n\n" if summary else "") + text,
+        settings.DEFAULT_FROM_EMAIL,
+        list(endpoint.addresses),
+        fail_silently=False,
+    )
 
 
 def delivery_attempt(delivery: Delivery) -> Delivery:
@@ -234,13 +271,18 @@ def delivery_attempt(delivery: Delivery) -> Delivery:
     delivery.status = Delivery.Status.FAILED if error else Delivery.Status.SUCCEEDED
     delivery.next_attempt_at = None
     with transaction.atomic():
-        delivery.save(update_fields=["status", "status_code", "response_ms", "error", "delivered_at",
-                                     "next_attempt_at"])
+        delivery.save(
+            update_fields=["status", "status_code", "response_ms", "error", "delivered_at", "next_attempt_at"]
+        )
         if error and not delivery.manual:
             wait = _backoff(delivery.attempt)
             if wait is not None:
-                Delivery.objects.create(event=event, endpoint=endpoint, attempt=delivery.attempt + 1,
-                                        next_attempt_at=now + timedelta(seconds=wait))
+                Delivery.objects.create(
+                    event=event,
+                    endpoint=endpoint,
+                    attempt=delivery.attempt + 1,
+                    next_attempt_at=now + timedelta(seconds=wait),
+                )
     return delivery
 
 
@@ -259,16 +301,18 @@ def deliveries_send_due(*, limit: int = DELIVERY_BATCH) -> list[int]:
     sent: list[int] = []
     while len(sent) < limit:
         with transaction.atomic():
-            delivery = (Delivery.objects.select_for_update(skip_locked=True, of=("self",))
-                        .select_related("endpoint", "event", "event__team")
-                        .filter(status=Delivery.Status.PENDING, next_attempt_at__lte=timezone.now(),
-                                endpoint__active=True)
-                        .order_by("next_attempt_at", "id").first())
+            delivery = (
+                Delivery.objects.select_for_update(skip_locked=True, of=("self",))
+                .select_related("endpoint", "event", "event__team")
+                .filter(status=Delivery.Status.PENDING, next_attempt_at__lte=timezone.now(), endpoint__active=True)
+                .order_by("next_attempt_at", "id")
+                .first()
+            )
             if delivery is None:
                 break
-            claimed = Delivery.objects.filter(pk=delivery.pk, status=Delivery.Status.PENDING,
-                                              next_attempt_at=delivery.next_attempt_at).update(
-                next_attempt_at=timezone.now() + timedelta(seconds=_claim_seconds()))
+            claimed = Delivery.objects.filter(
+                pk=delivery.pk, status=Delivery.Status.PENDING, next_attempt_at=delivery.next_attempt_at
+            ).update(next_attempt_at=timezone.now() + timedelta(seconds=_claim_seconds()))
         if claimed:
             delivery_attempt(delivery)
             sent.append(delivery.pk)

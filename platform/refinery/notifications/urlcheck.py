@@ -3,6 +3,7 @@ that resolves only to public addresses. Loopback, private, link-local, multicast
 addresses are refused unless the operator sets REFINERY_WEBHOOK_ALLOW_PRIVATE. The check runs when an
 endpoint is created and again just before every delivery (a name may resolve differently later);
 redirects are never followed."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -19,8 +20,15 @@ class WebhookUrlError(Exception):
 def _refused(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
-    return (ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast or ip.is_reserved
-            or ip.is_unspecified or not ip.is_global)
+    return (
+        ip.is_loopback
+        or ip.is_private
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or not ip.is_global
+    )
 
 
 def webhook_url_check(url: str) -> str:
@@ -55,5 +63,6 @@ def webhook_url_check(url: str) -> str:
                 raise WebhookUrlError(
                     f"the host {host!r} resolves to {address}, a loopback, private or link-local address; "
                     "webhooks go to public addresses only (an operator can allow private ones with "
-                    "REFINERY_WEBHOOK_ALLOW_PRIVATE)")
+                    "REFINERY_WEBHOOK_ALLOW_PRIVATE)"
+                )
     return url

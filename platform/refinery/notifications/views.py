@@ -1,6 +1,7 @@
 """The team's notification endpoints (owners only; to anyone else these pages do not exist): list and
 create (a webhook's secret is shown once), one endpoint's delivery log, redeliver, send a test event,
 delete. Everything is looked up inside the current team."""
+
 from __future__ import annotations
 
 from django.contrib import messages
@@ -57,16 +58,26 @@ def webhook_list_view(request):
         if form.is_valid():
             data = form.cleaned_data
             try:
-                endpoint, secret = endpoint_create(team=request.team, user=request.user, type=data["type"],
-                                                   url=data["url"], addresses=data["addresses"], kinds=data["kinds"])
+                endpoint, secret = endpoint_create(
+                    team=request.team,
+                    user=request.user,
+                    type=data["type"],
+                    url=data["url"],
+                    addresses=data["addresses"],
+                    kinds=data["kinds"],
+                )
             except NotificationError as exc:
                 form.add_error("url" if data["type"] == Endpoint.Type.WEBHOOK else "addresses", str(exc))
             else:
                 created, form = {"endpoint": endpoint, "secret": secret}, EndpointForm()
         if created is None:
             status = 400
-    return render(request, "notifications/webhooks.html", _context(
-        request, form=form, created=created, endpoints=endpoint_list(team=request.team)), status=status)
+    return render(
+        request,
+        "notifications/webhooks.html",
+        _context(request, form=form, created=created, endpoints=endpoint_list(team=request.team)),
+        status=status,
+    )
 
 
 @never_cache
@@ -74,8 +85,11 @@ def webhook_list_view(request):
 @team_required
 def webhook_detail_view(request, pk: int):
     endpoint = _endpoint(request, pk)
-    return render(request, "notifications/webhook_detail.html", _context(
-        request, endpoint=endpoint, deliveries=delivery_list(endpoint=endpoint)[:LOG_ROWS]))
+    return render(
+        request,
+        "notifications/webhook_detail.html",
+        _context(request, endpoint=endpoint, deliveries=delivery_list(endpoint=endpoint)[:LOG_ROWS]),
+    )
 
 
 @require_POST
@@ -94,8 +108,12 @@ def webhook_active_view(request, pk: int):
     endpoint = _endpoint(request, pk)
     active = request.POST.get("active") == "1"
     endpoint_active_set(endpoint=endpoint, user=request.user, active=active)
-    messages.success(request, "Endpoint resumed: pending attempts are sent again." if active else
-                     "Endpoint paused: it gets no new events; pending attempts wait until it is resumed.")
+    messages.success(
+        request,
+        "Endpoint resumed: pending attempts are sent again."
+        if active
+        else "Endpoint paused: it gets no new events; pending attempts wait until it is resumed.",
+    )
     return redirect("notifications:detail", pk=endpoint.pk)
 
 

@@ -5,6 +5,7 @@ Field names: `stages-<i>-name|method|dataset_id|eval_dataset_id|input|inputs`,
 `base` or `@<j>`, the output of the earlier stage j; a merge stage's `inputs` is
 several `@<j>`.
 """
+
 from __future__ import annotations
 
 import re
@@ -35,13 +36,15 @@ def build_fields(schema: list[dict], values: dict, errors: dict[str, str], prefi
     for field in schema:
         value = _value_for(field, values)
         error = errors.get(f"{prefix}.{field['name']}", "")
-        out.append({
-            **field,
-            "value": value,
-            "checked": str(value).lower() in ("true", "on", "1"),
-            "step": _step(field),
-            "error": error.split(": ", 2)[-1] if error else "",
-        })
+        out.append(
+            {
+                **field,
+                "value": value,
+                "checked": str(value).lower() in ("true", "on", "1"),
+                "step": _step(field),
+                "error": error.split(": ", 2)[-1] if error else "",
+            }
+        )
     return out
 
 
@@ -55,8 +58,10 @@ def group_fields(fields: list[dict]) -> list[tuple[str, list[dict]]]:
 
 def _input_options(index: int, chosen: str, names: list[str] | None = None) -> list[tuple[str, str, bool]]:
     names = names or []
+
     def label(j: int) -> str:
         return f"Output of stage {j + 1}" + (f" ({names[j]})" if j < len(names) and names[j] else "")
+
     options = [("base", "Base model")] + [(f"@{j}", label(j)) for j in range(index)]
     return [(value, text, value == chosen) for value, text in options]
 
@@ -66,22 +71,27 @@ def _inputs_options(index: int, chosen: list[str], names: list[str] | None = Non
     return [(value, text, value in chosen) for value, text, _ in options]
 
 
-def stage_context(*, index: int, stage: dict | None = None, errors: dict[str, str] | None = None,
-                  names: list[str] | None = None) -> dict:
+def stage_context(
+    *, index: int, stage: dict | None = None, errors: dict[str, str] | None = None, names: list[str] | None = None
+) -> dict:
     """Everything the stage fieldset template needs (`names`: every stage's name, for input labels)."""
     stage = stage or {}
     errors = errors or {}
     method_name = stage.get("method") or DEFAULT_METHOD
     method = METHODS.get(method_name) or METHODS[DEFAULT_METHOD]
     where = f"stages.{index}"
-    config_fields = build_fields(config_schema(method.config_class), stage.get("config") or {}, errors, f"{where}.config")
+    config_fields = build_fields(
+        config_schema(method.config_class), stage.get("config") or {}, errors, f"{where}.config"
+    )
     adapter_fields = []
     if method.uses_adapter:
-        adapter_fields = build_fields(config_schema(AdapterConfig), stage.get("adapter") or {}, errors, f"{where}.adapter")
+        adapter_fields = build_fields(
+            config_schema(AdapterConfig), stage.get("adapter") or {}, errors, f"{where}.adapter"
+        )
     stage_errors = [
-        message for key, message in errors.items()
-        if key.startswith(where + ".") and not key.startswith((f"{where}.config.", f"{where}.adapter."))
-        or key == where
+        message
+        for key, message in errors.items()
+        if key.startswith(where + ".") and not key.startswith((f"{where}.config.", f"{where}.adapter.")) or key == where
     ]
     return {
         "index": index,
@@ -114,19 +124,21 @@ def parse_stages(post) -> list[dict]:
         config, adapter = {}, {}
         for key in post.keys():
             if key.startswith(prefix + "config-"):
-                config[key[len(prefix + "config-"):]] = _last(post, key)
+                config[key[len(prefix + "config-") :]] = _last(post, key)
             elif key.startswith(prefix + "adapter-"):
-                adapter[key[len(prefix + "adapter-"):]] = _last(post, key)
-        stages.append({
-            "name": _last(post, prefix + "name").strip(),
-            "method": _last(post, prefix + "method"),
-            "config": config,
-            "adapter": adapter if (method is None or method.uses_adapter) else None,
-            "dataset_id": _last(post, prefix + "dataset_id") or None,
-            "eval_dataset_id": _last(post, prefix + "eval_dataset_id") or None,
-            "input_ref": _last(post, prefix + "input", "base"),
-            "inputs_refs": post.getlist(prefix + "inputs"),
-        })
+                adapter[key[len(prefix + "adapter-") :]] = _last(post, key)
+        stages.append(
+            {
+                "name": _last(post, prefix + "name").strip(),
+                "method": _last(post, prefix + "method"),
+                "config": config,
+                "adapter": adapter if (method is None or method.uses_adapter) else None,
+                "dataset_id": _last(post, prefix + "dataset_id") or None,
+                "eval_dataset_id": _last(post, prefix + "eval_dataset_id") or None,
+                "input_ref": _last(post, prefix + "input", "base"),
+                "inputs_refs": post.getlist(prefix + "inputs"),
+            }
+        )
 
     def resolve(ref: str) -> str:
         if ref.startswith("@") and ref[1:].isdigit() and int(ref[1:]) < len(stages):
@@ -157,8 +169,10 @@ def stages_for_editor(spec: dict) -> list[dict]:
 def spec_from_stages(stages: list[dict], seed, *, retention_dataset_id=None, auto_evaluate: bool = True) -> dict:
     spec = {
         "seed": seed,
-        "stages": [{k: v for k, v in s.items() if k not in ("input_ref", "inputs_refs") and not
-                    (k == "inputs" and not v)} for s in stages],
+        "stages": [
+            {k: v for k, v in s.items() if k not in ("input_ref", "inputs_refs") and not (k == "inputs" and not v)}
+            for s in stages
+        ],
         "auto_evaluate": auto_evaluate,
     }
     if retention_dataset_id not in (None, ""):

@@ -3,6 +3,7 @@
 Pure functions on stage dicts (a pipeline version's stages, or a run's StageRuns); the template
 `components/pipeline_graph.html` draws the result as inline SVG, so the page needs no JS library.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -61,8 +62,9 @@ def _detail(stage: dict) -> str:
     return adapter or ""
 
 
-def pipeline_graph(stages: list[dict], *, statuses: dict[str, str] | None = None,
-                   links: dict[str, str] | None = None) -> Graph:
+def pipeline_graph(
+    stages: list[dict], *, statuses: dict[str, str] | None = None, links: dict[str, str] | None = None
+) -> Graph:
     """Nodes (base model + stages) at column = 1 + the deepest stage they need, edges as SVG paths."""
     statuses, links = statuses or {}, links or {}
     by_name = {s["name"]: s for s in stages}
@@ -82,8 +84,13 @@ def pipeline_graph(stages: list[dict], *, statuses: dict[str, str] | None = None
     nodes = {"base": base}
     for i, stage in enumerate(stages):
         nodes[stage["name"]] = Node(
-            name=stage["name"], method=stage.get("method", ""), status=statuses.get(stage["name"], ""),
-            detail=_detail(stage), auto=bool(stage.get("auto")), href=links.get(stage["name"], ""), index=i,
+            name=stage["name"],
+            method=stage.get("method", ""),
+            status=statuses.get(stage["name"], ""),
+            detail=_detail(stage),
+            auto=bool(stage.get("auto")),
+            href=links.get(stage["name"], ""),
+            index=i,
             column=column(stage["name"]),
         )
     columns: dict[int, list[Node]] = {}

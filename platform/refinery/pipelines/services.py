@@ -40,8 +40,9 @@ def pipeline_create(*, team, user, name: str, base_model_id, spec, description: 
     pipeline = Pipeline.objects.create(
         team=team, name=name, description=description, base_model=base_model, spec=normalized, created_by=user
     )
-    PipelineVersion.objects.create(pipeline=pipeline, number=1, base_model=base_model, spec=normalized,
-                                   description=description, created_by=user)
+    PipelineVersion.objects.create(
+        pipeline=pipeline, number=1, base_model=base_model, spec=normalized, description=description, created_by=user
+    )
     audit(team=team, user=user, action="pipeline.created", target=name)
     return pipeline
 
@@ -51,27 +52,43 @@ def pipeline_update(*, pipeline: Pipeline, user, name: str, base_model_id, spec,
     """Save an edit. A changed spec or base model makes a new version (runs keep pointing at theirs);
     returns whether it did. A rename or a new description alone changes the pipeline only."""
     pipeline = Pipeline.objects.select_for_update().get(pk=pipeline.pk)
-    name, base_model, normalized = _checked(team=pipeline.team, name=name, base_model_id=base_model_id, spec=spec,
-                                            pipeline=pipeline)
+    name, base_model, normalized = _checked(
+        team=pipeline.team, name=name, base_model_id=base_model_id, spec=spec, pipeline=pipeline
+    )
     current = pipeline_current_version(pipeline)
     changed = normalized != current.spec or base_model.pk != current.base_model_id
     pipeline.name, pipeline.description = name, description
     if changed:
         pipeline.version = current.number + 1
         pipeline.spec, pipeline.base_model = normalized, base_model
-        PipelineVersion.objects.create(pipeline=pipeline, number=pipeline.version, base_model=base_model,
-                                       spec=normalized, description=description, created_by=user)
+        PipelineVersion.objects.create(
+            pipeline=pipeline,
+            number=pipeline.version,
+            base_model=base_model,
+            spec=normalized,
+            description=description,
+            created_by=user,
+        )
     pipeline.save()
-    audit(team=pipeline.team, user=user, action="pipeline.updated",
-          target=f"{name} v{pipeline.version}" if changed else name)
+    audit(
+        team=pipeline.team,
+        user=user,
+        action="pipeline.updated",
+        target=f"{name} v{pipeline.version}" if changed else name,
+    )
     return changed
 
 
 def pipeline_current_version(pipeline: Pipeline) -> PipelineVersion:
     """The version the pipeline's spec is (written now for a pipeline saved before versions existed)."""
     version, _ = PipelineVersion.objects.get_or_create(
-        pipeline=pipeline, number=pipeline.version,
-        defaults={"base_model": pipeline.base_model, "spec": pipeline.spec, "description": pipeline.description,
-                  "created_by": pipeline.created_by},
+        pipeline=pipeline,
+        number=pipeline.version,
+        defaults={
+            "base_model": pipeline.base_model,
+            "spec": pipeline.spec,
+            "description": pipeline.description,
+            "created_by": pipeline.created_by,
+        },
     )
     return version

@@ -1,6 +1,7 @@
 """What validating a pipeline spec needs to know about the world, and nothing else: the team's datasets, the
 base model's layout, the registry's rules for model and alias names. refinery.pipelines.specs validates the
 graph; this is its only access to the database, the model files and other apps."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

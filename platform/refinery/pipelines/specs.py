@@ -3,6 +3,7 @@
 One source of truth per method: the config dataclass in `trainers.configs` decides
 defaults, bounds and choices for the web form, the API and the trainer alike.
 """
+
 from __future__ import annotations
 
 import re
@@ -67,7 +68,7 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
         path.append(node)
         for needed in graph.get(node, []):
             if state.get(needed) == 1:
-                return path[path.index(needed):] + [needed]
+                return path[path.index(needed) :] + [needed]
             if needed in graph and state.get(needed) is None:
                 found = visit(needed)
                 if found:
@@ -113,15 +114,26 @@ def spec_validate(spec: Any, *, lookups: SpecLookups) -> dict:
     names, methods, labels = _stage_names(stages, errors)
     _graph_errors(stages, names, methods, labels, errors)
     adapters = {
-        n: ((s.get("adapter") or {}).get("type") or "lora") if METHODS.get(s.get("method", ""), None) is not None
-        and METHODS[s["method"]].uses_adapter else "none"
-        for n, s in zip(names, stages) if isinstance(s, dict)
+        n: ((s.get("adapter") or {}).get("type") or "lora")
+        if METHODS.get(s.get("method", ""), None) is not None and METHODS[s["method"]].uses_adapter
+        else "none"
+        for n, s in zip(names, stages)
+        if isinstance(s, dict)
     }
     resolved = []
     for i, stage in enumerate(stages):
         if isinstance(stage, dict):
-            item = _stage_resolve(stage, where=f"stages.{i}", label=labels[i], name=names[i], methods=methods,
-                                  adapters=adapters, retention=retention, lookups=lookups, errors=errors)
+            item = _stage_resolve(
+                stage,
+                where=f"stages.{i}",
+                label=labels[i],
+                name=names[i],
+                methods=methods,
+                adapters=adapters,
+                retention=retention,
+                lookups=lookups,
+                errors=errors,
+            )
             if item is not None:
                 resolved.append(item)
     if errors:
@@ -155,7 +167,8 @@ def _spec_settings(spec: dict, lookups: SpecLookups, errors: dict[str, str]) -> 
         elif retention.kind not in METHODS["evaluate"].dataset_kinds:
             errors["retention_dataset_id"] = (
                 f"retention set: {retention.name!r} is {retention.kind!r} data; evaluation reads "
-                f"{', '.join(METHODS['evaluate'].dataset_kinds)} data")
+                f"{', '.join(METHODS['evaluate'].dataset_kinds)} data"
+            )
     auto_evaluate = spec.get("auto_evaluate", True)
     if not isinstance(auto_evaluate, bool):
         errors["auto_evaluate"] = f"auto_evaluate: must be true or false, got {auto_evaluate!r}"
@@ -187,8 +200,9 @@ def _stage_names(stages: list, errors: dict[str, str]) -> tuple[list[str], dict[
     return names, methods, labels
 
 
-def _graph_errors(stages: list, names: list[str], methods: dict[str, str], labels: list[str],
-                  errors: dict[str, str]) -> None:
+def _graph_errors(
+    stages: list, names: list[str], methods: dict[str, str], labels: list[str], errors: dict[str, str]
+) -> None:
     """Pass 2: the graph. Dangling references and type mismatches, then cycles."""
     graph: dict[str, list[str]] = {}
     for i, stage in enumerate(stages):
@@ -204,15 +218,17 @@ def _graph_errors(stages: list, names: list[str], methods: dict[str, str], label
             if (stage.get("input") or "base") != "base":
                 errors[f"{where}.input"] = f"{label}: a {method.name} stage takes its models from 'inputs', not 'input'"
             if not inputs or len(inputs) < 2:
-                errors[f"{where}.inputs"] = (f"{label}: a {method.name} stage needs at least 2 inputs "
-                                             f"(stage names), got {len(inputs or [])}")
+                errors[f"{where}.inputs"] = (
+                    f"{label}: a {method.name} stage needs at least 2 inputs (stage names), got {len(inputs or [])}"
+                )
             elif len(inputs) > MAX_MERGE_INPUTS:
                 errors[f"{where}.inputs"] = f"{label}: at most {MAX_MERGE_INPUTS} inputs, got {len(inputs)}"
             elif len(set(inputs)) != len(inputs):
                 errors[f"{where}.inputs"] = f"{label}: an input is listed twice ({', '.join(inputs)})"
         elif inputs:
-            errors[f"{where}.inputs"] = (f"{label}: only a merge stage takes several inputs; "
-                                         f"{stage.get('method')} takes one 'input'")
+            errors[f"{where}.inputs"] = (
+                f"{label}: only a merge stage takes several inputs; {stage.get('method')} takes one 'input'"
+            )
         needed = []
         for field, ref in _stage_refs(stage):
             key = f"{where}.{field}"
@@ -220,28 +236,49 @@ def _graph_errors(stages: list, names: list[str], methods: dict[str, str], label
                 errors.setdefault(key, f"{label}: {field} {ref!r} is this stage itself")
             elif ref not in methods:
                 others = [n for n in names if n and n != name]
-                errors.setdefault(key, f"{label}: {field} {ref!r} is not a stage of this pipeline "
-                                       f"(use 'base' or one of: {', '.join(others) or 'no other stages'})")
+                errors.setdefault(
+                    key,
+                    f"{label}: {field} {ref!r} is not a stage of this pipeline "
+                    f"(use 'base' or one of: {', '.join(others) or 'no other stages'})",
+                )
             else:
                 needed.append(ref)
                 output = _output_of(methods[ref])
                 if field in ("input", "inputs") and output != "model":
-                    what = ("a reward model, which scores text instead of generating it"
-                            if output == "scorer" else "an evaluation report, not a model")
-                    hint = ("; a grpo stage uses it as reward_model_stage" if output == "scorer" else "")
+                    what = (
+                        "a reward model, which scores text instead of generating it"
+                        if output == "scorer"
+                        else "an evaluation report, not a model"
+                    )
+                    hint = "; a grpo stage uses it as reward_model_stage" if output == "scorer" else ""
                     verb = "merge" if field == "inputs" else "train on"
-                    errors.setdefault(key, f"{label}: {field} {ref!r} is a {methods[ref]} stage whose output is "
-                                           f"{what}; cannot {verb} it{hint}")
+                    errors.setdefault(
+                        key,
+                        f"{label}: {field} {ref!r} is a {methods[ref]} stage whose output is "
+                        f"{what}; cannot {verb} it{hint}",
+                    )
         graph[name] = needed
     cycle = _find_cycle(graph)
     if cycle:
         at = names.index(cycle[0])
-        errors[f"stages.{at}.input"] = (f"{labels[at]}: its inputs form a cycle ({' -> '.join(cycle)}); "
-                                        "a stage can only use stages that finish before it")
+        errors[f"stages.{at}.input"] = (
+            f"{labels[at]}: its inputs form a cycle ({' -> '.join(cycle)}); "
+            "a stage can only use stages that finish before it"
+        )
 
 
-def _stage_resolve(stage: dict, *, where: str, label: str, name: str, methods: dict[str, str],
-                   adapters: dict[str, str], retention, lookups: SpecLookups, errors: dict[str, str]) -> dict | None:
+def _stage_resolve(
+    stage: dict,
+    *,
+    where: str,
+    label: str,
+    name: str,
+    methods: dict[str, str],
+    adapters: dict[str, str],
+    retention,
+    lookups: SpecLookups,
+    errors: dict[str, str],
+) -> dict | None:
     """Pass 3, one stage: its data, config and adapter. The resolved stage, or None when its config is invalid."""
     extra = set(stage) - STAGE_FIELDS
     if extra:
@@ -259,8 +296,9 @@ def _stage_resolve(stage: dict, *, where: str, label: str, name: str, methods: d
             errors[f"{where}.dataset_id"] = f"{label}: {problem}"
     eval_id = stage.get("eval_dataset_id") or None
     if eval_id is not None and not trains:
-        errors[f"{where}.eval_dataset_id"] = (f"{label}: a {method} stage reads its held-out data from its "
-                                              "dataset; leave eval data empty")
+        errors[f"{where}.eval_dataset_id"] = (
+            f"{label}: a {method} stage reads its held-out data from its dataset; leave eval data empty"
+        )
     elif eval_id is not None:
         eval_ds, problem = lookups.dataset(eval_id)
         if problem:
@@ -288,9 +326,13 @@ def _stage_resolve(stage: dict, *, where: str, label: str, name: str, methods: d
     if method_spec is not None and method_spec.inputs == "many":
         for ref in stage.get("inputs") or []:
             if adapters.get(ref, "none") not in MERGEABLE_TYPES + FULL_MODEL_TYPES:
-                errors.setdefault(f"{where}.inputs", (
-                    f"{label}: input {ref!r} outputs a {adapters[ref]} adapter, which cannot be merged into "
-                    "weights; give it another adapter type"))
+                errors.setdefault(
+                    f"{where}.inputs",
+                    (
+                        f"{label}: input {ref!r} outputs a {adapters[ref]} adapter, which cannot be merged into "
+                        "weights; give it another adapter type"
+                    ),
+                )
     if config is None:
         return None
     item = {
@@ -313,8 +355,10 @@ def _gate_errors(config, *, source: str, retention, lookups: SpecLookups) -> dic
     condition needs the pipeline's retention set."""
     errors: dict[str, str] = {}
     if source == "base":
-        errors["input"] = ("a gate's input is the stage whose model it may promote (the candidate); name a stage "
-                           "of this pipeline (the base model itself cannot be registered)")
+        errors["input"] = (
+            "a gate's input is the stage whose model it may promote (the candidate); name a stage "
+            "of this pipeline (the base model itself cannot be registered)"
+        )
     for field in ("registered_model", "alias"):
         problem = lookups.registry_name_problem(field, getattr(config, field))
         if problem:
@@ -322,8 +366,9 @@ def _gate_errors(config, *, source: str, retention, lookups: SpecLookups) -> dic
     if retention is None:
         for field in ("max_forgetting", "retention_threshold"):
             if getattr(config, field).strip():
-                errors[f"config.{field}"] = (f"{field} needs the pipeline's retention set (choose one, or leave "
-                                             f"{field} empty)")
+                errors[f"config.{field}"] = (
+                    f"{field} needs the pipeline's retention set (choose one, or leave {field} empty)"
+                )
     return errors
 
 
@@ -339,8 +384,14 @@ def spec_with_gate(spec: dict, gate: dict | None) -> tuple[dict, str | None]:
         return spec, None
     names = {s.get("name") for s in spec.get("stages") or [] if isinstance(s, dict)}
     name = next(n for n in ("gate", "schedule-gate", "schedule-gate-2", "schedule-gate-3") if n not in names)
-    stage = {"name": name, "method": "gate", "input": gate.get("candidate") or "base",
-             "dataset_id": gate.get("dataset_id"), "config": dict(gate.get("config") or {}), "adapter": None}
+    stage = {
+        "name": name,
+        "method": "gate",
+        "input": gate.get("candidate") or "base",
+        "dataset_id": gate.get("dataset_id"),
+        "config": dict(gate.get("config") or {}),
+        "adapter": None,
+    }
     return {**spec, "stages": [*(spec.get("stages") or []), stage]}, name
 
 
@@ -363,7 +414,9 @@ def _aux_stage_errors(method: str, config, methods: dict[str, str], own: str) ->
     return errors
 
 
-OVERRIDE_RE = re.compile(r"^(?P<stage>[a-z0-9][a-z0-9_-]{0,63})\.(?P<part>config|adapter)\.(?P<field>[a-z_][a-z0-9_]*)$")
+OVERRIDE_RE = re.compile(
+    r"^(?P<stage>[a-z0-9][a-z0-9_-]{0,63})\.(?P<part>config|adapter)\.(?P<field>[a-z_][a-z0-9_]*)$"
+)
 
 
 def apply_overrides(spec: dict, overrides: dict[str, Any]) -> dict:
@@ -378,16 +431,22 @@ def apply_overrides(spec: dict, overrides: dict[str, Any]) -> dict:
     for path, value in overrides.items():
         match = OVERRIDE_RE.match(str(path))
         if not match:
-            errors[f"overrides.{path}"] = (f"parameter {path!r}: write it as <stage>.config.<field> or "
-                                           "<stage>.adapter.<field>")
+            errors[f"overrides.{path}"] = (
+                f"parameter {path!r}: write it as <stage>.config.<field> or <stage>.adapter.<field>"
+            )
             continue
         stage = stages.get(match["stage"])
         if stage is None:
-            errors[f"overrides.{path}"] = (f"parameter {path!r}: the pipeline has no stage {match['stage']!r} "
-                                           f"(stages: {', '.join(n for n in stages if n)})")
+            errors[f"overrides.{path}"] = (
+                f"parameter {path!r}: the pipeline has no stage {match['stage']!r} "
+                f"(stages: {', '.join(n for n in stages if n)})"
+            )
             continue
-        if match["part"] == "adapter" and stage.get("adapter") is None and not METHODS.get(
-                stage.get("method", ""), METHODS["sft"]).uses_adapter:
+        if (
+            match["part"] == "adapter"
+            and stage.get("adapter") is None
+            and not METHODS.get(stage.get("method", ""), METHODS["sft"]).uses_adapter
+        ):
             errors[f"overrides.{path}"] = f"parameter {path!r}: a {stage.get('method')} stage has no adapter"
             continue
         part = stage.get(match["part"]) or {}
@@ -422,8 +481,9 @@ def auto_evaluate_stages(normalized: dict) -> list[dict]:
     used = {ref for s in stages for ref in stage_dependencies(s)}
     evaluated = {s.get("input") for s in stages if s["method"] == "evaluate"}
     readable = set(METHODS["evaluate"].dataset_kinds)
-    kinds = dict(Dataset.objects.filter(pk__in={s.get("eval_dataset_id") for s in stages} - {None})
-                 .values_list("pk", "kind"))
+    kinds = dict(
+        Dataset.objects.filter(pk__in={s.get("eval_dataset_id") for s in stages} - {None}).values_list("pk", "kind")
+    )
 
     def held_out(name: str, seen: set) -> int | None:
         stage = by_name.get(name)
@@ -453,10 +513,18 @@ def auto_evaluate_stages(normalized: dict) -> list[dict]:
             auto_name = f"evaluate-{name}"[:60] + f"-{n}"
             n += 1
         taken.add(auto_name)
-        added.append({
-            "name": auto_name, "method": "evaluate", "config": asdict(EvaluateConfig()), "adapter": None,
-            "dataset_id": dataset_id, "eval_dataset_id": None, "input": name, "auto": True,
-        })
+        added.append(
+            {
+                "name": auto_name,
+                "method": "evaluate",
+                "config": asdict(EvaluateConfig()),
+                "adapter": None,
+                "dataset_id": dataset_id,
+                "eval_dataset_id": None,
+                "input": name,
+                "auto": True,
+            }
+        )
     return added
 
 
@@ -466,8 +534,10 @@ def _adapter_fit_errors(adapter, source: str, adapters: dict[str, str], *, looku
     if source != "base":
         upstream = adapters.get(source, "none")
         if upstream not in MERGEABLE_TYPES + FULL_MODEL_TYPES:
-            errors["type"] = (f"input {source!r} outputs a {upstream} adapter, which cannot be merged into a model "
-                              f"to train further; give {source!r} another adapter type or train from 'base'")
+            errors["type"] = (
+                f"input {source!r} outputs a {upstream} adapter, which cannot be merged into a model "
+                f"to train further; give {source!r} another adapter type or train from 'base'"
+            )
         elif upstream not in FULL_MODEL_TYPES and adapter.type not in FULL_MODEL_TYPES:
             # The trainer would merge the input adapter and train a new one on the result: an adapter whose
             # base is base+adapter, which no later stage (evaluate, export, merge, the registry) can load.
@@ -475,7 +545,8 @@ def _adapter_fit_errors(adapter, source: str, adapters: dict[str, str], *, looku
                 f"its input {source!r} is a {ADAPTER_LABELS.get(upstream, upstream)} adapter; training another "
                 f"adapter on top of it is not supported: train {source!r} with full fine-tuning (adapter type "
                 f"'none'), train this stage with full fine-tuning, or put an export stage (it merges the adapter "
-                f"into its base model) between them and take that stage as input")
+                f"into its base model) between them and take that stage as input"
+            )
     layout = lookups.model_layout()
     if layout is not None:
         errors.update(adapter_model_errors(adapter, parameter_names=layout[0], num_layers=layout[1]))

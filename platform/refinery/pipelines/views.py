@@ -27,8 +27,9 @@ def pipeline_list_view(request):
     return render(request, "pipelines/list.html", {"pipelines": pipeline_list(team=request.team), "nav": "pipelines"})
 
 
-def _editor_context(request, *, values: dict, stages: list[dict], errors: dict[str, str],
-                    pipeline: Pipeline | None = None) -> dict:
+def _editor_context(
+    request, *, values: dict, stages: list[dict], errors: dict[str, str], pipeline: Pipeline | None = None
+) -> dict:
     names = [s.get("name") or f"stage-{i + 1}" for i, s in enumerate(stages)]
     return {
         "values": values,
@@ -44,16 +45,18 @@ def _editor_context(request, *, values: dict, stages: list[dict], errors: dict[s
 
 
 def _posted(request) -> tuple[dict, dict]:
-    values = {k: request.POST.get(k, "") for k in ("name", "description", "base_model_id", "seed",
-                                                   "retention_dataset_id")}
+    values = {
+        k: request.POST.get(k, "") for k in ("name", "description", "base_model_id", "seed", "retention_dataset_id")
+    }
     values["auto_evaluate"] = request.POST.get("auto_evaluate") == "on"
     stages = parse_stages(request.POST)
     try:
         seed = int(values["seed"] or 42)
     except ValueError:
         seed = values["seed"]
-    spec = spec_from_stages(stages, seed, retention_dataset_id=values["retention_dataset_id"] or None,
-                            auto_evaluate=values["auto_evaluate"])
+    spec = spec_from_stages(
+        stages, seed, retention_dataset_id=values["retention_dataset_id"] or None, auto_evaluate=values["auto_evaluate"]
+    )
     return values, {"spec": spec, "stages": stages}
 
 
@@ -61,8 +64,14 @@ def _posted(request) -> tuple[dict, dict]:
 @team_required(write=True)
 def pipeline_create_view(request):
     if request.method == "GET":
-        values = {"name": "", "description": "", "base_model_id": "", "seed": 42, "auto_evaluate": True,
-                  "retention_dataset_id": ""}
+        values = {
+            "name": "",
+            "description": "",
+            "base_model_id": "",
+            "seed": 42,
+            "auto_evaluate": True,
+            "retention_dataset_id": "",
+        }
         stages = [{}]
         key = request.GET.get("template")
         if key in PRESETS:
@@ -73,8 +82,12 @@ def pipeline_create_view(request):
     values, posted = _posted(request)
     try:
         pipeline = pipeline_create(
-            team=request.team, user=request.user, name=values["name"], base_model_id=values["base_model_id"],
-            spec=posted["spec"], description=values["description"],
+            team=request.team,
+            user=request.user,
+            name=values["name"],
+            base_model_id=values["base_model_id"],
+            spec=posted["spec"],
+            description=values["description"],
         )
     except SpecError as exc:
         context = _editor_context(request, values=values, stages=posted["stages"] or [{}], errors=exc.errors)
@@ -97,24 +110,38 @@ def pipeline_edit_view(request, pk: int):
     pipeline = _pipeline_or_404(request, pk)
     if request.method == "GET":
         spec = pipeline.spec
-        values = {"name": pipeline.name, "description": pipeline.description,
-                  "base_model_id": pipeline.base_model_id, "seed": spec.get("seed", 42),
-                  "auto_evaluate": spec.get("auto_evaluate", True),
-                  "retention_dataset_id": spec.get("retention_dataset_id") or ""}
+        values = {
+            "name": pipeline.name,
+            "description": pipeline.description,
+            "base_model_id": pipeline.base_model_id,
+            "seed": spec.get("seed", 42),
+            "auto_evaluate": spec.get("auto_evaluate", True),
+            "retention_dataset_id": spec.get("retention_dataset_id") or "",
+        }
         context = _editor_context(request, values=values, stages=stages_for_editor(spec), errors={}, pipeline=pipeline)
         return render(request, "pipelines/form.html", context)
     values, posted = _posted(request)
     try:
-        changed = pipeline_update(pipeline=pipeline, user=request.user, name=values["name"],
-                                  base_model_id=values["base_model_id"], spec=posted["spec"],
-                                  description=values["description"])
+        changed = pipeline_update(
+            pipeline=pipeline,
+            user=request.user,
+            name=values["name"],
+            base_model_id=values["base_model_id"],
+            spec=posted["spec"],
+            description=values["description"],
+        )
     except SpecError as exc:
-        context = _editor_context(request, values=values, stages=posted["stages"] or [{}], errors=exc.errors,
-                                  pipeline=pipeline)
+        context = _editor_context(
+            request, values=values, stages=posted["stages"] or [{}], errors=exc.errors, pipeline=pipeline
+        )
         return render(request, "pipelines/form.html", context, status=400)
     pipeline.refresh_from_db()
-    messages.success(request, f"Saved {pipeline.name} as version {pipeline.version}." if changed
-                     else f"Saved {pipeline.name} (no change to its stages, still version {pipeline.version}).")
+    messages.success(
+        request,
+        f"Saved {pipeline.name} as version {pipeline.version}."
+        if changed
+        else f"Saved {pipeline.name} (no change to its stages, still version {pipeline.version}).",
+    )
     return redirect("pipelines:detail", pk=pipeline.pk)
 
 
@@ -126,13 +153,18 @@ def stage_form_view(request):
         index = max(0, min(int(request.GET.get("index", 0)), 31))
     except ValueError:
         index = 0
+
     def param(name: str) -> str | None:
         # The method select sends its own field (stages-<i>-method) and hx-includes the stage's
         # other fields; "Add stage" sends none of them.
         return request.GET.get(f"stages-{index}-{name}") or request.GET.get(name)
 
-    stage = {"method": param("method"), "name": param("name"), "dataset_id": param("dataset_id"),
-             "input_ref": param("input")}
+    stage = {
+        "method": param("method"),
+        "name": param("name"),
+        "dataset_id": param("dataset_id"),
+        "input_ref": param("input"),
+    }
     context = {"stage": stage_context(index=index, stage=stage), "datasets": dataset_list(team=request.team)}
     return render(request, "pipelines/stage_form.html", context)
 
@@ -158,9 +190,17 @@ def pipeline_detail_view(request, pk: int):
     statuses = {s.name: s.status for s in latest.stages.all()} if latest else {}
     links = {name: reverse("runs:detail", args=[latest.number]) for name in statuses} if latest else {}
     context = {
-        "pipeline": pipeline, "shown": shown, "versions": versions, "datasets": datasets, "runs": runs,
-        "stages": stages, "auto_stages": auto, "graph": pipeline_graph(stages, statuses=statuses, links=links),
-        "latest": latest, "retention": datasets.get(shown.spec.get("retention_dataset_id")), "nav": "pipelines",
+        "pipeline": pipeline,
+        "shown": shown,
+        "versions": versions,
+        "datasets": datasets,
+        "runs": runs,
+        "stages": stages,
+        "auto_stages": auto,
+        "graph": pipeline_graph(stages, statuses=statuses, links=links),
+        "latest": latest,
+        "retention": datasets.get(shown.spec.get("retention_dataset_id")),
+        "nav": "pipelines",
     }
     if request.htmx and request.htmx.target == "pipeline-graph":
         response = render(request, "pipelines/detail.html#pipeline-graph", context)

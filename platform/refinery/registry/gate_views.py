@@ -1,4 +1,5 @@
 """Approve or reject a candidate a gate left awaiting approval (owners only), from the run page's gate card."""
+
 from __future__ import annotations
 
 from django.contrib import messages
@@ -15,8 +16,11 @@ from refinery.teams.selectors import membership_get
 
 
 def _decision_or_404(request, number: int, stage: str) -> GateDecision:
-    decision = (GateDecision.objects.select_related("run", "candidate", "champion")
-                .filter(team=request.team, run__number=number, stage_run__name=stage).first())
+    decision = (
+        GateDecision.objects.select_related("run", "candidate", "champion")
+        .filter(team=request.team, run__number=number, stage_run__name=stage)
+        .first()
+    )
     if decision is None:
         raise Http404("no gate decision for this stage in this team")
     return decision

@@ -4,6 +4,7 @@ Both are plain JSON copied from the run's rows (no MLflow call), so the registry
 touching the run: the run's snapshot is frozen, and a version keeps its run (on_delete=RESTRICT) for the
 full config behind the link.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,9 +14,21 @@ from refinery.runs.models import Run, StageRun, Status
 
 # Config fields worth showing in a lineage's stage chain (the full config stays in the run's snapshot).
 KEY_CONFIG = (
-    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "max_length", "beta", "loss_type", "num_generations", "teacher_stage", "reward_model_stage", "merge_method",
-    "weights", "density", "quantization",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "beta",
+    "loss_type",
+    "num_generations",
+    "teacher_stage",
+    "reward_model_stage",
+    "merge_method",
+    "weights",
+    "density",
+    "quantization",
 )
 ADAPTER_KEYS = ("r", "alpha", "dropout", "use_rslora", "num_virtual_tokens", "freeze_layers")
 # Training numbers shown next to the evaluation's in a version's headline.
@@ -63,23 +76,53 @@ def promotion_metrics(stage: StageRun, stages: list[StageRun]) -> dict:
     for ev in done:
         summary = ev.summary or {}
         target, retention = summary.get("target") or None, summary.get("retention") or None
-        evaluations.append({"stage": ev.name, "target": target, "retention": retention,
-                            "metrics": flat_numbers(summary.get("metrics") or {})})
+        evaluations.append(
+            {
+                "stage": ev.name,
+                "target": target,
+                "retention": retention,
+                "metrics": flat_numbers(summary.get("metrics") or {}),
+            }
+        )
         if target and _number(target.get("gain")) is not None and not any(h["key"] == "gain" for h in headline):
-            headline.append({"key": "gain", "label": f"{target.get('metric', 'target')} gain",
-                             "value": target["gain"], "model": target.get("model"), "better": "higher",
-                             "stage": ev.name})
-        if retention and _number(retention.get("forgetting")) is not None and not any(
-                h["key"] == "forgetting" for h in headline):
-            headline.append({"key": "forgetting", "label": f"forgetting ({retention.get('metric', 'retention')})",
-                             "value": retention["forgetting"], "model": retention.get("model"), "better": "lower",
-                             "stage": ev.name})
+            headline.append(
+                {
+                    "key": "gain",
+                    "label": f"{target.get('metric', 'target')} gain",
+                    "value": target["gain"],
+                    "model": target.get("model"),
+                    "better": "higher",
+                    "stage": ev.name,
+                }
+            )
+        if (
+            retention
+            and _number(retention.get("forgetting")) is not None
+            and not any(h["key"] == "forgetting" for h in headline)
+        ):
+            headline.append(
+                {
+                    "key": "forgetting",
+                    "label": f"forgetting ({retention.get('metric', 'retention')})",
+                    "value": retention["forgetting"],
+                    "model": retention.get("model"),
+                    "better": "lower",
+                    "stage": ev.name,
+                }
+            )
     for key in TRAIN_HEADLINE:
         if key in own:
-            headline.append({"key": key, "label": key, "value": own[key], "model": None,
-                             "better": "lower" if "loss" in key else "higher", "stage": stage.name})
-    return {"stage": own, "evaluations": evaluations, "headline": headline[:4],
-            "pending": [s.name for s in pending]}
+            headline.append(
+                {
+                    "key": key,
+                    "label": key,
+                    "value": own[key],
+                    "model": None,
+                    "better": "lower" if "loss" in key else "higher",
+                    "stage": stage.name,
+                }
+            )
+    return {"stage": own, "evaluations": evaluations, "headline": headline[:4], "pending": [s.name for s in pending]}
 
 
 def _adapter(adapter: dict | None) -> dict | None:
@@ -89,8 +132,14 @@ def _adapter(adapter: dict | None) -> dict | None:
     if not isinstance(adapter, dict) or not adapter.get("type"):
         return None
     kind = adapter["type"]
-    return {"type": kind, **{k: adapter[k] for k in ADAPTER_KEYS
-                             if kind in ADAPTER_FIELD_TYPES.get(k, ()) and adapter.get(k) not in (None, "", [])}}
+    return {
+        "type": kind,
+        **{
+            k: adapter[k]
+            for k in ADAPTER_KEYS
+            if kind in ADAPTER_FIELD_TYPES.get(k, ()) and adapter.get(k) not in (None, "", [])
+        },
+    }
 
 
 def _chain(stage: StageRun, by_name: dict[str, StageRun]) -> list[StageRun]:
@@ -127,12 +176,18 @@ def stage_lineage(stage: StageRun, run: Run, stages: list[StageRun]) -> dict:
         spec = step.spec or {}
         adapter = _adapter(spec.get("adapter"))
         config = spec.get("config") or {}
-        steps.append({
-            "name": step.name, "method": step.method, "input": spec.get("input") or "base",
-            "inputs": list(spec.get("inputs") or []), "adapter": adapter,
-            "config": {k: config[k] for k in KEY_CONFIG if config.get(k) not in (None, "")},
-            "train_data": _dataset(spec.get("train_data")), "eval_data": _dataset(spec.get("eval_data")),
-        })
+        steps.append(
+            {
+                "name": step.name,
+                "method": step.method,
+                "input": spec.get("input") or "base",
+                "inputs": list(spec.get("inputs") or []),
+                "adapter": adapter,
+                "config": {k: config[k] for k in KEY_CONFIG if config.get(k) not in (None, "")},
+                "train_data": _dataset(spec.get("train_data")),
+                "eval_data": _dataset(spec.get("eval_data")),
+            }
+        )
         for role, key in (("train", "train_data"), ("eval", "eval_data")):
             if data := _dataset(spec.get(key)):
                 datasets.append({"role": role, "stage": step.name, **data})
@@ -175,9 +230,12 @@ def version_tags(*, lineage: dict, team, user, stage: StageRun) -> dict[str, obj
         "refinery.pipeline_version": (lineage.get("pipeline") or {}).get("version"),
         "refinery.base_model": base.get("name_or_path"),
         "refinery.base_model.revision": base.get("revision"),
-        "refinery.adapter_base": adapter_base.get("name_or_path") or (
+        "refinery.adapter_base": adapter_base.get("name_or_path")
+        or (
             f"runs:/{adapter_base['mlflow_run_id']}/{adapter_base.get('artifact_path')}"
-            if adapter_base.get("mlflow_run_id") else None),
+            if adapter_base.get("mlflow_run_id")
+            else None
+        ),
         "refinery.datasets": ",".join(sorted({d["sha256"] for d in lineage.get("datasets") or [] if d.get("sha256")})),
         "refinery.code_version": lineage.get("code_version"),
         "refinery.seed": lineage.get("seed"),

@@ -7,6 +7,7 @@ be deleted on its own (RestrictedError), which PROTECT would also give; unlike P
 team be deleted as a whole, because its registered models (and so these versions) go in the same cascade.
 SET_NULL was rejected: a registered model whose run silently disappears has no lineage left to show.
 """
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -25,8 +26,9 @@ class RegisteredModel(models.Model):
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="registered_models")
     name = models.CharField(max_length=100)
     description = models.TextField(blank=True)
-    mlflow_name = models.CharField(max_length=255, unique=True,
-                                   help_text="the registered model's name in MLflow (unique server-wide)")
+    mlflow_name = models.CharField(
+        max_length=255, unique=True, help_text="the registered model's name in MLflow (unique server-wide)"
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -65,8 +67,9 @@ class ModelVersion(models.Model):
 
     class Meta:
         ordering = ["registered_model", "-version"]
-        constraints = [models.UniqueConstraint(fields=["registered_model", "version"],
-                                               name="modelversion_unique_version")]
+        constraints = [
+            models.UniqueConstraint(fields=["registered_model", "version"], name="modelversion_unique_version")
+        ]
 
     def __str__(self) -> str:
         return f"{self.registered_model} v{self.version}"
@@ -105,13 +108,20 @@ class AliasEvent(models.Model):
     registered_model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="alias_events")
     alias = models.CharField(max_length=64)
     version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    previous_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL,
-                                         related_name="+")
+    previous_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     action = models.CharField(max_length=16, choices=Action.choices)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     at = models.DateTimeField(default=timezone.now)
-    gate = models.ForeignKey("GateDecision", null=True, blank=True, on_delete=models.SET_NULL,
-                             related_name="alias_events", help_text="the gate decision that made this change")
+    gate = models.ForeignKey(
+        "GateDecision",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="alias_events",
+        help_text="the gate decision that made this change",
+    )
     note = models.CharField(max_length=500, blank=True, help_text="why, in words (a gate's decision)")
 
     class Meta:
@@ -164,20 +174,34 @@ class GateDecision(models.Model):
     candidate_stage = models.CharField(max_length=64)
     model_name = models.CharField(max_length=100)
     alias = models.CharField(max_length=64)
-    registered_model = models.ForeignKey(RegisteredModel, null=True, blank=True, on_delete=models.SET_NULL,
-                                         related_name="gate_decisions")
-    champion = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
-                                 help_text="the holder the candidate was compared with (none: the first)")
-    candidate = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL,
-                                  related_name="gate_decisions", help_text="the version registered for the candidate")
+    registered_model = models.ForeignKey(
+        RegisteredModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="gate_decisions"
+    )
+    champion = models.ForeignKey(
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="the holder the candidate was compared with (none: the first)",
+    )
+    candidate = models.ForeignKey(
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="gate_decisions",
+        help_text="the version registered for the candidate",
+    )
     passed = models.BooleanField()
     outcome = models.CharField(max_length=24, choices=Outcome.choices)
     numbers = models.JSONField(default=dict, blank=True)
     message = models.CharField(max_length=1000)
     require_approval = models.BooleanField(default=False)
     decided_at = models.DateTimeField(default=timezone.now)
-    reviewed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                    related_name="+")
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     reviewed_at = models.DateTimeField(null=True, blank=True)
     review_note = models.CharField(max_length=500, blank=True)
 

@@ -1,5 +1,6 @@
 """Reads for the registry pages: every one takes the team (or a model already fetched for it), and none
 calls MLflow (aliases come from their mirror). Query counts do not grow with the number of versions."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -24,8 +25,12 @@ HISTORY_SHOWN = 50
 
 def run_gate_decisions(*, run: Run) -> dict[int, GateDecision]:
     """The gate decisions of a run, by gate stage id (one query), with the models and reviewer they name."""
-    return {d.stage_run_id: d for d in GateDecision.objects.filter(run=run).select_related(
-        "candidate", "champion", "registered_model", "reviewed_by")}
+    return {
+        d.stage_run_id: d
+        for d in GateDecision.objects.filter(run=run).select_related(
+            "candidate", "champion", "registered_model", "reviewed_by"
+        )
+    }
 
 
 def registered_model_list(*, team: Team) -> list[RegisteredModel]:
@@ -34,13 +39,17 @@ def registered_model_list(*, team: Team) -> list[RegisteredModel]:
     newest = ModelVersion.objects.filter(registered_model=OuterRef("pk")).order_by("-version").values("pk")[:1]
     aliases = ModelAlias.objects.select_related("version").only("registered_model_id", "alias", "version__version")
     models = list(
-        RegisteredModel.objects.filter(team=team).select_related("created_by")
+        RegisteredModel.objects.filter(team=team)
+        .select_related("created_by")
         .annotate(version_count=Count("versions"), latest_id=Subquery(newest))
         .prefetch_related(Prefetch("aliases", queryset=aliases.order_by("alias"), to_attr="alias_rows"))
     )
-    latest = {v.pk: v for v in ModelVersion.objects.filter(pk__in=[m.latest_id for m in models if m.latest_id])
-              .select_related("run", "stage_run", "promoted_by")
-              .defer("lineage", "run__snapshot", "stage_run__spec", "stage_run__log_tail", "stage_run__summary")}
+    latest = {
+        v.pk: v
+        for v in ModelVersion.objects.filter(pk__in=[m.latest_id for m in models if m.latest_id])
+        .select_related("run", "stage_run", "promoted_by")
+        .defer("lineage", "run__snapshot", "stage_run__spec", "stage_run__log_tail", "stage_run__summary")
+    }
     for model in models:
         model.latest = latest.get(model.latest_id)
     return models
@@ -58,8 +67,12 @@ def pipeline_model_name(*, team: Team, pipeline_id: int | None) -> str | None:
     """The team's model that most recently got a version from this pipeline (the promote form's default)."""
     if pipeline_id is None:
         return None
-    return (ModelVersion.objects.filter(registered_model__team=team, run__pipeline_id=pipeline_id)
-            .order_by("-promoted_at", "-pk").values_list("registered_model__name", flat=True).first())
+    return (
+        ModelVersion.objects.filter(registered_model__team=team, run__pipeline_id=pipeline_id)
+        .order_by("-promoted_at", "-pk")
+        .values_list("registered_model__name", flat=True)
+        .first()
+    )
 
 
 def model_version_get(*, registered_model: RegisteredModel, version: int) -> ModelVersion:
@@ -92,18 +105,33 @@ def model_page(*, registered_model: RegisteredModel, history_limit: int | None =
     the alias history (with its versions and users). `history` keeps the newest `history_limit` events
     (None: all of them; the rollback states always read the whole history)."""
     model = registered_model
-    versions = list(ModelVersion.objects.filter(registered_model=model)
-                    .select_related("run", "promoted_by").defer("run__snapshot").order_by("-version"))
+    versions = list(
+        ModelVersion.objects.filter(registered_model=model)
+        .select_related("run", "promoted_by")
+        .defer("run__snapshot")
+        .order_by("-version")
+    )
     by_pk = {v.pk: v for v in versions}
     current: dict[str, ModelVersion] = {}
-    for alias, version_id in (ModelAlias.objects.filter(registered_model=model).order_by("alias")
-                              .values_list("alias", "version_id")):
+    for alias, version_id in (
+        ModelAlias.objects.filter(registered_model=model).order_by("alias").values_list("alias", "version_id")
+    ):
         current[alias] = by_pk.get(version_id)
     for version in versions:
         version.alias_names = sorted(a for a, v in current.items() if v is not None and v.pk == version.pk)
-    events = list(AliasEvent.objects.filter(registered_model=model).select_related("user", "gate__run", "gate__stage_run")
-                  .defer("gate__numbers", "gate__run__snapshot", "gate__stage_run__spec", "gate__stage_run__log_tail",
-                         "gate__stage_run__summary", "gate__stage_run__outputs").order_by("at", "id"))
+    events = list(
+        AliasEvent.objects.filter(registered_model=model)
+        .select_related("user", "gate__run", "gate__stage_run")
+        .defer(
+            "gate__numbers",
+            "gate__run__snapshot",
+            "gate__stage_run__spec",
+            "gate__stage_run__log_tail",
+            "gate__stage_run__summary",
+            "gate__stage_run__outputs",
+        )
+        .order_by("at", "id")
+    )
     for event in events:  # versions from the list above: no join, no extra query
         event.version_row = by_pk.get(event.version_id)
         event.previous_row = by_pk.get(event.previous_version_id)
@@ -116,35 +144,60 @@ def model_page(*, registered_model: RegisteredModel, history_limit: int | None =
     states = []
     for alias in names:
         possible, target = rollback_target(by_alias.get(alias, []))
-        states.append(AliasState(alias=alias, version=current.get(alias), can_roll_back=possible,
-                                 rollback_to=target))
+        states.append(AliasState(alias=alias, version=current.get(alias), can_roll_back=possible, rollback_to=target))
     choices = names
-    awaiting = list(GateDecision.objects.filter(registered_model=model, outcome=GateDecision.Outcome.AWAITING_APPROVAL)
-                    .select_related("run", "stage_run", "candidate", "champion")
-                    .only("message", "alias", "decided_at", "run__number", "stage_run__name", "candidate__version",
-                          "champion__version", "registered_model_id").order_by("-decided_at"))
-    return ModelPage(model=model, versions=versions, aliases=states, awaiting=awaiting, history=events[::-1][:history_limit],
-                     history_total=len(events), alias_choices=choices)
+    awaiting = list(
+        GateDecision.objects.filter(registered_model=model, outcome=GateDecision.Outcome.AWAITING_APPROVAL)
+        .select_related("run", "stage_run", "candidate", "champion")
+        .only(
+            "message",
+            "alias",
+            "decided_at",
+            "run__number",
+            "stage_run__name",
+            "candidate__version",
+            "champion__version",
+            "registered_model_id",
+        )
+        .order_by("-decided_at")
+    )
+    return ModelPage(
+        model=model,
+        versions=versions,
+        aliases=states,
+        awaiting=awaiting,
+        history=events[::-1][:history_limit],
+        history_total=len(events),
+        alias_choices=choices,
+    )
 
 
 def promotable_stage_get(*, team: Team, run_number: int, stage_name: str) -> StageRun:
     """A stage of one of the team's runs, by run number and stage name (any state: the page says why a
     stage cannot be promoted)."""
-    return StageRun.objects.select_related("run", "run__pipeline").get(run__team=team, run__number=run_number,
-                                                                       name=stage_name)
+    return StageRun.objects.select_related("run", "run__pipeline").get(
+        run__team=team, run__number=run_number, name=stage_name
+    )
 
 
 def promotable_stages(*, team: Team, limit: int = 50) -> list[StageRun]:
     """The team's newest succeeded stages whose output is a model or an adapter."""
-    return list(StageRun.objects.filter(run__team=team, status=Status.SUCCEEDED, outputs__kind__in=PROMOTABLE_KINDS)
-                .select_related("run", "run__pipeline").defer("run__snapshot", "log_tail", "spec")
-                .order_by("-run__number", "index")[:limit])
+    return list(
+        StageRun.objects.filter(run__team=team, status=Status.SUCCEEDED, outputs__kind__in=PROMOTABLE_KINDS)
+        .select_related("run", "run__pipeline")
+        .defer("run__snapshot", "log_tail", "spec")
+        .order_by("-run__number", "index")[:limit]
+    )
 
 
 def stage_registrations(*, team: Team, stage_run: StageRun) -> list[ModelVersion]:
     """The versions already registered from this stage, in the team's models."""
-    return list(ModelVersion.objects.filter(stage_run=stage_run, registered_model__team=team)
-                .select_related("registered_model").defer("lineage", "metrics").order_by("registered_model__name"))
+    return list(
+        ModelVersion.objects.filter(stage_run=stage_run, registered_model__team=team)
+        .select_related("registered_model")
+        .defer("lineage", "metrics")
+        .order_by("registered_model__name")
+    )
 
 
 def run_stages(*, stage_run: StageRun) -> list[StageRun]:

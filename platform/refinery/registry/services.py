@@ -15,6 +15,7 @@ Failure modes:
   and the warning in the log names it. An empty registered model left by a rolled-back first promotion
   is reused by the next one (creating it is idempotent).
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,8 +56,10 @@ def model_name_clean(name: str) -> str:
     if not name:
         raise RegistryError("give the model a name")
     if not MODEL_NAME_RE.match(name):
-        raise RegistryError(f"model name {name!r}: use lowercase letters, digits, '.', '-' and '_' (at most 100, "
-                            "starting with a letter or digit)")
+        raise RegistryError(
+            f"model name {name!r}: use lowercase letters, digits, '.', '-' and '_' (at most 100, "
+            "starting with a letter or digit)"
+        )
     if name in RESERVED_NAMES:
         raise RegistryError(f"model name {name!r} is reserved; choose another")
     return name
@@ -67,8 +70,10 @@ def alias_clean(alias: str) -> str:
     if not alias:
         raise RegistryError("give the alias a name, e.g. staging or production")
     if not ALIAS_RE.match(alias):
-        raise RegistryError(f"alias {alias!r}: use lowercase letters, digits, '-' and '_' (at most 64, starting "
-                            "with a letter), e.g. staging or production")
+        raise RegistryError(
+            f"alias {alias!r}: use lowercase letters, digits, '-' and '_' (at most 64, starting "
+            "with a letter), e.g. staging or production"
+        )
     if alias == "latest" or re.fullmatch(r"v\d+", alias):
         raise RegistryError(f"alias {alias!r} is reserved by MLflow (latest and v<number> name versions)")
     return alias
@@ -82,8 +87,10 @@ def promotable_check(*, team: Team, stage_run: StageRun) -> None:
         raise RegistryError("this stage does not belong to your team")
     where = f"run #{run.number} / {stage_run.name}"
     if stage_run.status != Status.SUCCEEDED:
-        raise RegistryError(f"{where} has not succeeded (it is {stage_run.get_status_display().lower()}): only a "
-                            "succeeded stage's output can be promoted")
+        raise RegistryError(
+            f"{where} has not succeeded (it is {stage_run.get_status_display().lower()}): only a "
+            "succeeded stage's output can be promoted"
+        )
     outputs = stage_run.outputs or {}
     kind = outputs.get("kind")
     if kind not in PROMOTABLE_KINDS:
@@ -105,18 +112,36 @@ def _locked(model: RegisteredModel) -> RegisteredModel:
     return RegisteredModel.objects.select_for_update().get(pk=model.pk)
 
 
-def _alias_write(*, model: RegisteredModel, alias: str, version: ModelVersion | None,
-                 previous: ModelVersion | None, action: str, user, note: str = "", gate=None) -> AliasEvent:
+def _alias_write(
+    *,
+    model: RegisteredModel,
+    alias: str,
+    version: ModelVersion | None,
+    previous: ModelVersion | None,
+    action: str,
+    user,
+    note: str = "",
+    gate=None,
+) -> AliasEvent:
     """The mirror row and the history row of one alias change (MLflow already changed)."""
     now = timezone.now()
     if version is None:
         ModelAlias.objects.filter(registered_model=model, alias=alias).delete()
     else:
-        ModelAlias.objects.update_or_create(registered_model=model, alias=alias,
-                                            defaults={"version": version, "updated_at": now})
-    return AliasEvent.objects.create(registered_model=model, alias=alias, version=version, previous_version=previous,
-                                     action=action, user=user if user is not None and user.is_authenticated else None,
-                                     at=now, note=note[:500], gate=gate)
+        ModelAlias.objects.update_or_create(
+            registered_model=model, alias=alias, defaults={"version": version, "updated_at": now}
+        )
+    return AliasEvent.objects.create(
+        registered_model=model,
+        alias=alias,
+        version=version,
+        previous_version=previous,
+        action=action,
+        user=user if user is not None and user.is_authenticated else None,
+        at=now,
+        note=note[:500],
+        gate=gate,
+    )
 
 
 def _current(model: RegisteredModel, alias: str) -> ModelVersion | None:
@@ -124,8 +149,17 @@ def _current(model: RegisteredModel, alias: str) -> ModelVersion | None:
     return row.version if row else None
 
 
-def model_promote(*, team: Team, user, stage_run: StageRun, model_name: str, description: str = "",
-                  alias: str | None = None, note: str = "", gate=None) -> ModelVersion:
+def model_promote(
+    *,
+    team: Team,
+    user,
+    stage_run: StageRun,
+    model_name: str,
+    description: str = "",
+    alias: str | None = None,
+    note: str = "",
+    gate=None,
+) -> ModelVersion:
     """Register a succeeded stage's model or adapter as the next version of the team's model `model_name`
     (created on first use, with `description`), optionally pointing `alias` at it.
 
@@ -150,8 +184,12 @@ def model_promote(*, team: Team, user, stage_run: StageRun, model_name: str, des
                 try:
                     with transaction.atomic():
                         model = RegisteredModel.objects.create(
-                            team=team, name=name, description=(description or "").strip(), created_by=user,
-                            mlflow_name=mlflow_registry.model_name(team=team, name=name))
+                            team=team,
+                            name=name,
+                            description=(description or "").strip(),
+                            created_by=user,
+                            mlflow_name=mlflow_registry.model_name(team=team, name=name),
+                        )
                 except IntegrityError:
                     raise RegistryError(f"model {name!r} was just created by someone else; try again") from None
             existing = model.versions.filter(stage_run=stage_run).values_list("version", flat=True).first()
@@ -160,39 +198,86 @@ def model_promote(*, team: Team, user, stage_run: StageRun, model_name: str, des
             previous = _current(model, alias) if alias else None
             try:
                 mlflow_registry.registered_model_ensure(
-                    mlflow_name=model.mlflow_name, description=model.description,
-                    tags={"refinery.team": team.slug, "refinery.name": name})
+                    mlflow_name=model.mlflow_name,
+                    description=model.description,
+                    tags={"refinery.team": team.slug, "refinery.name": name},
+                )
                 number = mlflow_registry.model_version_create(
-                    mlflow_name=model.mlflow_name, mlflow_run_id=outputs["mlflow_run_id"],
-                    artifact_path=outputs["artifact_path"], description=(description or "").strip(),
-                    tags=version_tags(lineage=lineage, team=team, user=user, stage=stage_run))
-                undo.append((f"version {number} of {model.mlflow_name}", lambda: mlflow_registry.model_version_delete(
-                    mlflow_name=model.mlflow_name, version=number)))
+                    mlflow_name=model.mlflow_name,
+                    mlflow_run_id=outputs["mlflow_run_id"],
+                    artifact_path=outputs["artifact_path"],
+                    description=(description or "").strip(),
+                    tags=version_tags(lineage=lineage, team=team, user=user, stage=stage_run),
+                )
+                undo.append(
+                    (
+                        f"version {number} of {model.mlflow_name}",
+                        lambda: mlflow_registry.model_version_delete(mlflow_name=model.mlflow_name, version=number),
+                    )
+                )
                 if alias:
                     mlflow_registry.alias_set(mlflow_name=model.mlflow_name, alias=alias, version=number)
-                    undo.append((f"alias {alias} of {model.mlflow_name}", lambda: mlflow_registry.alias_restore(
-                        mlflow_name=model.mlflow_name, alias=alias, version=previous.version if previous else None)))
+                    undo.append(
+                        (
+                            f"alias {alias} of {model.mlflow_name}",
+                            lambda: mlflow_registry.alias_restore(
+                                mlflow_name=model.mlflow_name,
+                                alias=alias,
+                                version=previous.version if previous else None,
+                            ),
+                        )
+                    )
             except RegistryBackendError as exc:
                 raise RegistryError(str(exc)) from exc
             version = ModelVersion.objects.create(
-                registered_model=model, version=number, stage_run=stage_run, run=run,
-                mlflow_run_id=outputs["mlflow_run_id"], artifact_path=outputs["artifact_path"], kind=outputs["kind"],
-                metrics=metrics, lineage=lineage, promoted_by=user if user is not None and user.is_authenticated
-                else None)
+                registered_model=model,
+                version=number,
+                stage_run=stage_run,
+                run=run,
+                mlflow_run_id=outputs["mlflow_run_id"],
+                artifact_path=outputs["artifact_path"],
+                kind=outputs["kind"],
+                metrics=metrics,
+                lineage=lineage,
+                promoted_by=user if user is not None and user.is_authenticated else None,
+            )
             if alias:
-                _alias_write(model=model, alias=alias, version=version, previous=previous, action=AliasEvent.Action.SET,
-                             user=user, note=note, gate=gate)
-            audit(team=team, user=user, action="registry.promoted", target=f"{name} v{number}", run=run.number,
-                  stage=stage_run.name, alias=alias or "")
+                _alias_write(
+                    model=model,
+                    alias=alias,
+                    version=version,
+                    previous=previous,
+                    action=AliasEvent.Action.SET,
+                    user=user,
+                    note=note,
+                    gate=gate,
+                )
+            audit(
+                team=team,
+                user=user,
+                action="registry.promoted",
+                target=f"{name} v{number}",
+                run=run.number,
+                stage=stage_run.name,
+                alias=alias or "",
+            )
     except BaseException:
         _undo(undo)
         raise
     return version
 
 
-def _alias_change(*, team: Team, user, registered_model: RegisteredModel, alias: str,
-                  target: Callable[[RegisteredModel, ModelVersion | None], ModelVersion | None], action: str,
-                  note: str = "", gate=None) -> AliasEvent:
+def _alias_change(
+    *,
+    team: Team,
+    user,
+    registered_model: RegisteredModel,
+    alias: str,
+    target: Callable[[RegisteredModel, ModelVersion | None], ModelVersion | None],
+    action: str,
+    note: str = "",
+    gate=None,
+) -> AliasEvent:
     """Move one alias: lock the model, decide the target from the current state (`target(model, current)`,
     None = remove), change MLflow, then the mirror and the history."""
     if registered_model.team_id != team.pk:
@@ -210,20 +295,34 @@ def _alias_change(*, team: Team, user, registered_model: RegisteredModel, alias:
                     mlflow_registry.alias_set(mlflow_name=model.mlflow_name, alias=alias, version=new.version)
             except RegistryBackendError as exc:
                 raise RegistryError(str(exc)) from exc
-            undo.append((f"alias {alias} of {model.mlflow_name}", lambda: mlflow_registry.alias_restore(
-                mlflow_name=model.mlflow_name, alias=alias, version=current.version if current else None)))
-            event = _alias_write(model=model, alias=alias, version=new, previous=current, action=action, user=user,
-                                 note=note, gate=gate)
-            audit(team=team, user=user, action=f"registry.alias_{action}", target=f"{model.name}@{alias}",
-                  version=new.version if new else None, previous=current.version if current else None)
+            undo.append(
+                (
+                    f"alias {alias} of {model.mlflow_name}",
+                    lambda: mlflow_registry.alias_restore(
+                        mlflow_name=model.mlflow_name, alias=alias, version=current.version if current else None
+                    ),
+                )
+            )
+            event = _alias_write(
+                model=model, alias=alias, version=new, previous=current, action=action, user=user, note=note, gate=gate
+            )
+            audit(
+                team=team,
+                user=user,
+                action=f"registry.alias_{action}",
+                target=f"{model.name}@{alias}",
+                version=new.version if new else None,
+                previous=current.version if current else None,
+            )
     except BaseException:
         _undo(undo)
         raise
     return event
 
 
-def alias_set(*, team: Team, user, registered_model: RegisteredModel, alias: str, version: ModelVersion,
-              note: str = "", gate=None) -> AliasEvent:
+def alias_set(
+    *, team: Team, user, registered_model: RegisteredModel, alias: str, version: ModelVersion, note: str = "", gate=None
+) -> AliasEvent:
     """Point `alias` (e.g. staging, production) at `version`, moving it from where it pointed."""
     alias = alias_clean(alias)
     if version.registered_model_id != registered_model.pk:
@@ -234,8 +333,16 @@ def alias_set(*, team: Team, user, registered_model: RegisteredModel, alias: str
             raise RegistryError(f"{alias} already points at version {version.version}")
         return version
 
-    return _alias_change(team=team, user=user, registered_model=registered_model, alias=alias, target=target,
-                         action=AliasEvent.Action.SET, note=note, gate=gate)
+    return _alias_change(
+        team=team,
+        user=user,
+        registered_model=registered_model,
+        alias=alias,
+        target=target,
+        action=AliasEvent.Action.SET,
+        note=note,
+        gate=gate,
+    )
 
 
 def alias_remove(*, team: Team, user, registered_model: RegisteredModel, alias: str) -> AliasEvent:
@@ -247,8 +354,14 @@ def alias_remove(*, team: Team, user, registered_model: RegisteredModel, alias: 
             raise RegistryError(f"{model.name} has no alias {alias!r}")
         return None
 
-    return _alias_change(team=team, user=user, registered_model=registered_model, alias=alias, target=target,
-                         action=AliasEvent.Action.REMOVED)
+    return _alias_change(
+        team=team,
+        user=user,
+        registered_model=registered_model,
+        alias=alias,
+        target=target,
+        action=AliasEvent.Action.REMOVED,
+    )
 
 
 def alias_rollback(*, team: Team, user, registered_model: RegisteredModel, alias: str) -> AliasEvent:
@@ -256,17 +369,28 @@ def alias_rollback(*, team: Team, user, registered_model: RegisteredModel, alias
     alias = alias_clean(alias)
 
     def target(model, current):
-        events = list(AliasEvent.objects.filter(registered_model=model, alias=alias)
-                      .select_related("previous_version").order_by("at", "id"))
+        events = list(
+            AliasEvent.objects.filter(registered_model=model, alias=alias)
+            .select_related("previous_version")
+            .order_by("at", "id")
+        )
         possible, version = rollback_target(events)
         if not events:
             raise RegistryError(f"{alias} of {model.name} has never changed: there is nothing to roll back")
         if not possible:
-            raise RegistryError(f"{alias} of {model.name} has no earlier version to roll back to"
-                                + (" (demote it instead)" if current is not None else ""))
+            raise RegistryError(
+                f"{alias} of {model.name} has no earlier version to roll back to"
+                + (" (demote it instead)" if current is not None else "")
+            )
         if current is not None and current.pk == version.pk:
             raise RegistryError(f"{alias} already points at version {version.version}")
         return version
 
-    return _alias_change(team=team, user=user, registered_model=registered_model, alias=alias, target=target,
-                         action=AliasEvent.Action.ROLLED_BACK)
+    return _alias_change(
+        team=team,
+        user=user,
+        registered_model=registered_model,
+        alias=alias,
+        target=target,
+        action=AliasEvent.Action.ROLLED_BACK,
+    )

@@ -1,4 +1,5 @@
 """Registry pages: the team's models, one model's versions and aliases, promoting a stage output."""
+
 from __future__ import annotations
 
 from django.contrib import messages
@@ -50,8 +51,12 @@ def _model_or_404(request, name: str) -> RegisteredModel:
 
 
 def _render_model(request, model: RegisteredModel, *, status: int = 200):
-    context = {"page": model_page(registered_model=model), "model": model, "nav": "registry",
-               "default_aliases": DEFAULT_ALIASES}
+    context = {
+        "page": model_page(registered_model=model),
+        "model": model,
+        "nav": "registry",
+        "default_aliases": DEFAULT_ALIASES,
+    }
     if request.htmx:
         return render(request, "registry/detail.html#model-live", context, status=status)
     return render(request, "registry/detail.html", context, status=status)
@@ -99,23 +104,41 @@ def _version_or_error(model: RegisteredModel, raw: str) -> ModelVersion:
 @team_required(write=True)
 def alias_set_view(request, name: str):
     alias = request.POST.get("alias", "").strip() or request.POST.get("custom_alias", "").strip()
-    return _alias_action(request, name, lambda model: alias_set(
-        team=request.team, user=request.user, registered_model=model, alias=alias,
-        version=_version_or_error(model, request.POST.get("version", ""))))
+    return _alias_action(
+        request,
+        name,
+        lambda model: alias_set(
+            team=request.team,
+            user=request.user,
+            registered_model=model,
+            alias=alias,
+            version=_version_or_error(model, request.POST.get("version", "")),
+        ),
+    )
 
 
 @require_POST
 @team_required(write=True)
 def alias_remove_view(request, name: str):
-    return _alias_action(request, name, lambda model: alias_remove(
-        team=request.team, user=request.user, registered_model=model, alias=request.POST.get("alias", "")))
+    return _alias_action(
+        request,
+        name,
+        lambda model: alias_remove(
+            team=request.team, user=request.user, registered_model=model, alias=request.POST.get("alias", "")
+        ),
+    )
 
 
 @require_POST
 @team_required(write=True)
 def alias_rollback_view(request, name: str):
-    return _alias_action(request, name, lambda model: alias_rollback(
-        team=request.team, user=request.user, registered_model=model, alias=request.POST.get("alias", "")))
+    return _alias_action(
+        request,
+        name,
+        lambda model: alias_rollback(
+            team=request.team, user=request.user, registered_model=model, alias=request.POST.get("alias", "")
+        ),
+    )
 
 
 def _stage_or_404(request, run, stage) -> StageRun:
@@ -132,8 +155,9 @@ def promote_view(request):
     an optional alias). Without a stage: the team's promotable stages, newest first."""
     source = request.POST if request.method == "POST" else request.GET
     if not source.get("run") or not source.get("stage"):
-        return render(request, "registry/promote_pick.html",
-                      {"stages": promotable_stages(team=request.team), "nav": "registry"})
+        return render(
+            request, "registry/promote_pick.html", {"stages": promotable_stages(team=request.team), "nav": "registry"}
+        )
     stage = _stage_or_404(request, source["run"], source["stage"])
     models = list(registered_model_choices(team=request.team))
     usual = pipeline_model_name(team=request.team, pipeline_id=stage.run.pipeline_id)
@@ -144,16 +168,27 @@ def promote_view(request):
         name = values["new_name"] if values["model"] in ("", NEW_MODEL) else values["model"]
         try:
             if values["new_name"] and values["model"] not in ("", NEW_MODEL):
-                raise RegistryError(f"choose “New model…” to create {values['new_name']!r}, or clear the new name "
-                                    f"to add a version to {values['model']}")
-            version = model_promote(team=request.team, user=request.user, stage_run=stage, model_name=name,
-                                    description=values["description"], alias=values["alias"] or None)
+                raise RegistryError(
+                    f"choose “New model…” to create {values['new_name']!r}, or clear the new name "
+                    f"to add a version to {values['model']}"
+                )
+            version = model_promote(
+                team=request.team,
+                user=request.user,
+                stage_run=stage,
+                model_name=name,
+                description=values["description"],
+                alias=values["alias"] or None,
+            )
         except RegistryError as exc:
             error = str(exc)
         else:
             alias_note = f" and {values['alias']} points at it" if values["alias"] else ""
-            messages.success(request, f"Run #{stage.run.number} / {stage.name} is version {version.version} of "
-                                      f"{version.registered_model.name}{alias_note}.")
+            messages.success(
+                request,
+                f"Run #{stage.run.number} / {stage.name} is version {version.version} of "
+                f"{version.registered_model.name}{alias_note}.",
+            )
             return redirect("registry:detail", name=version.registered_model.name)
     refusal = ""
     try:
@@ -162,9 +197,16 @@ def promote_view(request):
         refusal = str(exc)
     stages = run_stages(stage_run=stage)
     context = {
-        "stage": stage, "run": stage.run, "models": models, "values": values, "error": error, "refusal": refusal,
-        "new_model": NEW_MODEL, "registrations": stage_registrations(team=request.team, stage_run=stage),
+        "stage": stage,
+        "run": stage.run,
+        "models": models,
+        "values": values,
+        "error": error,
+        "refusal": refusal,
+        "new_model": NEW_MODEL,
+        "registrations": stage_registrations(team=request.team, stage_run=stage),
         "preview": promotion_metrics(stage, stages) if not refusal else None,
-        "default_aliases": DEFAULT_ALIASES, "nav": "registry",
+        "default_aliases": DEFAULT_ALIASES,
+        "nav": "registry",
     }
     return render(request, "registry/promote.html", context, status=400 if error else 200)

@@ -1,5 +1,6 @@
 """Shape metric series for app.js charts (one shared x axis, series aligned with nulls), and which metrics a
 run's charts show first."""
+
 from __future__ import annotations
 
 from trainers.catalog import METHODS
@@ -10,8 +11,20 @@ ONE_OFF_METHODS = tuple(name for name, method in METHODS.items() if not method.t
 # Method metrics worth seeing first (DPO rewards and margins, GRPO reward and KL, accuracies).
 METRIC_PRIORITY = ("reward", "margin", "accurac", "kl", "exact_match", "log_odds", "nll", "agreement", "entropy")
 # Optimiser and bookkeeping series: charted, but folded away under "More metrics".
-ROUTINE_METRICS = ("learning_rate", "grad_norm", "epoch", "num_tokens", "runtime", "per_second", "total_flos",
-                   "logits/", "logps/", "step_time", "clip_ratio", "completions/")
+ROUTINE_METRICS = (
+    "learning_rate",
+    "grad_norm",
+    "epoch",
+    "num_tokens",
+    "runtime",
+    "per_second",
+    "total_flos",
+    "logits/",
+    "logps/",
+    "step_time",
+    "clip_ratio",
+    "completions/",
+)
 
 
 def _metric_order(key: str) -> tuple[int, str]:
@@ -23,8 +36,14 @@ def metric_charts(table: dict) -> tuple[list[dict], list[dict]]:
     """Small charts for every metric but the loss, stages side by side on the run's step axis:
     (the method's own metrics, priority first; the routine optimiser/bookkeeping ones)."""
     keys = sorted((k for k in table if k not in LOSS_KEYS), key=_metric_order)
-    charts = [{"key": key, "id": "metric-" + "".join(c if c.isalnum() else "-" for c in key),
-               "chart": chart_payload(table[key])} for key in keys]
+    charts = [
+        {
+            "key": key,
+            "id": "metric-" + "".join(c if c.isalnum() else "-" for c in key),
+            "chart": chart_payload(table[key]),
+        }
+        for key in keys
+    ]
     routine = [c for c in charts if any(word in c["key"] for word in ROUTINE_METRICS)]
     return [c for c in charts if c not in routine], routine
 
@@ -53,8 +72,9 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [round(first + i * step, 12) for i in range(int((hi - first) / step) + 1)]
 
 
-def scatter_layout(points: list[dict], *, x_label: str, y_label: str, width: int = 880, height: int = 400,
-                   zero_lines: bool = True) -> dict:
+def scatter_layout(
+    points: list[dict], *, x_label: str, y_label: str, width: int = 880, height: int = 400, zero_lines: bool = True
+) -> dict:
     """Place points ({"x", "y", "label", "href", "group"}) on an SVG plot for components/scatter.html: axes
     padded around the data (and around 0 when `zero_lines`, so the quadrants read), ticks, one colour per group."""
     left, right, top, bottom = 64, 16, 16, 44
@@ -78,13 +98,25 @@ def scatter_layout(points: list[dict], *, x_label: str, y_label: str, width: int
         return top + (1 - (y - y0) / (y1 - y0)) * plot_h
 
     groups = sorted({p.get("group") or "" for p in points})
-    placed = [{**p, "cx": round(px(p["x"]), 1), "cy": round(py(p["y"]), 1),
-               "color": groups.index(p.get("group") or "") % 8} for p in points]
+    placed = [
+        {**p, "cx": round(px(p["x"]), 1), "cy": round(py(p["y"]), 1), "color": groups.index(p.get("group") or "") % 8}
+        for p in points
+    ]
     return {
-        "width": width, "height": height, "left": left, "top": top, "right": width - right,
-        "bottom": height - bottom, "x_label": x_label, "y_label": y_label, "points": placed, "groups": groups,
+        "width": width,
+        "height": height,
+        "left": left,
+        "top": top,
+        "right": width - right,
+        "bottom": height - bottom,
+        "x_label": x_label,
+        "y_label": y_label,
+        "points": placed,
+        "groups": groups,
         "x_ticks": [{"v": f"{t:g}", "p": round(px(t), 1)} for t in _ticks(x0, x1)],
         "y_ticks": [{"v": f"{t:g}", "p": round(py(t), 1)} for t in _ticks(y0, y1)],
-        "zero_x": round(px(0), 1) if zero_lines else None, "zero_y": round(py(0), 1) if zero_lines else None,
-        "mid_x": left + plot_w / 2, "mid_y": top + plot_h / 2,
+        "zero_x": round(px(0), 1) if zero_lines else None,
+        "zero_y": round(py(0), 1) if zero_lines else None,
+        "mid_x": left + plot_w / 2,
+        "mid_y": top + plot_h / 2,
     }

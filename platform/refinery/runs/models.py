@@ -43,10 +43,17 @@ class Run(models.Model):
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="runs")
     pipeline = models.ForeignKey(Pipeline, null=True, on_delete=models.SET_NULL, related_name="runs")
-    pipeline_version = models.ForeignKey(PipelineVersion, null=True, blank=True, on_delete=models.SET_NULL,
-                                         related_name="runs")
-    rerun_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns",
-                                 help_text="the run whose snapshot this one repeats or re-resolves")
+    pipeline_version = models.ForeignKey(
+        PipelineVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
+    )
+    rerun_of = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="reruns",
+        help_text="the run whose snapshot this one repeats or re-resolves",
+    )
     number = models.PositiveIntegerField(help_text="per-team run number")
     name = models.CharField(max_length=200)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
@@ -62,10 +69,12 @@ class Run(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     schedule_label = models.CharField(
-        max_length=300, blank=True,
+        max_length=300,
+        blank=True,
         help_text="which schedule and window started the run, kept when that schedule is deleted (its tick, "
-                  "which the pages read otherwise, goes with it): \"schedule nightly-sft, window 2026-12-05 "
-                  "02:00 Europe/Paris\"")
+        'which the pages read otherwise, goes with it): "schedule nightly-sft, window 2026-12-05 '
+        '02:00 Europe/Paris"',
+    )
 
     class Meta:
         ordering = ["-created_at"]

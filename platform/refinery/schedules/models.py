@@ -4,6 +4,7 @@ The unique (schedule, window) key is what makes a schedule fire once per window:
 run starts is by inserting its tick row first, so a second beat, a retried task or a restart that computes
 the same window gets an IntegrityError and does nothing.
 """
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -40,21 +41,28 @@ class Schedule(models.Model):
     cron = models.CharField(max_length=100, blank=True, help_text="five-field cron expression")
     timezone = models.CharField(max_length=64, default="UTC", help_text="IANA time zone of the cron expression")
     interval_seconds = models.PositiveIntegerField(null=True, blank=True)
-    debounce_seconds = models.PositiveIntegerField(default=60, help_text="dataset trigger: wait this long after "
-                                                                         "the newest version before firing")
-    bindings = models.JSONField(default=dict, blank=True,
-                                help_text='{"<dataset id>": "latest" | <dataset version id>} for every dataset read')
+    debounce_seconds = models.PositiveIntegerField(
+        default=60, help_text="dataset trigger: wait this long after the newest version before firing"
+    )
+    bindings = models.JSONField(
+        default=dict, blank=True, help_text='{"<dataset id>": "latest" | <dataset version id>} for every dataset read'
+    )
     start_at = models.DateTimeField(null=True, blank=True)
     end_at = models.DateTimeField(null=True, blank=True)
     max_runs = models.PositiveIntegerField(null=True, blank=True)
-    gate = models.JSONField(null=True, blank=True, default=None,
-                            help_text='a promotion gate added to every run: {"candidate": <stage>, "dataset_id": '
-                                      '<held-out dataset>, "config": {<gate config>}} (pipelines.specs.spec_with_gate)')
+    gate = models.JSONField(
+        null=True,
+        blank=True,
+        default=None,
+        help_text='a promotion gate added to every run: {"candidate": <stage>, "dataset_id": '
+        '<held-out dataset>, "config": {<gate config>}} (pipelines.specs.spec_with_gate)',
+    )
     overlap = models.CharField(max_length=16, choices=Overlap.choices, default=Overlap.SKIP)
     catch_up = models.CharField(max_length=16, choices=CatchUp.choices, default=CatchUp.LATEST)
     catch_up_limit = models.PositiveIntegerField(default=10)
-    failure_limit = models.PositiveIntegerField(default=3, help_text="pause after this many failed runs in a row "
-                                                                     "(0: never)")
+    failure_limit = models.PositiveIntegerField(
+        default=3, help_text="pause after this many failed runs in a row (0: never)"
+    )
     paused = models.BooleanField(default=False)
     paused_reason = models.CharField(max_length=300, blank=True)
     resumed_at = models.DateTimeField(null=True, blank=True, help_text="windows before it are never caught up")
@@ -108,8 +116,9 @@ class ScheduleTick(models.Model):
     manual = models.BooleanField(default=False, help_text="'run now'")
     outcome = models.CharField(max_length=16, choices=TickOutcome.choices)
     reason = models.TextField(blank=True)
-    run = models.OneToOneField("runs.Run", null=True, blank=True, on_delete=models.SET_NULL,
-                               related_name="schedule_tick")
+    run = models.OneToOneField(
+        "runs.Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="schedule_tick"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -1,4 +1,5 @@
 """Reads of schedules, always within one team."""
+
 from __future__ import annotations
 
 from django.db.models import QuerySet
@@ -24,8 +25,11 @@ def schedule_ticks(*, schedule: Schedule, limit: int = 50) -> list[ScheduleTick]
 
 def schedule_next_fires(*, schedule: Schedule, count: int = 3) -> list:
     """The next `count` windows from now (none for a dataset trigger, or once max_runs is used up)."""
-    if schedule.max_runs is not None and schedule.ticks.filter(
-            manual=False, outcome__in=[TickOutcome.FIRED, TickOutcome.QUEUED]).count() >= schedule.max_runs:
+    if (
+        schedule.max_runs is not None
+        and schedule.ticks.filter(manual=False, outcome__in=[TickOutcome.FIRED, TickOutcome.QUEUED]).count()
+        >= schedule.max_runs
+    ):
         return []
     try:
         return next_fire_times(schedule, after=timezone.now(), count=count)

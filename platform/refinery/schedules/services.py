@@ -5,6 +5,7 @@ and an IntegrityError means another beat, a retried task or an earlier pass alre
 so it does nothing. Decisions about one schedule are serialized by locking its row; the unique key is what
 holds when that is not enough (a restart, a second database connection, a replayed task).
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,8 +65,9 @@ def version_dataset_ids(version: PipelineVersion, gate: dict | None = None) -> l
     return list(dict.fromkeys(found))
 
 
-def _bindings_clean(*, team, version: PipelineVersion, bindings, errors: dict, gate: dict | None = None
-                    ) -> dict[str, object]:
+def _bindings_clean(
+    *, team, version: PipelineVersion, bindings, errors: dict, gate: dict | None = None
+) -> dict[str, object]:
     """{"<dataset id>": "latest" | <version id>} for exactly the datasets the version (and the schedule's
     gate) reads (missing ones default to "latest")."""
     read = version_dataset_ids(version, gate)
@@ -120,10 +122,11 @@ def _gate_clean(*, team, version: PipelineVersion | None, gate, errors: dict) ->
         prefix = f"stages.{index}"
         for key, message in exc.errors.items():
             if key == prefix or key.startswith(prefix + "."):
-                field = key[len(prefix) + 1:] or "gate"
+                field = key[len(prefix) + 1 :] or "gate"
                 field = {"input": "candidate"}.get(field, field)
                 errors[f"gate.{field}" if field != "gate" else "gate"] = message.replace(
-                    f"stage {index + 1} ({name}): ", "")
+                    f"stage {index + 1} ({name}): ", ""
+                )
             else:
                 errors.setdefault("gate", f"the pipeline version with this gate is not valid: {message}")
         return None
@@ -191,12 +194,19 @@ def _validated(*, team, fields: dict, instance: Schedule | None = None) -> dict:
             clean["cron"] = cron_check(fields.get("cron") or "")
         except WindowError as exc:
             errors["cron"] = str(exc)
-    clean["interval_seconds"] = _int_or_none(errors, "interval_seconds", fields.get("interval_seconds"), low=1,
-                                             high=MAX_INTERVAL_SECONDS, required=trigger == Trigger.INTERVAL)
+    clean["interval_seconds"] = _int_or_none(
+        errors,
+        "interval_seconds",
+        fields.get("interval_seconds"),
+        low=1,
+        high=MAX_INTERVAL_SECONDS,
+        required=trigger == Trigger.INTERVAL,
+    )
     if trigger != Trigger.INTERVAL:
         clean["interval_seconds"] = None
-    debounce = _int_or_none(errors, "debounce_seconds", fields.get("debounce_seconds"), low=0,
-                            high=MAX_DEBOUNCE_SECONDS)
+    debounce = _int_or_none(
+        errors, "debounce_seconds", fields.get("debounce_seconds"), low=0, high=MAX_DEBOUNCE_SECONDS
+    )
     clean["debounce_seconds"] = 60 if debounce is None else debounce
     clean["max_runs"] = _int_or_none(errors, "max_runs", fields.get("max_runs"), low=1, high=10**9)
     limit = _int_or_none(errors, "catch_up_limit", fields.get("catch_up_limit"), low=1, high=MAX_LIMIT)
@@ -220,8 +230,9 @@ def _validated(*, team, fields: dict, instance: Schedule | None = None) -> dict:
         errors["end_at"] = "must be after the start"
     clean["gate"] = _gate_clean(team=team, version=version, gate=fields.get("gate"), errors=errors)
     if version is not None:
-        clean["bindings"] = _bindings_clean(team=team, version=version, bindings=fields.get("bindings"),
-                                            errors=errors, gate=clean["gate"])
+        clean["bindings"] = _bindings_clean(
+            team=team, version=version, bindings=fields.get("bindings"), errors=errors, gate=clean["gate"]
+        )
         if trigger == Trigger.DATASET and "bindings" not in errors and LATEST not in clean["bindings"].values():
             errors["bindings"] = 'a dataset trigger needs at least one dataset bound to "latest"'
     if errors:
@@ -235,10 +246,18 @@ def schedule_create(*, team, user, paused: bool = False, **fields) -> Schedule:
     cron, timezone, interval_seconds, debounce_seconds, bindings, start_at, end_at, max_runs, overlap,
     catch_up, catch_up_limit, failure_limit."""
     clean = _validated(team=team, fields=fields)
-    schedule = Schedule.objects.create(team=team, created_by=user, paused=paused,
-                                       paused_reason="created paused" if paused else "", **clean)
-    audit(team=team, user=user, action="schedule.created", target=f"schedule {schedule.name}",
-          pipeline=schedule.pipeline.name, version=schedule.pipeline_version.number, trigger=schedule.trigger)
+    schedule = Schedule.objects.create(
+        team=team, created_by=user, paused=paused, paused_reason="created paused" if paused else "", **clean
+    )
+    audit(
+        team=team,
+        user=user,
+        action="schedule.created",
+        target=f"schedule {schedule.name}",
+        pipeline=schedule.pipeline.name,
+        version=schedule.pipeline_version.number,
+        trigger=schedule.trigger,
+    )
     return schedule
 
 
@@ -250,8 +269,13 @@ def schedule_update(*, schedule: Schedule, user, **fields) -> Schedule:
     for key, value in clean.items():
         setattr(schedule, key, value)
     schedule.save()
-    audit(team=schedule.team, user=user, action="schedule.updated", target=f"schedule {schedule.name}",
-          changed=", ".join(changed))
+    audit(
+        team=schedule.team,
+        user=user,
+        action="schedule.updated",
+        target=f"schedule {schedule.name}",
+        changed=", ".join(changed),
+    )
     return schedule
 
 
@@ -261,12 +285,23 @@ def schedule_pause(*, schedule: Schedule, user, reason: str = "") -> Schedule:
     schedule.paused = True
     schedule.paused_reason = reason or (f"paused by {user.get_username()}" if user else "paused")
     schedule.save(update_fields=["paused", "paused_reason", "updated_at"])
-    audit(team=schedule.team, user=user, action="schedule.paused" if user else "schedule.auto_paused",
-          target=f"schedule {schedule.name}", reason=schedule.paused_reason)
+    audit(
+        team=schedule.team,
+        user=user,
+        action="schedule.paused" if user else "schedule.auto_paused",
+        target=f"schedule {schedule.name}",
+        reason=schedule.paused_reason,
+    )
     if user is None:  # paused itself (after failures): tell the team's webhooks and mail, in this transaction
-        notify(team=schedule.team_id, kind=EventKind.SCHEDULE_PAUSED, payload={
-            "schedule": {"id": schedule.pk, "name": schedule.name}, "reason": schedule.paused_reason,
-            "summary": f"schedule {schedule.name} paused itself: {schedule.paused_reason}"})
+        notify(
+            team=schedule.team_id,
+            kind=EventKind.SCHEDULE_PAUSED,
+            payload={
+                "schedule": {"id": schedule.pk, "name": schedule.name},
+                "reason": schedule.paused_reason,
+                "summary": f"schedule {schedule.name} paused itself: {schedule.paused_reason}",
+            },
+        )
     return schedule
 
 
@@ -303,8 +338,14 @@ def schedule_delete(*, schedule: Schedule, user) -> int:
     tick_count = schedule.ticks.count()
     name = schedule.name
     schedule.delete()
-    audit(team=schedule.team, user=user, action="schedule.deleted", target=f"schedule {name}",
-          ticks=tick_count, runs=len(runs))
+    audit(
+        team=schedule.team,
+        user=user,
+        action="schedule.deleted",
+        target=f"schedule {name}",
+        ticks=tick_count,
+        runs=len(runs),
+    )
     return len(runs)
 
 
@@ -313,8 +354,9 @@ def _pins(schedule: Schedule) -> dict[int, int]:
 
 
 def _active_run(schedule: Schedule) -> Run | None:
-    return (Run.objects.filter(schedule_tick__schedule=schedule, status__in=ACTIVE_STATES)
-            .order_by("-created_at").first())
+    return (
+        Run.objects.filter(schedule_tick__schedule=schedule, status__in=ACTIVE_STATES).order_by("-created_at").first()
+    )
 
 
 def _fire(tick: ScheduleTick, *, user=None) -> ScheduleTick:
@@ -322,8 +364,14 @@ def _fire(tick: ScheduleTick, *, user=None) -> ScheduleTick:
     schedule = tick.schedule
     try:
         with transaction.atomic():
-            run = run_create(pipeline=schedule.pipeline, user=user, version=schedule.pipeline_version,
-                             name=schedule.pipeline.name, dataset_versions=_pins(schedule), gate=schedule.gate)
+            run = run_create(
+                pipeline=schedule.pipeline,
+                user=user,
+                version=schedule.pipeline_version,
+                name=schedule.pipeline.name,
+                dataset_versions=_pins(schedule),
+                gate=schedule.gate,
+            )
             tick.run, tick.outcome = run, TickOutcome.FIRED
             tick.save(update_fields=["run", "outcome", "reason"])
     except RunError as exc:
@@ -349,19 +397,25 @@ def _window_stale(schedule: Schedule, window: datetime) -> bool:
 def _window_handle(*, schedule_id: int, window: datetime, manual: bool = False, user=None) -> ScheduleTick | None:
     """Handle one window: insert its tick (or do nothing if it exists), then fire, queue or skip it."""
     with transaction.atomic():
-        schedule = Schedule.objects.select_for_update().select_related("pipeline", "pipeline_version").get(
-            pk=schedule_id)
+        schedule = (
+            Schedule.objects.select_for_update().select_related("pipeline", "pipeline_version").get(pk=schedule_id)
+        )
         if not manual and _window_stale(schedule, window):
             return None
         active = _active_run(schedule)
         waiting = schedule.ticks.filter(outcome=TickOutcome.QUEUED).exists()
         decision = Decision("fire") if manual else decide(schedule.overlap, active, waiting=waiting)
-        outcome = {"fire": TickOutcome.FIRED, "replace": TickOutcome.FIRED, "queue": TickOutcome.QUEUED,
-                   "skip": TickOutcome.SKIPPED}[decision.action]
+        outcome = {
+            "fire": TickOutcome.FIRED,
+            "replace": TickOutcome.FIRED,
+            "queue": TickOutcome.QUEUED,
+            "skip": TickOutcome.SKIPPED,
+        }[decision.action]
         try:
             with transaction.atomic():
-                tick = ScheduleTick.objects.create(schedule=schedule, window=window, manual=manual,
-                                                   outcome=outcome, reason=decision.reason)
+                tick = ScheduleTick.objects.create(
+                    schedule=schedule, window=window, manual=manual, outcome=outcome, reason=decision.reason
+                )
         except IntegrityError:
             return None  # this window was handled already (another beat, a retry): fire nothing
         if decision.action == "replace":
@@ -377,8 +431,9 @@ def _window_handle(*, schedule_id: int, window: datetime, manual: bool = False, 
 def _queued_promote(schedule_id: int) -> ScheduleTick | None:
     """Start the waiting window once the schedule's previous run has finished."""
     with transaction.atomic():
-        schedule = Schedule.objects.select_for_update().select_related("pipeline", "pipeline_version").get(
-            pk=schedule_id)
+        schedule = (
+            Schedule.objects.select_for_update().select_related("pipeline", "pipeline_version").get(pk=schedule_id)
+        )
         tick = schedule.ticks.filter(outcome=TickOutcome.QUEUED).order_by("window").first()
         if tick is None or _active_run(schedule) is not None:
             return None
@@ -398,8 +453,9 @@ def _failure_check(schedule: Schedule) -> bool:
     recent = list(ticks.order_by("-window")[:n])
     if len(recent) < n:
         return False
-    if not all(t.outcome == TickOutcome.FAILED or (t.run is not None and t.run.status == Status.FAILED)
-               for t in recent):
+    if not all(
+        t.outcome == TickOutcome.FAILED or (t.run is not None and t.run.status == Status.FAILED) for t in recent
+    ):
         return False
     names = ", ".join(f"run #{t.run.number}" if t.run else "a run that could not start" for t in reversed(recent))
     schedule_pause(schedule=schedule, user=None, reason=f"paused itself after {n} failed runs in a row ({names})")
@@ -420,7 +476,8 @@ def schedule_tick(*, schedule: Schedule, now: datetime) -> list[ScheduleTick]:
     if schedule.trigger == Trigger.DATASET:
         latest_ids = [int(k) for k, v in (schedule.bindings or {}).items() if v == LATEST]
         newest = DatasetVersion.objects.filter(dataset_id__in=latest_ids, dataset__team=schedule.team).aggregate(
-            t=Max("created_at"))["t"]
+            t=Max("created_at")
+        )["t"]
     handled = []
     for window in due_windows(schedule, now, last, fired=fired, newest_data_at=newest):
         tick = _window_handle(schedule_id=schedule.pk, window=window)
@@ -454,11 +511,27 @@ def schedule_run_now(*, schedule: Schedule, user) -> ScheduleTick:
     while tick is None:  # two clicks inside one second: the next second is a window of its own
         now += timedelta(seconds=1)
         tick = _window_handle(schedule_id=schedule.pk, window=now, manual=True, user=user)
-    audit(team=schedule.team, user=user, action="schedule.run_now", target=f"schedule {schedule.name}",
-          run=f"#{tick.run.number}" if tick.run else "", outcome=tick.outcome)
+    audit(
+        team=schedule.team,
+        user=user,
+        action="schedule.run_now",
+        target=f"schedule {schedule.name}",
+        run=f"#{tick.run.number}" if tick.run else "",
+        outcome=tick.outcome,
+    )
     return tick
 
 
-__all__ = ["ScheduleError", "schedule_create", "schedule_update", "schedule_delete", "schedule_pause",
-           "schedule_resume", "schedule_run_now", "scheduled_run_label", "schedule_tick", "schedule_tick_all",
-           "version_dataset_ids"]
+__all__ = [
+    "ScheduleError",
+    "schedule_create",
+    "schedule_update",
+    "schedule_delete",
+    "schedule_pause",
+    "schedule_resume",
+    "schedule_run_now",
+    "scheduled_run_label",
+    "schedule_tick",
+    "schedule_tick_all",
+    "version_dataset_ids",
+]

@@ -1,4 +1,5 @@
 """Schedule pages: list, new/edit form, a schedule with its next fires and tick history, and its buttons."""
+
 from __future__ import annotations
 
 from django.contrib import messages
@@ -28,8 +29,22 @@ from refinery.schedules.services import (
 from refinery.schedules.windows import zone
 from refinery.teams.selectors import membership_get
 
-FIELDS = ("name", "version", "trigger", "cron", "timezone", "interval_seconds", "debounce_seconds", "start_at",
-          "end_at", "max_runs", "overlap", "catch_up", "catch_up_limit", "failure_limit")
+FIELDS = (
+    "name",
+    "version",
+    "trigger",
+    "cron",
+    "timezone",
+    "interval_seconds",
+    "debounce_seconds",
+    "start_at",
+    "end_at",
+    "max_runs",
+    "overlap",
+    "catch_up",
+    "catch_up_limit",
+    "failure_limit",
+)
 
 
 def _schedule_or_404(request, pk) -> Schedule:
@@ -54,35 +69,53 @@ def _can_write(request) -> bool:
 @require_GET
 @team_required
 def schedule_list_view(request):
-    return render(request, "schedules/list.html", {"schedules": schedule_list_rows(team=request.team),
-                                                   "can_write": _can_write(request), "nav": "schedules"})
+    return render(
+        request,
+        "schedules/list.html",
+        {"schedules": schedule_list_rows(team=request.team), "can_write": _can_write(request), "nav": "schedules"},
+    )
 
 
 @require_GET
 @team_required
 def schedule_detail_view(request, pk):
     schedule = _schedule_or_404(request, pk)
-    return render(request, "schedules/detail.html", {
-        "schedule": schedule, "ticks": schedule_ticks(schedule=schedule),
-        "next_fires": [schedule.local_label(t) for t in schedule_next_fires(schedule=schedule)],
-        "bindings": _binding_rows(request, schedule.pipeline_version, schedule.bindings),
-        "can_write": _can_write(request), "nav": "schedules",
-    })
+    return render(
+        request,
+        "schedules/detail.html",
+        {
+            "schedule": schedule,
+            "ticks": schedule_ticks(schedule=schedule),
+            "next_fires": [schedule.local_label(t) for t in schedule_next_fires(schedule=schedule)],
+            "bindings": _binding_rows(request, schedule.pipeline_version, schedule.bindings),
+            "can_write": _can_write(request),
+            "nav": "schedules",
+        },
+    )
 
 
 def _binding_rows(request, version, bindings: dict) -> list[dict]:
     """One row per dataset the version reads: its versions to pick from and the current choice."""
     rows = []
     datasets = Dataset.objects.filter(team=request.team, pk__in=version_dataset_ids(version)).prefetch_related(
-        "versions")
+        "versions"
+    )
     for dataset in datasets:
         choice = (bindings or {}).get(str(dataset.pk), LATEST)
         rows.append({"dataset": dataset, "versions": list(dataset.versions.all()), "choice": str(choice)})
     return rows
 
 
-GATE_FORM_FIELDS = ("registered_model", "alias", "metric", "min_gain", "gain_mode", "max_forgetting",
-                    "target_threshold", "retention_threshold")
+GATE_FORM_FIELDS = (
+    "registered_model",
+    "alias",
+    "metric",
+    "min_gain",
+    "gain_mode",
+    "max_forgetting",
+    "target_threshold",
+    "retention_threshold",
+)
 
 
 def _gate_values(post) -> dict | None:
@@ -90,11 +123,17 @@ def _gate_values(post) -> dict | None:
     if post.get("gate_enabled") != "on":
         return None
     config = {name: post.get(f"gate_{name}", "").strip() for name in GATE_FORM_FIELDS}
-    config = {k: v for k, v in config.items() if v != "" or k in ("max_forgetting", "target_threshold",
-                                                                  "retention_threshold", "metric")}
+    config = {
+        k: v
+        for k, v in config.items()
+        if v != "" or k in ("max_forgetting", "target_threshold", "retention_threshold", "metric")
+    }
     config["require_approval"] = post.get("gate_require_approval") == "on"
-    return {"candidate": post.get("gate_candidate", "").strip(), "dataset_id": post.get("gate_dataset_id") or None,
-            "config": config}
+    return {
+        "candidate": post.get("gate_candidate", "").strip(),
+        "dataset_id": post.get("gate_dataset_id") or None,
+        "config": config,
+    }
 
 
 def _gate_choices(request, version) -> dict:
@@ -108,8 +147,11 @@ def _gate_choices(request, version) -> dict:
         return spec is not None and spec.output == "model" and not spec.scorer
 
     stages = [s.get("name") for s in (version.spec or {}).get("stages", []) if candidate(s.get("method", "sft"))]
-    datasets = Dataset.objects.filter(team=request.team, kind__in=METHODS["gate"].dataset_kinds,
-                                      versions__isnull=False).distinct().order_by("name")
+    datasets = (
+        Dataset.objects.filter(team=request.team, kind__in=METHODS["gate"].dataset_kinds, versions__isnull=False)
+        .distinct()
+        .order_by("name")
+    )
     metrics = [""] + list(dict.fromkeys(m for names in COMPARABLE_METRICS.values() for m in names))
     return {"gate_candidates": stages, "gate_datasets": datasets, "gate_metrics": metrics}
 
@@ -120,8 +162,9 @@ def _form_values(post) -> dict:
     for name in ("start_at", "end_at"):
         raw = fields[name]
         fields[name] = (parse_datetime(raw) or raw) if raw else None
-    fields["bindings"] = {key.removeprefix("binding_"): value for key, value in post.items()
-                          if key.startswith("binding_")}
+    fields["bindings"] = {
+        key.removeprefix("binding_"): value for key, value in post.items() if key.startswith("binding_")
+    }
     return fields
 
 
@@ -130,27 +173,50 @@ def _form(request, *, pipeline, schedule=None, values=None, errors=None, status=
     if values and values.get("version"):
         version = pipeline.versions.filter(number=values["version"]).first() or version
     if values is None:
-        values = {"name": f"{pipeline.name}-nightly", "trigger": Trigger.INTERVAL, "timezone": "UTC",
-                  "interval_seconds": 86400, "debounce_seconds": 60, "overlap": Overlap.SKIP,
-                  "catch_up": CatchUp.LATEST, "catch_up_limit": 10, "failure_limit": 3, "version": version.number}
+        values = {
+            "name": f"{pipeline.name}-nightly",
+            "trigger": Trigger.INTERVAL,
+            "timezone": "UTC",
+            "interval_seconds": 86400,
+            "debounce_seconds": 60,
+            "overlap": Overlap.SKIP,
+            "catch_up": CatchUp.LATEST,
+            "catch_up_limit": 10,
+            "failure_limit": 3,
+            "version": version.number,
+        }
         if schedule is not None:
             values = {name: getattr(schedule, name) for name in FIELDS if name != "version"}
             values["gate"] = schedule.gate
             values["version"] = schedule.pipeline_version.number
             for name in ("start_at", "end_at"):  # shown, and read back, in the schedule's time zone
-                values[name] = (values[name].astimezone(zone(schedule.timezone)).strftime("%Y-%m-%dT%H:%M")
-                                if values[name] else "")
+                values[name] = (
+                    values[name].astimezone(zone(schedule.timezone)).strftime("%Y-%m-%dT%H:%M") if values[name] else ""
+                )
     for name in ("start_at", "end_at"):
         if values.get(name) and not isinstance(values[name], str):
             values[name] = values[name].strftime("%Y-%m-%dT%H:%M")
     bindings = values.get("bindings") or (schedule.bindings if schedule else {})
-    return render(request, "schedules/form.html", {
-        "pipeline": pipeline, "schedule": schedule, "values": values, "errors": errors or {},
-        "versions": pipeline.versions.order_by("-number"), "bindings": _binding_rows(request, version, bindings),
-        "triggers": Trigger.choices, "overlaps": Overlap.choices, "catch_ups": CatchUp.choices, "nav": "schedules",
-        "gate": values.get("gate") or {}, **_gate_choices(request, version),
-        "gate_error": any(key.startswith("gate") for key in (errors or {})),
-    }, status=status)
+    return render(
+        request,
+        "schedules/form.html",
+        {
+            "pipeline": pipeline,
+            "schedule": schedule,
+            "values": values,
+            "errors": errors or {},
+            "versions": pipeline.versions.order_by("-number"),
+            "bindings": _binding_rows(request, version, bindings),
+            "triggers": Trigger.choices,
+            "overlaps": Overlap.choices,
+            "catch_ups": CatchUp.choices,
+            "nav": "schedules",
+            "gate": values.get("gate") or {},
+            **_gate_choices(request, version),
+            "gate_error": any(key.startswith("gate") for key in (errors or {})),
+        },
+        status=status,
+    )
 
 
 @require_http_methods(["GET", "POST"])
@@ -159,15 +225,21 @@ def schedule_create_view(request):
     """New schedule of a pipeline (?pipeline=<pk>); without one, choose the pipeline first."""
     source = request.POST if request.method == "POST" else request.GET
     if not source.get("pipeline"):
-        return render(request, "schedules/form.html", {"pipelines": pipeline_list(team=request.team),
-                                                       "nav": "schedules"})
+        return render(
+            request, "schedules/form.html", {"pipelines": pipeline_list(team=request.team), "nav": "schedules"}
+        )
     pipeline = _pipeline_or_404(request, source["pipeline"])
     if request.method == "GET":
         return _form(request, pipeline=pipeline)
     values = _form_values(request.POST)
     try:
-        schedule = schedule_create(team=request.team, user=request.user, pipeline_id=pipeline.pk,
-                                   paused=request.POST.get("paused") == "on", **values)
+        schedule = schedule_create(
+            team=request.team,
+            user=request.user,
+            pipeline_id=pipeline.pk,
+            paused=request.POST.get("paused") == "on",
+            **values,
+        )
     except ScheduleError as exc:
         return _form(request, pipeline=pipeline, values=values, errors=exc.errors, status=400)
     messages.success(request, f"Schedule {schedule.name} saved.")
@@ -184,8 +256,9 @@ def schedule_edit_view(request, pk):
     try:
         schedule_update(schedule=schedule, user=request.user, pipeline_id=schedule.pipeline_id, **values)
     except ScheduleError as exc:
-        return _form(request, pipeline=schedule.pipeline, schedule=schedule, values=values, errors=exc.errors,
-                     status=400)
+        return _form(
+            request, pipeline=schedule.pipeline, schedule=schedule, values=values, errors=exc.errors, status=400
+        )
     messages.success(request, f"Schedule {schedule.name} saved.")
     return redirect("schedules:detail", schedule.pk)
 

@@ -9,6 +9,7 @@ Cron expressions are read in the schedule's IANA time zone, on wall-clock time:
   the gap (02:30 on the spring-forward night in Europe/Paris fires at 03:00 CEST);
 - a wall time that happens twice (clocks go back) fires once, at its first occurrence.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -133,8 +134,9 @@ def _lower_bound(schedule, last_window: datetime | None) -> datetime:
     return max(bounds)
 
 
-def due_windows(schedule, now: datetime, last_window: datetime | None, *, fired: int = 0,
-                newest_data_at: datetime | None = None) -> list[datetime]:
+def due_windows(
+    schedule, now: datetime, last_window: datetime | None, *, fired: int = 0, newest_data_at: datetime | None = None
+) -> list[datetime]:
     """The windows to handle now, oldest first.
 
     Every window lies after `last_window` (the newest window already handled), at or after the schedule's

@@ -6,6 +6,7 @@ and an MLflow server that `make run` starts on 127.0.0.1:5000 with a SQLite
 store. Set DATABASE_URL, CELERY_BROKER_URL and MLFLOW_TRACKING_URI to use
 PostgreSQL, Redis (or RabbitMQ) and a remote MLflow instead.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,12 +32,19 @@ def _code_version() -> str:
         return explicit
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=BASE_DIR, capture_output=True,
-            text=True, timeout=5, check=True,
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=BASE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=BASE_DIR,
-            capture_output=True, text=True, timeout=5,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=BASE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
         return f"{sha}-dirty" if dirty else sha
     except (OSError, subprocess.SubprocessError):
@@ -203,8 +211,11 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # intervals (10 s) of its last renewal. While training, renewals come about every second.
 REFINERY_HEARTBEAT_SECONDS = float(os.environ.get("REFINERY_HEARTBEAT_SECONDS", 5))
 _reaper_seconds = max(1, int(REFINERY_HEARTBEAT_SECONDS / 2))  # as jobs.app.reaper_interval_seconds()
-REFINERY_LEASE_SECONDS = float(os.environ.get(
-    "REFINERY_LEASE_SECONDS", max(REFINERY_HEARTBEAT_SECONDS + 1, 2 * REFINERY_HEARTBEAT_SECONDS - _reaper_seconds)))
+REFINERY_LEASE_SECONDS = float(
+    os.environ.get(
+        "REFINERY_LEASE_SECONDS", max(REFINERY_HEARTBEAT_SECONDS + 1, 2 * REFINERY_HEARTBEAT_SECONDS - _reaper_seconds)
+    )
+)
 REFINERY_REDISPATCH_SECONDS = float(os.environ.get("REFINERY_REDISPATCH_SECONDS", 300))
 # How long a supervisor waits out a database outage (PostgreSQL restarting) before giving up.
 REFINERY_DB_OUTAGE_SECONDS = float(os.environ.get("REFINERY_DB_OUTAGE_SECONDS", 600))
@@ -290,13 +301,28 @@ def _quota_env(name: str, *, size: bool = False) -> int | None:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return None
-    units = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-             "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4} if size else {"": 1}
+    units = (
+        {
+            "": 1,
+            "b": 1,
+            "kb": 1000,
+            "mb": 1000**2,
+            "gb": 1000**3,
+            "tb": 1000**4,
+            "kib": 1024,
+            "mib": 1024**2,
+            "gib": 1024**3,
+            "tib": 1024**4,
+        }
+        if size
+        else {"": 1}
+    )
     number = raw.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ ")
-    unit = raw[len(number):].strip().lower()
+    unit = raw[len(number) :].strip().lower()
     if unit not in units or not number.strip():
-        raise ValueError(f"{name}={raw!r}: expected a whole number" + (" with an optional unit (GiB, GB...)"
-                                                                       if size else ""))
+        raise ValueError(
+            f"{name}={raw!r}: expected a whole number" + (" with an optional unit (GiB, GB...)" if size else "")
+        )
     return int(float(number) * units[unit])
 
 
@@ -360,8 +386,11 @@ AXES_CLIENT_IP_CALLABLE = "refinery.core.auth_backends.client_ip"
 # REFINERY_MODEL_ROOTS lists absolute folders (separated by os.pathsep or commas); "{team}" in one
 # becomes the team's id, giving each team a folder of its own. Unset: VAR_DIR/models/{team}.
 # Uploaded models go to the first root that names "{team}".
-REFINERY_MODEL_ROOTS = [p.strip() for p in os.environ.get("REFINERY_MODEL_ROOTS", "").replace(",", os.pathsep)
-                        .split(os.pathsep) if p.strip()]
+REFINERY_MODEL_ROOTS = [
+    p.strip()
+    for p in os.environ.get("REFINERY_MODEL_ROOTS", "").replace(",", os.pathsep).split(os.pathsep)
+    if p.strip()
+]
 # Checkpoints a retry of a stage resumes from: CHECKPOINT_DIR/<team id>/<opaque token per stage>/
 # (outside every model root; removed when the stage ends). Unset: VAR_DIR/checkpoints.
 REFINERY_CHECKPOINT_DIR = Path(os.environ.get("REFINERY_CHECKPOINT_DIR") or VAR_DIR / "checkpoints")
@@ -372,7 +401,9 @@ REFINERY_MAX_MODEL_UPLOAD_MEMBERS = int(os.environ.get("REFINERY_MAX_MODEL_UPLOA
 # --- proof ---
 # Input the database cannot store (a NUL character; a number out of range) gets 400, not a 500.
 # Before AxesMiddleware, which must stay last (django-axes).
-MIDDLEWARE.insert(MIDDLEWARE.index("axes.middleware.AxesMiddleware"), "refinery.core.middleware.RejectUnstorableInputMiddleware")
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("axes.middleware.AxesMiddleware"), "refinery.core.middleware.RejectUnstorableInputMiddleware"
+)
 
 # --- notify ---
 # Notifications (refinery.notifications): signed webhooks and email, delivered by the cpu worker.
@@ -383,8 +414,9 @@ REFINERY_WEBHOOK_ALLOW_PRIVATE = env_bool("REFINERY_WEBHOOK_ALLOW_PRIVATE", Fals
 REFINERY_WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("REFINERY_WEBHOOK_TIMEOUT_SECONDS", 5))
 # Attempts per event and endpoint, and the waits between them (seconds; the last one repeats).
 REFINERY_WEBHOOK_MAX_ATTEMPTS = int(os.environ.get("REFINERY_WEBHOOK_MAX_ATTEMPTS", 6))
-REFINERY_WEBHOOK_BACKOFF_SECONDS = [float(s) for s in os.environ.get(
-    "REFINERY_WEBHOOK_BACKOFF_SECONDS", "10,30,90,270,810").split(",") if s.strip()]
+REFINERY_WEBHOOK_BACKOFF_SECONDS = [
+    float(s) for s in os.environ.get("REFINERY_WEBHOOK_BACKOFF_SECONDS", "10,30,90,270,810").split(",") if s.strip()
+]
 # How often beat sends due attempts (retries, and any wake-up a lost message left behind).
 REFINERY_NOTIFY_POLL_SECONDS = int(os.environ.get("REFINERY_NOTIFY_POLL_SECONDS", 10))
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")

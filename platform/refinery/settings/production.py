@@ -5,6 +5,7 @@ proxy that terminates TLS and sets X-Forwarded-Proto; with it, `manage.py check 
 reports no warnings. Each HTTPS setting can be turned off by its variable for a deployment
 that does the job elsewhere; turning one off silences only that setting's deploy check.
 """
+
 import os
 
 from django.core.exceptions import ImproperlyConfigured

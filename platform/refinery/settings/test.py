@@ -1,4 +1,5 @@
 """Test settings: real PostgreSQL and Redis by default (URLs from the environment)."""
+
 import os
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/refinery")

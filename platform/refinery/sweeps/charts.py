@@ -1,5 +1,6 @@
 """Scatter plots of a sweep, one per parameter (x: the parameter's value, y: the metric), as geometry for an
 inline SVG (templates/sweeps/scatter.html): no JavaScript, every point a link to its run."""
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,9 @@ def _linear_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
 class _Axis:
     """Maps data values to pixels between `start` and `end`: numeric (linear or log) or categories."""
 
-    def __init__(self, values: list[Any], start: float, end: float, *, categories: list[Any] | None = None,
-                 pad: float = 0.06):
+    def __init__(
+        self, values: list[Any], start: float, end: float, *, categories: list[Any] | None = None, pad: float = 0.06
+    ):
         self.start, self.end = start, end
         self.categories = categories
         self.log = False
@@ -65,7 +67,7 @@ class _Axis:
         elif len(set(values)) <= 6:
             picked = sorted(set(values))  # a grid's values: label each one
         elif self.log:
-            picked = [10.0 ** p for p in range(math.ceil(self.lo), math.floor(self.hi) + 1)]
+            picked = [10.0**p for p in range(math.ceil(self.lo), math.floor(self.hi) + 1)]
             if len(picked) < 2:
                 picked = [min(values), max(values)]
         else:
@@ -84,8 +86,15 @@ def sweep_scatters(*, sweep, results) -> list[dict]:
         return []
     ys = [r.value for r in rows]
     y_axis = _Axis(ys, HEIGHT - BOTTOM, TOP, pad=0.1)
-    y_ticks = [{"at": y_axis(v), "label": label(v)} for v in _linear_ticks(y_axis.lo, y_axis.hi)
-               if y_axis.lo <= v <= y_axis.hi] if not y_axis.log else y_axis.ticks(ys)
+    y_ticks = (
+        [
+            {"at": y_axis(v), "label": label(v)}
+            for v in _linear_ticks(y_axis.lo, y_axis.hi)
+            if y_axis.lo <= v <= y_axis.hi
+        ]
+        if not y_axis.log
+        else y_axis.ticks(ys)
+    )
     charts = []
     for i, parameter in enumerate(sweep.parameters):
         xs = [r.params[i][1] for r in rows]
@@ -95,17 +104,35 @@ def sweep_scatters(*, sweep, results) -> list[dict]:
             order = [v for v in parameter.get("values") or [] if v in xs]
             categories = order + sorted({v for v in xs if v not in order}, key=str)
             x_axis = _Axis(xs, LEFT, WIDTH - RIGHT, categories=categories)
-        points = [{
-            "x": x_axis(x), "y": y_axis(r.value), "best": r.best, "run": r.run.number,
-            "url": reverse("runs:detail", args=[r.run.number]),
-            "title": f"#{r.trial.index} (run #{r.run.number}): {parameter['path']}={label(x)}, "
-                     f"{results.metric}={label(r.value)}",
-        } for x, r in zip(xs, rows)]
+        points = [
+            {
+                "x": x_axis(x),
+                "y": y_axis(r.value),
+                "best": r.best,
+                "run": r.run.number,
+                "url": reverse("runs:detail", args=[r.run.number]),
+                "title": f"#{r.trial.index} (run #{r.run.number}): {parameter['path']}={label(x)}, "
+                f"{results.metric}={label(r.value)}",
+            }
+            for x, r in zip(xs, rows)
+        ]
         points.sort(key=lambda p: p["best"])  # the best point is drawn last, on top
-        charts.append({
-            "path": parameter["path"], "log": x_axis.log, "points": points,
-            "x_ticks": x_axis.ticks(xs), "y_ticks": y_ticks,
-            "width": WIDTH, "height": HEIGHT, "left": LEFT, "right": WIDTH - RIGHT, "top": TOP,
-            "bottom": HEIGHT - BOTTOM, "tick_x": LEFT - 6, "tick_y": HEIGHT - BOTTOM + 16, "metric": results.metric,
-        })
+        charts.append(
+            {
+                "path": parameter["path"],
+                "log": x_axis.log,
+                "points": points,
+                "x_ticks": x_axis.ticks(xs),
+                "y_ticks": y_ticks,
+                "width": WIDTH,
+                "height": HEIGHT,
+                "left": LEFT,
+                "right": WIDTH - RIGHT,
+                "top": TOP,
+                "bottom": HEIGHT - BOTTOM,
+                "tick_x": LEFT - 6,
+                "tick_y": HEIGHT - BOTTOM + 16,
+                "metric": results.metric,
+            }
+        )
     return charts

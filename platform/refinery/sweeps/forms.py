@@ -1,4 +1,5 @@
 """The sweep form's shape: parameter rows (params-<i>-path, -values, -min, -max, -scale) to parameters."""
+
 from __future__ import annotations
 
 import re
@@ -24,7 +25,7 @@ def parse_rows(data: QueryDict) -> list[dict[str, str]]:
 
 
 def split_values(text: str) -> list[str]:
-    """"1e-4, 3e-4, 1e-3" (commas or spaces) -> ["1e-4", "3e-4", "1e-3"]."""
+    """ "1e-4, 3e-4, 1e-3" (commas or spaces) -> ["1e-4", "3e-4", "1e-3"]."""
     return [v for v in re.split(r"[,\s]+", text) if v]
 
 
@@ -33,8 +34,9 @@ def parameters_from_rows(rows: list[dict[str, str]]) -> list[dict]:
     parameters = []
     for row in rows:
         if row["values"]:
-            parameters.append({"path": row["path"], "values": split_values(row["values"]), "min": row["min"],
-                               "max": row["max"]})
+            parameters.append(
+                {"path": row["path"], "values": split_values(row["values"]), "min": row["min"], "max": row["max"]}
+            )
         elif row["min"] or row["max"]:
             parameters.append({"path": row["path"], "min": row["min"], "max": row["max"], "scale": row["scale"]})
         else:
@@ -46,4 +48,4 @@ def padded(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     """Rows for the form: the given ones plus blank ones, at least MIN_ROWS and one spare."""
     blank = dict.fromkeys(ROW_FIELDS, "") | {"scale": "linear"}
     count = min(MAX_ROWS, max(MIN_ROWS, len(rows) + 1))
-    return (rows + [dict(blank) for _ in range(count)])[:max(count, len(rows))]
+    return (rows + [dict(blank) for _ in range(count)])[: max(count, len(rows))]

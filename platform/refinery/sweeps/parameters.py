@@ -3,6 +3,7 @@
 Pure functions on specs (no database): the service checks each trial's whole spec afterwards with
 refinery.pipelines.specs.pipeline_spec_normalize, exactly as an edit of the pipeline would be checked.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -113,12 +114,12 @@ def parameters_check(*, spec: dict, mode: str, parameters: Any) -> tuple[list[di
         label = f"parameter {i + 1} ({path})" if path else f"parameter {i + 1}"
         match = OVERRIDE_RE.match(path)
         if not match:
-            errors[f"{where}.path"] = (f"{label}: write the path as <stage>.config.<field> or "
-                                       "<stage>.adapter.<field>")
+            errors[f"{where}.path"] = f"{label}: write the path as <stage>.config.<field> or <stage>.adapter.<field>"
             continue
         if match["stage"] not in stages:
-            errors[f"{where}.path"] = (f"{label}: the pipeline has no stage {match['stage']!r} "
-                                       f"(stages: {', '.join(n for n in stages if n)})")
+            errors[f"{where}.path"] = (
+                f"{label}: the pipeline has no stage {match['stage']!r} (stages: {', '.join(n for n in stages if n)})"
+            )
             continue
         field = fields.get(path)
         if field is None:
@@ -128,10 +129,12 @@ def parameters_check(*, spec: dict, mode: str, parameters: Any) -> tuple[list[di
                 errors[f"{where}.path"] = f"{label}: a {stage['method']} stage trains no adapter"
                 continue
             prefix = f"{match['stage']}.{match['part']}."
-            known = [p[len(prefix):] for p in fields if p.startswith(prefix)]
+            known = [p[len(prefix) :] for p in fields if p.startswith(prefix)]
             close = difflib.get_close_matches(match["field"], known, n=1)
-            errors[f"{where}.path"] = (f"{label}: {stage.get('method')} has no {match['part']} field "
-                                       f"{match['field']!r}" + (f" (did you mean {close[0]}?)" if close else ""))
+            errors[f"{where}.path"] = (
+                f"{label}: {stage.get('method')} has no {match['part']} field "
+                f"{match['field']!r}" + (f" (did you mean {close[0]}?)" if close else "")
+            )
             continue
         if path in seen:
             errors[f"{where}.path"] = f"{label}: this setting is listed twice"
@@ -146,9 +149,9 @@ def parameters_check(*, spec: dict, mode: str, parameters: Any) -> tuple[list[di
             if item is not None:
                 checked.append({"path": path, **item})
         elif values in (None, [], ""):
-            errors[f"{where}.values"] = (f"{label}: give the values to try" +
-                                         (" (or min and max)" if mode == "random" and field["type"] in NUMERIC
-                                          else ""))
+            errors[f"{where}.values"] = f"{label}: give the values to try" + (
+                " (or min and max)" if mode == "random" and field["type"] in NUMERIC else ""
+            )
         elif not isinstance(values, list):
             errors[f"{where}.values"] = f"{label}: values must be a list"
         else:

@@ -15,7 +15,8 @@ from refinery.teams.models import Team
 def sweep_list(*, team: Team) -> QuerySet[Sweep]:
     """The team's sweeps with their number of trials and how many of those runs are active, succeeded, failed."""
     return (
-        Sweep.objects.filter(team=team).select_related("pipeline", "pipeline_version", "created_by")
+        Sweep.objects.filter(team=team)
+        .select_related("pipeline", "pipeline_version", "created_by")
         .annotate(
             trial_count=Count("trials"),
             active_count=Count("trials", filter=Q(trials__run__status__in=ACTIVE_STATES)),
@@ -44,8 +45,11 @@ def sweep_trials(*, sweep: Sweep) -> list[SweepTrial]:
     queries, however many trials."""
     stages = StageRun.objects.only("id", "run_id", "index", "name", "method", "status", "summary").order_by("index")
     return list(
-        SweepTrial.objects.filter(sweep=sweep, run__team_id=sweep.team_id).select_related("run").defer("run__snapshot")
-        .prefetch_related(Prefetch("run__stages", queryset=stages)).order_by("index")
+        SweepTrial.objects.filter(sweep=sweep, run__team_id=sweep.team_id)
+        .select_related("run")
+        .defer("run__snapshot")
+        .prefetch_related(Prefetch("run__stages", queryset=stages))
+        .order_by("index")
     )
 
 
@@ -108,8 +112,15 @@ def sweep_results(*, sweep: Sweep, metric: str | None = None, goal: str | None =
         metrics = run_summary_metrics(trial.run)
         keys.update(metrics)
         counts[trial.run.status] = counts.get(trial.run.status, 0) + 1
-        rows.append(TrialResult(trial=trial, run=trial.run, params=[(p, trial.params.get(p)) for p in sweep.paths],
-                                value=metrics.get(metric), metrics=metrics))
+        rows.append(
+            TrialResult(
+                trial=trial,
+                run=trial.run,
+                params=[(p, trial.params.get(p)) for p in sweep.paths],
+                value=metrics.get(metric),
+                metrics=metrics,
+            )
+        )
     sign = 1 if goal == "min" else -1
     rows.sort(key=lambda r: (r.value is None, sign * r.value if r.value is not None else 0, r.trial.index))
     for rank, row in enumerate((r for r in rows if r.value is not None), 1):

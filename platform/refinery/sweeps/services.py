@@ -1,4 +1,5 @@
 """Sweeps: check every trial of a grid or random sample first, then queue all their runs in one transaction."""
+
 from __future__ import annotations
 
 import re
@@ -46,7 +47,7 @@ def _fmt(value: Any) -> str:
 
 
 def _trial_label(index: int, overrides: dict[str, Any], key: str, stage_names: list[str]) -> str:
-    """"trial 3 (a.config.learning_rate=7)": the parameter the error is about, or all of the trial's."""
+    """ "trial 3 (a.config.learning_rate=7)": the parameter the error is about, or all of the trial's."""
     match = _STAGE_KEY.match(key)
     path = None
     if match and int(match["index"]) < len(stage_names):
@@ -64,8 +65,18 @@ def _int_or_none(value: Any) -> int | None | str:
         return str(value)
 
 
-def sweep_plan(*, pipeline: Pipeline, version: PipelineVersion, name: str, mode: str, parameters: Any,
-               metric: str, goal: str, samples: Any = None, seed: Any = None) -> SweepPlan:
+def sweep_plan(
+    *,
+    pipeline: Pipeline,
+    version: PipelineVersion,
+    name: str,
+    mode: str,
+    parameters: Any,
+    metric: str,
+    goal: str,
+    samples: Any = None,
+    seed: Any = None,
+) -> SweepPlan:
     """Check a sweep without saving anything: its fields, each parameter against the version's stages, the
     number of runs, and every trial's whole spec as pipeline_spec_normalize sees it. Raises SweepError
     with every problem found, each naming the field, parameter or trial (and value) it is about."""
@@ -101,8 +112,12 @@ def sweep_plan(*, pipeline: Pipeline, version: PipelineVersion, name: str, mode:
     count = trial_count(mode=mode, parameters=checked, samples=samples)
     if count > MAX_TRIALS:
         sizes = " x ".join(str(len(p["values"])) for p in checked)
-        raise SweepError({"parameters": f"parameters: this grid makes {sizes} = {count} runs; a sweep makes at "
-                                        f"most {MAX_TRIALS}. Drop some values or use a random sweep"})
+        raise SweepError(
+            {
+                "parameters": f"parameters: this grid makes {sizes} = {count} runs; a sweep makes at "
+                f"most {MAX_TRIALS}. Drop some values or use a random sweep"
+            }
+        )
     trials = trial_overrides(spec=version.spec, mode=mode, parameters=checked, samples=samples, seed=seed)
     failing: list[int] = []
     stage_names: list[str] = []
@@ -114,8 +129,10 @@ def sweep_plan(*, pipeline: Pipeline, version: PipelineVersion, name: str, mode:
         except SpecError as exc:
             failing.append(index)
             if len(failing) <= MAX_TRIAL_ERRORS:
-                errors[f"trials.{index}"] = "; ".join(f"{_trial_label(index, overrides, key, spec_names)}: {message}"
-                                                      for key, message in exc.errors.items())
+                errors[f"trials.{index}"] = "; ".join(
+                    f"{_trial_label(index, overrides, key, spec_names)}: {message}"
+                    for key, message in exc.errors.items()
+                )
             continue
         if not stage_names:
             stage_names = [s["name"] for s in normalized["stages"] + auto_evaluate_stages(normalized)]
@@ -123,43 +140,81 @@ def sweep_plan(*, pipeline: Pipeline, version: PipelineVersion, name: str, mode:
         errors["trials"] = f"and {len(failing) - MAX_TRIAL_ERRORS} more of the {count} trials fail too"
     stage = metric.split("/", 1)[0]
     if stage_names and stage not in stage_names:
-        errors["metric"] = (f"metric: {metric!r} names no stage of this pipeline's runs "
-                            f"(stages: {', '.join(stage_names)})")
+        errors["metric"] = (
+            f"metric: {metric!r} names no stage of this pipeline's runs (stages: {', '.join(stage_names)})"
+        )
     if errors:
         raise SweepError(errors)
-    return SweepPlan(name=name, mode=mode, parameters=checked, samples=samples, metric=metric, goal=goal, seed=seed,
-                     trials=trials)
+    return SweepPlan(
+        name=name, mode=mode, parameters=checked, samples=samples, metric=metric, goal=goal, seed=seed, trials=trials
+    )
 
 
 @transaction.atomic
-def sweep_create(*, pipeline: Pipeline, user, name: str, mode: str, parameters: Any, metric: str, goal: str,
-                 samples: Any = None, seed: Any = None, version: PipelineVersion | None = None) -> Sweep:
+def sweep_create(
+    *,
+    pipeline: Pipeline,
+    user,
+    name: str,
+    mode: str,
+    parameters: Any,
+    metric: str,
+    goal: str,
+    samples: Any = None,
+    seed: Any = None,
+    version: PipelineVersion | None = None,
+) -> Sweep:
     """Run a pipeline version (the current one by default) once per trial of a grid or random sample of its
     settings. Every trial is checked first (sweep_plan); then all runs are created and queued together, in
     this one transaction: all of them or, on any error, none (and no sweep)."""
     version = version or pipeline_current_version(pipeline)
     if version.pipeline_id != pipeline.pk:
         raise SweepError({"version": f"version: v{version.number} is not a version of {pipeline.name!r}"})
-    plan = sweep_plan(pipeline=pipeline, version=version, name=name, mode=mode, parameters=parameters,
-                      metric=metric, goal=goal, samples=samples, seed=seed)
+    plan = sweep_plan(
+        pipeline=pipeline,
+        version=version,
+        name=name,
+        mode=mode,
+        parameters=parameters,
+        metric=metric,
+        goal=goal,
+        samples=samples,
+        seed=seed,
+    )
     try:  # all of the sweep's runs against the team's queued-runs limit, before any is made
         team_runs_check(team=pipeline.team, adding=len(plan.trials))
     except QuotaExceeded as exc:
         raise SweepError({"runs": str(exc)}) from None
     sweep = Sweep.objects.create(
-        team=pipeline.team, pipeline=pipeline, pipeline_version=version, name=plan.name, mode=plan.mode,
-        parameters=plan.parameters, samples=plan.samples, metric=plan.metric, goal=plan.goal, seed=plan.seed,
+        team=pipeline.team,
+        pipeline=pipeline,
+        pipeline_version=version,
+        name=plan.name,
+        mode=plan.mode,
+        parameters=plan.parameters,
+        samples=plan.samples,
+        metric=plan.metric,
+        goal=plan.goal,
+        seed=plan.seed,
         created_by=user,
     )
     trials = []
     for index, overrides in enumerate(plan.trials, 1):
         try:
-            run = run_create(pipeline=pipeline, user=user, version=version, name=f"{plan.name} #{index}",
-                             overrides=overrides)
+            run = run_create(
+                pipeline=pipeline, user=user, version=version, name=f"{plan.name} #{index}", overrides=overrides
+            )
         except RunError as exc:  # the datasets changed since the check; the transaction undoes the others
             raise SweepError({f"trials.{index}": f"trial {index}: {exc}"}) from None
         trials.append(SweepTrial(sweep=sweep, run=run, index=index, params=overrides))
     SweepTrial.objects.bulk_create(trials)
-    audit(team=pipeline.team, user=user, action="sweep.created", target=plan.name, runs=len(trials),
-          pipeline=pipeline.name, version=version.number)
+    audit(
+        team=pipeline.team,
+        user=user,
+        action="sweep.created",
+        target=plan.name,
+        runs=len(trials),
+        pipeline=pipeline.name,
+        version=version.number,
+    )
     return sweep

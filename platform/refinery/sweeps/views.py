@@ -18,8 +18,12 @@ from refinery.sweeps.selectors import metric_suggestions, sweep_get, sweep_list,
 from refinery.sweeps.services import SweepError, sweep_create
 
 # Placeholders for the parameter rows: settings people sweep first, with typical values.
-EXAMPLES = ((".config.learning_rate", "1e-4, 3e-4, 1e-3"), (".adapter.r", "4, 8, 16"),
-            (".config.num_train_epochs", "1, 2, 3"), (".config.beta", "0.05, 0.1, 0.5"))
+EXAMPLES = (
+    (".config.learning_rate", "1e-4, 3e-4, 1e-3"),
+    (".adapter.r", "4, 8, 16"),
+    (".config.num_train_epochs", "1, 2, 3"),
+    (".config.beta", "0.05, 0.1, 0.5"),
+)
 
 
 @require_GET
@@ -27,8 +31,7 @@ EXAMPLES = ((".config.learning_rate", "1e-4, 3e-4, 1e-3"), (".adapter.r", "4, 8,
 def sweep_list_view(request):
     sweeps = list(sweep_list(team=request.team))
     for sweep in sweeps:
-        sweep.status = sweep_status(total=sweep.trial_count, active=sweep.active_count,
-                                    succeeded=sweep.succeeded_count)
+        sweep.status = sweep_status(total=sweep.trial_count, active=sweep.active_count, succeeded=sweep.succeeded_count)
     return render(request, "sweeps/list.html", {"sweeps": sweeps, "nav": "sweeps"})
 
 
@@ -39,8 +42,9 @@ def _pipeline_or_404(request, pk) -> Pipeline:
         raise Http404("no such pipeline in this team") from None
 
 
-def _form_context(request, *, pipeline: Pipeline | None, values: dict, rows: list[dict],
-                  errors: dict[str, str]) -> dict:
+def _form_context(
+    request, *, pipeline: Pipeline | None, values: dict, rows: list[dict], errors: dict[str, str]
+) -> dict:
     context = {"values": values, "errors": errors, "pipeline": pipeline, "max_trials": MAX_TRIALS, "nav": "sweeps"}
     if pipeline is None:
         context["pipelines"] = pipeline_list(team=request.team)
@@ -51,8 +55,9 @@ def _form_context(request, *, pipeline: Pipeline | None, values: dict, rows: lis
     rows = padded(rows)
     for i, row in enumerate(rows):
         # "bad_<part>" rather than a dict: a template would read errors.values as the dict's method.
-        row.update({f"bad_{name}": f"parameters.{i}.{name}" in errors for name in ("path", "values", "min", "max",
-                                                                                    "scale")})
+        row.update(
+            {f"bad_{name}": f"parameters.{i}.{name}" in errors for name in ("path", "values", "min", "max", "scale")}
+        )
         row["hint_path"], row["hint_values"] = examples[i % len(examples)] if examples else ("", "")
     context.update(
         version=version,
@@ -74,16 +79,25 @@ def sweep_create_view(request):
         if pipeline is not None:
             _, values["metric"], values["goal"] = metric_suggestions(version=pipeline_current_version(pipeline))
             values["name"] = f"{pipeline.name}-sweep"
-        return render(request, "sweeps/form.html",
-                      _form_context(request, pipeline=pipeline, values=values, rows=rows, errors={}))
+        return render(
+            request, "sweeps/form.html", _form_context(request, pipeline=pipeline, values=values, rows=rows, errors={})
+        )
     if pipeline is None:
         raise Http404("choose a pipeline")
     values = {key: request.POST.get(key, "").strip() for key in ("name", "mode", "samples", "seed", "metric", "goal")}
     rows = parse_rows(request.POST)
     try:
-        sweep = sweep_create(pipeline=pipeline, user=request.user, name=values["name"], mode=values["mode"],
-                             parameters=parameters_from_rows(rows), samples=values["samples"], seed=values["seed"],
-                             metric=values["metric"], goal=values["goal"])
+        sweep = sweep_create(
+            pipeline=pipeline,
+            user=request.user,
+            name=values["name"],
+            mode=values["mode"],
+            parameters=parameters_from_rows(rows),
+            samples=values["samples"],
+            seed=values["seed"],
+            metric=values["metric"],
+            goal=values["goal"],
+        )
     except SweepError as exc:
         context = _form_context(request, pipeline=pipeline, values=values, rows=rows, errors=exc.errors)
         return render(request, "sweeps/form.html", context, status=400)
@@ -103,14 +117,20 @@ def _sweep_or_404(request, pk: int) -> Sweep:
 def sweep_detail_view(request, pk: int):
     """The trials ranked by a metric (?metric=, ?goal=), one scatter per parameter; polls while runs are active."""
     sweep = _sweep_or_404(request, pk)
-    results = sweep_results(sweep=sweep, metric=request.GET.get("metric", "").strip() or None,
-                            goal=request.GET.get("goal") or None)
+    results = sweep_results(
+        sweep=sweep, metric=request.GET.get("metric", "").strip() or None, goal=request.GET.get("goal") or None
+    )
     columns = []
     for path in sweep.paths:
         stage, part, field = path.split(".", 2)
         columns.append({"path": path, "stage": stage, "part": part, "field": field})
-    context = {"sweep": sweep, "results": results, "columns": columns, "nav": "sweeps",
-               "charts": sweep_scatters(sweep=sweep, results=results)}
+    context = {
+        "sweep": sweep,
+        "results": results,
+        "columns": columns,
+        "nav": "sweeps",
+        "charts": sweep_scatters(sweep=sweep, results=results),
+    }
     if request.htmx and request.htmx.target == "sweep-live":
         response = render(request, "sweeps/detail.html#sweep-live", context)
         return response if results.active else HttpResponseStopPolling(response.content)

@@ -17,8 +17,17 @@ class TeamAdmin(admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ("user", "team", "name", "key_prefix", "scope", "created_at", "expires_at", "last_used_at",
-                    "revoked_at")
+    list_display = (
+        "user",
+        "team",
+        "name",
+        "key_prefix",
+        "scope",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+    )
     readonly_fields = ("key_hash", "key_prefix")
 
 
@@ -32,6 +41,7 @@ class AuditEventAdmin(admin.ModelAdmin):
 class InvitationAdmin(admin.ModelAdmin):
     list_display = ("team", "role", "email", "created_by", "created_at", "expires_at", "accepted_by", "revoked_at")
     readonly_fields = ("key_hash",)
+
 
 @admin.register(TeamQuota)
 class TeamQuotaAdmin(admin.ModelAdmin):

@@ -1,4 +1,5 @@
 """The team's audit log: what is recorded (labels for each action), how it reads, and who may see it."""
+
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model

@@ -1,4 +1,5 @@
 """The team's audit log, for its owners (404 for everyone else: members and viewers do not learn it exists)."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -24,13 +25,27 @@ def audit_view(request, team_id: int):
         user_id = int(request.GET.get("user") or 0) or None
     except ValueError:
         user_id = None
-    page = Paginator(audit_event_list(team=team, action=action, user_id=user_id),
-                     settings.REFINERY_AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = Paginator(
+        audit_event_list(team=team, action=action, user_id=user_id), settings.REFINERY_AUDIT_PAGE_SIZE
+    ).get_page(request.GET.get("page"))
     for event in page:
         event.label, event.text = action_label(event.action), detail_text(event.detail)
     actions, users = audit_filter_choices(team=team)
     query = request.GET.copy()
     query.pop("page", None)
-    return render(request, "teams/audit.html", {
-        "team": team, "is_owner": True, "page": page, "actions": actions, "users": users, "action": action or "",
-        "user_id": user_id, "query": query.urlencode(), "nav": "teams", "tab": "audit"})
+    return render(
+        request,
+        "teams/audit.html",
+        {
+            "team": team,
+            "is_owner": True,
+            "page": page,
+            "actions": actions,
+            "users": users,
+            "action": action or "",
+            "user_id": user_id,
+            "query": query.urlencode(),
+            "nav": "teams",
+            "tab": "audit",
+        },
+    )

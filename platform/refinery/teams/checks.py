@@ -1,4 +1,5 @@
 """System checks of the teams app."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -12,10 +13,12 @@ def secrets_key_check(app_configs=None, **kwargs) -> list[Error]:
     stored hub token unreadable)."""
     if not getattr(settings, "REFINERY_REQUIRE_SECRETS_KEY", False) or getattr(settings, "REFINERY_SECRETS_KEY", ""):
         return []
-    return [Error(
-        "REFINERY_SECRETS_KEY is not set: team secrets (hub tokens) would be encrypted with a key derived from "
-        "DJANGO_SECRET_KEY.",
-        hint='Set REFINERY_SECRETS_KEY to a long random string, e.g. python -c "import secrets; '
-             'print(secrets.token_urlsafe(48))", and keep it (losing it makes stored hub tokens unreadable).',
-        id="teams.E001",
-    )]
+    return [
+        Error(
+            "REFINERY_SECRETS_KEY is not set: team secrets (hub tokens) would be encrypted with a key derived from "
+            "DJANGO_SECRET_KEY.",
+            hint='Set REFINERY_SECRETS_KEY to a long random string, e.g. python -c "import secrets; '
+            'print(secrets.token_urlsafe(48))", and keep it (losing it makes stored hub tokens unreadable).',
+            id="teams.E001",
+        )
+    ]

@@ -13,8 +13,9 @@ class TeamCreateForm(forms.Form):
 
 class InvitationForm(forms.Form):
     role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.MEMBER)
-    email = forms.EmailField(required=False, help_text="Optional: who it is for (a note; the link works for anyone "
-                                                        "who has it).")
+    email = forms.EmailField(
+        required=False, help_text="Optional: who it is for (a note; the link works for anyone who has it)."
+    )
 
 
 class RoleForm(forms.Form):
@@ -27,8 +28,11 @@ def _expiry_choices():
 
 class TokenForm(forms.Form):
     name = forms.CharField(max_length=100, initial="cli", help_text="A label, e.g. the script or machine using it.")
-    scope = forms.ChoiceField(choices=ApiToken.Scope.choices, initial=ApiToken.Scope.READ,
-                              help_text="Read-only tokens get 403 on every POST, PUT, PATCH and DELETE.")
+    scope = forms.ChoiceField(
+        choices=ApiToken.Scope.choices,
+        initial=ApiToken.Scope.READ,
+        help_text="Read-only tokens get 403 on every POST, PUT, PATCH and DELETE.",
+    )
     expires_days = forms.TypedChoiceField(coerce=int, label="Expires", help_text="The token stops working then.")
 
     def __init__(self, *args, **kwargs):

@@ -1,5 +1,6 @@
 """Invitations: an owner makes an expiring, single-use link; whoever opens it signed in (or signs up)
 joins the team with the invitation's role. Only the key's sha256 is stored."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -35,8 +36,9 @@ def invitation_get_by_key(*, key: str) -> Invitation | None:
 
 
 @transaction.atomic
-def invitation_create(*, team: Team, actor, role: str, email: str = "", days: int | None = None
-                      ) -> tuple[Invitation, str]:
+def invitation_create(
+    *, team: Team, actor, role: str, email: str = "", days: int | None = None
+) -> tuple[Invitation, str]:
     """An invitation and its plain key (put in the link shown once; never stored)."""
     if not Membership.objects.filter(team=team, user=actor, role=Membership.Role.OWNER).exists():
         raise TeamError("only an owner of this team can invite people")
@@ -47,10 +49,21 @@ def invitation_create(*, team: Team, actor, role: str, email: str = "", days: in
         raise TeamError("an invitation is valid for 1 to 90 days")
     key = Invitation.generate_key()
     invitation = Invitation.objects.create(
-        team=team, role=role, email=(email or "").strip(), key_hash=Invitation.hash_key(key), created_by=actor,
-        expires_at=timezone.now() + timedelta(days=days))
-    audit(team=team, user=actor, action="invitation.created", target=invitation.email or f"invitation #{invitation.pk}",
-          role=role, expires=invitation.expires_at.date().isoformat())
+        team=team,
+        role=role,
+        email=(email or "").strip(),
+        key_hash=Invitation.hash_key(key),
+        created_by=actor,
+        expires_at=timezone.now() + timedelta(days=days),
+    )
+    audit(
+        team=team,
+        user=actor,
+        action="invitation.created",
+        target=invitation.email or f"invitation #{invitation.pk}",
+        role=role,
+        expires=invitation.expires_at.date().isoformat(),
+    )
     return invitation, key
 
 
@@ -65,8 +78,13 @@ def invitation_revoke(*, team: Team, actor, invitation: Invitation) -> Invitatio
         raise TeamError(f"this invitation is already {invitation.state}")
     invitation.revoked_at = timezone.now()
     invitation.save(update_fields=["revoked_at"])
-    audit(team=team, user=actor, action="invitation.revoked", target=invitation.email or f"invitation #{invitation.pk}",
-          role=invitation.role)
+    audit(
+        team=team,
+        user=actor,
+        action="invitation.revoked",
+        target=invitation.email or f"invitation #{invitation.pk}",
+        role=invitation.role,
+    )
     return invitation
 
 
@@ -83,6 +101,12 @@ def invitation_accept(*, invitation: Invitation, user) -> Membership:
     membership = Membership.objects.create(team=team, user=user, role=invitation.role)
     invitation.accepted_by, invitation.accepted_at = user, timezone.now()
     invitation.save(update_fields=["accepted_by", "accepted_at"])
-    audit(team=team, user=user, action="invitation.accepted", target=user.get_username(), role=invitation.role,
-          invitation=invitation.pk)
+    audit(
+        team=team,
+        user=user,
+        action="invitation.accepted",
+        target=user.get_username(),
+        role=invitation.role,
+        invitation=invitation.pk,
+    )
     return membership

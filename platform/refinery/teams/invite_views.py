@@ -1,5 +1,6 @@
 """The invitation link: /teams/join/<key>/. Open to anyone holding the link: a signed-in user accepts it,
 someone without an account signs up (username + password, Django's password validators) and joins at once."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -23,8 +24,9 @@ def _password_backend() -> str:
 
 def _joined(request, membership):
     request.session[SESSION_KEY] = membership.team_id
-    messages.success(request, f"Welcome to {membership.team.name}: you joined as "
-                              f"{membership.get_role_display().lower()}.")
+    messages.success(
+        request, f"Welcome to {membership.team.name}: you joined as {membership.get_role_display().lower()}."
+    )
     return redirect("teams:members", team_id=membership.team_id)
 
 
@@ -34,8 +36,12 @@ def invitation_view(request, key: str):
     if invitation is None:
         return render(request, "teams/invitation.html", {"problem": UNKNOWN}, status=404)
     if not invitation.is_pending:
-        return render(request, "teams/invitation.html", {"problem": STATE_MESSAGES[invitation.state],
-                                                         "invitation": invitation}, status=410)
+        return render(
+            request,
+            "teams/invitation.html",
+            {"problem": STATE_MESSAGES[invitation.state], "invitation": invitation},
+            status=410,
+        )
     context = {"invitation": invitation, "team": invitation.team}
     if request.user.is_authenticated:
         if request.method == "POST":
@@ -57,5 +63,6 @@ def invitation_view(request, key: str):
         else:
             login(request, user, backend=_password_backend())
             return _joined(request, membership)
-    return render(request, "teams/invitation.html", {**context, "form": form},
-                  status=400 if request.method == "POST" else 200)
+    return render(
+        request, "teams/invitation.html", {**context, "form": form}, status=400 if request.method == "POST" else 200
+    )

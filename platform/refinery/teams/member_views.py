@@ -2,6 +2,7 @@
 
 The team comes from the URL and must be one of the user's teams (404 otherwise); every member sees the
 list, only owners change it (403 for members and viewers, as other write views answer viewers)."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -51,9 +52,19 @@ def _owner_team(request, team_id: int) -> Team:
 
 def _context(request, team: Team, me: Membership, **extra) -> dict:
     owner = me.role == Membership.Role.OWNER
-    return {"team": team, "me": me, "is_owner": owner, "members": membership_list(team=team),
-            "roles": Membership.Role.choices, "invitations": invitation_list(team=team)[:50] if owner else [],
-            "invite_form": InvitationForm(), "invitation_days": settings.REFINERY_INVITATION_DAYS, "nav": "teams", "tab": "members", **extra}
+    return {
+        "team": team,
+        "me": me,
+        "is_owner": owner,
+        "members": membership_list(team=team),
+        "roles": Membership.Role.choices,
+        "invitations": invitation_list(team=team)[:50] if owner else [],
+        "invite_form": InvitationForm(),
+        "invitation_days": settings.REFINERY_INVITATION_DAYS,
+        "nav": "teams",
+        "tab": "members",
+        **extra,
+    }
 
 
 @require_GET
@@ -78,17 +89,28 @@ def member_role_view(request, team_id: int, membership_id: int):
         error, status = "choose owner, member or viewer", 400
     else:
         try:
-            membership = membership_role_change(team=team, actor=request.user, membership=membership,
-                                                role=form.cleaned_data["role"])
+            membership = membership_role_change(
+                team=team, actor=request.user, membership=membership, role=form.cleaned_data["role"]
+            )
         except TeamError as exc:
             error, status = str(exc), 400
             membership.refresh_from_db()
     if request.htmx:
         me = membership_get(team=team, user=request.user)
-        return render(request, "teams/members.html#member-row",
-                      {"m": membership, "team": team, "me": me, "is_owner": me and me.role == Membership.Role.OWNER,
-                       "roles": Membership.Role.choices, "row_error": error,
-                       "row_saved": not error}, status=status)
+        return render(
+            request,
+            "teams/members.html#member-row",
+            {
+                "m": membership,
+                "team": team,
+                "me": me,
+                "is_owner": me and me.role == Membership.Role.OWNER,
+                "roles": Membership.Role.choices,
+                "row_error": error,
+                "row_saved": not error,
+            },
+            status=status,
+        )
     if error:
         messages.error(request, error)
     else:
@@ -109,8 +131,10 @@ def member_remove_view(request, team_id: int, membership_id: int):
     except TeamError as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, f"{membership.user.get_username()} was removed from {team.name}; "
-                                  "their API tokens for it are revoked.")
+        messages.success(
+            request,
+            f"{membership.user.get_username()} was removed from {team.name}; their API tokens for it are revoked.",
+        )
     return _back(request, "teams:members", team_id=team.pk)
 
 
@@ -137,13 +161,16 @@ def invitation_create_view(request, team_id: int):
     link, status = None, 400
     if form.is_valid():
         try:
-            invitation, key = invitation_create(team=team, actor=request.user, role=form.cleaned_data["role"],
-                                                email=form.cleaned_data["email"])
+            invitation, key = invitation_create(
+                team=team, actor=request.user, role=form.cleaned_data["role"], email=form.cleaned_data["email"]
+            )
         except TeamError as exc:
             form.add_error(None, str(exc))
         else:
-            link = {"url": request.build_absolute_uri(reverse("teams:invitation", args=[key])),
-                    "invitation": invitation}
+            link = {
+                "url": request.build_absolute_uri(reverse("teams:invitation", args=[key])),
+                "invitation": invitation,
+            }
             form, status = InvitationForm(), 200
     context = _context(request, team, me, invite_form=form, invite_link=link)
     template = "teams/members.html#invite-card" if request.htmx else "teams/members.html"

@@ -3,6 +3,7 @@
 Every write locks all of the team's membership rows first (`select_for_update`), so two concurrent
 demotions or removals of the team's last two owners are serialised: the second sees the first's result
 and is refused."""
+
 from __future__ import annotations
 
 from django.db import transaction
@@ -61,8 +62,14 @@ def membership_role_change(*, team: Team, actor, membership: Membership, role: s
     previous = target.role
     target.role = role
     target.save(update_fields=["role"])
-    audit(team=team, user=actor, action="member.role_changed", target=target.user.get_username(),
-          role=role, previous=previous)
+    audit(
+        team=team,
+        user=actor,
+        action="member.role_changed",
+        target=target.user.get_username(),
+        role=role,
+        previous=previous,
+    )
     return target
 
 

@@ -27,8 +27,9 @@ class Team(models.Model):
     name = models.CharField(max_length=100, unique=True)
     slug = models.SlugField(max_length=100, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="teams")
 
     class Meta:
@@ -117,8 +118,9 @@ class Invitation(ShownOnceKey, models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField()
-    accepted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                    related_name="+")
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     accepted_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
@@ -138,6 +140,7 @@ class Invitation(ShownOnceKey, models.Model):
     @property
     def is_pending(self) -> bool:
         return self.state == self.State.PENDING
+
 
 class TeamSecret(models.Model):
     """A team's credential (its Hugging Face hub token), encrypted with Fernet under REFINERY_SECRETS_KEY
@@ -163,20 +166,27 @@ class TeamSecret(models.Model):
     def __str__(self) -> str:
         return f"{self.team} / {self.name}"
 
+
 class TeamQuota(models.Model):
     """An operator's limits for one team. A blank field means no limit; a team without a row gets the
     REFINERY_QUOTA_* defaults from the settings (refinery.teams.quotas reads both)."""
 
     team = models.OneToOneField(Team, on_delete=models.CASCADE, related_name="quota")
     running_stages = models.PositiveIntegerField(
-        null=True, blank=True, help_text="stages running at once; more wait queued while other teams' stages run")
+        null=True, blank=True, help_text="stages running at once; more wait queued while other teams' stages run"
+    )
     queued_runs = models.PositiveIntegerField(
-        null=True, blank=True, help_text="unfinished (queued or running) runs; a new run or sweep over it is refused")
+        null=True, blank=True, help_text="unfinished (queued or running) runs; a new run or sweep over it is refused"
+    )
     stage_seconds = models.PositiveIntegerField(
-        null=True, blank=True, validators=[MinValueValidator(1)],
-        help_text="wall-clock budget of one stage, in seconds from its first start; then it is stopped and fails")
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="wall-clock budget of one stage, in seconds from its first start; then it is stopped and fails",
+    )
     storage_bytes = models.PositiveBigIntegerField(
-        null=True, blank=True, help_text="total size of the team's dataset versions, in bytes; uploads over it fail")
+        null=True, blank=True, help_text="total size of the team's dataset versions, in bytes; uploads over it fail"
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

@@ -1,4 +1,5 @@
 """The team's quotas and usage, read-only (an operator sets them: admin or `manage.py team_quota`)."""
+
 from __future__ import annotations
 
 from django.shortcuts import render
@@ -14,6 +15,14 @@ from refinery.teams.selectors import membership_get
 @team_required
 def team_quota_view(request):
     membership = membership_get(team=request.team, user=request.user)
-    return render(request, "teams/quota.html", {
-        "rows": quota_rows(team=request.team), "team": request.team, "nav": "teams", "tab": "quota",
-        "is_owner": membership is not None and membership.role == Membership.Role.OWNER})
+    return render(
+        request,
+        "teams/quota.html",
+        {
+            "rows": quota_rows(team=request.team),
+            "team": request.team,
+            "nav": "teams",
+            "tab": "quota",
+            "is_owner": membership is not None and membership.role == Membership.Role.OWNER,
+        },
+    )

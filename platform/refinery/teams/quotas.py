@@ -10,6 +10,7 @@
 A team's TeamQuota row decides its limits (a blank field: no limit); a team without a row gets the
 REFINERY_QUOTA_* settings (unset: no limit).
 """
+
 from __future__ import annotations
 
 import re
@@ -47,10 +48,12 @@ LIMIT_FIELDS = tuple(f.name for f in fields(TeamLimits))
 
 
 def default_limits() -> TeamLimits:
-    return TeamLimits(running_stages=settings.REFINERY_QUOTA_RUNNING_STAGES,
-                      queued_runs=settings.REFINERY_QUOTA_QUEUED_RUNS,
-                      stage_seconds=settings.REFINERY_QUOTA_STAGE_SECONDS,
-                      storage_bytes=settings.REFINERY_QUOTA_STORAGE_BYTES)
+    return TeamLimits(
+        running_stages=settings.REFINERY_QUOTA_RUNNING_STAGES,
+        queued_runs=settings.REFINERY_QUOTA_QUEUED_RUNS,
+        stage_seconds=settings.REFINERY_QUOTA_STAGE_SECONDS,
+        storage_bytes=settings.REFINERY_QUOTA_STORAGE_BYTES,
+    )
 
 
 def _limits_of(row: TeamQuota | None) -> TeamLimits:
@@ -93,9 +96,22 @@ UNFINISHED_RUN_STATES = ("queued", "running", "canceling")
 # --- parsing (the command) ---------------------------------------------------------------------------
 
 
-
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-               "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -111,13 +127,13 @@ def parse_duration(text: str) -> int:
     """ "2h", "90m", "1h30m", "3600" -> seconds."""
     text = (text or "").strip().replace(" ", "")
     parts = re.findall(r"(\d+)([a-zA-Z]*)", text)
-    if not parts or "".join(n + u for n, u in parts) != text or any(u.lower() not in _DURATION_UNITS
-                                                                    for _, u in parts):
+    if not parts or "".join(n + u for n, u in parts) != text or any(u.lower() not in _DURATION_UNITS for _, u in parts):
         raise ValueError(f"{text!r} is not a duration: write seconds or e.g. 2h, 90m, 1h30m")
     return sum(int(n) * _DURATION_UNITS[u.lower()] for n, u in parts)
 
 
 # --- queued runs: checked when a run is queued -------------------------------------------------------
+
 
 def team_runs_check(*, team: Team, adding: int = 1) -> None:
     """Refuse queuing `adding` more runs when the team's unfinished runs would pass its queued-runs limit.
@@ -134,17 +150,23 @@ def team_runs_check(*, team: Team, adding: int = 1) -> None:
     if current + adding <= limit:
         return
     if adding == 1:
-        raise QuotaExceeded(f"team {team.name!r} already has {current} queued or running run{'s' * (current != 1)} "
-                            f"(its limit is {limit}): wait for one to finish or cancel one")
-    raise QuotaExceeded(f"these {adding} runs would give team {team.name!r} {current + adding} queued or running "
-                        f"runs ({current} already), over its limit of {limit}: nothing was queued; wait for runs "
-                        f"to finish, cancel some, or queue at most {max(0, limit - current)}")
+        raise QuotaExceeded(
+            f"team {team.name!r} already has {current} queued or running run{'s' * (current != 1)} "
+            f"(its limit is {limit}): wait for one to finish or cancel one"
+        )
+    raise QuotaExceeded(
+        f"these {adding} runs would give team {team.name!r} {current + adding} queued or running "
+        f"runs ({current} already), over its limit of {limit}: nothing was queued; wait for runs "
+        f"to finish, cancel some, or queue at most {max(0, limit - current)}"
+    )
 
 
 # --- storage: checked while an upload streams ----------------------------------------------------------
 
-def team_storage_guard(*, team: Team, chunks: Iterable[bytes], refuse: type[Exception] = QuotaExceeded
-                       ) -> Iterator[bytes]:
+
+def team_storage_guard(
+    *, team: Team, chunks: Iterable[bytes], refuse: type[Exception] = QuotaExceeded
+) -> Iterator[bytes]:
     """Pass an upload's chunks through, refusing it (raising `refuse` with the message) as soon as the
     team's stored datasets plus this upload pass its storage limit. The rest of the upload is then read
     (not stored, at most REFINERY_MAX_UPLOAD_BYTES) only to name its size in the message."""
@@ -168,13 +190,16 @@ def team_storage_guard(*, team: Team, chunks: Iterable[bytes], refuse: type[Exce
                 if seen > cap:
                     break
             size = format_bytes(seen) if seen <= cap else f"over {format_bytes(cap)}"
-            raise refuse(f"this upload ({size}) would take team {team.name!r} to {format_bytes(used + seen)} of "
-                         f"datasets, over its limit of {format_bytes(limit)}: delete old dataset versions or ask "
-                         "an operator for more")
+            raise refuse(
+                f"this upload ({size}) would take team {team.name!r} to {format_bytes(used + seen)} of "
+                f"datasets, over its limit of {format_bytes(limit)}: delete old dataset versions or ask "
+                "an operator for more"
+            )
         yield chunk
 
 
 # --- wall-clock budget per stage: checked by the supervisor ---------------------------------------------
+
 
 def stage_budget_exceeded(*, started_at: datetime | None, budget_seconds: int | None, now: datetime) -> str | None:
     """The stage's failure message once it has run past its team's budget, else None.
@@ -186,11 +211,14 @@ def stage_budget_exceeded(*, started_at: datetime | None, budget_seconds: int | 
     ran = (now - started_at).total_seconds()
     if ran <= budget_seconds:
         return None
-    return (f"stopped: over the team's wall-clock budget of {format_duration(budget_seconds)} per stage "
-            f"(ran {format_duration(ran, full=True)})")
+    return (
+        f"stopped: over the team's wall-clock budget of {format_duration(budget_seconds)} per stage "
+        f"(ran {format_duration(ran, full=True)})"
+    )
 
 
 # --- fair share: which queued stage a worker takes ------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class QueuedStage:
@@ -233,8 +261,7 @@ def fair_pick(*, queued: Iterable[QueuedStage], teams: dict[int, TeamLoad], name
         stages.sort(key=lambda s: (s.pk != named, s.queued_at, s.pk))
         oldest = min(s.queued_at for s in stages)
         never = load.last_served is None
-        keyed.append(((load.running, not never, load.last_served if not never else oldest, oldest, team_id),
-                      stages))
+        keyed.append(((load.running, not never, load.last_served if not never else oldest, oldest, team_id), stages))
     keyed.sort(key=lambda item: item[0])
     return FairPick(order=[s.pk for _, stages in keyed for s in stages], blocked=blocked)
 
@@ -244,6 +271,7 @@ def waiting_message(limit: int) -> str:
 
 
 # --- operator side --------------------------------------------------------------------------------------
+
 
 @transaction.atomic
 def team_quota_set(*, team: Team, **limits: int | None) -> TeamQuota:
@@ -255,8 +283,9 @@ def team_quota_set(*, team: Team, **limits: int | None) -> TeamQuota:
         raise ValueError(f"unknown limits: {sorted(unknown)}")
     for name, value in limits.items():
         if value is not None and (not isinstance(value, int) or value < (1 if name == "stage_seconds" else 0)):
-            raise ValueError(f"{name}: must be a whole number of at least {1 if name == 'stage_seconds' else 0}, "
-                             f"got {value!r}")
+            raise ValueError(
+                f"{name}: must be a whole number of at least {1 if name == 'stage_seconds' else 0}, got {value!r}"
+            )
     quota = TeamQuota.objects.select_for_update().filter(team=team).first()
     if quota is None:
         quota = TeamQuota(team=team, **{name: getattr(default_limits(), name) for name in LIMIT_FIELDS})
@@ -294,14 +323,32 @@ def quota_rows(*, team: Team) -> list[dict]:
         return None if value is None else fmt(value)
 
     return [
-        {"key": "running_stages", "label": "Running stages", "used": str(usage.running_stages),
-         "limit": shown(limits.running_stages),
-         "effect": "more stages wait in the queue while other teams' stages run"},
-        {"key": "queued_runs", "label": "Queued or running runs", "used": str(usage.queued_runs),
-         "limit": shown(limits.queued_runs), "effect": "a new run, re-run or sweep over the limit is refused"},
-        {"key": "stage_seconds", "label": "Wall-clock budget per stage", "used": None,
-         "limit": shown(limits.stage_seconds, format_duration),
-         "effect": "a stage running longer (from its first start) is stopped and fails"},
-        {"key": "storage_bytes", "label": "Dataset storage", "used": format_bytes(usage.storage_bytes),
-         "limit": shown(limits.storage_bytes, format_bytes), "effect": "an upload that would pass it is refused"},
+        {
+            "key": "running_stages",
+            "label": "Running stages",
+            "used": str(usage.running_stages),
+            "limit": shown(limits.running_stages),
+            "effect": "more stages wait in the queue while other teams' stages run",
+        },
+        {
+            "key": "queued_runs",
+            "label": "Queued or running runs",
+            "used": str(usage.queued_runs),
+            "limit": shown(limits.queued_runs),
+            "effect": "a new run, re-run or sweep over the limit is refused",
+        },
+        {
+            "key": "stage_seconds",
+            "label": "Wall-clock budget per stage",
+            "used": None,
+            "limit": shown(limits.stage_seconds, format_duration),
+            "effect": "a stage running longer (from its first start) is stopped and fails",
+        },
+        {
+            "key": "storage_bytes",
+            "label": "Dataset storage",
+            "used": format_bytes(usage.storage_bytes),
+            "limit": shown(limits.storage_bytes, format_bytes),
+            "effect": "an upload that would pass it is refused",
+        },
     ]

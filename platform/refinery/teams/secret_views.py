@@ -1,5 +1,6 @@
 """The team's secrets page (owners only): set, replace or delete the hub token. Write-only: the page shows
 who set it, when, and its last four characters, never the value."""
+
 from __future__ import annotations
 
 from django.contrib import messages
@@ -37,16 +38,27 @@ def team_secrets_view(request):
     if request.method == "POST":
         name = request.POST.get("name", "")
         try:
-            secret = team_secret_set(team=request.team, user=request.user, name=name,
-                                     value=request.POST.get("value", ""))
+            secret = team_secret_set(
+                team=request.team, user=request.user, name=name, value=request.POST.get("value", "")
+            )
         except TeamSecretError as exc:
             error, status = {"name": name, "message": str(exc)}, 400
         else:
             messages.success(request, f"Saved the team's {secret.get_name_display()} (ends with …{secret.last4}).")
             return redirect("team-secrets")
-    return render(request, "teams/secrets.html", {
-        "rows": _rows(request.team), "error": error, "team": request.team, "is_owner": True,
-        "nav": "teams", "tab": "secrets"}, status=status)
+    return render(
+        request,
+        "teams/secrets.html",
+        {
+            "rows": _rows(request.team),
+            "error": error,
+            "team": request.team,
+            "is_owner": True,
+            "nav": "teams",
+            "tab": "secrets",
+        },
+        status=status,
+    )
 
 
 @require_POST

@@ -46,8 +46,14 @@ def membership_add(*, team: Team, user, role: str = Membership.Role.MEMBER) -> M
 
 
 @transaction.atomic
-def api_token_create(*, user, team: Team | None = None, name: str = "cli", scope: str = ApiToken.Scope.WRITE,
-                     expires_at: datetime | None = None) -> tuple[ApiToken, str]:
+def api_token_create(
+    *,
+    user,
+    team: Team | None = None,
+    name: str = "cli",
+    scope: str = ApiToken.Scope.WRITE,
+    expires_at: datetime | None = None,
+) -> tuple[ApiToken, str]:
     """Create a token and return it with its plain key (shown once, never stored). `scope` "read" allows only
     GET/HEAD/OPTIONS; `expires_at` None means no expiry."""
     if scope not in ApiToken.Scope.values:
@@ -65,17 +71,29 @@ def api_token_create(*, user, team: Team | None = None, name: str = "cli", scope
         raise ValueError(f"user {user.username!r} is not a member of team {team.name!r}")
     key = ApiToken.generate_key()
     token = ApiToken.objects.create(
-        user=user, team=team, name=name, key_hash=ApiToken.hash_key(key), key_prefix=key[:8], scope=scope,
+        user=user,
+        team=team,
+        name=name,
+        key_hash=ApiToken.hash_key(key),
+        key_prefix=key[:8],
+        scope=scope,
         expires_at=expires_at,
     )
-    audit(team=team, user=user, action="token.created", target=f"{name} ({token.key_prefix}…)", scope=scope,
-          expires=expires_at.date().isoformat() if expires_at else "never")
+    audit(
+        team=team,
+        user=user,
+        action="token.created",
+        target=f"{name} ({token.key_prefix}…)",
+        scope=scope,
+        expires=expires_at.date().isoformat() if expires_at else "never",
+    )
     return token, key
 
 
 def audit(*, team: Team, user, action: str, target: str, **detail) -> AuditEvent:
-    return AuditEvent.objects.create(team=team, user=user if user and user.is_authenticated else None,
-                                     action=action, target=target, detail=detail)
+    return AuditEvent.objects.create(
+        team=team, user=user if user and user.is_authenticated else None, action=action, target=target, detail=detail
+    )
 
 
 @transaction.atomic

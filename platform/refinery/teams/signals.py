@@ -2,6 +2,7 @@
 
 A failed sign-in for a username nobody has is recorded nowhere team-scoped: there is no team to tell,
 and recording it would let anyone write into a team's log."""
+
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model

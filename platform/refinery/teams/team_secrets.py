@@ -10,6 +10,7 @@ under the new key, after which the old keys can be dropped.
 Pages and the API only ever see `TeamSecretInfo`-like metadata: the name, who set it and when, and the
 value's last four characters. `team_secret_reveal` is for the worker, just before it starts a trainer.
 """
+
 from __future__ import annotations
 
 import base64
@@ -36,7 +37,8 @@ class TeamSecretError(Exception):
 
 def _fernet(key: str) -> Fernet:
     derived = HKDF(algorithm=SHA256(), length=32, salt=b"refinery.teams.secrets", info=b"fernet v1").derive(
-        key.encode())
+        key.encode()
+    )
     return Fernet(base64.urlsafe_b64encode(derived))
 
 
@@ -59,10 +61,12 @@ def _check(name: str, value: str | None = None) -> None:
     if not (MIN_LENGTH <= len(value) <= MAX_LENGTH) or not VALUE_RE.match(value):
         raise TeamSecretError(
             f"{name}: a token is {MIN_LENGTH} to {MAX_LENGTH} characters of letters, digits and _ - . = + / : "
-            "(no spaces); paste it exactly as the hub shows it")
+            "(no spaces); paste it exactly as the hub shows it"
+        )
 
 
 # --- selectors ---------------------------------------------------------------------
+
 
 def team_secret_list(*, team: Team) -> QuerySet[TeamSecret]:
     """The team's secrets, for display (use the metadata only: never decrypt in a page)."""
@@ -81,10 +85,12 @@ def team_secret_reveal(*, team: Team | int, name: str) -> str | None:
     except InvalidToken:
         raise TeamSecretError(
             f"the team's {name} cannot be decrypted with REFINERY_SECRETS_KEY (was the key changed without "
-            "listing the old one in REFINERY_SECRETS_OLD_KEYS?); an owner can set it again") from None
+            "listing the old one in REFINERY_SECRETS_OLD_KEYS?); an owner can set it again"
+        ) from None
 
 
 # --- services ----------------------------------------------------------------------
+
 
 @transaction.atomic
 def team_secret_set(*, team: Team, user, name: str, value: str) -> TeamSecret:
@@ -121,8 +127,10 @@ def team_secrets_rotate() -> int:
         try:
             rotated = cipher.rotate(secret.ciphertext.encode()).decode()
         except InvalidToken:
-            raise TeamSecretError(f"secret {secret.name!r} of team {secret.team_id} cannot be decrypted with any "
-                                  "of the configured keys; nothing was rotated") from None
+            raise TeamSecretError(
+                f"secret {secret.name!r} of team {secret.team_id} cannot be decrypted with any "
+                "of the configured keys; nothing was rotated"
+            ) from None
         TeamSecret.objects.filter(pk=secret.pk).update(ciphertext=rotated)
         count += 1
     return count

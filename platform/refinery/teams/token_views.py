@@ -1,4 +1,5 @@
 """API tokens of the current team: yours (create, shown once; revoke), and for owners every member's."""
+
 from __future__ import annotations
 
 from django.contrib import messages
@@ -17,12 +18,25 @@ from refinery.teams.tokens import api_token_get_for, api_token_list, api_token_r
 
 def _render(request, form, *, created=None, status=200):
     owner = is_owner(team=request.team, user=request.user)
-    return render(request, "teams/tokens.html", {
-        "form": form, "created": created, "is_owner": owner,
-        "tokens": api_token_list(team=request.team, user=request.user),
-        "team_tokens": api_token_list(team=request.team, user=request.user, everyone=True).exclude(user=request.user)
-        if owner else None,
-        "team": request.team, "nav": "teams", "tab": "tokens"}, status=status)
+    return render(
+        request,
+        "teams/tokens.html",
+        {
+            "form": form,
+            "created": created,
+            "is_owner": owner,
+            "tokens": api_token_list(team=request.team, user=request.user),
+            "team_tokens": api_token_list(team=request.team, user=request.user, everyone=True).exclude(
+                user=request.user
+            )
+            if owner
+            else None,
+            "team": request.team,
+            "nav": "teams",
+            "tab": "tokens",
+        },
+        status=status,
+    )
 
 
 @require_GET
@@ -42,8 +56,13 @@ def token_create_view(request):
         try:
             if scope == ApiToken.Scope.WRITE and membership.role == Membership.Role.VIEWER:
                 raise TeamError("viewers can create read-only tokens only")
-            token, key = api_token_create(user=request.user, team=request.team, name=form.cleaned_data["name"],
-                                          scope=scope, expires_at=expiry_from_days(form.cleaned_data["expires_days"]))
+            token, key = api_token_create(
+                user=request.user,
+                team=request.team,
+                name=form.cleaned_data["name"],
+                scope=scope,
+                expires_at=expiry_from_days(form.cleaned_data["expires_days"]),
+            )
         except (TeamError, ValueError) as exc:
             form.add_error(None, str(exc))
         else:

@@ -1,4 +1,5 @@
 """API tokens in the UI and the API: each user manages their own tokens in a team; owners see and revoke all."""
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta
@@ -48,13 +49,20 @@ def api_token_get_for(*, team: Team, user, pk) -> ApiToken:
 @transaction.atomic
 def api_token_revoke(*, token: ApiToken, actor) -> ApiToken:
     token = ApiToken.objects.select_for_update().select_related("user", "team").get(pk=token.pk)
-    if token.user_id != actor.pk and not Membership.objects.filter(
-            team=token.team, user=actor, role=Membership.Role.OWNER).exists():
+    if (
+        token.user_id != actor.pk
+        and not Membership.objects.filter(team=token.team, user=actor, role=Membership.Role.OWNER).exists()
+    ):
         raise TeamError("only the token's owner or a team owner can revoke it")
     if token.revoked_at is not None:
         raise TeamError("this token is already revoked")
     token.revoked_at = timezone.now()
     token.save(update_fields=["revoked_at"])
-    audit(team=token.team, user=actor, action="token.revoked", target=f"{token.name} ({token.key_prefix}…)",
-          owner=token.user.get_username())
+    audit(
+        team=token.team,
+        user=actor,
+        action="token.revoked",
+        target=f"{token.name} ({token.key_prefix}…)",
+        owner=token.user.get_username(),
+    )
     return token

@@ -15,7 +15,10 @@ urlpatterns = [
     path("<int:team_id>/members/<int:membership_id>/remove/", member_views.member_remove_view, name="member-remove"),
     path("<int:team_id>/leave/", member_views.team_leave_view, name="leave"),
     path("<int:team_id>/invitations/new/", member_views.invitation_create_view, name="invitation-create"),
-    path("<int:team_id>/invitations/<int:invitation_id>/revoke/", member_views.invitation_revoke_view,
-         name="invitation-revoke"),
+    path(
+        "<int:team_id>/invitations/<int:invitation_id>/revoke/",
+        member_views.invitation_revoke_view,
+        name="invitation-revoke",
+    ),
     path("<int:team_id>/audit/", audit_views.audit_view, name="audit"),
 ]

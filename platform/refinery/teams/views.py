@@ -1,5 +1,6 @@
 """Team switcher and the "Teams" page (your teams, create a team). Members, tokens, invitations and the
 audit log have their own view modules."""
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count
@@ -30,10 +31,18 @@ def team_switch_view(request):
 
 
 def _render_list(request, form, status=200):
-    memberships = (Membership.objects.filter(user=request.user).select_related("team")
-                   .annotate(member_count=Count("team__memberships")).order_by("team__name"))
-    return render(request, "teams/list.html", {"memberships": memberships, "form": form, "nav": "teams",
-                                               "tab": "teams"}, status=status)
+    memberships = (
+        Membership.objects.filter(user=request.user)
+        .select_related("team")
+        .annotate(member_count=Count("team__memberships"))
+        .order_by("team__name")
+    )
+    return render(
+        request,
+        "teams/list.html",
+        {"memberships": memberships, "form": form, "nav": "teams", "tab": "teams"},
+        status=status,
+    )
 
 
 @require_GET

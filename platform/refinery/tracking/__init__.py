@@ -8,6 +8,7 @@ Import the submodules you need; this package imports nothing heavy on its own. M
 the platform: no page or API response hands the browser an MLflow address (artifacts are proxied by
 refinery.tracking.stage_artifacts).
 """
+
 from refinery.tracking.buffer import MetricBuffer
 from refinery.tracking.client import (
     artifact_list,
@@ -20,6 +21,12 @@ from refinery.tracking.client import (
 )
 
 __all__ = [
-    "MetricBuffer", "artifact_list", "artifacts_download", "artifacts_upload", "experiment_ensure",
-    "experiment_name", "metric_history", "tracking_client",
+    "MetricBuffer",
+    "artifact_list",
+    "artifacts_download",
+    "artifacts_upload",
+    "experiment_ensure",
+    "experiment_name",
+    "metric_history",
+    "tracking_client",
 ]

@@ -13,6 +13,7 @@ never held whole in memory:
 Errors never carry MLflow's address: the tracking server's URL is private, and a requests/MLflow
 exception message names it. ArtifactUnavailable says what happened in words; the detail is logged.
 """
+
 from __future__ import annotations
 
 import logging
@@ -92,9 +93,14 @@ def artifact_entries(*, mlflow_run_id: str, path: str = "", client=None) -> list
         if _is_missing(exc):
             return []
         raise _unavailable("listing the artifacts", exc) from None
-    entries = [ArtifactEntry(path=info.path, is_dir=bool(info.is_dir),
-                             size=None if info.is_dir or info.file_size is None else int(info.file_size))
-               for info in infos]
+    entries = [
+        ArtifactEntry(
+            path=info.path,
+            is_dir=bool(info.is_dir),
+            size=None if info.is_dir or info.file_size is None else int(info.file_size),
+        )
+        for info in infos
+    ]
     return sorted(entries, key=lambda e: (not e.is_dir, e.name.lower(), e.name))
 
 
@@ -143,8 +149,13 @@ def artifact_open(*, mlflow_run_id: str, path: str, client=None, chunk_bytes: in
         from mlflow.utils.rest_utils import http_request
 
         try:
-            response = http_request(get_default_host_creds(repo.artifact_uri), "/" + quote(path, safe="/"), "GET",
-                                    stream=True, raise_on_status=False)
+            response = http_request(
+                get_default_host_creds(repo.artifact_uri),
+                "/" + quote(path, safe="/"),
+                "GET",
+                stream=True,
+                raise_on_status=False,
+            )
         except Exception as exc:  # noqa: BLE001
             raise _unavailable("opening the artifact", exc) from None
         if response.status_code == 404:
@@ -187,5 +198,12 @@ def artifact_open(*, mlflow_run_id: str, path: str, client=None, chunk_bytes: in
     return ArtifactStream(_file_chunks(fh, chunk_bytes), close)
 
 
-__all__ = ["ArtifactEntry", "ArtifactNotFound", "ArtifactStream", "ArtifactUnavailable", "artifact_entries",
-           "artifact_file", "artifact_open"]
+__all__ = [
+    "ArtifactEntry",
+    "ArtifactNotFound",
+    "ArtifactStream",
+    "ArtifactUnavailable",
+    "artifact_entries",
+    "artifact_file",
+    "artifact_open",
+]

@@ -13,6 +13,7 @@ next attempt of a stage whose worker died) first delivers what the dead one had 
 `prior_steps` tells it, per metric, the last step already accepted for delivery, so that a
 stage resumed from an older checkpoint does not send the replayed steps twice.
 """
+
 from __future__ import annotations
 
 import json
@@ -93,8 +94,7 @@ class _Spool:
             return None
 
     def append(self, points: list[Point]) -> None:
-        self._fh.write(b"".join(json.dumps([p.key, p.value, p.step, p.timestamp_ms]).encode() + b"\n"
-                                for p in points))
+        self._fh.write(b"".join(json.dumps([p.key, p.value, p.step, p.timestamp_ms]).encode() + b"\n" for p in points))
         self._fh.flush()  # in the kernel: survives the death of this process
         self.pending += len(points)
         for p in points:
@@ -153,10 +153,19 @@ class MetricBuffer:
     Points wait in `spool_path` (a temporary file when not given).
     """
 
-    def __init__(self, *, run_id: str, tracking_uri: str | None = None, client=None,
-                 flush_seconds: float = 2.0, flush_points: int = 500, max_points: int = 1_000_000,
-                 retry_min_seconds: float = 1.0, retry_max_seconds: float = 30.0,
-                 spool_path: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        tracking_uri: str | None = None,
+        client=None,
+        flush_seconds: float = 2.0,
+        flush_points: int = 500,
+        max_points: int = 1_000_000,
+        retry_min_seconds: float = 1.0,
+        retry_max_seconds: float = 30.0,
+        spool_path: str | os.PathLike | None = None,
+    ):
         if client is None:
             from refinery.tracking.client import tracking_client
 
@@ -197,8 +206,11 @@ class MetricBuffer:
                 self._spool.advance(offset, len(oldest))
                 self.dropped += len(oldest)
                 if self.dropped == len(oldest):
-                    log.warning("metric buffer for run %s is full (%d points); dropping the oldest",
-                                self.run_id, self.max_points)
+                    log.warning(
+                        "metric buffer for run %s is full (%d points); dropping the oldest",
+                        self.run_id,
+                        self.max_points,
+                    )
             if self._spool.pending >= self.flush_points:
                 self._cond.notify_all()
         return True
@@ -229,8 +241,13 @@ class MetricBuffer:
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
                 if self.failures == 1 or self.failures % 10 == 0:
-                    log.warning("MLflow log_batch for run %s failed (%d failures so far, %d points kept): %s",
-                                self.run_id, self.failures, self.pending, self.last_error)
+                    log.warning(
+                        "MLflow log_batch for run %s failed (%d failures so far, %d points kept): %s",
+                        self.run_id,
+                        self.failures,
+                        self.pending,
+                        self.last_error,
+                    )
                 return False
             with self._cond:
                 # The points sent are the oldest ones, unless the overflow dropped some meanwhile.
@@ -241,8 +258,7 @@ class MetricBuffer:
 
     def start(self) -> MetricBuffer:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name=f"mlflow-metrics-{self.run_id[:8]}",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._loop, name=f"mlflow-metrics-{self.run_id[:8]}", daemon=True)
             self._thread.start()
         return self
 

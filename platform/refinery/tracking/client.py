@@ -3,6 +3,7 @@
 Everything here talks to the tracking server named by settings.MLFLOW_TRACKING_URI
 over HTTP (artifacts go through the server's proxy, so a worker needs no shared disk).
 """
+
 from __future__ import annotations
 
 import logging
@@ -67,8 +68,9 @@ def metric_history(run_id: str, key: str, *, client=None) -> list[tuple[int, flo
     return [(m.step, m.value) for m in sorted(points, key=lambda m: (m.step, m.timestamp))]
 
 
-def artifacts_upload(*, mlflow_run_id: str, local_path: str | os.PathLike, artifact_path: str | None = None,
-                     client=None) -> None:
+def artifacts_upload(
+    *, mlflow_run_id: str, local_path: str | os.PathLike, artifact_path: str | None = None, client=None
+) -> None:
     """Upload a file or a directory's content to a run (under `artifact_path`)."""
     client = client or tracking_client()
     local_path = Path(local_path)

@@ -22,6 +22,7 @@ Facts checked against the installed MLflow (3.17.2: the client and `mlflow serve
 Every call raises RegistryBackendError (one line, safe to show: no server address) when MLflow refuses or
 cannot be reached, so that callers never import mlflow to catch its exceptions.
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,12 +59,12 @@ def _mlflow_errors(what: str) -> Iterator[None]:
         raise RegistryBackendError(f"MLflow refused to {what}: {first}", code=exc.error_code) from exc
     except MlflowException as exc:  # the client gave up: connection refused, timeouts, 5xx after retries
         log.warning("MLflow registry call failed (%s): %s", what, exc)
-        raise RegistryBackendError(f"could not reach the tracking server (MLflow) to {what}; try again later",
-                                   code=exc.error_code) from exc
+        raise RegistryBackendError(
+            f"could not reach the tracking server (MLflow) to {what}; try again later", code=exc.error_code
+        ) from exc
     except OSError as exc:  # requests' ConnectionError and friends, when MLflow does not wrap them
         log.warning("MLflow registry call failed (%s): %s", what, exc)
-        raise RegistryBackendError(f"could not reach the tracking server (MLflow) to {what}; try again later") \
-            from exc
+        raise RegistryBackendError(f"could not reach the tracking server (MLflow) to {what}; try again later") from exc
 
 
 def model_name(*, team, name: str) -> str:
@@ -76,8 +77,9 @@ def _tags(tags: Mapping[str, object] | None) -> dict[str, str]:
     return {k: str(v)[:MAX_TAG_VALUE] for k, v in (tags or {}).items() if v not in (None, "")}
 
 
-def registered_model_ensure(*, mlflow_name: str, description: str = "", tags: Mapping[str, object] | None = None,
-                            client=None) -> bool:
+def registered_model_ensure(
+    *, mlflow_name: str, description: str = "", tags: Mapping[str, object] | None = None, client=None
+) -> bool:
     """Create the registered model unless it exists (an earlier attempt may have made it). True if created."""
     client = client or tracking_client()
     with _mlflow_errors("create the registered model"):
@@ -92,14 +94,25 @@ def registered_model_ensure(*, mlflow_name: str, description: str = "", tags: Ma
     return True
 
 
-def model_version_create(*, mlflow_name: str, mlflow_run_id: str, artifact_path: str, description: str = "",
-                         tags: Mapping[str, object] | None = None, client=None) -> int:
+def model_version_create(
+    *,
+    mlflow_name: str,
+    mlflow_run_id: str,
+    artifact_path: str,
+    description: str = "",
+    tags: Mapping[str, object] | None = None,
+    client=None,
+) -> int:
     """Register `runs:/<mlflow_run_id>/<artifact_path>` as a new version; returns MLflow's version number."""
     client = client or tracking_client()
     with _mlflow_errors("register the model version"):
         version = client.create_model_version(
-            mlflow_name, f"runs:/{mlflow_run_id}/{artifact_path}", run_id=mlflow_run_id, tags=_tags(tags),
-            description=description or None, await_creation_for=0,  # a runs:/ source is READY at once
+            mlflow_name,
+            f"runs:/{mlflow_run_id}/{artifact_path}",
+            run_id=mlflow_run_id,
+            tags=_tags(tags),
+            description=description or None,
+            await_creation_for=0,  # a runs:/ source is READY at once
         )
     return int(version.version)
 
@@ -145,13 +158,26 @@ def model_version_get(*, mlflow_name: str, version: int, client=None) -> dict:
     client = client or tracking_client()
     with _mlflow_errors("read the model version"):
         found = client.get_model_version(mlflow_name, str(version))
-    return {"version": int(found.version), "source": found.source, "run_id": found.run_id, "status": found.status,
-            "tags": dict(found.tags or {})}
+    return {
+        "version": int(found.version),
+        "source": found.source,
+        "run_id": found.run_id,
+        "status": found.status,
+        "tags": dict(found.tags or {}),
+    }
 
 
 __all__ = [
-    "RegistryBackendError", "model_name", "registered_model_ensure", "model_version_create", "model_version_delete",
-    "alias_set", "alias_delete", "alias_restore", "aliases_get", "model_version_get",
+    "RegistryBackendError",
+    "model_name",
+    "registered_model_ensure",
+    "model_version_create",
+    "model_version_delete",
+    "alias_set",
+    "alias_delete",
+    "alias_restore",
+    "aliases_get",
+    "model_version_get",
 ]
 
 

@@ -5,6 +5,7 @@ Layout in MLflow:
       run       "#<number> <name>"           the pipeline Run (parent)
         run     "<stage name>"               one per StageRun (tag mlflow.parentRunId)
 """
+
 from __future__ import annotations
 
 import logging
@@ -85,8 +86,12 @@ def _log_params_and_tags(client, mlflow_run_id: str, params: Mapping[str, str], 
     param_list = [Param(k, str(v)[:MAX_PARAM_VALUE]) for k, v in params.items()]
     tag_list = [RunTag(k, str(v)[:MAX_TAG_VALUE]) for k, v in tags.items()]
     for i in range(0, max(len(param_list), len(tag_list)), MAX_PER_BATCH):
-        client.log_batch(mlflow_run_id, params=param_list[i:i + MAX_PER_BATCH], tags=tag_list[i:i + MAX_PER_BATCH],
-                         synchronous=True)
+        client.log_batch(
+            mlflow_run_id,
+            params=param_list[i : i + MAX_PER_BATCH],
+            tags=tag_list[i : i + MAX_PER_BATCH],
+            synchronous=True,
+        )
 
 
 def pipeline_run_ensure(*, run: Run, client=None) -> tuple[str, str]:
@@ -123,8 +128,9 @@ def pipeline_run_ensure(*, run: Run, client=None) -> tuple[str, str]:
     return experiment_id, mlflow_run_id
 
 
-def stage_run_ensure(*, stage: StageRun, params: Mapping[str, Any], tags: Mapping[str, str] | None = None,
-                     client=None) -> str:
+def stage_run_ensure(
+    *, stage: StageRun, params: Mapping[str, Any], tags: Mapping[str, str] | None = None, client=None
+) -> str:
     """The MLflow run of a stage, nested under its pipeline run; created on the first attempt.
 
     A retried attempt reuses the stage's run (it goes back to RUNNING), so the metric
@@ -180,8 +186,11 @@ def pipeline_run_end(*, run: Run, client=None) -> bool:
 def pipeline_runs_end_pending(*, client=None, limit: int = 20) -> list[int]:
     """Close the MLflow parent runs of finished runs that no supervisor closed: a run canceled (or
     failed) between stages has no stage left to do it. Called by the reaper; MLflow down: try later."""
-    pending = list(Run.objects.filter(status__in=TERMINAL_STATES, mlflow_ended_at__isnull=True)
-                   .exclude(mlflow_run_id="").order_by("finished_at")[:limit])
+    pending = list(
+        Run.objects.filter(status__in=TERMINAL_STATES, mlflow_ended_at__isnull=True)
+        .exclude(mlflow_run_id="")
+        .order_by("finished_at")[:limit]
+    )
     closed = []
     for run in pending:
         try:
@@ -199,14 +208,19 @@ def runs_for_stage(*, stage: StageRun, client=None) -> list:
     run = stage.run
     if not run.mlflow_experiment_id:
         return []
-    return client.search_runs(
-        [run.mlflow_experiment_id], filter_string=f"tags.`refinery.stage_run_id` = '{stage.pk}'"
-    )
+    return client.search_runs([run.mlflow_experiment_id], filter_string=f"tags.`refinery.stage_run_id` = '{stage.pk}'")
 
 
 __all__ = [
-    "flatten", "run_tags", "pipeline_run_ensure", "stage_run_ensure", "mlflow_run_end", "pipeline_run_end",
-    "runs_for_stage", "MLFLOW_STATUS", "pipeline_runs_end_pending",
+    "flatten",
+    "run_tags",
+    "pipeline_run_ensure",
+    "stage_run_ensure",
+    "mlflow_run_end",
+    "pipeline_run_end",
+    "runs_for_stage",
+    "MLFLOW_STATUS",
+    "pipeline_runs_end_pending",
 ]
 
 

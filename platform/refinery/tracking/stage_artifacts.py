@@ -5,6 +5,7 @@ is a 404), then the stage by name inside that run, and only then ask MLflow, wit
 from our own row (never from the request). The path a user sends is checked here first: relative,
 "/"-separated, no "..", no absolute or drive paths, no backslashes or control characters.
 """
+
 from __future__ import annotations
 
 import mimetypes
@@ -106,5 +107,13 @@ def stage_artifact_open(*, stage: StageRun, path: str) -> Download:
     return Download(entry=entry, stream=stream, content_type=content_type)
 
 
-__all__ = ["ArtifactNotFound", "ArtifactPathError", "ArtifactUnavailable", "Download", "Listing",
-           "artifact_path_clean", "stage_artifact_listing", "stage_artifact_open"]
+__all__ = [
+    "ArtifactNotFound",
+    "ArtifactPathError",
+    "ArtifactUnavailable",
+    "Download",
+    "Listing",
+    "artifact_path_clean",
+    "stage_artifact_listing",
+    "stage_artifact_open",
+]

@@ -1,4 +1,5 @@
 """Reads of runs' notes and tags: a run's panel and what the user may do in it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,14 +29,18 @@ def run_annotations(*, run: Run, user) -> RunAnnotations:
     membership = membership_get(team=run.team, user=user)
     notes = list(RunNote.objects.filter(run=run).select_related("author"))
     for note in notes:
-        note.user_may_delete = bool(membership and membership.can_write
-                                    and (membership.role == Membership.Role.OWNER or note.author_id == user.pk))
+        note.user_may_delete = bool(
+            membership
+            and membership.can_write
+            and (membership.role == Membership.Role.OWNER or note.author_id == user.pk)
+        )
     return RunAnnotations(
         run=run,
         notes=notes,
         tags=list(RunTag.objects.filter(run=run)),
-        team_tags=list(RunTag.objects.filter(team=run.team).order_by("name").values_list("name", flat=True)
-                       .distinct()[:200]),
+        team_tags=list(
+            RunTag.objects.filter(team=run.team).order_by("name").values_list("name", flat=True).distinct()[:200]
+        ),
         can_write=bool(membership and membership.can_write),
     )
 

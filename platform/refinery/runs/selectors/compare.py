@@ -13,6 +13,7 @@ metric query that thins every series in SQL (refinery.runs.selectors.series, "en
 with 100k points per key sends at most MAX_POINTS of them to Python and to the browser; a finished stage's
 thinned series are cached.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,20 +32,37 @@ from refinery.teams.models import Team
 
 MIN_ITEMS, MAX_ITEMS = 2, 10
 # One colour per compared item, the same in every chart and in the tables (app.js's palette, in its order).
-PALETTE = ("#5046e5", "#f97316", "#10b981", "#e11d48", "#0ea5e9", "#a855f7", "#eab308", "#14b8a6", "#64748b",
-           "#ec4899")
+PALETTE = ("#5046e5", "#f97316", "#10b981", "#e11d48", "#0ea5e9", "#a855f7", "#eab308", "#14b8a6", "#64748b", "#ec4899")
 # Bookkeeping numbers where neither direction is better (no highlight); for the others
 # trainers.metrics.higher_is_better says which direction is better.
 NEUTRAL_METRICS = ("learning_rate", "epoch", "num_tokens", "total_flos", "global_step", "grad_norm", "size_bytes")
 # Snapshot keys left out of the config diff: row ids and timestamps that differ without meaning anything, and
 # the overrides a sweep applied (already visible in the stage configs they changed).
-UNCOMPARED_KEYS = frozenset({"id", "dataset_id", "eval_dataset_id", "version_id", "updated_at", "overrides",
-                             "storage_path"})
+UNCOMPARED_KEYS = frozenset(
+    {"id", "dataset_id", "eval_dataset_id", "version_id", "updated_at", "overrides", "storage_path"}
+)
 ABSENT = object()  # a key one run has and another has not
 # The diff's order of keys (the database's JSON does not keep the snapshot's): the rest alphabetically after.
-KEY_ORDER = {key: i for i, key in enumerate(("pipeline", "base_model", "seed", "code_version", "name", "method",
-                                             "input", "inputs", "config", "adapter", "train_data", "eval_data",
-                                             "retention_data"))}
+KEY_ORDER = {
+    key: i
+    for i, key in enumerate(
+        (
+            "pipeline",
+            "base_model",
+            "seed",
+            "code_version",
+            "name",
+            "method",
+            "input",
+            "inputs",
+            "config",
+            "adapter",
+            "train_data",
+            "eval_data",
+            "retention_data",
+        )
+    )
+}
 
 
 class CompareError(Exception):
@@ -52,6 +70,7 @@ class CompareError(Exception):
 
 
 # --- What is being compared -----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Pick:
@@ -137,8 +156,9 @@ def compare_picks(params) -> list[Pick]:
     picks = list(dict.fromkeys(picks))
     kind = "stages" if stages else "runs"
     if len(picks) < MIN_ITEMS:
-        raise CompareError(f"Pick at least {MIN_ITEMS} different {kind} to compare"
-                           + (f" (got {len(picks)})." if picks else "."))
+        raise CompareError(
+            f"Pick at least {MIN_ITEMS} different {kind} to compare" + (f" (got {len(picks)})." if picks else ".")
+        )
     if len(picks) > MAX_ITEMS:
         raise CompareError(f"Compare at most {MAX_ITEMS} {kind} at a time (got {len(picks)}).")
     return picks
@@ -148,8 +168,12 @@ def compare_items(*, team: Team, picks: Sequence[Pick]) -> list[Item]:
     """The picked runs (or stages) of the team, in the order picked: two queries, however many.
     Raises Run.DoesNotExist when any of them is not the team's (without saying which)."""
     stages = StageRun.objects.defer("log_tail", "outputs", "spec").order_by("index")
-    runs = {run.number: run for run in Run.objects.filter(team=team, number__in={p.run for p in picks})
-            .prefetch_related(Prefetch("stages", queryset=stages))}
+    runs = {
+        run.number: run
+        for run in Run.objects.filter(team=team, number__in={p.run for p in picks}).prefetch_related(
+            Prefetch("stages", queryset=stages)
+        )
+    }
     items = []
     for i, pick in enumerate(picks):
         run = runs.get(pick.run)
@@ -166,6 +190,7 @@ def compare_items(*, team: Team, picks: Sequence[Pick]) -> list[Item]:
 
 
 # --- Metric series ------------------------------------------------------------------------------------------
+
 
 def _stage_grids(items: Sequence[Item]) -> dict[int, Grid]:
     """Each charted stage's grid: its share of its item's MAX_POINTS (a run's stages end up in one series)."""
@@ -205,8 +230,9 @@ def _item_series(item: Item, points: dict[int, dict[str, list[tuple]]], *, x: st
             series.sort(key=lambda p: p[0])
         return out
     if item.stage is not None:
-        return {key: [(step, value) for step, value, _ in series]
-                for key, series in points.get(item.stage.pk, {}).items()}
+        return {
+            key: [(step, value) for step, value, _ in series] for key, series in points.get(item.stage.pk, {}).items()
+        }
     charted = {s.pk for s in item.chart_stages}
     offset = 0
     for stage in item.stages:
@@ -265,6 +291,7 @@ def overlay_charts(items: Sequence[Item], points: dict[int, dict[str, list[tuple
 
 
 # --- Config diff ----------------------------------------------------------------------------------------------
+
 
 def _dataset_label(data: dict) -> str:
     return f"{data.get('name')} v{data.get('version')} sha256:{data.get('sha256')}"
@@ -346,10 +373,22 @@ def config_diff(flats: Sequence[dict[str, Any]], *, show_all: bool = False) -> l
         differs = len(set(canonical)) > 1
         if differs or show_all:
             # "changed": differs from the first run's value (the reference the others are read against)
-            rows.append({"key": key, "values": values, "differs": differs,
-                         "cells": [{"text": display_value(v), "full": "" if v is ABSENT else _plain(v),
-                                    "absent": v is ABSENT, "changed": c != canonical[0]}
-                                   for v, c in zip(values, canonical)]})
+            rows.append(
+                {
+                    "key": key,
+                    "values": values,
+                    "differs": differs,
+                    "cells": [
+                        {
+                            "text": display_value(v),
+                            "full": "" if v is ABSENT else _plain(v),
+                            "absent": v is ABSENT,
+                            "changed": c != canonical[0],
+                        }
+                        for v, c in zip(values, canonical)
+                    ],
+                }
+            )
     return rows
 
 
@@ -366,16 +405,20 @@ def item_flat_config(item: Item) -> dict[str, Any]:
 
 # --- Final numbers --------------------------------------------------------------------------------------------
 
+
 def item_numbers(item: Item) -> dict[str, float]:
     """An item's final numbers: a run's as "<stage>/<key>" over all its stages, a stage's as "<key>"."""
     if item.stage is not None:
         return dict(sorted(summary_numbers(item.stage.summary).items()))
-    return {f"{stage.name}/{key}": value for stage in item.stages  # in stage order
-            for key, value in sorted(summary_numbers(stage.summary).items())}
+    return {
+        f"{stage.name}/{key}": value
+        for stage in item.stages  # in stage order
+        for key, value in sorted(summary_numbers(stage.summary).items())
+    }
 
 
 def metric_goal(key: str) -> str | None:
-    """"min" for losses, perplexity, forgetting and the like, "max" otherwise, None for bookkeeping numbers."""
+    """ "min" for losses, perplexity, forgetting and the like, "max" otherwise, None for bookkeeping numbers."""
     last = key.rsplit("/", 1)[-1].lower()
     if any(word in last for word in NEUTRAL_METRICS):
         return None
@@ -395,18 +438,29 @@ def metric_table(numbers: Sequence[dict[str, float]]) -> list[dict]:
         if goal and len(present) >= 2 and len(set(present)) > 1:
             target = min(present) if goal == "min" else max(present)
             best = [i for i, v in enumerate(values) if v == target]
-        rows.append({"key": key, "goal": goal, "values": values, "best": best,
-                     "cells": [{"value": v, "best": i in best} for i, v in enumerate(values)]})
+        rows.append(
+            {
+                "key": key,
+                "goal": goal,
+                "values": values,
+                "best": best,
+                "cells": [{"value": v, "best": i in best} for i, v in enumerate(values)],
+            }
+        )
     return rows
 
 
 # --- The page's parts -------------------------------------------------------------------------------------
 
+
 def compare_charts(*, team: Team, items: Sequence[Item], x: str = "step") -> dict:
     """The overlaid charts of the items (see overlay_charts): one metric query, finished stages cached."""
     stages = [stage for item in items for stage in item.chart_stages]
-    points = compare_metric_points(team=team, grids=_stage_grids(items),
-                                   finished={s.pk: s.finished_at for s in stages if s.is_finished and s.finished_at})
+    points = compare_metric_points(
+        team=team,
+        grids=_stage_grids(items),
+        finished={s.pk: s.finished_at for s in stages if s.is_finished and s.finished_at},
+    )
     return overlay_charts(items, points, x=x)
 
 
@@ -420,6 +474,7 @@ def compare_numbers(items: Sequence[Item]) -> list[dict]:
 
 
 # --- CSV ------------------------------------------------------------------------------------------------------
+
 
 def _csv_text(value: Any) -> str:
     """A text cell that a spreadsheet will not run as a formula (run names and configs are user input)."""
@@ -442,7 +497,11 @@ def config_csv_rows(items: Sequence[Item], rows: Sequence[dict]) -> list[list]:
     where an item lacks the key."""
     out = [["key", "differs"] + [_csv_text(item.label) for item in items]]
     for row in rows:
-        out.append([_csv_text(row["key"]), "yes" if row["differs"] else "no"]
-                   + [_csv_text(cell["full"]) if isinstance(value, str) else cell["full"]
-                      for value, cell in zip(row["values"], row["cells"])])
+        out.append(
+            [_csv_text(row["key"]), "yes" if row["differs"] else "no"]
+            + [
+                _csv_text(cell["full"]) if isinstance(value, str) else cell["full"]
+                for value, cell in zip(row["values"], row["cells"])
+            ]
+        )
     return out

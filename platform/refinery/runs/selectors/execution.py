@@ -1,4 +1,5 @@
 """Reads for the execution side (the supervisor in jobs/, by id: a worker acts for no team)."""
+
 from __future__ import annotations
 
 from django.db.models import Max

@@ -1,4 +1,5 @@
 """Reads of a run for the team that owns it: the runs, one run with its stages, its metrics, learning vs forgetting."""
+
 from __future__ import annotations
 
 from django.db.models import Count, Min, OuterRef, Prefetch, QuerySet, Subquery
@@ -15,8 +16,11 @@ def run_list(*, team: Team, status: str | None = None, key_metric: str | None = 
     if status:
         qs = qs.filter(status=status)
     if key_metric:
-        last = (StageMetric.objects.filter(stage_run__run=OuterRef("pk"), key=key_metric)
-                .order_by("-stage_run__index", "-step").values("value")[:1])
+        last = (
+            StageMetric.objects.filter(stage_run__run=OuterRef("pk"), key=key_metric)
+            .order_by("-stage_run__index", "-step")
+            .values("value")[:1]
+        )
         qs = qs.annotate(key_metric=Subquery(last))
     return qs.prefetch_related(Prefetch("stages", queryset=StageRun.objects.order_by("index")))
 
@@ -58,13 +62,19 @@ def stage_metric_summary(*, stage_run: StageRun) -> dict[str, dict[str, float | 
     """Per metric key: first, last, min, max value and the number of points."""
     summary: dict[str, dict[str, float | int | None]] = {}
     rows = (
-        StageMetric.objects.filter(stage_run=stage_run).values("key")
-        .annotate(count=Count("id"), min=Min("value"), max=MaxAgg("value"), last_step=MaxAgg("step"), first_step=Min("step"))
+        StageMetric.objects.filter(stage_run=stage_run)
+        .values("key")
+        .annotate(
+            count=Count("id"), min=Min("value"), max=MaxAgg("value"), last_step=MaxAgg("step"), first_step=Min("step")
+        )
     )
     for row in rows:
         points = StageMetric.objects.filter(stage_run=stage_run, key=row["key"])
         summary[row["key"]] = {
-            "count": row["count"], "min": row["min"], "max": row["max"], "last_step": row["last_step"],
+            "count": row["count"],
+            "min": row["min"],
+            "max": row["max"],
+            "last_step": row["last_step"],
             "first": points.filter(step=row["first_step"]).values_list("value", flat=True).first(),
             "last": points.filter(step=row["last_step"]).values_list("value", flat=True).first(),
         }
@@ -75,21 +85,33 @@ def run_learning_forgetting(*, team: Team, limit: int = 2000) -> list[dict]:
     """One point per run with a finished evaluation that has both a target and a retention result: the gain
     on its held-out set and what it forgot on the retention set (the run's last such evaluate stage).
     Two queries, whatever the number of runs."""
-    stages = (StageRun.objects.filter(run__team=team, method="evaluate", status="succeeded")
-              .select_related("run", "run__pipeline").order_by("-run__number", "-index")[:limit * 4])
+    stages = (
+        StageRun.objects.filter(run__team=team, method="evaluate", status="succeeded")
+        .select_related("run", "run__pipeline")
+        .order_by("-run__number", "-index")[: limit * 4]
+    )
     points, seen = [], set()
     for stage in stages:
         summary = stage.summary or {}
         target, retention = summary.get("target"), summary.get("retention")
         if stage.run_id in seen or not target or not retention:
             continue
-        if not isinstance(target.get("gain"), (int, float)) or not isinstance(retention.get("forgetting"),
-                                                                               (int, float)):
+        if not isinstance(target.get("gain"), (int, float)) or not isinstance(
+            retention.get("forgetting"), (int, float)
+        ):
             continue
         seen.add(stage.run_id)
-        points.append({"run": stage.run, "stage": stage.name, "gain": float(target["gain"]),
-                       "forgetting": float(retention["forgetting"]), "target": target, "retention": retention,
-                       "pipeline": stage.run.pipeline.name if stage.run.pipeline else "(deleted pipeline)"})
+        points.append(
+            {
+                "run": stage.run,
+                "stage": stage.name,
+                "gain": float(target["gain"]),
+                "forgetting": float(retention["forgetting"]),
+                "target": target,
+                "retention": retention,
+                "pipeline": stage.run.pipeline.name if stage.run.pipeline else "(deleted pipeline)",
+            }
+        )
         if len(points) >= limit:
             break
     return points

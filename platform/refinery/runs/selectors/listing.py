@@ -6,6 +6,7 @@ user, base model, live train/loss and the chosen metric in the same query), its 
 its tags; a full page adds the filter choices. On PostgreSQL the search and the snapshot filters use the GIN
 indexes of migration 0005; SQLite (the embedded default) falls back to LIKE and key lookups.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -36,12 +37,25 @@ LIVE_METRIC = "train/loss"  # the column every row shows while it trains: the la
 PAGE_SIZES = (25, 50, 100)
 DEFAULT_SORT = "-created"
 # sort name -> the fields it orders by, ascending; "-name" reverses. "metric" sorts by RunFilters.metric.
-SORTS = {"created": ("created_at", "number"), "number": ("number",), "name": ("name", "number"),
-         "status": ("status", "number"), "metric": ()}
-SORT_CHOICES = [("-created", "Newest first"), ("created", "Oldest first"), ("-number", "Run number, highest first"),
-                ("number", "Run number, lowest first"), ("name", "Name A–Z"), ("-name", "Name Z–A"),
-                ("status", "Status A–Z"), ("-status", "Status Z–A"), ("metric", "Metric, lowest first"),
-                ("-metric", "Metric, highest first")]
+SORTS = {
+    "created": ("created_at", "number"),
+    "number": ("number",),
+    "name": ("name", "number"),
+    "status": ("status", "number"),
+    "metric": (),
+}
+SORT_CHOICES = [
+    ("-created", "Newest first"),
+    ("created", "Oldest first"),
+    ("-number", "Run number, highest first"),
+    ("number", "Run number, lowest first"),
+    ("name", "Name A–Z"),
+    ("-name", "Name Z–A"),
+    ("status", "Status A–Z"),
+    ("-status", "Status Z–A"),
+    ("metric", "Metric, lowest first"),
+    ("-metric", "Metric, highest first"),
+]
 SEARCH_WORDS = re.compile(r"[^\W_]+")
 MAX_SEARCH_WORDS = 8
 
@@ -107,8 +121,20 @@ class RunFilters:
     @property
     def filtered(self) -> bool:
         """Whether anything narrows the list (sorting, paging and the metric column do not)."""
-        return any((self.q, self.status, self.pipeline, self.method, self.dataset, self.model, self.user, self.tag,
-                    self.date_from, self.date_to))
+        return any(
+            (
+                self.q,
+                self.status,
+                self.pipeline,
+                self.method,
+                self.dataset,
+                self.model,
+                self.user,
+                self.tag,
+                self.date_from,
+                self.date_to,
+            )
+        )
 
     @property
     def sort_key(self) -> str:
@@ -132,7 +158,7 @@ class RunFilters:
         return out
 
     def url(self, **changes) -> str:
-        """"?status=running&sort=name" (or "?" for the defaults): this list with `changes`."""
+        """ "?status=running&sort=name" (or "?" for the defaults): this list with `changes`."""
         return "?" + urlencode(self.params(**changes))
 
     def sort_url(self, key: str) -> str:
@@ -148,6 +174,7 @@ class RunFilters:
 
 
 # --- the query ---------------------------------------------------------------------------------
+
 
 def _postgres() -> bool:
     return connection.vendor == "postgresql"
@@ -166,11 +193,12 @@ def _search(team: Team, text: str) -> Q:
         return Q()
     if _postgres():
         prefix = " & ".join(f"{word}:*" for word in words)
-        names = (Run.objects.filter(team=team)
-                 .alias(document=SearchVector("name", config="simple"))
-                 .filter(document=SearchQuery(prefix, search_type="raw", config="simple")))
-        notes = RunNote.objects.filter(run__team=team,
-                                       search=SearchQuery(prefix, search_type="raw", config="english"))
+        names = (
+            Run.objects.filter(team=team)
+            .alias(document=SearchVector("name", config="simple"))
+            .filter(document=SearchQuery(prefix, search_type="raw", config="simple"))
+        )
+        notes = RunNote.objects.filter(run__team=team, search=SearchQuery(prefix, search_type="raw", config="english"))
         match = Q(pk__in=names.values("pk")) | Q(pk__in=notes.values("run_id"))
     else:
         in_name, in_note = Q(), Q()
@@ -189,8 +217,11 @@ def _uses(*, stage_key: str, value) -> Q:
     on the snapshot, which the snapshot's GIN index answers, on PostgreSQL; the stage rows elsewhere."""
     if _postgres():
         return Q(snapshot__contains={"stages": [{stage_key: value}]})
-    return Q(pk__in=StageRun.objects.filter(**{f"spec__{stage_key}": value} if stage_key != "method"
-                                            else {"method": value}).values("run_id"))
+    return Q(
+        pk__in=StageRun.objects.filter(
+            **{f"spec__{stage_key}": value} if stage_key != "method" else {"method": value}
+        ).values("run_id")
+    )
 
 
 def run_filtered(*, team: Team, filters: RunFilters) -> QuerySet[Run]:
@@ -205,19 +236,25 @@ def run_filtered(*, team: Team, filters: RunFilters) -> QuerySet[Run]:
     if filters.method:
         qs = qs.filter(_uses(stage_key="method", value=filters.method))
     if filters.dataset:
-        qs = qs.filter(_uses(stage_key="dataset_id", value=filters.dataset)
-                       | _uses(stage_key="eval_dataset_id", value=filters.dataset))
+        qs = qs.filter(
+            _uses(stage_key="dataset_id", value=filters.dataset)
+            | _uses(stage_key="eval_dataset_id", value=filters.dataset)
+        )
     if filters.model:
-        qs = qs.filter(Q(snapshot__contains={"base_model": {"id": filters.model}}) if _postgres()
-                       else Q(snapshot__base_model__id=filters.model))
+        qs = qs.filter(
+            Q(snapshot__contains={"base_model": {"id": filters.model}})
+            if _postgres()
+            else Q(snapshot__base_model__id=filters.model)
+        )
     for tag in filters.tag:
         qs = qs.filter(pk__in=RunTag.objects.filter(team=team, name=tag).values("run_id"))
     zone = timezone.get_current_timezone()
     if filters.date_from:
         qs = qs.filter(created_at__gte=dt.datetime.combine(filters.date_from, dt.time.min, tzinfo=zone))
     if filters.date_to:
-        qs = qs.filter(created_at__lt=dt.datetime.combine(filters.date_to + dt.timedelta(days=1), dt.time.min,
-                                                          tzinfo=zone))
+        qs = qs.filter(
+            created_at__lt=dt.datetime.combine(filters.date_to + dt.timedelta(days=1), dt.time.min, tzinfo=zone)
+        )
     if filters.q:
         qs = qs.filter(_search(team, filters.q))
     return qs
@@ -235,20 +272,44 @@ def _ordered(qs: QuerySet[Run], filters: RunFilters) -> QuerySet[Run]:
 def _page_columns(qs: QuerySet[Run], filters: RunFilters) -> QuerySet[Run]:
     """What a row shows, in the page's one query (subqueries run for the page's rows only), plus the two
     prefetches (stages' progress fields, tags). Wide columns (snapshot, stage specs, logs) stay in the database."""
-    live = (StageMetric.objects.filter(stage_run__run=OuterRef("pk"), key=LIVE_METRIC)
-            .order_by("-stage_run__index", "-step").values("value")[:1])
+    live = (
+        StageMetric.objects.filter(stage_run__run=OuterRef("pk"), key=LIVE_METRIC)
+        .order_by("-stage_run__index", "-step")
+        .values("value")[:1]
+    )
     notes = RunNote.objects.filter(run=OuterRef("pk")).order_by().values("run").annotate(n=Count("pk")).values("n")
     stages = StageRun.objects.only("id", "run_id", "index", "status", "step", "total_steps").order_by("index")
     tags = RunTag.objects.only("id", "run_id", "name")
-    qs = (qs.select_related("pipeline", "created_by", "schedule_tick__schedule")
-          .only("id", "number", "name", "status", "created_at", "started_at", "finished_at", "team",
-                "pipeline__id", "pipeline__name", "created_by__id", "created_by__username",
-                "schedule_label", "schedule_tick__window", "schedule_tick__schedule__name",
-                "schedule_tick__schedule__timezone")
-          .annotate(base_model_name=KT("snapshot__base_model__name"), live_metric=Subquery(live),
-                    note_count=Coalesce(Subquery(notes), Value(0)))
-          .prefetch_related(Prefetch("stages", queryset=stages, to_attr="stage_list"),
-                            Prefetch("tags", queryset=tags, to_attr="tag_list")))
+    qs = (
+        qs.select_related("pipeline", "created_by", "schedule_tick__schedule")
+        .only(
+            "id",
+            "number",
+            "name",
+            "status",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "team",
+            "pipeline__id",
+            "pipeline__name",
+            "created_by__id",
+            "created_by__username",
+            "schedule_label",
+            "schedule_tick__window",
+            "schedule_tick__schedule__name",
+            "schedule_tick__schedule__timezone",
+        )
+        .annotate(
+            base_model_name=KT("snapshot__base_model__name"),
+            live_metric=Subquery(live),
+            note_count=Coalesce(Subquery(notes), Value(0)),
+        )
+        .prefetch_related(
+            Prefetch("stages", queryset=stages, to_attr="stage_list"),
+            Prefetch("tags", queryset=tags, to_attr="tag_list"),
+        )
+    )
     if filters.metric:
         qs = qs.annotate(metric_value=F("sort_metric__value"))
     return qs
@@ -302,8 +363,7 @@ class RunPage:
 def _sorted_by(qs: QuerySet[Run], filters: RunFilters) -> QuerySet[Run]:
     """`qs` in the order `filters` ask for (joining the sort metric's RunMetric row when sorting by one)."""
     if filters.metric:
-        qs = qs.alias(sort_metric=FilteredRelation("summary_metrics",
-                                                   condition=Q(summary_metrics__key=filters.metric)))
+        qs = qs.alias(sort_metric=FilteredRelation("summary_metrics", condition=Q(summary_metrics__key=filters.metric)))
     return _ordered(qs, filters)
 
 
@@ -320,7 +380,7 @@ def run_page(*, team: Team, filters: RunFilters) -> RunPage:
     paginator = Paginator(narrow.values("pk"), filters.per_page)
     page = paginator.get_page(filters.page)
     filters = replace(filters, page=page.number)
-    ids = narrow.values("pk")[page.start_index() - 1:page.end_index()] if paginator.count else []
+    ids = narrow.values("pk")[page.start_index() - 1 : page.end_index()] if paginator.count else []
     runs = list(_page_columns(_sorted_by(Run.objects.filter(team=team, pk__in=ids), filters), filters))
     for run in runs:
         run.progress = sum(s.progress for s in run.stage_list) / len(run.stage_list) if run.stage_list else 0
@@ -329,6 +389,7 @@ def run_page(*, team: Team, filters: RunFilters) -> RunPage:
 
 
 # --- the filter form's choices -----------------------------------------------------------------
+
 
 def run_metric_keys(*, team: Team) -> list[str]:
     """Every summary metric some run of the team has. On PostgreSQL a skip scan of the (team, key, value)
@@ -352,6 +413,7 @@ def run_metric_keys(*, team: Team) -> list[str]:
 def run_filter_choices(*, team: Team) -> dict:
     """The options of every filter: the team's pipelines, datasets, base models, members, tag names and
     summary metrics (one query each), the methods and the statuses."""
+
     def pairs(qs, label: str) -> list[tuple[int, str]]:
         return list(qs.filter(team=team).order_by(label).values_list("pk", label))
 
@@ -361,8 +423,9 @@ def run_filter_choices(*, team: Team) -> dict:
         "methods": sorted(METHODS),
         "datasets": pairs(Dataset.objects, "name"),
         "models": pairs(BaseModel.objects, "name"),
-        "users": list(get_user_model().objects.filter(memberships__team=team).order_by("username")
-                      .values_list("pk", "username")),
+        "users": list(
+            get_user_model().objects.filter(memberships__team=team).order_by("username").values_list("pk", "username")
+        ),
         "tags": list(RunTag.objects.filter(team=team).order_by("name").values_list("name", flat=True).distinct()),
         "metrics": [(key, default_goal(key)) for key in run_metric_keys(team=team)],
         "sorts": SORT_CHOICES,

@@ -38,6 +38,7 @@ two kept points is not drawn: this is decimation, not an envelope.
 Finished stages never change, so their thinned series are cached (Django's cache, keyed by stage,
 finish time and bucket width); a poll of a running run re-reads only its unfinished stages.
 """
+
 from __future__ import annotations
 
 import math
@@ -162,9 +163,13 @@ def _cap(series: Series, max_points: int = MAX_POINTS) -> Series:
     return [series[int(i * stride)] for i in range(max_points - 1)] + [series[-1]]
 
 
-def _through_cache(params: dict[int, P], keys: dict[int, str],
-                   fetch: Callable[[dict[int, P]], dict[int, dict[str, list]]],
-                   *, fetch_nothing: bool = True) -> dict[int, dict[str, list]]:
+def _through_cache(
+    params: dict[int, P],
+    keys: dict[int, str],
+    fetch: Callable[[dict[int, P]], dict[int, dict[str, list]]],
+    *,
+    fetch_nothing: bool = True,
+) -> dict[int, dict[str, list]]:
     """Per stage id, its thinned series: from the cache for the stages in `keys` (finished ones, whose points no
     longer change) when it has them, the rest from one `fetch` of the missing stages' `params` (with
     `fetch_nothing`, called even when nothing is missing); what was fetched for a stage in `keys` is cached."""
@@ -191,8 +196,9 @@ def stage_series_sampled(*, stages: list[StageRun], max_points: int = MAX_POINTS
     return _through_cache(widths, finished, lambda missing: _query(missing, max_points))
 
 
-def run_metric_table_sampled(*, run: Run, stages: list[StageRun] | None = None,
-                             max_points: int = MAX_POINTS) -> dict[str, dict[str, Series]]:
+def run_metric_table_sampled(
+    *, run: Run, stages: list[StageRun] | None = None, max_points: int = MAX_POINTS
+) -> dict[str, dict[str, Series]]:
     """run_metric_table's shape ({key: {stage name: [(step, value)]}}, stages one after the other on one
     step axis) with at most `max_points` points per series. `stages`: the run's stages in index order,
     when the caller has them already (no query then)."""
@@ -210,6 +216,7 @@ def run_metric_table_sampled(*, run: Run, stages: list[StageRun] | None = None,
 
 
 # --- Envelope buckets (the compare page) ------------------------------------------------------------------
+
 
 def downsample(points: Sequence[tuple], max_points: int = MAX_POINTS, *, width: float | None = None) -> list[tuple]:
     """At most `max_points` points of a series of (x, y, ...) sorted by x: x is cut into max_points // 4 buckets
@@ -300,14 +307,18 @@ def _metric_sql(team_id: int, grids: dict[int, Grid]) -> tuple[str, list]:
     return sql, [*widths, *lasts, *ids, *ids, team_id]
 
 
-def compare_metric_points(*, team: Team, grids: dict[int, Grid],
-                          finished: dict[int, datetime] | None = None) -> dict[int, dict[str, list[tuple]]]:
+def compare_metric_points(
+    *, team: Team, grids: dict[int, Grid], finished: dict[int, datetime] | None = None
+) -> dict[int, dict[str, list[tuple]]]:
     """Per stage id (of the team's) and metric key, (step, value, timestamp) points sorted by step, thinned on
     the stage's grid in SQL (see `downsample` with a width): the database reads every point, Python gets at most
     4 per bucket. One query for all stages; the stages in `finished` (id -> finished_at), whose points no longer
     change, come from the cache when they can."""
-    keys = {pk: f"refinery:compare:{team.pk}:{pk}:{grid.width}:{grid.buckets}:{finished[pk].timestamp():.6f}"
-            for pk, grid in grids.items() if finished and finished.get(pk)}
+    keys = {
+        pk: f"refinery:compare:{team.pk}:{pk}:{grid.width}:{grid.buckets}:{finished[pk].timestamp():.6f}"
+        for pk, grid in grids.items()
+        if finished and finished.get(pk)
+    }
 
     def fetch(missing: dict[int, Grid]) -> dict[int, dict[str, list[tuple]]]:
         sql, params = _metric_sql(team.pk, missing)
@@ -318,12 +329,18 @@ def compare_metric_points(*, team: Team, grids: dict[int, Grid],
                 points = found[sid].setdefault(key, {})
                 if connection.vendor == "postgresql":  # four arrays: first, last, lowest, highest
                     first, last, low, high = picked
-                    for step, value, ts in ((first[0], first[1], first[2]), (last[0], last[1], last[2]),
-                                            (low[1], low[0], low[2]), (-high[1], high[0], high[2])):
+                    for step, value, ts in (
+                        (first[0], first[1], first[2]),
+                        (last[0], last[1], last[2]),
+                        (low[1], low[0], low[2]),
+                        (-high[1], high[0], high[2]),
+                    ):
                         points[int(step)] = (int(step), value, ts)
                 else:
                     points[picked[0]] = tuple(picked)
-        return {pk: {key: [points[step] for step in sorted(points)] for key, points in sorted(by_key.items())}
-                for pk, by_key in found.items()}
+        return {
+            pk: {key: [points[step] for step in sorted(points)] for key, points in sorted(by_key.items())}
+            for pk, by_key in found.items()
+        }
 
     return {pk: {} for pk in grids} | _through_cache(grids, keys, fetch, fetch_nothing=False)

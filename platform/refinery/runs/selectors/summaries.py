@@ -1,5 +1,6 @@
 """A run's final numbers, read from its stages' summaries (what the runs list sorts by and sweeps rank by), and
 which way a metric is better."""
+
 from __future__ import annotations
 
 from trainers.metrics import metric_goal, summary_numbers
@@ -21,5 +22,5 @@ def run_summary_metrics(run: Run) -> dict[str, float]:
 
 
 def default_goal(metric: str) -> str:
-    """"min" for losses, perplexity, forgetting and the like, "max" otherwise (gains, accuracies, rewards)."""
+    """ "min" for losses, perplexity, forgetting and the like, "max" otherwise (gains, accuracies, rewards)."""
     return metric_goal(metric)

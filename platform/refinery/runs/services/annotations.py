@@ -3,6 +3,7 @@
 Any member who may write in the team (owners and members, not viewers) adds notes and tags; a note is
 deleted by its author or a team owner, a tag removed by any writer. Removals are audited.
 """
+
 from __future__ import annotations
 
 import re
@@ -29,7 +30,7 @@ def _writer(*, team: Team, user) -> Membership:
 
 
 def tag_normalize(name: str) -> str:
-    """"Paper V2 " -> "paper-v2"; raises AnnotationError for what cannot be a tag."""
+    """ "Paper V2 " -> "paper-v2"; raises AnnotationError for what cannot be a tag."""
     tag = "-".join(name.strip().lower().split())
     if not tag:
         raise AnnotationError("a tag needs a name")
@@ -56,8 +57,14 @@ def run_note_delete(*, note: RunNote, user) -> None:
     membership = _writer(team=note.run.team, user=user)
     if note.author_id != user.pk and membership.role != Membership.Role.OWNER:
         raise AnnotationError("only its author or a team owner can delete a note")
-    audit(team=note.run.team, user=user, action="run.note_deleted", target=f"run #{note.run.number}",
-          author=note.author.username if note.author else None, body=note.body[:200])
+    audit(
+        team=note.run.team,
+        user=user,
+        action="run.note_deleted",
+        target=f"run #{note.run.number}",
+        author=note.author.username if note.author else None,
+        body=note.body[:200],
+    )
     note.delete()
 
 

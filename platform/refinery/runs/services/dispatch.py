@@ -1,4 +1,5 @@
 """Wake-up calls to the workers. The database row stays the source of truth."""
+
 from __future__ import annotations
 
 from django.db import transaction

@@ -1,6 +1,7 @@
 """The execution side of runs, called by the supervisor in jobs/ (by id: a worker acts for no team): claim a
 queued stage fairly, renew its lease, record its metrics, finish or requeue it, reap stages whose worker was lost,
 re-send lost wake-ups. Every transition locks the run, then the stage, and re-derives the run's status."""
+
 from __future__ import annotations
 
 import logging
@@ -100,34 +101,44 @@ def stage_claim(*, stage_run_id: int, worker: str) -> StageRun | None:
         for attempt in range(MAX_CLAIM_PASSES):
             wait = attempt > 0
             with transaction.atomic():
-                stage, contended, candidates = _claim_fairest(named=stage_run_id, worker=worker, wait=wait,
-                                                              blocked=blocked)
+                stage, contended, candidates = _claim_fairest(
+                    named=stage_run_id, worker=worker, wait=wait, blocked=blocked
+                )
             if stage is not None or not candidates or (not wait and not contended):
                 return stage
-        log.warning("wake-up for stage %s: every claimable stage stayed busy for %d passes", stage_run_id,
-                    MAX_CLAIM_PASSES)
+        log.warning(
+            "wake-up for stage %s: every claimable stage stayed busy for %d passes", stage_run_id, MAX_CLAIM_PASSES
+        )
         return None
     finally:
         _stages_mark_waiting(blocked)
 
 
-def _claim_fairest(*, named: int, worker: str, wait: bool, blocked: dict[int, int]
-                   ) -> tuple[StageRun | None, bool, bool]:
+def _claim_fairest(
+    *, named: int, worker: str, wait: bool, blocked: dict[int, int]
+) -> tuple[StageRun | None, bool, bool]:
     """One pass of stage_claim. Returns (claimed stage, some candidate was locked, there were candidates).
     Without `wait`, locked rows are skipped; with it, only the fairest candidate is tried, waiting."""
     epoch = timezone.now() - timezone.timedelta(days=36500)
-    queued = [QueuedStage(pk=pk, team_id=team_id, queued_at=queued_at or epoch) for pk, team_id, queued_at in
-              StageRun.objects.filter(status=Status.QUEUED).values_list("pk", "run__team_id", "queued_at")]
+    queued = [
+        QueuedStage(pk=pk, team_id=team_id, queued_at=queued_at or epoch)
+        for pk, team_id, queued_at in StageRun.objects.filter(status=Status.QUEUED).values_list(
+            "pk", "run__team_id", "queued_at"
+        )
+    ]
     if not queued:
         return None, False, False
     team_ids = {s.team_id for s in queued}
     by_team = StageRun.objects.filter(run__team_id__in=team_ids).order_by().values("run__team_id")
     running = dict(by_team.filter(status__in=RUNNING_STATES).annotate(n=Count("pk")).values_list("run__team_id", "n"))
-    served = dict(by_team.filter(started_at__isnull=False).annotate(last=Max("started_at"))
-                  .values_list("run__team_id", "last"))
+    served = dict(
+        by_team.filter(started_at__isnull=False).annotate(last=Max("started_at")).values_list("run__team_id", "last")
+    )
     limits = team_limits_many(team_ids=team_ids)
-    loads = {t: TeamLoad(running=running.get(t, 0), limit=limits[t].running_stages, last_served=served.get(t))
-             for t in team_ids}
+    loads = {
+        t: TeamLoad(running=running.get(t, 0), limit=limits[t].running_stages, last_served=served.get(t))
+        for t in team_ids
+    }
     pick = fair_pick(queued=queued, teams=loads, named=named)
     blocked.clear()
     blocked.update(pick.blocked)
@@ -176,7 +187,8 @@ def _stages_mark_waiting(blocked: dict[int, int]) -> None:
         try:
             with transaction.atomic():  # a savepoint when called inside a transaction
                 StageRun.objects.filter(run__team_id=team_id, status=Status.QUEUED).exclude(error=message).update(
-                    error=message)
+                    error=message
+                )
         except DatabaseError as exc:
             log.warning("could not mark team %s's queued stages as waiting: %s", team_id, exc)
 
@@ -186,14 +198,25 @@ def _team_slot_freed(team_id: int) -> None:
     while the team was at its running-stage limit: send one wake-up (after commit) for the slot now free."""
     if team_limits(team=team_id).running_stages is None:
         return
-    pk = (StageRun.objects.filter(run__team_id=team_id, status=Status.QUEUED).order_by("queued_at", "pk")
-          .values_list("pk", flat=True).first())
+    pk = (
+        StageRun.objects.filter(run__team_id=team_id, status=Status.QUEUED)
+        .order_by("queued_at", "pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
     if pk is not None:
         enqueue_stage_on_commit(pk)
 
 
-def stage_heartbeat(*, stage_run_id: int, worker: str, attempt: int, step: int | None = None,
-                    total_steps: int | None = None, epoch: float | None = None) -> tuple[bool, bool]:
+def stage_heartbeat(
+    *,
+    stage_run_id: int,
+    worker: str,
+    attempt: int,
+    step: int | None = None,
+    total_steps: int | None = None,
+    epoch: float | None = None,
+) -> tuple[bool, bool]:
     """Renew the lease and record progress. Returns (still_ours, cancel_requested)."""
     now = timezone.now()
     fields: dict = {
@@ -223,8 +246,11 @@ def stage_update(*, stage_run_id: int, **fields) -> None:
 
 def run_mlflow_ids_set(*, run_id: int, experiment_id: str, mlflow_run_id: str) -> bool:
     """Store a run's MLflow parent run unless another process stored one first. True if this one won."""
-    return bool(Run.objects.filter(pk=run_id, mlflow_run_id="").update(
-        mlflow_run_id=mlflow_run_id, mlflow_experiment_id=experiment_id))
+    return bool(
+        Run.objects.filter(pk=run_id, mlflow_run_id="").update(
+            mlflow_run_id=mlflow_run_id, mlflow_experiment_id=experiment_id
+        )
+    )
 
 
 def stage_metrics_record(*, stage_run_id: int, points: Iterable[tuple[str, int, float, float]]) -> int:
@@ -235,8 +261,16 @@ def stage_metrics_record(*, stage_run_id: int, points: Iterable[tuple[str, int, 
 
 
 @transaction.atomic
-def stage_finish(*, stage_run_id: int, status: str, error: str = "", outputs: dict | None = None,
-                 summary: dict | None = None, log_tail: str | None = None, attempt: int | None = None) -> StageRun:
+def stage_finish(
+    *,
+    stage_run_id: int,
+    status: str,
+    error: str = "",
+    outputs: dict | None = None,
+    summary: dict | None = None,
+    log_tail: str | None = None,
+    attempt: int | None = None,
+) -> StageRun:
     """Mark a stage finished and advance its run (queue the next stages, or end the run).
 
     A supervisor passes its `attempt`: if the stage was meanwhile reaped and handed to
@@ -326,12 +360,17 @@ def stage_redispatch_stale() -> list[int]:
     for pk in stale:
         # Claim the re-send first, so that two reapers (or beat catching up) send it once.
         if StageRun.objects.filter(pk=pk, status=Status.QUEUED, dispatched_at__lt=cutoff).update(
-                dispatched_at=timezone.now()):
+            dispatched_at=timezone.now()
+        ):
             dispatch.send_run_stage(pk)  # through the module: tests record the wake-ups
             sent.append(pk)
     if sent:
-        log.info("re-sent the wake-up of %d stage(s) queued for over %.0fs: %s", len(sent),
-                 settings.REFINERY_REDISPATCH_SECONDS, sent)
+        log.info(
+            "re-sent the wake-up of %d stage(s) queued for over %.0fs: %s",
+            len(sent),
+            settings.REFINERY_REDISPATCH_SECONDS,
+            sent,
+        )
     return sent
 
 
@@ -339,8 +378,9 @@ def stage_reap_expired() -> list[int]:
     """Find running stages whose lease expired (their worker died) and requeue or fail them."""
     now = timezone.now()
     expired = list(
-        StageRun.objects.filter(status__in=[Status.RUNNING, Status.CANCELING], lease_expires_at__lt=now)
-        .values_list("pk", "status", "cancel_requested_at")
+        StageRun.objects.filter(status__in=[Status.RUNNING, Status.CANCELING], lease_expires_at__lt=now).values_list(
+            "pk", "status", "cancel_requested_at"
+        )
     )
     handled = []
     for pk, _status, cancel_requested in expired:

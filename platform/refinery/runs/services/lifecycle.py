@@ -1,6 +1,7 @@
 """The lifecycle of a run: start one from a pipeline version (its snapshot frozen), re-run it, cancel it, and the
 run-wide state that follows from its stages (queue the stages whose inputs are ready, derive the run's status).
 Every write is atomic."""
+
 from __future__ import annotations
 
 import copy
@@ -71,8 +72,15 @@ def _dataset_snapshot(*, team, dataset_id: int | None, pins: dict[int, int] | No
     }
 
 
-def run_snapshot(*, pipeline: Pipeline, seed: int, stages: list[dict] | None = None, version=None,
-                 retention_dataset_id: int | None = None, dataset_versions: dict[int, int] | None = None) -> dict:
+def run_snapshot(
+    *,
+    pipeline: Pipeline,
+    seed: int,
+    stages: list[dict] | None = None,
+    version=None,
+    retention_dataset_id: int | None = None,
+    dataset_versions: dict[int, int] | None = None,
+) -> dict:
     """Everything a run depends on, frozen: spec, dataset versions by hash, base model, code, seed.
 
     `stages` are the version's stages with every config resolved (defaults filled in) plus the automatic
@@ -87,10 +95,12 @@ def run_snapshot(*, pipeline: Pipeline, seed: int, stages: list[dict] | None = N
     for stage in resolved_stages:
         item = {
             **stage,
-            "train_data": _dataset_snapshot(team=pipeline.team, dataset_id=stage.get("dataset_id"),
-                                            pins=dataset_versions),
-            "eval_data": _dataset_snapshot(team=pipeline.team, dataset_id=stage.get("eval_dataset_id"),
-                                           pins=dataset_versions),
+            "train_data": _dataset_snapshot(
+                team=pipeline.team, dataset_id=stage.get("dataset_id"), pins=dataset_versions
+            ),
+            "eval_data": _dataset_snapshot(
+                team=pipeline.team, dataset_id=stage.get("eval_dataset_id"), pins=dataset_versions
+            ),
         }
         if stage["method"] in RETENTION_METHODS:
             item["retention_data"] = retention
@@ -98,11 +108,18 @@ def run_snapshot(*, pipeline: Pipeline, seed: int, stages: list[dict] | None = N
     if not stages:
         raise RunError(f"pipeline {pipeline.name!r} has no stages")
     return {
-        "pipeline": {"id": pipeline.pk, "name": pipeline.name, "version": version.number if version else None,
-                     "updated_at": pipeline.updated_at.isoformat()},
+        "pipeline": {
+            "id": pipeline.pk,
+            "name": pipeline.name,
+            "version": version.number if version else None,
+            "updated_at": pipeline.updated_at.isoformat(),
+        },
         "base_model": {
-            "id": base.pk, "name": base.name, "source": base.source,
-            "name_or_path": base.name_or_path, "revision": base.revision or None,
+            "id": base.pk,
+            "name": base.name,
+            "source": base.source,
+            "name_or_path": base.name_or_path,
+            "revision": base.revision or None,
         },
         "stages": stages,
         "retention_data": retention,
@@ -117,9 +134,18 @@ def _stage_ready(stage: StageRun, by_name: dict[str, StageRun]) -> bool:
 
 
 @transaction.atomic
-def run_create(*, pipeline: Pipeline, user, seed: int | None = None, name: str = "", version=None,
-               rerun_of: Run | None = None, overrides: dict[str, Any] | None = None,
-               dataset_versions: dict[int, int] | None = None, gate: dict | None = None) -> Run:
+def run_create(
+    *,
+    pipeline: Pipeline,
+    user,
+    seed: int | None = None,
+    name: str = "",
+    version=None,
+    rerun_of: Run | None = None,
+    overrides: dict[str, Any] | None = None,
+    dataset_versions: dict[int, int] | None = None,
+    gate: dict | None = None,
+) -> Run:
     """Start a run of a pipeline version (the current one by default), resolving each dataset to its
     latest version now. `overrides` ({"<stage>.config.<field>" or "<stage>.adapter.<field>": value}, as a
     sweep sets them) change the version's settings for this run only; they are validated like an edit and
@@ -136,14 +162,25 @@ def run_create(*, pipeline: Pipeline, user, seed: int | None = None, name: str =
     except SpecError as exc:
         raise RunError("; ".join(exc.errors.values())) from None
     seed = seed if seed is not None else int(spec.get("seed", secrets.randbelow(2**31)))
-    snapshot = run_snapshot(pipeline=pipeline, seed=seed, version=version,
-                            stages=normalized["stages"] + auto_evaluate_stages(normalized),
-                            retention_dataset_id=normalized.get("retention_dataset_id"),
-                            dataset_versions=dataset_versions)
+    snapshot = run_snapshot(
+        pipeline=pipeline,
+        seed=seed,
+        version=version,
+        stages=normalized["stages"] + auto_evaluate_stages(normalized),
+        retention_dataset_id=normalized.get("retention_dataset_id"),
+        dataset_versions=dataset_versions,
+    )
     if overrides:
         snapshot["overrides"] = dict(overrides)
-    return _run_from_snapshot(pipeline=pipeline, version=version, user=user, snapshot=snapshot, seed=seed,
-                              name=name or pipeline.name, rerun_of=rerun_of)
+    return _run_from_snapshot(
+        pipeline=pipeline,
+        version=version,
+        user=user,
+        snapshot=snapshot,
+        seed=seed,
+        name=name or pipeline.name,
+        rerun_of=rerun_of,
+    )
 
 
 def _run_from_snapshot(*, pipeline, version, user, snapshot: dict, seed: int, name: str, rerun_of=None) -> Run:
@@ -154,19 +191,34 @@ def _run_from_snapshot(*, pipeline, version, user, snapshot: dict, seed: int, na
     # Lock the team's runs to hand out the next number without a race.
     last = Run.objects.select_for_update().filter(team=pipeline.team).aggregate(n=Max("number"))["n"] or 0
     run = Run.objects.create(
-        team=pipeline.team, pipeline=pipeline, pipeline_version=version, number=last + 1, name=name,
-        status=Status.QUEUED, snapshot=snapshot, seed=seed, code_version=snapshot["code_version"],
-        created_by=user, rerun_of=rerun_of,
+        team=pipeline.team,
+        pipeline=pipeline,
+        pipeline_version=version,
+        number=last + 1,
+        name=name,
+        status=Status.QUEUED,
+        snapshot=snapshot,
+        seed=seed,
+        code_version=snapshot["code_version"],
+        created_by=user,
+        rerun_of=rerun_of,
     )
     stage_runs = [
-        StageRun(run=run, index=i, name=s["name"], method=s["method"], spec=s,
-                 max_attempts=int(s.get("max_attempts", 3)))
+        StageRun(
+            run=run, index=i, name=s["name"], method=s["method"], spec=s, max_attempts=int(s.get("max_attempts", 3))
+        )
         for i, s in enumerate(snapshot["stages"])
     ]
     StageRun.objects.bulk_create(stage_runs)
     stages_queue_ready(run)
-    audit(team=run.team, user=user, action="run.rerun" if rerun_of else "run.started", target=f"run #{run.number}",
-          pipeline=pipeline.name, rerun_of=f"#{rerun_of.number}" if rerun_of else "")
+    audit(
+        team=run.team,
+        user=user,
+        action="run.rerun" if rerun_of else "run.started",
+        target=f"run #{run.number}",
+        pipeline=pipeline.name,
+        rerun_of=f"#{rerun_of.number}" if rerun_of else "",
+    )
     return run
 
 
@@ -177,17 +229,29 @@ def run_rerun(*, run: Run, user, latest_data: bool = False) -> Run:
     if run.pipeline is None:
         raise RunError(f"run #{run.number}'s pipeline was deleted")
     if latest_data:
-        return run_create(pipeline=run.pipeline, user=user, seed=run.seed, name=run.name,
-                          version=run.pipeline_version, rerun_of=run)
-    missing = [s["name"] for s in run.snapshot.get("stages", [])
-               for key in ("train_data", "eval_data", "retention_data")
-               if s.get(key) and not DatasetVersion.objects.filter(pk=s[key]["version_id"],
-                                                                    dataset__team=run.team).exists()]
+        return run_create(
+            pipeline=run.pipeline, user=user, seed=run.seed, name=run.name, version=run.pipeline_version, rerun_of=run
+        )
+    missing = [
+        s["name"]
+        for s in run.snapshot.get("stages", [])
+        for key in ("train_data", "eval_data", "retention_data")
+        if s.get(key) and not DatasetVersion.objects.filter(pk=s[key]["version_id"], dataset__team=run.team).exists()
+    ]
     if missing:
-        raise RunError(f"a dataset version this run used was deleted (stages: {', '.join(sorted(set(missing)))}); "
-                       "use 'Run with latest data'")
-    return _run_from_snapshot(pipeline=run.pipeline, version=run.pipeline_version, user=user,
-                              snapshot=copy.deepcopy(run.snapshot), seed=run.seed, name=run.name, rerun_of=run)
+        raise RunError(
+            f"a dataset version this run used was deleted (stages: {', '.join(sorted(set(missing)))}); "
+            "use 'Run with latest data'"
+        )
+    return _run_from_snapshot(
+        pipeline=run.pipeline,
+        version=run.pipeline_version,
+        user=user,
+        snapshot=copy.deepcopy(run.snapshot),
+        seed=run.seed,
+        name=run.name,
+        rerun_of=run,
+    )
 
 
 def stages_queue_ready(run: Run) -> list[StageRun]:

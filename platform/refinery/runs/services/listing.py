@@ -1,5 +1,6 @@
 """The write side of the runs list: RunMetric, the denormalized table of each run's final numbers that the list
 sorts and filters by, rewritten from the stages' summaries when a stage finishes."""
+
 from __future__ import annotations
 
 from django.db import transaction
@@ -19,6 +20,8 @@ def run_summary_refresh(*, run_id: int) -> dict[str, float]:
     RunMetric.objects.filter(run_id=run_id).exclude(key__in=list(values)).delete()
     RunMetric.objects.bulk_create(
         [RunMetric(team_id=run.team_id, run_id=run_id, key=key, value=value) for key, value in values.items()],
-        update_conflicts=True, unique_fields=["run", "key"], update_fields=["value"],
+        update_conflicts=True,
+        unique_fields=["run", "key"],
+        update_fields=["value"],
     )
     return values

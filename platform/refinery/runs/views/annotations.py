@@ -1,5 +1,6 @@
 """The notes and tags panel of a run (templates/runs/_annotations.html): htmx loads it and swaps it after each
 change. Team-scoped like every run view; writing needs a non-viewer role."""
+
 from __future__ import annotations
 
 from django.http import Http404
@@ -31,8 +32,13 @@ def _panel(request, run: Run, *, error: str = "", field: str = "", value: str = 
     """The panel's contents; with an error, status 400 (htmx swaps it in) and the text the user typed."""
     if not request.htmx:  # a plain form post (no JavaScript): back to the run page
         return redirect("runs:detail", number=run.number)
-    context = {"run": run, "ann": run_annotations(run=run, user=request.user), "error": error,
-               "error_field": field, "value": value}
+    context = {
+        "run": run,
+        "ann": run_annotations(run=run, user=request.user),
+        "error": error,
+        "error_field": field,
+        "value": value,
+    }
     return render(request, PANEL, context, status=400 if error else 200)
 
 

@@ -1,4 +1,5 @@
 """The compare page and its CSV (see refinery.runs.selectors.compare for what is compared and how)."""
+
 from __future__ import annotations
 
 import csv
@@ -52,7 +53,11 @@ def compare_view(request):
     picks = [item.pick for item in items]
     csv_url = reverse("runs:compare-csv") + "?"
     context = {
-        "items": items, "mode": "stage" if items[0].stage else "run", "x": x, "show_all": show_all, "nav": "runs",
+        "items": items,
+        "mode": "stage" if items[0].stage else "run",
+        "x": x,
+        "show_all": show_all,
+        "nav": "runs",
         "charts": compare_charts(team=request.team, items=items, x=x),
         "step_url": "?" + _query(picks, all="1" if show_all else ""),
         "time_url": "?" + _query(picks, x="time", all="1" if show_all else ""),

@@ -1,5 +1,6 @@
 """A run's pages: the run page (live while it runs), its metrics as JSON, its artifacts, cancel and re-run; and
 the team-wide learning vs forgetting plot."""
+
 from __future__ import annotations
 
 import json
@@ -49,10 +50,16 @@ def _evaluation(stage) -> dict:
     for key, value in sorted(flat.items()):
         for prefix, baseline_prefix in (("eval/", "baseline/"), ("retention/", "retention_baseline/")):
             if key.startswith(prefix) and isinstance(value, (int, float)):
-                rows.append((key, value, flat.get(baseline_prefix + key[len(prefix):])))
+                rows.append((key, value, flat.get(baseline_prefix + key[len(prefix) :])))
     baseline = (stage.spec.get("config") or {}).get("baseline_stage") or "the base model"
-    return {"stage": stage, "target": summary.get("target"), "retention": summary.get("retention"),
-            "metrics": rows, "samples": summary.get("samples") or [], "baseline": baseline}
+    return {
+        "stage": stage,
+        "target": summary.get("target"),
+        "retention": summary.get("retention"),
+        "metrics": rows,
+        "samples": summary.get("samples") or [],
+        "baseline": baseline,
+    }
 
 
 def run_gate_cards(*, run: Run, stages) -> list[dict]:
@@ -66,9 +73,15 @@ def run_gate_cards(*, run: Run, stages) -> list[dict]:
     for stage in gate_stages:
         decision = decisions.get(stage.pk)
         summary = stage.summary or {}
-        cards.append({"stage": stage, "config": stage.spec.get("config") or {}, "decision": decision,
-                      "numbers": decision.numbers if decision else summary.get("gate"),
-                      "samples": summary.get("samples") or []})
+        cards.append(
+            {
+                "stage": stage,
+                "config": stage.spec.get("config") or {},
+                "decision": decision,
+                "numbers": decision.numbers if decision else summary.get("gate"),
+                "samples": summary.get("samples") or [],
+            }
+        )
     return cards
 
 
@@ -112,8 +125,10 @@ def _timeline(stages, now) -> dict | None:
         elif not s.queued_at:
             row["note"] = "waiting for " + (", ".join(stage_dependencies(s.spec)) or "its inputs")
         rows.append(row)
-    ticks = [{"left": p, "label": "+" + duration(timedelta(seconds=total * p / 100)) if p else "start"}
-             for p in (0, 25, 50, 75, 100)]
+    ticks = [
+        {"left": p, "label": "+" + duration(timedelta(seconds=total * p / 100)) if p else "start"}
+        for p in (0, 25, 50, 75, 100)
+    ]
     return {"rows": rows, "ticks": ticks, "start": t0, "end": t1, "live": any(not s.is_finished for s in stages)}
 
 
@@ -139,8 +154,14 @@ def _lineage(request, run: Run, stages) -> dict:
     base = snapshot.get("base_model") or {}
     base_present = bool(base.get("id")) and base_model_exists(team=request.team, pk=base["id"])
     parents = [{"stage": s, "needs": stage_dependencies(s.spec)} for s in stages]
-    return {"datasets": list(datasets.values()), "base": base, "base_present": base_present, "parents": parents,
-            "pipeline": snapshot.get("pipeline") or {}, "overrides": snapshot.get("overrides") or {}}
+    return {
+        "datasets": list(datasets.values()),
+        "base": base,
+        "base_present": base_present,
+        "parents": parents,
+        "pipeline": snapshot.get("pipeline") or {},
+        "overrides": snapshot.get("overrides") or {},
+    }
 
 
 def _config(stages) -> list[dict]:
@@ -154,10 +175,15 @@ def _config(stages) -> list[dict]:
         if adapter and adapter.get("type") == "none":  # full fine-tuning: the other fields do not apply
             adapter = {"type": "none"}
         rest = {k: v for k, v in spec.items() if k not in skip}
-        out.append({"stage": s, "adapter": adapter,
-                    "config": json.dumps(spec.get("config") or {}, indent=2, sort_keys=True),
-                    "adapter_json": json.dumps(adapter, indent=2, sort_keys=True) if adapter else "",
-                    "rest": json.dumps(rest, indent=2, sort_keys=True) if rest else ""})
+        out.append(
+            {
+                "stage": s,
+                "adapter": adapter,
+                "config": json.dumps(spec.get("config") or {}, indent=2, sort_keys=True),
+                "adapter_json": json.dumps(adapter, indent=2, sort_keys=True) if adapter else "",
+                "rest": json.dumps(rest, indent=2, sort_keys=True) if rest else "",
+            }
+        )
     return out
 
 
@@ -171,22 +197,28 @@ def _run_context(request, run: Run) -> dict:
     table = run_metric_table_sampled(run=run, stages=stages)
     # Merge, evaluate and export stages log one-off numbers, shown in their own cards, not as curves.
     one_off = {s.name for s in stages if s.method in ONE_OFF_METHODS}
-    table = {key: series for key, by_stage in table.items()
-             if (series := {name: points for name, points in by_stage.items() if name not in one_off})}
+    table = {
+        key: series
+        for key, by_stage in table.items()
+        if (series := {name: points for name, points in by_stage.items() if name not in one_off})
+    }
     charts = metric_charts(table)
     return {
         "run": run,
         "stages": stages,
         "progress": progress,
         "current": current,
-        "chart": chart_payload({f"{stage} {key}": points for key in LOSS_KEYS
-                                for stage, points in table.get(key, {}).items()}),
+        "chart": chart_payload(
+            {f"{stage} {key}": points for key in LOSS_KEYS for stage, points in table.get(key, {}).items()}
+        ),
         "metric_charts": charts[0],
         "routine_charts": charts[1],
         "timeline": _timeline(stages, timezone.now()),
-        "graph": pipeline_graph([{**s.spec, "name": s.name, "method": s.method} for s in stages],
-                                statuses={s.name: s.status for s in stages},
-                                links={s.name: f"#stage-{s.name}" for s in stages}),
+        "graph": pipeline_graph(
+            [{**s.spec, "name": s.name, "method": s.method} for s in stages],
+            statuses={s.name: s.status for s in stages},
+            links={s.name: f"#stage-{s.name}" for s in stages},
+        ),
         "evaluations": [_evaluation(s) for s in stages if s.method == "evaluate"],
         "exports": [_export(s) for s in stages if s.method == "export"],
         "gates": run_gate_cards(run=run, stages=stages),
@@ -217,9 +249,12 @@ def run_metrics_view(request, number: int):
     """The run's metric series as chart JSON (`?key=` to pick), at most 1,000 points per series."""
     run = _run_or_404(request, number)
     keys = request.GET.getlist("key") or None
-    series = {f"{stage_name} {key}": points
-              for key, by_stage in run_metric_table_sampled(run=run, stages=list(run.stages.all())).items()
-              if keys is None or key in keys for stage_name, points in by_stage.items()}
+    series = {
+        f"{stage_name} {key}": points
+        for key, by_stage in run_metric_table_sampled(run=run, stages=list(run.stages.all())).items()
+        if keys is None or key in keys
+        for stage_name, points in by_stage.items()
+    }
     return JsonResponse(chart_payload(series))
 
 
@@ -295,8 +330,10 @@ def run_rerun_view(request, number: int):
     except RunError as exc:
         messages.error(request, f"Cannot re-run: {exc}")
         return redirect("runs:detail", number=run.number)
-    messages.success(request, f"Started run #{new.number}" + (" with the latest data." if latest else
-                                                               f", an exact repeat of #{run.number}."))
+    messages.success(
+        request,
+        f"Started run #{new.number}" + (" with the latest data." if latest else f", an exact repeat of #{run.number}."),
+    )
     return redirect("runs:detail", number=new.number)
 
 
@@ -308,10 +345,18 @@ def run_forgetting_view(request):
     points = run_learning_forgetting(team=request.team)
     metrics = sorted({f"{p['target']['metric']} / {p['retention']['metric']}" for p in points})
     plot = scatter_layout(
-        [{"x": p["gain"], "y": p["forgetting"], "group": p["pipeline"], "href": f"/runs/{p['run'].number}/",
-          "label": f"#{p['run'].number} {p['pipeline']}: gain {p['gain']:+.4g} ({p['target']['metric']}), "
-                   f"forgot {p['forgetting']:+.4g} ({p['retention']['metric']})"} for p in points],
-        x_label="gain on the target (better →)", y_label="forgetting on the retention set (worse ↑)",
+        [
+            {
+                "x": p["gain"],
+                "y": p["forgetting"],
+                "group": p["pipeline"],
+                "href": f"/runs/{p['run'].number}/",
+                "label": f"#{p['run'].number} {p['pipeline']}: gain {p['gain']:+.4g} ({p['target']['metric']}), "
+                f"forgot {p['forgetting']:+.4g} ({p['retention']['metric']})",
+            }
+            for p in points
+        ],
+        x_label="gain on the target (better →)",
+        y_label="forgetting on the retention set (worse ↑)",
     )
-    return render(request, "runs/forgetting.html", {"points": points, "plot": plot, "metrics": metrics,
-                                                    "nav": "runs"})
+    return render(request, "runs/forgetting.html", {"points": points, "plot": plot, "metrics": metrics, "nav": "runs"})

@@ -1,4 +1,5 @@
 """The runs list page (refinery.runs.selectors.listing does the work)."""
+
 from __future__ import annotations
 
 from django.shortcuts import render

@@ -11,5 +11,8 @@ def storage_usage(team):
     """ "Storage 1.2 GiB of 50 GiB" for the datasets list, linking to the quota page."""
     limit = team_limits(team=team).storage_bytes
     used = team_usage(team=team).storage_bytes
-    return {"used": format_bytes(used), "limit": None if limit is None else format_bytes(limit),
-            "full": limit is not None and used >= limit}
+    return {
+        "used": format_bytes(used),
+        "limit": None if limit is None else format_bytes(limit),
+        "full": limit is not None and used >= limit,
+    }

@@ -1,5 +1,6 @@
 """`{% load team_roles %}{% if request|is_team_owner %}`: the user's role in the current team, for links and
 buttons only (the views check again)."""
+
 from __future__ import annotations
 
 from django import template

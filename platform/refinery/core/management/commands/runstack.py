@@ -17,6 +17,7 @@ REFINERY_STOP_TIMEOUT seconds (a second Ctrl-C kills at once). If a child dies,
 the whole stack stops and its name and last log lines are shown. Child output
 goes to var/logs/<name>.log and, prefixed with the name, to the console.
 """
+
 from __future__ import annotations
 
 import collections
@@ -85,7 +86,7 @@ def _proc_stat(pid: int) -> tuple[int, str, str] | None:
             stat = fh.read()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
     return int(fields[1]), fields[0], fields[19]
 
 
@@ -156,8 +157,9 @@ class Command(BaseCommand):
         parser.add_argument("--web-port", type=int, default=int(os.environ.get("REFINERY_WEB_PORT", 8000)))
         parser.add_argument("--mlflow-port", type=int, default=int(os.environ.get("REFINERY_MLFLOW_PORT", 5000)))
         parser.add_argument("--no-demo", action="store_true", help="create no demo user and seed nothing")
-        parser.add_argument("--startup-timeout", type=float, default=180.0,
-                            help="seconds to wait for web and MLflow to answer")
+        parser.add_argument(
+            "--startup-timeout", type=float, default=180.0, help="seconds to wait for web and MLflow to answer"
+        )
 
     # ------------------------------------------------------------------ setup
     def handle(self, *args, web_port, mlflow_port, no_demo=False, startup_timeout=180.0, **options):
@@ -188,8 +190,10 @@ class Command(BaseCommand):
             if not _http_ok(f"{tracking_uri.rstrip('/')}/health"):
                 self._log(f"warning: MLFLOW_TRACKING_URI={tracking_uri} does not answer /health (starting anyway)")
         self._make_dirs()
-        self._log(f"starting in {self.var} (code {settings.REFINERY_CODE_VERSION})"
-                  + (" in development mode: DEBUG on" if settings.DEBUG else ""))
+        self._log(
+            f"starting in {self.var} (code {settings.REFINERY_CODE_VERSION})"
+            + (" in development mode: DEBUG on" if settings.DEBUG else "")
+        )
         self._log("migrating the database")
         call_command("migrate", interactive=False, verbosity=0)
         if not settings.DEBUG:
@@ -200,38 +204,119 @@ class Command(BaseCommand):
         env = self._child_env(tracking_uri)
         python = sys.executable
         if not external_mlflow:
-            self.children.append(Child("mlflow", [
-                python, "-m", "mlflow", "server",
-                "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-                "--backend-store-uri", f"sqlite:///{self.var / 'mlflow' / 'mlflow.db'}",
-                "--artifacts-destination", str(self.var / "mlflow" / "artifacts"),
-                # MLflow 3's host-header check: only loopback names may talk to it.
-                "--allowed-hosts", "127.0.0.1,127.0.0.1:*,localhost,localhost:*",
-            ]))
+            self.children.append(
+                Child(
+                    "mlflow",
+                    [
+                        python,
+                        "-m",
+                        "mlflow",
+                        "server",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(mlflow_port),
+                        "--workers",
+                        "1",
+                        "--backend-store-uri",
+                        f"sqlite:///{self.var / 'mlflow' / 'mlflow.db'}",
+                        "--artifacts-destination",
+                        str(self.var / "mlflow" / "artifacts"),
+                        # MLflow 3's host-header check: only loopback names may talk to it.
+                        "--allowed-hosts",
+                        "127.0.0.1,127.0.0.1:*,localhost,localhost:*",
+                    ],
+                )
+            )
         self.children += [
-            Child("web", [
-                python, "-m", "gunicorn", "refinery.wsgi", "-b", f"127.0.0.1:{web_port}",
-                "--workers", "2", "--threads", "4", "--timeout", "120", "--graceful-timeout", "10",
-                "--access-logfile", "-", "--error-logfile", "-",
-                "--no-control-socket",  # else every gunicorn shares ~/.gunicorn/gunicorn.ctl
-            ]),
+            Child(
+                "web",
+                [
+                    python,
+                    "-m",
+                    "gunicorn",
+                    "refinery.wsgi",
+                    "-b",
+                    f"127.0.0.1:{web_port}",
+                    "--workers",
+                    "2",
+                    "--threads",
+                    "4",
+                    "--timeout",
+                    "120",
+                    "--graceful-timeout",
+                    "10",
+                    "--access-logfile",
+                    "-",
+                    "--error-logfile",
+                    "-",
+                    "--no-control-socket",  # else every gunicorn shares ~/.gunicorn/gunicorn.ctl
+                ],
+            ),
             # Two workers, as in the compose file: training stages on `gpu` (one at a time), and the light
             # tasks on `cpu` (schedule ticks, webhooks, the reaper), which would otherwise wait for
             # the end of whatever stage is training.
-            Child("worker", [
-                python, "-m", "celery", "-A", "jobs.app", "worker", "-Q", "gpu",
-                "--concurrency", "1", "--prefetch-multiplier", "1", "-n", "worker@%h",
-                "--without-mingle", "--without-gossip", "--loglevel", "INFO",
-            ]),
-            Child("cpu-worker", [
-                python, "-m", "celery", "-A", "jobs.app", "worker", "-Q", "cpu",
-                "--concurrency", "1", "--prefetch-multiplier", "1", "-n", "cpu@%h",
-                "--without-mingle", "--without-gossip", "--loglevel", "INFO",
-            ]),
-            Child("beat", [
-                python, "-m", "celery", "-A", "jobs.app", "beat", "--loglevel", "INFO",
-                "--schedule", str(self.var / "celerybeat-schedule"),  # unused by the DatabaseScheduler
-            ]),
+            Child(
+                "worker",
+                [
+                    python,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "jobs.app",
+                    "worker",
+                    "-Q",
+                    "gpu",
+                    "--concurrency",
+                    "1",
+                    "--prefetch-multiplier",
+                    "1",
+                    "-n",
+                    "worker@%h",
+                    "--without-mingle",
+                    "--without-gossip",
+                    "--loglevel",
+                    "INFO",
+                ],
+            ),
+            Child(
+                "cpu-worker",
+                [
+                    python,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "jobs.app",
+                    "worker",
+                    "-Q",
+                    "cpu",
+                    "--concurrency",
+                    "1",
+                    "--prefetch-multiplier",
+                    "1",
+                    "-n",
+                    "cpu@%h",
+                    "--without-mingle",
+                    "--without-gossip",
+                    "--loglevel",
+                    "INFO",
+                ],
+            ),
+            Child(
+                "beat",
+                [
+                    python,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "jobs.app",
+                    "beat",
+                    "--loglevel",
+                    "INFO",
+                    "--schedule",
+                    str(self.var / "celerybeat-schedule"),  # unused by the DatabaseScheduler
+                ],
+            ),
         ]
 
         by_name = {child.name: child for child in self.children}
@@ -280,13 +365,15 @@ class Command(BaseCommand):
         pythonpath = [str(self.root / "platform"), str(self.root)]
         if env.get("PYTHONPATH"):
             pythonpath.append(env["PYTHONPATH"])
-        env.update({
-            "PYTHONPATH": os.pathsep.join(pythonpath),
-            "PYTHONUNBUFFERED": "1",
-            "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "refinery.settings.base"),
-            "REFINERY_VAR_DIR": str(self.var),
-            "MLFLOW_TRACKING_URI": tracking_uri,
-        })
+        env.update(
+            {
+                "PYTHONPATH": os.pathsep.join(pythonpath),
+                "PYTHONUNBUFFERED": "1",
+                "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "refinery.settings.base"),
+                "REFINERY_VAR_DIR": str(self.var),
+                "MLFLOW_TRACKING_URI": tracking_uri,
+            }
+        )
         # MLflow 3 starts a job runner and seven huey consumers for its GenAI jobs
         # (scorers, prompt optimisation); Refinery uses none of them.
         env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
@@ -303,8 +390,13 @@ class Command(BaseCommand):
         shown = child.argv[1:] if child.argv[0] == sys.executable else child.argv
         self._log(f"starting {child.name}: {' '.join(shown)}")
         child.proc = subprocess.Popen(
-            _with_death_signal(child.argv), cwd=self.root, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            _with_death_signal(child.argv),
+            cwd=self.root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         child.reader = threading.Thread(target=self._pump, args=(child,), name=f"log-{child.name}", daemon=True)
         child.reader.start()
@@ -336,8 +428,7 @@ class Command(BaseCommand):
         rc = child.proc.returncode
         how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with code {rc}"
         raise CommandError(
-            f"{child.name} {how}; the stack is stopping.\n"
-            f"  last lines of {self.logs / (child.name + '.log')}:\n{lines}"
+            f"{child.name} {how}; the stack is stopping.\n  last lines of {self.logs / (child.name + '.log')}:\n{lines}"
         )
 
     def _wait_ready(self, checks: dict[str, str], timeout: float) -> None:
@@ -364,8 +455,13 @@ class Command(BaseCommand):
         width = max(len(c.name) for c in self.children)
         with open(self.logs / "seed.log", "a", encoding="utf-8", errors="replace") as log:
             proc = self.seed_proc = subprocess.Popen(
-                child.argv, cwd=self.root, env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                child.argv,
+                cwd=self.root,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
             for raw in iter(proc.stdout.readline, b""):
                 line = raw.decode("utf-8", errors="replace").rstrip("\n")
@@ -494,11 +590,13 @@ class Command(BaseCommand):
             ("logs", f"{self.logs}/"),
         ]
         if settings.DEBUG:
-            rows.append(("mode", "development mode: DEBUG on (error pages show code and settings: "
-                                 "keep this port private)"))
+            rows.append(
+                ("mode", "development mode: DEBUG on (error pages show code and settings: keep this port private)")
+            )
         else:
-            rows.append(("mode", "DEBUG off (friendly error pages); development mode: make run DEV=1 "
-                                 "(or DJANGO_DEBUG=true)"))
+            rows.append(
+                ("mode", "DEBUG off (friendly error pages); development mode: make run DEV=1 (or DJANGO_DEBUG=true)")
+            )
         lines = ["", "=" * 72, "  Refinery is running", ""]
         lines += [f"  {key:<9} {value}" for key, value in rows]
         lines += ["", "  Ctrl-C stops everything.", "=" * 72, ""]

@@ -2,6 +2,7 @@
 
 Idempotent: a second call finds the demo pipeline and starts nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,10 +41,18 @@ DATASETS = [
     ("addition-chat", "chat", "chat", "The same sums as user/assistant conversations."),
     ("addition-prefs", "prefs", "preference", "Preference pairs: the correct sum is chosen, a wrong one rejected."),
     ("addition-reference", "reference", "reference", "Held-out prompts with reference answers."),
-    ("addition-prefs-eval", "prefs_eval", "preference",
-     "Held-out preference pairs: each held-out sum against every wrong answer 1 or 2 away."),
-    ("addition-feedback", "feedback", "feedback",
-     "Feedback rows: each training sum once right (label true) and once wrong (label false)."),
+    (
+        "addition-prefs-eval",
+        "prefs_eval",
+        "preference",
+        "Held-out preference pairs: each held-out sum against every wrong answer 1 or 2 away.",
+    ),
+    (
+        "addition-feedback",
+        "feedback",
+        "feedback",
+        "Feedback rows: each training sum once right (label true) and once wrong (label false).",
+    ),
 ]
 
 
@@ -63,7 +72,9 @@ def build_demo_kit(out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
         [sys.executable, "-m", "trainers", "demo", "--out", str(out_dir)],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(settings.BASE_DIR)},
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(settings.BASE_DIR)},
     )
     if result.returncode != 0:
         raise CommandError(f"building the demo kit failed:\n{result.stderr[-2000:]}")
@@ -95,11 +106,16 @@ class Command(BaseCommand):
         # The demo model lives in the team's own model root (local models are read from nowhere else).
         from refinery.basemodels.paths import team_upload_root
 
-        kit = build_demo_kit(Path(kit_dir) if kit_dir else (team_upload_root(team.pk) or settings.VAR_DIR / "demo")
-                             / "demo-kit")
+        kit = build_demo_kit(
+            Path(kit_dir) if kit_dir else (team_upload_root(team.pk) or settings.VAR_DIR / "demo") / "demo-kit"
+        )
         with transaction.atomic():
             model = BaseModel.objects.filter(team=team, name=DEMO_MODEL).first() or base_model_create(
-                team=team, user=user, name=DEMO_MODEL, source=BaseModel.Source.LOCAL, name_or_path=kit["model"],
+                team=team,
+                user=user,
+                name=DEMO_MODEL,
+                source=BaseModel.Source.LOCAL,
+                name_or_path=kit["model"],
                 description="A 2-layer Llama with a BPE tokenizer, built offline. It knows nothing until trained.",
             )
             ids = {}
@@ -108,20 +124,41 @@ class Command(BaseCommand):
                 if dataset is None:
                     path = Path(kit["data"][key])
                     dataset = dataset_version_create(
-                        team=team, user=user, name=name, kind=kind, filename=path.name,
-                        chunks=_chunks(path), description=description,
+                        team=team,
+                        user=user,
+                        name=name,
+                        kind=kind,
+                        filename=path.name,
+                        chunks=_chunks(path),
+                        description=description,
                     ).version.dataset
                 ids[key] = dataset.pk
             pipeline = pipeline_create(
-                team=team, user=user, name=DEMO_PIPELINE, base_model_id=model.pk,
+                team=team,
+                user=user,
+                name=DEMO_PIPELINE,
+                base_model_id=model.pk,
                 description="Teach a tiny model single-digit addition: full fine-tuning, then a LoRA pass on its output.",
                 spec={
                     "seed": 42,
                     "stages": [
-                        {"name": "sft-full", "method": "sft", "dataset_id": ids["train"],
-                         "eval_dataset_id": ids["eval"], "input": "base", "config": {}, "adapter": {"type": "none"}},
-                        {"name": "sft-lora", "method": "sft", "dataset_id": ids["chat"], "input": "sft-full",
-                         "config": {"num_train_epochs": 10, "learning_rate": 0.002}, "adapter": {"type": "lora", "r": 8, "alpha": 16}},
+                        {
+                            "name": "sft-full",
+                            "method": "sft",
+                            "dataset_id": ids["train"],
+                            "eval_dataset_id": ids["eval"],
+                            "input": "base",
+                            "config": {},
+                            "adapter": {"type": "none"},
+                        },
+                        {
+                            "name": "sft-lora",
+                            "method": "sft",
+                            "dataset_id": ids["chat"],
+                            "input": "sft-full",
+                            "config": {"num_train_epochs": 10, "learning_rate": 0.002},
+                            "adapter": {"type": "lora", "r": 8, "alpha": 16},
+                        },
                     ],
                 },
             )
@@ -131,24 +168,50 @@ class Command(BaseCommand):
             from refinery.schedules.services import schedule_create
 
             gated = pipeline_create(
-                team=team, user=user, name=DEMO_GATED_PIPELINE, base_model_id=model.pk,
+                team=team,
+                user=user,
+                name=DEMO_GATED_PIPELINE,
+                base_model_id=model.pk,
                 description="Full SFT on the sums, then a promotion gate against adder@production.",
                 spec={
                     "seed": 42,
                     "retention_dataset_id": ids["train"],
                     "stages": [
-                        {"name": "sft", "method": "sft", "dataset_id": ids["train"], "input": "base", "config": {},
-                         "adapter": {"type": "none"}},
-                        {"name": "gate", "method": "gate", "dataset_id": ids["eval"], "input": "sft",
-                         "config": {"registered_model": DEMO_REGISTERED_MODEL, "alias": "production",
-                                    "max_forgetting": "0.5"}},
+                        {
+                            "name": "sft",
+                            "method": "sft",
+                            "dataset_id": ids["train"],
+                            "input": "base",
+                            "config": {},
+                            "adapter": {"type": "none"},
+                        },
+                        {
+                            "name": "gate",
+                            "method": "gate",
+                            "dataset_id": ids["eval"],
+                            "input": "sft",
+                            "config": {
+                                "registered_model": DEMO_REGISTERED_MODEL,
+                                "alias": "production",
+                                "max_forgetting": "0.5",
+                            },
+                        },
                     ],
                 },
             )
-            schedule_create(team=team, user=user, name="nightly-addition", pipeline_id=gated.pk,
-                            trigger="interval", interval_seconds=86400, paused=True)
+            schedule_create(
+                team=team,
+                user=user,
+                name="nightly-addition",
+                pipeline_id=gated.pk,
+                trigger="interval",
+                interval_seconds=86400,
+                paused=True,
+            )
             if not no_run:
                 run = run_create(pipeline=pipeline, user=user)
-        self.stdout.write(f"seeded team {DEMO_TEAM}: model {DEMO_MODEL}, {len(DATASETS)} datasets, pipeline {pipeline.name!r}")
+        self.stdout.write(
+            f"seeded team {DEMO_TEAM}: model {DEMO_MODEL}, {len(DATASETS)} datasets, pipeline {pipeline.name!r}"
+        )
         if not no_run:
             self.stdout.write(f"started demo run #{run.number}")

@@ -15,10 +15,19 @@ class Command(BaseCommand):
         parser.add_argument("username")
         parser.add_argument("--team", help="team name (default: the user's first team)")
         parser.add_argument("--name", default="cli", help="a label for the token")
-        parser.add_argument("--scope", choices=ApiToken.Scope.values, default=ApiToken.Scope.WRITE,
-                            help="read: GET only (403 on writes); write: read and write (default)")
-        parser.add_argument("--expires", type=int, default=0, metavar="DAYS",
-                            help="days until the token stops working (default 0: never)")
+        parser.add_argument(
+            "--scope",
+            choices=ApiToken.Scope.values,
+            default=ApiToken.Scope.WRITE,
+            help="read: GET only (403 on writes); write: read and write (default)",
+        )
+        parser.add_argument(
+            "--expires",
+            type=int,
+            default=0,
+            metavar="DAYS",
+            help="days until the token stops working (default 0: never)",
+        )
 
     def handle(self, *args, username, team=None, name="cli", scope=ApiToken.Scope.WRITE, expires=0, **options):
         user = get_user_model().objects.filter(username=username).first()
@@ -32,8 +41,13 @@ class Command(BaseCommand):
             if team_obj is None:
                 raise CommandError(f"no team named {team!r}")
         try:
-            _, key = api_token_create(user=user, team=team_obj, name=name, scope=scope,
-                                      expires_at=timezone.now() + timedelta(days=expires) if expires else None)
+            _, key = api_token_create(
+                user=user,
+                team=team_obj,
+                name=name,
+                scope=scope,
+                expires_at=timezone.now() + timedelta(days=expires) if expires else None,
+            )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(key)

@@ -4,8 +4,10 @@ from refinery.teams.team_secrets import TeamSecretError, team_secrets_rotate
 
 
 class Command(BaseCommand):
-    help = ("Re-encrypt every team secret under REFINERY_SECRETS_KEY (after moving the old key to "
-            "REFINERY_SECRETS_OLD_KEYS); then the old keys can be removed.")
+    help = (
+        "Re-encrypt every team secret under REFINERY_SECRETS_KEY (after moving the old key to "
+        "REFINERY_SECRETS_OLD_KEYS); then the old keys can be removed."
+    )
 
     def handle(self, *args, **options):
         try:

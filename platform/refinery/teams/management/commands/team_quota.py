@@ -33,8 +33,10 @@ def _parsed(parse, text: str) -> int | None:
 
 
 class Command(BaseCommand):
-    help = ("Set or show a team's quotas (running stages, queued runs, wall-clock budget per stage, dataset "
-            "storage). 'none' means no limit; --reset goes back to the REFINERY_QUOTA_* defaults.")
+    help = (
+        "Set or show a team's quotas (running stages, queued runs, wall-clock budget per stage, dataset "
+        "storage). 'none' means no limit; --reset goes back to the REFINERY_QUOTA_* defaults."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("team", help="team slug or name")
@@ -45,8 +47,18 @@ class Command(BaseCommand):
         parser.add_argument("--reset", action="store_true", help="drop the team's own limits (use the defaults)")
         parser.add_argument("--show", action="store_true", help="print the limits and usage (the default)")
 
-    def handle(self, *args, team, running_stages=None, queued_runs=None, stage_seconds=None, storage=None,
-               reset=False, show=False, **options):
+    def handle(
+        self,
+        *args,
+        team,
+        running_stages=None,
+        queued_runs=None,
+        stage_seconds=None,
+        storage=None,
+        reset=False,
+        show=False,
+        **options,
+    ):
         team_obj = Team.objects.filter(Q(slug=team) | Q(name=team)).first()
         if team_obj is None:
             raise CommandError(f"no team with the slug or name {team!r}")
@@ -82,5 +94,6 @@ class Command(BaseCommand):
         self.stdout.write(f"  running stages: {usage.running_stages} of {limit(limits.running_stages)}")
         self.stdout.write(f"  queued runs:    {usage.queued_runs} of {limit(limits.queued_runs)}")
         self.stdout.write(f"  stage budget:   {limit(limits.stage_seconds, format_duration)}")
-        self.stdout.write(f"  storage:        {format_bytes(usage.storage_bytes)} of "
-                          f"{limit(limits.storage_bytes, format_bytes)}")
+        self.stdout.write(
+            f"  storage:        {format_bytes(usage.storage_bytes)} of {limit(limits.storage_bytes, format_bytes)}"
+        )
