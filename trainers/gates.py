@@ -23,7 +23,7 @@ import math
 from typing import Any
 
 from .configs.gate import GateConfig, optional_number
-from .metrics import higher_is_better
+from .metrics import PRIMARY_METRICS, higher_is_better
 
 __all__ = ["gate_decide", "metric_label", "GateDataError"]
 
@@ -73,9 +73,7 @@ def gate_decide(
     """Decide. Returns a JSON-ready dict: ``passed``, ``checks`` (each ``{"check", "passed", "text"}``), the
     numbers (``metric``, ``higher_is_better``, ``candidate``, ``champion``, ``gain``, ...) and ``reasons`` (the
     texts of the checks that failed, or of all checks when it passed)."""
-    from .configs.gate import GATE_METRICS
-
-    metric = cfg.metric or GATE_METRICS[target_kind][0]
+    metric = cfg.metric or PRIMARY_METRICS[target_kind][0]
     higher = higher_is_better(metric)
     candidate = _number(metrics, f"eval/{metric}")
     checks: list[dict[str, Any]] = []
@@ -128,7 +126,7 @@ def gate_decide(
     max_forgetting = optional_number(cfg.max_forgetting)
     retention_threshold = optional_number(cfg.retention_threshold)
     if retention_kind is not None and (max_forgetting is not None or retention_threshold is not None or has_champion):
-        retention_metric = GATE_METRICS[retention_kind][0]
+        retention_metric = PRIMARY_METRICS[retention_kind][0]
         r_higher = higher_is_better(retention_metric)
         r_candidate = _number(metrics, f"retention/{retention_metric}")
         result.update(

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "ALL_COMPARABLE_METRICS",
     "COMPARABLE_METRICS",
     "EVAL_KINDS",
     "LOWER_IS_BETTER",
@@ -31,6 +32,8 @@ COMPARABLE_METRICS: dict[str, tuple[str, ...]] = {
 }
 # The kinds of data the evaluate stage (and a gate) can measure.
 EVAL_KINDS = tuple(COMPARABLE_METRICS)
+# Every comparable metric once, in that order (a gate's choice of target metric).
+ALL_COMPARABLE_METRICS = tuple(dict.fromkeys(m for names in COMPARABLE_METRICS.values() for m in names))
 
 # Words in a metric's last path segment that mean "lower is better"; any other metric: higher is better.
 LOWER_IS_BETTER = ("loss", "perplexity", "forgetting", "nll", "runtime", "error")

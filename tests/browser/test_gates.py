@@ -89,6 +89,11 @@ def test_schedule_fires_a_gated_run_and_an_owner_approves_its_candidate(
     assert "Awaiting approval" in verdict and "v1 awaits approval for production (holder: none)" in verdict
     assert card.locator("[data-testid=gate-checks] tr.check-pass").count() >= 1
     screenshot("gate-3-awaiting-approval")
+    page.goto(f"{live_server.url}/registry/adder/")
+    assert "v1 awaits approval" in page.locator("[data-testid=awaiting-approval]").inner_text()
+    screenshot("gate-3b-registry-awaiting")
+    page.click("[data-testid=awaiting-approval] >> text=run #1, gate gate")
+    page.wait_for_url(f"{live_server.url}/runs/{run.number}/#gate-gate")
 
     page.click("[data-testid=gate-approve]")
     page.wait_for_selector("[data-testid=gate-gate][data-outcome=approved]")

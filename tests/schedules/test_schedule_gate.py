@@ -159,6 +159,7 @@ def test_the_form_and_the_api_take_a_gate(pipeline, sent_stages):
     assert schedule.gate["config"]["gain_mode"] == "relative" and schedule.gate["config"]["require_approval"]
     page = client.get(f"/schedules/{schedule.pk}/").content.decode()
     assert "support-bot@production" in page and "an owner approves" in page
+    assert 'held-out: <span class="mono">latest version' in page  # the gate's data is bound like the rest
     edit = client.get(f"/schedules/{schedule.pk}/edit/").content.decode()
     assert 'name="gate_enabled" data-testid="gate-enabled" checked' in edit and 'value="support-bot"' in edit
 

@@ -3,14 +3,13 @@ must meet against the alias's current holder (the champion), and how both are ev
 
 from dataclasses import dataclass
 
-from ..metrics import COMPARABLE_METRICS
+from ..metrics import ALL_COMPARABLE_METRICS, COMPARABLE_METRICS
 from ..schema import param
 from .evaluate import ACCURACY_REWARDS
 
 # Metrics a gate can compare, by the kind of its held-out data; the first is the default (the primary metric
 # of the evaluate stage).
 GATE_METRICS = COMPARABLE_METRICS
-_ALL_METRICS = tuple(dict.fromkeys(m for names in GATE_METRICS.values() for m in names))
 
 
 def optional_number(value: str) -> float | None:
@@ -48,7 +47,7 @@ class GateConfig:
     )
     metric: str = param(
         "",
-        choices=("",) + _ALL_METRICS,
+        choices=("",) + ALL_COMPARABLE_METRICS,
         group="promotion",
         label="Target metric",
         help="The held-out metric the candidate must improve. Empty: the primary metric of the held-out data "

@@ -32,7 +32,7 @@ STAGE_FIELDS = {"name", "method", "config", "adapter", "dataset_id", "eval_datas
 MAX_MERGE_INPUTS = 8
 
 
-def _output_of(method: str) -> str:
+def method_output(method: str) -> str:
     """What a stage of `method` hands on: "model" (a model that generates text, or an adapter for one),
     "scorer" (a reward model) or "report" (an evaluation)."""
     spec = METHODS.get(method)
@@ -243,7 +243,7 @@ def _graph_errors(
                 )
             else:
                 needed.append(ref)
-                output = _output_of(methods[ref])
+                output = method_output(methods[ref])
                 if field in ("input", "inputs") and output != "model":
                     what = (
                         "a reward model, which scores text instead of generating it"
@@ -383,7 +383,9 @@ def spec_with_gate(spec: dict, gate: dict | None) -> tuple[dict, str | None]:
     if not gate:
         return spec, None
     names = {s.get("name") for s in spec.get("stages") or [] if isinstance(s, dict)}
-    name = next(n for n in ("gate", "schedule-gate", "schedule-gate-2", "schedule-gate-3") if n not in names)
+    name, n = "gate", 1
+    while name in names:
+        name, n = f"schedule-gate{'' if n == 1 else f'-{n}'}", n + 1
     stage = {
         "name": name,
         "method": "gate",
@@ -502,7 +504,7 @@ def auto_evaluate_stages(normalized: dict) -> list[dict]:
     added = []
     for stage in stages:
         name = stage["name"]
-        if name in used or name in evaluated or _output_of(stage["method"]) != "model":
+        if name in used or name in evaluated or method_output(stage["method"]) != "model":
             continue
         dataset_id = held_out(name, set())
         if dataset_id is None and not normalized.get("retention_dataset_id"):

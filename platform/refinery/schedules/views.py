@@ -87,17 +87,17 @@ def schedule_detail_view(request, pk):
             "schedule": schedule,
             "ticks": schedule_ticks(schedule=schedule),
             "next_fires": [schedule.local_label(t) for t in schedule_next_fires(schedule=schedule)],
-            "bindings": _binding_rows(request, schedule.pipeline_version, schedule.bindings),
+            "bindings": _binding_rows(request, schedule.pipeline_version, schedule.bindings, gate=schedule.gate),
             "can_write": _can_write(request),
             "nav": "schedules",
         },
     )
 
 
-def _binding_rows(request, version, bindings: dict) -> list[dict]:
+def _binding_rows(request, version, bindings: dict, gate: dict | None = None) -> list[dict]:
     """One row per dataset the version reads: its versions to pick from and the current choice."""
     rows = []
-    datasets = Dataset.objects.filter(team=request.team, pk__in=version_dataset_ids(version)).prefetch_related(
+    datasets = Dataset.objects.filter(team=request.team, pk__in=version_dataset_ids(version, gate)).prefetch_related(
         "versions"
     )
     for dataset in datasets:
@@ -140,20 +140,21 @@ def _gate_choices(request, version) -> dict:
     """What the gate fieldset offers: the version's stages whose output is a model that generates text
     (candidates), the team's datasets a gate can read (held-out sets) and the metrics it can compare."""
     from trainers.catalog import METHODS
-    from trainers.metrics import COMPARABLE_METRICS
+    from trainers.metrics import ALL_COMPARABLE_METRICS
 
-    def candidate(method: str) -> bool:
-        spec = METHODS.get(method)
-        return spec is not None and spec.output == "model" and not spec.scorer
+    from refinery.pipelines.specs import method_output
 
-    stages = [s.get("name") for s in (version.spec or {}).get("stages", []) if candidate(s.get("method", "sft"))]
+    stages = [
+        s.get("name")
+        for s in (version.spec or {}).get("stages", [])
+        if method_output(s.get("method", "sft")) == "model"
+    ]
     datasets = (
         Dataset.objects.filter(team=request.team, kind__in=METHODS["gate"].dataset_kinds, versions__isnull=False)
         .distinct()
         .order_by("name")
     )
-    metrics = [""] + list(dict.fromkeys(m for names in COMPARABLE_METRICS.values() for m in names))
-    return {"gate_candidates": stages, "gate_datasets": datasets, "gate_metrics": metrics}
+    return {"gate_candidates": stages, "gate_datasets": datasets, "gate_metrics": ["", *ALL_COMPARABLE_METRICS]}
 
 
 def _form_values(post) -> dict:
@@ -206,7 +207,7 @@ def _form(request, *, pipeline, schedule=None, values=None, errors=None, status=
             "values": values,
             "errors": errors or {},
             "versions": pipeline.versions.order_by("-number"),
-            "bindings": _binding_rows(request, version, bindings),
+            "bindings": _binding_rows(request, version, bindings, gate=values.get("gate") or None),
             "triggers": Trigger.choices,
             "overlaps": Overlap.choices,
             "catch_ups": CatchUp.choices,
