@@ -6,6 +6,7 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import redirect
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from refinery.core.auth import team_required
@@ -37,7 +38,7 @@ def _review(request, number: int, stage: str, action):
         messages.error(request, str(exc))
     else:
         messages.success(request, decision.message[:300])
-    return redirect(f"/runs/{number}/#gate-{stage}")
+    return redirect(reverse("runs:detail", kwargs={"number": number}) + f"#gate-{stage}")
 
 
 @require_POST
